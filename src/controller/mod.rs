@@ -1,0 +1,185 @@
+//! The `WebhookSubscription` controller: validates specs, provisions signing Secrets, computes
+//! conditions, and keeps the [`Registry`] the delivery side reads from.
+
+mod reconcile;
+pub mod signing;
+pub mod spec_check;
+pub mod status;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod mock_tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use crate::api::{WebhookSubscription, labels};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::server::Readiness;
+pub use reconcile::reconcile;
+pub use spec_check::Policy;
+
+/// The finalizer that lets Hookline drop a subscription's queued deliveries before it goes away.
+pub const FINALIZER: &str = "hookline.dev/cleanup";
+
+/// Errors of one reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action} failed: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// The finalizer helper failed to add or remove the finalizer.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The object came without a namespace (impossible for a namespaced resource).
+    #[error("the object has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    /// A stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube_api",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+            Error::MissingNamespace => "missing_namespace",
+        }
+    }
+
+    pub(crate) fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// What the operator allows.
+    pub policy: Policy,
+    /// The subscriptions the delivery side may act on.
+    pub registry: Registry,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
+}
+
+impl Context {
+    /// Build the controller state.
+    pub fn new(client: Client, policy: Policy, registry: Registry, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: "hookline".into(),
+            instance: std::env::var("POD_NAME")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok()),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            policy,
+            registry,
+            metrics,
+            recorder,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Requeue delay after the n-th consecutive failure: 1s, 2s, 4s, … capped at 5 minutes.
+    fn failure_backoff(&self, key: ObjectRef<WebhookSubscription>) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn clear_failures(&self, key: &ObjectRef<WebhookSubscription>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Decide what to do after a failed reconciliation: count it, log it, retry with backoff.
+///
+/// Invalid specs never get here: they are a `Ready=False/InvalidSpec` condition, not an error.
+pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.metric_label());
+    let delay = ctx.failure_backoff(ObjectRef::from_obj(sub.as_ref()));
+    warn!(
+        subscription = %ObjectRef::from_obj(sub.as_ref()),
+        error = %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (subs, secrets): (Api<WebhookSubscription>, Api<Secret>) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let owned_secrets =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
+    let controller = Controller::new(subs, watcher::Config::default().any_semantic())
+        .owns(secrets, owned_secrets)
+        .graceful_shutdown_on(shutdown);
+    let store = controller.store();
+    tokio::spawn(async move {
+        // The store's readiness signal wakes only its most recent waiter, and the controller's own
+        // runner waits on it too; re-polling on a short interval sees the retained value instead.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    info!("subscription watch synced");
+                    readiness.set_watches_synced();
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
+        }
+    });
+    controller
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            let ctx = ctx.clone();
+            async move {
+                if let Ok((obj, _)) = result {
+                    ctx.clear_failures(&obj);
+                }
+            }
+        })
+        .await;
+    info!("controller stopped");
+}

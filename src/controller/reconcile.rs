@@ -1,0 +1,212 @@
+//! Reconciliation of one `WebhookSubscription`: fetch, decide (pure), write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::signing::generated_secret;
+use super::spec_check::check;
+use super::status::{Decision, Facts, Signing, changed, decide, generated_secret_name, verification_for};
+use super::{Context, Error, FINALIZER};
+use crate::api::{FIELD_MANAGER, Reason, WebhookSubscription, condition_type};
+use crate::registry::ActiveSubscription;
+
+/// How often a healthy subscription is looked at even when nothing changed.
+const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a subscription waiting for its named signing Secret is looked at again.
+const SECRET_RECHECK: Duration = Duration::from_secs(15);
+
+/// Reconcile one subscription, behind the finalizer that guarantees cleanup on deletion.
+pub async fn reconcile(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let ns = sub.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<WebhookSubscription> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, sub, |event| async {
+        match event {
+            FinalizerEvent::Apply(sub) => apply(&sub, &ctx, &api).await,
+            FinalizerEvent::Cleanup(sub) => cleanup(&sub, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply(
+    sub: &WebhookSubscription,
+    ctx: &Context,
+    api: &Api<WebhookSubscription>,
+) -> Result<Action, Error> {
+    let problems = check(&sub.spec, ctx.policy);
+    let signing = if problems.is_empty() {
+        Some(ensure_signing_secret(sub, ctx).await?)
+    } else {
+        None
+    };
+    let facts = Facts {
+        problems,
+        signing,
+        verification: verification_for(sub.spec.validation.method),
+        now: jiff::Timestamp::now(),
+    };
+    let decision = decide(sub, &facts);
+
+    if changed(sub.status.as_ref(), &decision.status) {
+        write_status(sub, &decision, ctx, api).await?;
+    }
+    let key = ObjectRef::from_obj(sub);
+    match decision.gate {
+        Some(gate) => ctx.registry.upsert(ActiveSubscription {
+            key,
+            uid: sub.uid().unwrap_or_default(),
+            generation: sub.metadata.generation.unwrap_or_default(),
+            spec: Arc::new(sub.spec.clone()),
+            signing_secret: decision
+                .status
+                .signing_secret_ref
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            gate,
+        }),
+        None => ctx.registry.remove(&key),
+    }
+    publish_transition(sub, &decision, ctx).await;
+
+    Ok(match decision.ready_reason {
+        Reason::InvalidSpec => Action::await_change(),
+        Reason::SigningSecretMissing => Action::requeue(SECRET_RECHECK),
+        _ => Action::requeue(decision.requeue_after.map_or(RESYNC, |d| d.min(RESYNC))),
+    })
+}
+
+async fn cleanup(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {
+    ctx.registry.remove(&ObjectRef::from_obj(sub));
+    info!(subscription = %ObjectRef::from_obj(sub), "subscription deleted; its deliveries were dropped");
+    Ok(Action::await_change())
+}
+
+/// Find the signing Secret, creating `<name>-signing` when the spec names none.
+///
+/// An existing Secret is never overwritten: a user may have put their own key there.
+async fn ensure_signing_secret(sub: &WebhookSubscription, ctx: &Context) -> Result<Signing, Error> {
+    let ns = sub.namespace().ok_or(Error::MissingNamespace)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(signing) = &sub.spec.signing {
+        let name = signing.secret_ref.name.clone();
+        let found = secrets
+            .get_metadata_opt(&name)
+            .await
+            .map_err(Error::kube("reading the signing Secret"))?;
+        return Ok(if found.is_some() {
+            Signing::Present(name)
+        } else {
+            Signing::Missing(name)
+        });
+    }
+    let name = generated_secret_name(sub);
+    if secrets
+        .get_metadata_opt(&name)
+        .await
+        .map_err(Error::kube("reading the signing Secret"))?
+        .is_some()
+    {
+        return Ok(Signing::Present(name));
+    }
+    match secrets
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &generated_secret(sub, &name),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(subscription = %ObjectRef::from_obj(sub), secret = %name, "created signing Secret");
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "SigningSecretCreated".into(),
+                note: Some(format!("Created Secret {name} holding a new signing secret")),
+                action: "CreateSecret".into(),
+                secondary: None,
+            };
+            publish(ctx, sub, event).await;
+            Ok(Signing::Present(name))
+        }
+        // Someone (an earlier reconcile, or the user) created it meanwhile: it is not ours to replace.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Signing::Present(name)),
+        Err(e) => Err(Error::kube("creating the signing Secret")(e)),
+    }
+}
+
+async fn write_status(
+    sub: &WebhookSubscription,
+    decision: &Decision,
+    ctx: &Context,
+    api: &Api<WebhookSubscription>,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": WebhookSubscription::api_version(&()),
+        "kind": WebhookSubscription::kind(&()),
+        "status": decision.status,
+    });
+    api.patch_status(
+        &sub.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("writing the subscription status"))?;
+    ctx.metrics.status_written();
+    debug!(subscription = %ObjectRef::from_obj(sub), "status written");
+    Ok(())
+}
+
+/// Record a Kubernetes Event when the `Ready` reason changes, so `kubectl describe` tells the story.
+async fn publish_transition(sub: &WebhookSubscription, decision: &Decision, ctx: &Context) {
+    let previous = sub
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition_type::READY))
+        .map(|c| c.reason.clone());
+    let reason = decision.ready_reason;
+    if previous.as_deref() == Some(reason.as_str()) {
+        return;
+    }
+    ctx.metrics.ready_changed(reason.as_str());
+    let message = decision
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition_type::READY)
+        .map(|c| c.message.clone());
+    let type_ = match reason {
+        Reason::Active | Reason::Suspended | Reason::AwaitingValidation => EventType::Normal,
+        _ => EventType::Warning,
+    };
+    let event = Event {
+        type_,
+        reason: reason.as_str().into(),
+        note: message,
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    publish(ctx, sub, event).await;
+}
+
+async fn publish(ctx: &Context, sub: &WebhookSubscription, event: Event) {
+    // An Event is a courtesy to humans: failing to record one must not fail the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, &sub.object_ref(&())).await {
+        warn!(subscription = %ObjectRef::from_obj(sub), error = %e, "could not record a Kubernetes Event");
+    }
+}

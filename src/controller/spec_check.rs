@@ -1,0 +1,434 @@
+//! Checks of a subscription spec that the CRD schema cannot make, or that an API server without
+//! CEL (Kubernetes < 1.25) lets through. Pure: the spec and the operator's policy in, problems out.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::api::{ValidationMethod, WebhookSubscriptionSpec};
+
+/// What the operator allows beyond the defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Policy {
+    /// `--allow-http`: plain `http://` endpoints are accepted.
+    pub allow_http: bool,
+    /// `--allow-unverified-endpoints`: `validation.method: None` is accepted.
+    pub allow_unverified: bool,
+}
+
+/// One problem with a spec, naming the field so the user knows what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the offending field, e.g. `spec.endpoint.url`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Header names Hookline sets itself; a subscription may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+];
+const RESERVED_HEADER_PREFIXES: &[&str] = &["ce-", "webhook-"];
+
+/// The retry schedule of a valid spec, as durations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetrySchedule {
+    pub max_attempts: u32,
+    pub event_ttl: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Parse a Go-style duration (`5s`, `1h30m`, `250ms`), rejecting negative values.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = kube::core::Duration::from_str(s).map_err(|e| format!("{s:?} is not a duration ({e})"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} is negative"));
+    }
+    Ok(d.into())
+}
+
+/// Check a spec against the rules of the schema and the operator's policy.
+pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    check_event_types(spec, &mut problems);
+    check_endpoint(spec, policy, &mut problems);
+    if let Err(p) = retry_schedule(spec) {
+        problems.extend(p);
+    }
+    if let Some(f) = &spec.filter {
+        if f.source.as_deref() == Some("") {
+            problems.push(Problem::new("spec.filter.source", "must not be empty when set"));
+        }
+        if f.subject_prefix.as_deref() == Some("") {
+            problems.push(Problem::new(
+                "spec.filter.subjectPrefix",
+                "must not be empty when set",
+            ));
+        }
+    }
+    if spec.validation.method == ValidationMethod::None && !policy.allow_unverified {
+        problems.push(Problem::new(
+            "spec.validation.method",
+            "None is not allowed: the operator was not started with --allow-unverified-endpoints; use Event or Options",
+        ));
+    }
+    for (field, secret) in [
+        (
+            "spec.signing.secretRef.name",
+            spec.signing.as_ref().map(|s| &s.secret_ref.name),
+        ),
+        (
+            "spec.endpoint.headersFrom.secretRef.name",
+            spec.endpoint.headers_from.as_ref().map(|h| &h.secret_ref.name),
+        ),
+    ] {
+        if let Some(name) = secret
+            && !is_dns_subdomain(name)
+        {
+            problems.push(Problem::new(
+                field,
+                format!("{name:?} is not a valid Secret name"),
+            ));
+        }
+    }
+    problems
+}
+
+/// The retry schedule, or the problems that prevent one.
+pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, Vec<Problem>> {
+    let rp = &spec.retry_policy;
+    let mut problems = Vec::new();
+    let mut parse = |field: &str, value: &str| match parse_duration(value) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push(Problem::new(format!("spec.retryPolicy.{field}"), e));
+            None
+        }
+    };
+    let ttl = parse("eventTTL", &rp.event_ttl);
+    let initial = parse("initialBackoff", &rp.initial_backoff);
+    let max = parse("maxBackoff", &rp.max_backoff);
+    if !(1..=100).contains(&rp.max_attempts) {
+        problems.push(Problem::new(
+            "spec.retryPolicy.maxAttempts",
+            "must be between 1 and 100",
+        ));
+    }
+    if let Some(ttl) = ttl
+        && !(Duration::from_secs(60)..=Duration::from_secs(72 * 3600)).contains(&ttl)
+    {
+        problems.push(Problem::new(
+            "spec.retryPolicy.eventTTL",
+            "must be between 1m and 72h",
+        ));
+    }
+    if let Some(initial) = initial
+        && initial < Duration::from_millis(100)
+    {
+        problems.push(Problem::new(
+            "spec.retryPolicy.initialBackoff",
+            "must be at least 100ms",
+        ));
+    }
+    if let Some(max) = max
+        && max > Duration::from_secs(24 * 3600)
+    {
+        problems.push(Problem::new("spec.retryPolicy.maxBackoff", "must be at most 24h"));
+    }
+    if let (Some(initial), Some(max)) = (initial, max)
+        && max < initial
+    {
+        problems.push(Problem::new(
+            "spec.retryPolicy.maxBackoff",
+            "must not be shorter than spec.retryPolicy.initialBackoff",
+        ));
+    }
+    match (ttl, initial, max) {
+        (Some(event_ttl), Some(initial_backoff), Some(max_backoff)) if problems.is_empty() => {
+            Ok(RetrySchedule {
+                max_attempts: rp.max_attempts,
+                event_ttl,
+                initial_backoff,
+                max_backoff,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+fn check_event_types(spec: &WebhookSubscriptionSpec, problems: &mut Vec<Problem>) {
+    if spec.event_types.is_empty() || spec.event_types.len() > 100 {
+        problems.push(Problem::new(
+            "spec.eventTypes",
+            "must list between 1 and 100 event types",
+        ));
+    }
+    for (i, t) in spec.event_types.iter().enumerate() {
+        if !is_event_type_pattern(t) {
+            problems.push(Problem::new(
+                format!("spec.eventTypes[{i}]"),
+                format!("{t:?} is not an event type, a prefix wildcard (`order.*`) or `*`"),
+            ));
+        }
+    }
+}
+
+/// `*`, or a type made of `[A-Za-z0-9._-]` starting with an alphanumeric, optionally ending in `.*`.
+pub fn is_event_type_pattern(t: &str) -> bool {
+    if t == "*" {
+        return true;
+    }
+    let base = t.strip_suffix(".*").unwrap_or(t);
+    !base.is_empty()
+        && base.len() <= 253
+        && base.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && base
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn check_endpoint(spec: &WebhookSubscriptionSpec, policy: Policy, problems: &mut Vec<Problem>) {
+    let ep = &spec.endpoint;
+    if ep.url.len() > 1000 {
+        problems.push(Problem::new(
+            "spec.endpoint.url",
+            "must be at most 1000 characters",
+        ));
+    }
+    match url::Url::parse(&ep.url) {
+        Err(e) => problems.push(Problem::new(
+            "spec.endpoint.url",
+            format!("is not a valid URL ({e})"),
+        )),
+        Ok(url) => {
+            match url.scheme() {
+                "https" => {}
+                "http" if policy.allow_http => {}
+                "http" => problems.push(Problem::new(
+                    "spec.endpoint.url",
+                    "plain http:// is not allowed: use https:// (or start the operator with --allow-http)",
+                )),
+                other => problems.push(Problem::new(
+                    "spec.endpoint.url",
+                    format!("scheme {other:?} is not supported: use https://"),
+                )),
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                problems.push(Problem::new("spec.endpoint.url", "has no host"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                problems.push(Problem::new(
+                    "spec.endpoint.url",
+                    "must not carry credentials (user:password@); use endpoint.headersFrom with a Secret",
+                ));
+            }
+        }
+    }
+    if !(1..=30).contains(&ep.timeout_seconds) {
+        problems.push(Problem::new(
+            "spec.endpoint.timeoutSeconds",
+            "must be between 1 and 30",
+        ));
+    }
+    for (name, value) in &ep.headers {
+        let field = format!("spec.endpoint.headers[{name}]");
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || RESERVED_HEADER_PREFIXES.iter().any(|p| lower.starts_with(p))
+        {
+            problems.push(Problem::new(
+                field,
+                "is a reserved header that Hookline sets itself",
+            ));
+        } else if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(Problem::new(field, "is not a valid HTTP header name"));
+        } else if http::HeaderValue::from_str(value).is_err() {
+            problems.push(Problem::new(
+                field,
+                "has a value that is not a valid HTTP header value",
+            ));
+        }
+    }
+}
+
+/// A Kubernetes DNS subdomain name (RFC 1123), the rule for Secret names.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+/// Render problems as one condition message.
+pub fn describe(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::WebhookSubscription;
+
+    fn spec(yaml: &str) -> WebhookSubscriptionSpec {
+        serde_yaml::from_str(yaml).expect("test spec parses")
+    }
+
+    const MINIMAL: &str = "eventTypes: ['order.*']\nendpoint: {url: 'https://example.com/hooks'}\n";
+
+    fn fields(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<String> {
+        check(spec, policy).into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn minimal_spec_is_valid_with_defaults() {
+        let s = spec(MINIMAL);
+        assert!(check(&s, Policy::default()).is_empty());
+        let schedule = retry_schedule(&s).expect("default schedule");
+        assert_eq!(schedule.max_attempts, 30);
+        assert_eq!(schedule.event_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(schedule.initial_backoff, Duration::from_secs(5));
+        assert_eq!(schedule.max_backoff, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn plain_http_needs_the_operator_flag() {
+        let s = spec("eventTypes: ['*']\nendpoint: {url: 'http://example.com/'}\n");
+        assert_eq!(fields(&s, Policy::default()), ["spec.endpoint.url"]);
+        assert!(
+            check(
+                &s,
+                Policy {
+                    allow_http: true,
+                    ..Policy::default()
+                }
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn unverified_endpoints_need_the_operator_flag() {
+        let s = spec(&format!("{MINIMAL}validation: {{method: None}}\n"));
+        assert_eq!(fields(&s, Policy::default()), ["spec.validation.method"]);
+        assert!(
+            check(
+                &s,
+                Policy {
+                    allow_unverified: true,
+                    ..Policy::default()
+                }
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn reserved_and_malformed_headers_are_named() {
+        let s = spec(
+            "eventTypes: ['*']\nendpoint:\n  url: 'https://example.com/'\n  headers:\n    Content-Type: x\n    ce-id: y\n    Webhook-Signature: z\n    Host: h\n    'bad header': v\n    X-Fine: ok\n",
+        );
+        let got = fields(&s, Policy::default());
+        assert_eq!(
+            got,
+            [
+                "spec.endpoint.headers[Content-Type]",
+                "spec.endpoint.headers[Host]",
+                "spec.endpoint.headers[Webhook-Signature]",
+                "spec.endpoint.headers[bad header]",
+                "spec.endpoint.headers[ce-id]",
+            ]
+        );
+    }
+
+    #[test]
+    fn header_values_with_line_breaks_are_rejected() {
+        let s = spec(
+            "eventTypes: ['*']\nendpoint:\n  url: 'https://example.com/'\n  headers: {X-A: \"a\\r\\nInjected: 1\"}\n",
+        );
+        assert_eq!(fields(&s, Policy::default()), ["spec.endpoint.headers[X-A]"]);
+    }
+
+    #[test]
+    fn backoff_bounds_and_order_are_checked() {
+        let s = spec(&format!(
+            "{MINIMAL}retryPolicy: {{initialBackoff: 10m, maxBackoff: 1m}}\n"
+        ));
+        assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.maxBackoff"]);
+        let s = spec(&format!("{MINIMAL}retryPolicy: {{eventTTL: 30s}}\n"));
+        assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.eventTTL"]);
+        let s = spec(&format!("{MINIMAL}retryPolicy: {{eventTTL: 73h}}\n"));
+        assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.eventTTL"]);
+        let s = spec(&format!("{MINIMAL}retryPolicy: {{initialBackoff: soon}}\n"));
+        assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.initialBackoff"]);
+        let s = spec(&format!(
+            "{MINIMAL}retryPolicy: {{initialBackoff: 1h30m, maxBackoff: 2h}}\n"
+        ));
+        assert!(check(&s, Policy::default()).is_empty());
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        for (url, why) in [
+            ("ftp://example.com/x", "scheme"),
+            ("https://user:pw@example.com/x", "credentials"),
+            ("not a url", "valid URL"),
+        ] {
+            let s = spec(&format!("eventTypes: ['*']\nendpoint: {{url: '{url}'}}\n"));
+            let problems = check(&s, Policy::default());
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert!(problems[0].message.contains(why), "{url}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn event_type_patterns() {
+        for ok in ["*", "order.created", "order.*", "com.example.v1-x_y"] {
+            assert!(is_event_type_pattern(ok), "{ok}");
+        }
+        for bad in ["", ".*", "order.*.x", "*.created", "or der", ".order", "order*"] {
+            assert!(!is_event_type_pattern(bad), "{bad}");
+        }
+        let s = spec("eventTypes: ['ok', '*.bad']\nendpoint: {url: 'https://e.com/'}\n");
+        assert_eq!(fields(&s, Policy::default()), ["spec.eventTypes[1]"]);
+        let s = spec("eventTypes: []\nendpoint: {url: 'https://e.com/'}\n");
+        assert_eq!(fields(&s, Policy::default()), ["spec.eventTypes"]);
+    }
+
+    #[test]
+    fn the_message_names_every_field() {
+        let s = spec("eventTypes: []\nendpoint: {url: 'ftp://e.com/'}\n");
+        let msg = describe(&check(&s, Policy::default()));
+        assert!(
+            msg.contains("spec.eventTypes") && msg.contains("spec.endpoint.url"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_crd_schema_pattern_agrees_with_the_rust_check() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_string(&WebhookSubscription::crd()).expect("crd serializes");
+        assert!(crd.contains(r#"^(\\*|[A-Za-z0-9][A-Za-z0-9._-]*(\\.\\*)?)$"#));
+    }
+}

@@ -1,0 +1,380 @@
+//! The pure middle of reconciliation: from a subscription and the facts the controller gathered,
+//! decide its conditions, whether its events may flow, and when to look at it again.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::spec_check::{Problem, describe};
+use crate::api::{
+    Reason, SecretRef, ValidationMethod, WebhookSubscription, WebhookSubscriptionStatus, condition_type,
+    set_condition,
+};
+use crate::registry::Gate;
+
+/// Where the endpoint stands in the ownership handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// The endpoint proved it wants the traffic (or verification is off).
+    Verified(String),
+    /// Waiting for the endpoint to answer.
+    Pending(String),
+    /// The handshake failed.
+    Failed(String),
+    /// The endpoint resolves to an address the SSRF guard refuses.
+    Blocked(String),
+}
+
+/// The signing Secret as the controller found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signing {
+    /// The Secret exists (or was just created).
+    Present(String),
+    /// The Secret named in `spec.signing.secretRef` does not exist.
+    Missing(String),
+}
+
+/// What the controller learned before deciding.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    /// Problems with the spec; non-empty means the spec is invalid.
+    pub problems: Vec<Problem>,
+    /// Signing Secret state (absent when the spec is invalid and nothing was looked up).
+    pub signing: Option<Signing>,
+    /// Endpoint verification state.
+    pub verification: Verification,
+    /// The time of this reconciliation.
+    pub now: jiff::Timestamp,
+}
+
+/// What the controller will do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The status to write (written only if it differs from the current one).
+    pub status: WebhookSubscriptionStatus,
+    /// `None`: the subscription must not be known to the delivery side (invalid spec).
+    pub gate: Option<Gate>,
+    /// The reason of the `Ready` condition.
+    pub ready_reason: Reason,
+    /// When to reconcile again regardless of changes (e.g. at `expiresAt`).
+    pub requeue_after: Option<Duration>,
+}
+
+/// Verification for the methods this build implements.
+///
+/// `None` is verified by definition (the spec check already refused it without the operator flag).
+pub fn verification_for(method: ValidationMethod) -> Verification {
+    match method {
+        ValidationMethod::None => Verification::Verified(
+            "validation.method is None and the operator allows unverified endpoints".into(),
+        ),
+        ValidationMethod::Event | ValidationMethod::Options => Verification::Pending(format!(
+            "the {method:?} handshake is not available in this Hookline build, so the endpoint cannot be \
+             verified yet; events are held. Use validation.method None with an operator started with \
+             --allow-unverified-endpoints"
+        )),
+    }
+}
+
+/// Decide a subscription's status and gate.
+pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
+    let generation = sub.metadata.generation;
+    let now = Time(facts.now);
+    let mut status = sub.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    let conds = &mut status.conditions;
+
+    if !facts.problems.is_empty() {
+        let message = format!("The spec is invalid: {}", describe(&facts.problems));
+        set_condition(
+            conds,
+            condition_type::READY,
+            false,
+            Reason::InvalidSpec,
+            message,
+            generation,
+            &now,
+        );
+        return Decision {
+            status,
+            gate: None,
+            ready_reason: Reason::InvalidSpec,
+            requeue_after: None,
+        };
+    }
+
+    let (verified, v_reason, v_message) = match &facts.verification {
+        Verification::Verified(m) => (true, Reason::Verified, m.clone()),
+        Verification::Pending(m) => (false, Reason::Pending, m.clone()),
+        Verification::Failed(m) => (false, Reason::ValidationFailed, m.clone()),
+        Verification::Blocked(m) => (false, Reason::EndpointBlocked, m.clone()),
+    };
+    set_condition(
+        conds,
+        condition_type::ENDPOINT_VERIFIED,
+        verified,
+        v_reason,
+        v_message,
+        generation,
+        &now,
+    );
+    if !conds.iter().any(|c| c.type_ == condition_type::HEALTHY) {
+        set_condition(
+            conds,
+            condition_type::HEALTHY,
+            true,
+            Reason::Delivering,
+            "No delivery has failed",
+            generation,
+            &now,
+        );
+    }
+    let endpoint_gone = conds.iter().any(|c| {
+        c.type_ == condition_type::HEALTHY
+            && c.reason == Reason::EndpointGone.as_str()
+            && c.observed_generation == generation
+    });
+
+    status.signing_secret_ref = match &facts.signing {
+        Some(Signing::Present(name)) | Some(Signing::Missing(name)) => Some(SecretRef { name: name.clone() }),
+        None => status.signing_secret_ref.take(),
+    };
+
+    let expires_in = sub
+        .spec
+        .expires_at
+        .as_ref()
+        .map(|t| t.0.duration_since(facts.now));
+    let expired = expires_in.is_some_and(|d| !d.is_positive());
+    let (ready, reason, message) = if expired {
+        (
+            false,
+            Reason::Expired,
+            "spec.expiresAt has passed; the subscription no longer delivers".to_string(),
+        )
+    } else if let Some(Signing::Missing(name)) = &facts.signing {
+        (
+            false,
+            Reason::SigningSecretMissing,
+            format!(
+                "Secret {name:?} named in spec.signing.secretRef does not exist; events are held until it does"
+            ),
+        )
+    } else if endpoint_gone {
+        (
+            false,
+            Reason::Disabled,
+            "The endpoint answered 410 Gone; change the spec to enable delivery again".to_string(),
+        )
+    } else if sub.spec.suspend {
+        (
+            false,
+            Reason::Suspended,
+            "spec.suspend is true; events are kept until it is resumed".to_string(),
+        )
+    } else if !verified {
+        (
+            false,
+            Reason::AwaitingValidation,
+            "Events are held until the endpoint is verified".to_string(),
+        )
+    } else {
+        (
+            true,
+            Reason::Active,
+            format!("Delivering to {}", sub.spec.endpoint.url),
+        )
+    };
+    set_condition(
+        conds,
+        condition_type::READY,
+        ready,
+        reason,
+        message,
+        generation,
+        &now,
+    );
+
+    let requeue_after = expires_in
+        .filter(|d| d.is_positive())
+        .and_then(|d| Duration::try_from(d).ok());
+    let gate = if ready { Gate::Open } else { Gate::Held(reason) };
+    Decision {
+        status,
+        gate: Some(gate),
+        ready_reason: reason,
+        requeue_after,
+    }
+}
+
+/// Whether two statuses differ in anything but condition timestamps that `set_condition` keeps.
+pub fn changed(old: Option<&WebhookSubscriptionStatus>, new: &WebhookSubscriptionStatus) -> bool {
+    old != Some(new)
+}
+
+/// The name of the signing Secret the operator generates for a subscription.
+pub fn generated_secret_name(sub: &WebhookSubscription) -> String {
+    format!("{}-signing", sub.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::subscription;
+
+    fn at(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(secs).expect("valid")
+    }
+
+    fn facts(verification: Verification) -> Facts {
+        Facts {
+            problems: vec![],
+            signing: Some(Signing::Present("s".into())),
+            verification,
+            now: at(1_000),
+        }
+    }
+
+    fn ready(d: &Decision) -> (String, String) {
+        let c = d
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready condition");
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn verified_subscription_is_ready_and_open() {
+        let sub = subscription("minimal.yaml");
+        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        assert_eq!(ready(&d), ("True".into(), "Active".into()));
+        assert_eq!(d.gate, Some(Gate::Open));
+        assert_eq!(d.status.observed_generation, Some(1));
+        assert_eq!(d.status.signing_secret_ref, Some(SecretRef { name: "s".into() }));
+        let types: Vec<_> = d.status.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["EndpointVerified", "Healthy", "Ready"]);
+    }
+
+    #[test]
+    fn unverified_subscription_awaits_validation() {
+        let sub = subscription("minimal.yaml");
+        let d = decide(&sub, &facts(Verification::Pending("waiting".into())));
+        assert_eq!(ready(&d), ("False".into(), "AwaitingValidation".into()));
+        assert_eq!(d.gate, Some(Gate::Held(Reason::AwaitingValidation)));
+    }
+
+    #[test]
+    fn suspended_subscription_holds_events() {
+        let mut sub = subscription("minimal.yaml");
+        sub.spec.suspend = true;
+        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        assert_eq!(ready(&d), ("False".into(), "Suspended".into()));
+        assert_eq!(d.gate, Some(Gate::Held(Reason::Suspended)));
+    }
+
+    #[test]
+    fn expiry_is_requeued_for_the_exact_instant_then_fires() {
+        let mut sub = subscription("minimal.yaml");
+        sub.spec.expires_at = Some(Time(at(1_090)));
+        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        assert_eq!(ready(&d).1, "Active");
+        assert_eq!(d.requeue_after, Some(Duration::from_secs(90)));
+
+        let mut later = facts(Verification::Verified("ok".into()));
+        later.now = at(1_090);
+        let d = decide(&sub, &later);
+        assert_eq!(ready(&d), ("False".into(), "Expired".into()));
+        assert_eq!(d.requeue_after, None);
+        assert_eq!(d.gate, Some(Gate::Held(Reason::Expired)));
+    }
+
+    #[test]
+    fn expiry_wins_over_suspend() {
+        let mut sub = subscription("minimal.yaml");
+        sub.spec.suspend = true;
+        sub.spec.expires_at = Some(Time(at(10)));
+        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        assert_eq!(ready(&d).1, "Expired");
+    }
+
+    #[test]
+    fn invalid_spec_is_reported_and_not_registered() {
+        let sub = subscription("minimal.yaml");
+        let mut f = facts(Verification::Verified("ok".into()));
+        f.problems = vec![Problem {
+            field: "spec.endpoint.url".into(),
+            message: "bad".into(),
+        }];
+        let d = decide(&sub, &f);
+        assert_eq!(ready(&d), ("False".into(), "InvalidSpec".into()));
+        let msg = &d
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("ready")
+            .message;
+        assert!(msg.contains("spec.endpoint.url: bad"), "{msg}");
+        assert_eq!(d.gate, None);
+    }
+
+    #[test]
+    fn missing_signing_secret_holds_events() {
+        let sub = subscription("minimal.yaml");
+        let mut f = facts(Verification::Verified("ok".into()));
+        f.signing = Some(Signing::Missing("mine".into()));
+        let d = decide(&sub, &f);
+        assert_eq!(ready(&d), ("False".into(), "SigningSecretMissing".into()));
+    }
+
+    #[test]
+    fn endpoint_gone_disables_until_the_spec_changes() {
+        let mut sub = subscription("minimal.yaml");
+        let mut status = WebhookSubscriptionStatus::default();
+        set_condition(
+            &mut status.conditions,
+            "Healthy",
+            false,
+            Reason::EndpointGone,
+            "410",
+            Some(1),
+            &Time(at(1)),
+        );
+        sub.status = Some(status);
+        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        assert_eq!(ready(&d).1, "Disabled");
+        sub.metadata.generation = Some(2);
+        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        assert_eq!(ready(&d).1, "Active");
+    }
+
+    #[test]
+    fn deciding_twice_changes_nothing() {
+        let sub = subscription("minimal.yaml");
+        let first = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let mut again = sub.clone();
+        again.status = Some(first.status.clone());
+        let mut later = facts(Verification::Verified("ok".into()));
+        later.now = at(5_000);
+        let second = decide(&again, &later);
+        assert!(
+            !changed(Some(&first.status), &second.status),
+            "a steady state must not cause a write"
+        );
+    }
+
+    #[test]
+    fn event_and_options_methods_are_pending_in_this_build() {
+        assert!(matches!(
+            verification_for(ValidationMethod::Event),
+            Verification::Pending(_)
+        ));
+        assert!(matches!(
+            verification_for(ValidationMethod::None),
+            Verification::Verified(_)
+        ));
+    }
+}

@@ -1,0 +1,7 @@
+#![doc = "Hookline: a Kubernetes operator that delivers webhooks."]
+
+pub mod api;
+pub mod controller;
+pub mod metrics;
+pub mod registry;
+pub mod server;

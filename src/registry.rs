@@ -1,0 +1,178 @@
+//! The set of subscriptions the controller has reconciled, shared with the delivery side.
+//!
+//! The controller is the only writer: it inserts a subscription once its spec is valid and removes
+//! it when the subscription is deleted. Readers (the router and the dispatchers) take snapshots and
+//! are woken through a version counter whenever anything changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::watch;
+
+use crate::api::{Reason, WebhookSubscription, WebhookSubscriptionSpec};
+
+/// Whether a subscription's dispatcher may send events now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Deliver.
+    Open,
+    /// Keep events queued; the reason says why (Suspended, Expired, AwaitingValidation, …).
+    Held(Reason),
+}
+
+/// What the delivery side needs to know about one subscription.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActiveSubscription {
+    /// Namespace and name.
+    pub key: ObjectRef<WebhookSubscription>,
+    /// The object's UID: a subscription deleted and re-created under the same name is a new one.
+    pub uid: String,
+    /// The generation the spec belongs to.
+    pub generation: i64,
+    /// The validated spec.
+    pub spec: Arc<WebhookSubscriptionSpec>,
+    /// The Secret the signing keys are read from.
+    pub signing_secret: String,
+    /// Whether events may flow.
+    pub gate: Gate,
+}
+
+/// Shared registry of reconciled subscriptions.
+#[derive(Clone)]
+pub struct Registry {
+    entries: Arc<RwLock<HashMap<ObjectRef<WebhookSubscription>, Arc<ActiveSubscription>>>>,
+    version: watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            entries: Arc::default(),
+            version: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Registry {
+    /// Insert or replace a subscription; readers are woken only when something changed.
+    pub fn upsert(&self, sub: ActiveSubscription) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.get(&sub.key).is_some_and(|old| **old == sub) {
+            return;
+        }
+        entries.insert(sub.key.clone(), Arc::new(sub));
+        drop(entries);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Forget a subscription (deleted, or its spec became invalid).
+    pub fn remove(&self, key: &ObjectRef<WebhookSubscription>) {
+        let removed = self
+            .entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if removed.is_some() {
+            self.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// One subscription, if known.
+    pub fn get(&self, key: &ObjectRef<WebhookSubscription>) -> Option<Arc<ActiveSubscription>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The subscriptions of one namespace, held or open.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<ActiveSubscription>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.key.namespace.as_deref() == Some(namespace))
+            .cloned()
+            .collect()
+    }
+
+    /// A receiver that changes whenever the registry does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Number of known subscriptions.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no subscription is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Endpoint;
+
+    fn sub(ns: &str, name: &str, gate: Gate) -> ActiveSubscription {
+        let spec = WebhookSubscriptionSpec {
+            event_types: vec!["*".into()],
+            filter: None,
+            endpoint: Endpoint {
+                url: "https://example.com/hook".into(),
+                headers: Default::default(),
+                headers_from: None,
+                timeout_seconds: 15,
+            },
+            delivery: Default::default(),
+            signing: None,
+            retry_policy: Default::default(),
+            dead_letter: Default::default(),
+            expires_at: None,
+            suspend: false,
+            validation: Default::default(),
+        };
+        ActiveSubscription {
+            key: ObjectRef::new(name).within(ns),
+            uid: format!("uid-{name}"),
+            generation: 1,
+            spec: Arc::new(spec),
+            signing_secret: format!("{name}-signing"),
+            gate,
+        }
+    }
+
+    #[test]
+    fn readers_are_woken_only_on_real_changes() {
+        let registry = Registry::default();
+        let rx = registry.subscribe();
+        registry.upsert(sub("a", "one", Gate::Open));
+        assert_eq!(*rx.borrow(), 1);
+        registry.upsert(sub("a", "one", Gate::Open));
+        assert_eq!(*rx.borrow(), 1, "an identical upsert is not a change");
+        registry.upsert(sub("a", "one", Gate::Held(Reason::Suspended)));
+        assert_eq!(*rx.borrow(), 2);
+        registry.remove(&ObjectRef::new("one").within("a"));
+        registry.remove(&ObjectRef::new("one").within("a"));
+        assert_eq!(*rx.borrow(), 3);
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn namespaces_are_kept_apart() {
+        let registry = Registry::default();
+        registry.upsert(sub("a", "one", Gate::Open));
+        registry.upsert(sub("b", "two", Gate::Open));
+        let names: Vec<_> = registry
+            .in_namespace("a")
+            .iter()
+            .map(|s| s.key.name.clone())
+            .collect();
+        assert_eq!(names, ["one"]);
+    }
+}

@@ -1,0 +1,78 @@
+//! The operations HTTP server: `/healthz`, `/readyz` and `/metrics` on `--metrics-addr`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// The parts that must be up before the operator reports ready.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    watches_synced: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Mark the controller's watches as having completed their initial list.
+    pub fn set_watches_synced(&self) {
+        self.watches_synced.store(true, Ordering::Release);
+    }
+
+    /// What is not ready yet, or `None` when everything is.
+    pub fn missing(&self) -> Option<&'static str> {
+        (!self.watches_synced.load(Ordering::Acquire)).then_some("watches have not synced yet")
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+}
+
+/// Bind the operations server; returns the bound address and a future that serves until cancelled.
+pub async fn bind(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(OpsState { metrics, readiness });
+    let serve = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    };
+    Ok((local, serve))
+}
+
+async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
+    match state.readiness.missing() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(what) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}")),
+    }
+}
+
+async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
