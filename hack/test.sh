@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Hookline's whole test suite, exactly what CI runs (.ci/run calls this):
+# formatting, clippy, unit tests, then a private local control plane and the integration tests.
+# The control plane is stopped on exit, whatever happened.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "unit tests"
+cargo test --locked --lib --bins
+
+# A control plane of its own, so a developer's `hack/cluster.sh up` is left alone.
+export HOOKLINE_CLUSTER_DIR="$ROOT/target/test-cluster"
+export HOOKLINE_TEST_KUBECONFIG="$HOOKLINE_CLUSTER_DIR/kubeconfig"
+export HOOKLINE_REQUIRE_CLUSTER=1
+trap 'hack/cluster.sh down >/dev/null 2>&1 || true' EXIT
+step "local control plane"
+hack/cluster.sh up
+
+step "integration tests"
+cargo test --locked --test '*'

@@ -1,0 +1,220 @@
+//! The subscription controller, driven the way users drive it: kubectl against the local control
+//! plane, with the real `hookline run` binary.
+
+mod support;
+
+use std::time::Duration;
+
+use hookline::api::{WebhookSubscription, WebhookSubscriptionStatus};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use support::{TestEnv, install_crds, wait_until};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn env(test: &str) -> Option<TestEnv> {
+    let env = TestEnv::start(test).await?;
+    install_crds(&env.client).await;
+    Some(env)
+}
+
+/// The (status, reason, message) of one condition.
+fn condition(status: &WebhookSubscriptionStatus, type_: &str) -> Option<(String, String, String)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Wait until `name`'s condition `type_` has `status`/`reason` for the subscription's current generation.
+async fn wait_for_condition(
+    api: &Api<WebhookSubscription>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> WebhookSubscription {
+    wait_until(&format!("{name}: {type_}={status}/{reason}"), WAIT, || async {
+        let sub = api.get(name).await.ok()?;
+        let st = sub.status.as_ref()?;
+        let (s, r, _) = condition(st, type_)?;
+        (s == status && r == reason && st.observed_generation == sub.metadata.generation).then_some(sub)
+    })
+    .await
+}
+
+fn apply(env: &TestEnv, file: &str) {
+    env.kubectl(&["apply", "--validate=false", "-f", &format!("{EXAMPLES}/{file}")]);
+}
+
+#[tokio::test]
+async fn minimal_example_gets_a_signing_secret_and_waits_for_verification() {
+    let Some(env) = env("minimal-example").await else { return };
+    let _hookline = env.start_hookline(&[]).await;
+    apply(&env, "minimal.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    let sub = wait_for_condition(&subs, "orders", "Ready", "False", "AwaitingValidation").await;
+    assert!(sub.finalizers().iter().any(|f| f == "hookline.dev/cleanup"), "finalizer added");
+    let status = sub.status.expect("status");
+    let (v, reason, _) = condition(&status, "EndpointVerified").expect("EndpointVerified");
+    assert_eq!((v.as_str(), reason.as_str()), ("False", "Pending"));
+    assert_eq!(status.signing_secret_ref.expect("signingSecretRef").name, "orders-signing");
+
+    let secret = env.api::<Secret>().get("orders-signing").await.expect("generated Secret");
+    let owner = &secret.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("WebhookSubscription", "orders", Some(true)));
+    let key = secret.data.expect("data")["signingSecret"].0.clone();
+    assert!(String::from_utf8(key).expect("utf8").starts_with("whsec_"));
+}
+
+#[tokio::test]
+async fn full_example_uses_the_named_secret_and_creates_none() {
+    let Some(env) = env("full-example").await else { return };
+    let _hookline = env.start_hookline(&[]).await;
+    apply(&env, "secrets.yaml");
+    apply(&env, "full.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    let sub = wait_for_condition(&subs, "payments", "Ready", "False", "AwaitingValidation").await;
+    assert_eq!(sub.status.expect("status").signing_secret_ref.expect("ref").name, "payments-signing");
+    assert!(env.api::<Secret>().get_opt("payments-signing-signing").await.expect("get").is_none());
+    let generated = env.kubectl(&["get", "secrets", "-l", "app.kubernetes.io/managed-by=hookline", "-o", "name"]);
+    assert_eq!(generated.trim(), "", "no Secret is generated when spec.signing names one");
+}
+
+#[tokio::test]
+async fn kubectl_wait_for_ready_works_for_an_unverified_endpoint_when_allowed() {
+    let Some(env) = env("wait-ready").await else { return };
+    let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
+    apply(&env, "unverified.yaml");
+    env.kubectl(&["wait", "--for=condition=Ready", "webhooksubscription/dev-sink", "--timeout=30s"]);
+    let row = env.kubectl(&["get", "whsub", "dev-sink", "--no-headers"]);
+    assert!(row.contains("True") && row.contains("Active"), "printer columns show readiness: {row}");
+}
+
+#[tokio::test]
+async fn unverified_endpoint_without_the_operator_flag_is_an_invalid_spec() {
+    let Some(env) = env("unverified-refused").await else { return };
+    let _hookline = env.start_hookline(&[]).await;
+    apply(&env, "unverified.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    let sub = wait_for_condition(&subs, "dev-sink", "Ready", "False", "InvalidSpec").await;
+    let (_, _, message) = condition(sub.status.as_ref().expect("status"), "Ready").expect("Ready");
+    assert!(message.contains("spec.validation.method") && message.contains("--allow-unverified-endpoints"), "{message}");
+    let described = env.kubectl(&["describe", "whsub", "dev-sink"]);
+    assert!(described.contains("InvalidSpec"), "a Warning Event explains it:\n{described}");
+}
+
+#[tokio::test]
+async fn suspend_holds_and_resume_reactivates() {
+    let Some(env) = env("suspend").await else { return };
+    let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
+    apply(&env, "unverified.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
+    env.kubectl(&["patch", "whsub", "dev-sink", "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#]);
+    wait_for_condition(&subs, "dev-sink", "Ready", "False", "Suspended").await;
+    env.kubectl(&["patch", "whsub", "dev-sink", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
+}
+
+#[tokio::test]
+async fn expiry_fires_at_expires_at() {
+    let Some(env) = env("expiry").await else { return };
+    let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
+    apply(&env, "unverified.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
+    let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(4);
+    let expires = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let patch = serde_json::json!({"spec": {"expiresAt": expires}});
+    subs.patch("dev-sink", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("set expiresAt");
+    let sub = wait_for_condition(&subs, "dev-sink", "Ready", "False", "Expired").await;
+    let ready = sub.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+    let fired = ready.last_transition_time.0;
+    // The API server keeps whole seconds, so compare at that precision.
+    let expires_second = jiff::Timestamp::from_second(expires_at.as_second()).expect("ts");
+    assert!(fired >= expires_second, "expired at {fired}, before expiresAt {expires_second}");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_recovers_when_fixed() {
+    let Some(env) = env("invalid-spec").await else { return };
+    let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
+    // Kubernetes 1.20 ignores the CEL rule on reserved headers, so the operator must catch it.
+    let manifest = r#"{"apiVersion":"hookline.dev/v1alpha1","kind":"WebhookSubscription",
+        "metadata":{"name":"bad"},
+        "spec":{"eventTypes":["*"],"validation":{"method":"None"},
+                "endpoint":{"url":"https://e.example.com/","headers":{"Webhook-Signature":"forged"}},
+                "retryPolicy":{"initialBackoff":"10m","maxBackoff":"1m"}}}"#;
+    let path = std::env::temp_dir().join(format!("{}-bad.json", env.namespace));
+    std::fs::write(&path, manifest).expect("write manifest");
+    env.kubectl(&["apply", "--validate=false", "-f", path.to_str().expect("path")]);
+    let subs: Api<WebhookSubscription> = env.api();
+    let sub = wait_for_condition(&subs, "bad", "Ready", "False", "InvalidSpec").await;
+    let (_, _, message) = condition(sub.status.as_ref().expect("status"), "Ready").expect("Ready");
+    assert!(message.contains("spec.endpoint.headers[Webhook-Signature]"), "{message}");
+    assert!(message.contains("spec.retryPolicy.maxBackoff"), "{message}");
+
+    let fix = serde_json::json!({"spec": {"endpoint": {"headers": null}, "retryPolicy": {"maxBackoff": "1h"}}});
+    subs.patch("bad", &PatchParams::default(), &Patch::Merge(&fix)).await.expect("fix");
+    wait_for_condition(&subs, "bad", "Ready", "True", "Active").await;
+}
+
+#[tokio::test]
+async fn an_existing_signing_secret_is_never_overwritten() {
+    let Some(env) = env("keep-secret").await else { return };
+    env.kubectl(&["create", "secret", "generic", "dev-sink-signing", "--from-literal=mine=whsec_dXNlci1vd25lZC1zZWNyZXQtdGhhdC1tdXN0LXN0YXk="]);
+    let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
+    apply(&env, "unverified.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
+    let secret = env.api::<Secret>().get("dev-sink-signing").await.expect("secret");
+    let data = secret.data.expect("data");
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["mine"], "the user's Secret is left as it was");
+}
+
+#[tokio::test]
+async fn deletion_removes_the_finalizer_and_the_generated_secret() {
+    let Some(env) = env("deletion").await else { return };
+    let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
+    apply(&env, "unverified.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
+    let secrets: Api<Secret> = env.api();
+    assert!(secrets.get_opt("dev-sink-signing").await.expect("get").is_some());
+    subs.delete("dev-sink", &DeleteParams::default()).await.expect("delete");
+    wait_until("the subscription is gone (finalizer removed)", WAIT, || async {
+        subs.get_opt("dev-sink").await.expect("get").is_none().then_some(())
+    })
+    .await;
+    wait_until("the owned signing Secret is garbage-collected", Duration::from_secs(60), || async {
+        secrets.get_opt("dev-sink-signing").await.expect("get").is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_steady_subscription_causes_no_status_writes() {
+    let Some(env) = env("steady").await else { return };
+    let hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
+    apply(&env, "unverified.yaml");
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
+    let writes_before = wait_until("the first status write is counted", WAIT, || async {
+        hookline.metric("hookline_status_writes_total").await.filter(|n| *n >= 1.0)
+    })
+    .await;
+    let reconciles_before = hookline.metric("hookline_reconciles_total").await.expect("metric");
+    // Touch the object without changing its spec: a reconcile runs, and nothing needs writing.
+    env.kubectl(&["annotate", "whsub", "dev-sink", "example.com/touched=1"]);
+    wait_until("the annotation triggers a reconcile", WAIT, || async {
+        let n = hookline.metric("hookline_reconciles_total").await?;
+        (n > reconciles_before).then_some(())
+    })
+    .await;
+    let writes_after = hookline.metric("hookline_status_writes_total").await.expect("metric");
+    assert_eq!(writes_before, writes_after, "a reconcile that changes nothing must not write status");
+}

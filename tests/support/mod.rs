@@ -1,0 +1,224 @@
+//! Integration-test harness: one shared local control plane (started by `hack/cluster.sh up` or
+//! `.ci/run`), a fresh namespace per test (dumped on failure, deleted afterwards), the real
+//! `hookline` binary as a child process, and polling with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Config, CustomResourceExt};
+
+/// Where the kubeconfig of the local control plane is.
+fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("HOOKLINE_TEST_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cluster/kubeconfig"))
+}
+
+/// One test's view of the cluster: a client and a namespace of its own.
+pub struct TestEnv {
+    pub client: Client,
+    pub namespace: String,
+    pub kubeconfig: PathBuf,
+    logs: Mutex<Vec<PathBuf>>,
+}
+
+impl TestEnv {
+    /// Connect to the local control plane and create a fresh namespace for `test`.
+    ///
+    /// Returns `None` (after saying why) when no control plane runs and `CI` is unset; in CI a
+    /// missing control plane is a failure, never a silent skip.
+    pub async fn start(test: &str) -> Option<TestEnv> {
+        let kubeconfig = kubeconfig_path();
+        if !kubeconfig.exists() {
+            if std::env::var_os("CI").is_some() || std::env::var_os("HOOKLINE_REQUIRE_CLUSTER").is_some() {
+                panic!("no control plane at {}: run hack/cluster.sh up", kubeconfig.display());
+            }
+            eprintln!("SKIPPED {test}: no local control plane ({} missing; run hack/cluster.sh up)", kubeconfig.display());
+            return None;
+        }
+        let kc = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig readable");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
+        let client = Client::try_from(config).expect("client");
+        let suffix: u32 = rand_suffix();
+        let namespace = format!("t-{}-{suffix:08x}", test.replace('_', "-").chars().take(40).collect::<String>());
+        let ns = Namespace { metadata: ObjectMeta { name: Some(namespace.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create test namespace");
+        Some(TestEnv { client, namespace, kubeconfig, logs: Mutex::default() })
+    }
+
+    /// A namespaced API for this test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Run kubectl against the control plane in this test's namespace; returns stdout, panics with
+    /// stderr on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_output(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run kubectl and return its raw output, whatever the exit code.
+    pub fn kubectl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Start the real `hookline run` for this namespace with extra flags.
+    pub async fn start_hookline(&self, extra: &[&str]) -> Hookline {
+        let metrics_port = free_port();
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-hookline-{metrics_port}.log", self.namespace));
+        self.logs.lock().expect("logs").push(log.clone());
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .arg("run")
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--watch-namespace", &self.namespace])
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,hookline=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn hookline");
+        let hookline = Hookline { child, metrics: format!("http://127.0.0.1:{metrics_port}"), log };
+        let url = format!("{}/readyz", hookline.metrics);
+        wait_until("hookline /readyz answers 200", Duration::from_secs(30), || async {
+            http_get(&url).await.filter(|(status, _)| *status == 200)
+        })
+        .await;
+        hookline
+    }
+
+    fn dump(&self) {
+        eprintln!("===== namespace {} at failure =====", self.namespace);
+        let out = self.kubectl_output(&["get", "webhooksubscriptions,failedevents,secrets,configmaps", "-o", "yaml"]);
+        eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = self.kubectl_output(&["get", "events", "--sort-by=.lastTimestamp"]);
+        eprintln!("--- events ---\n{}", String::from_utf8_lossy(&out.stdout));
+        for log in self.logs.lock().map(|l| l.clone()).unwrap_or_default() {
+            eprintln!("--- {} ---\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["delete", "namespace", &self.namespace, "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A running `hookline run` child process; killed when dropped.
+pub struct Hookline {
+    pub child: tokio::process::Child,
+    /// Base URL of its operations server.
+    pub metrics: String,
+    pub log: PathBuf,
+}
+
+impl Hookline {
+    /// The value of one Prometheus sample line, e.g. `hookline_status_writes_total`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(&format!("{}/metrics", self.metrics)).await?;
+        body.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// Install (or update) Hookline's CRDs and wait until they are Established.
+///
+/// Uses plain create/replace: a CRD carrying CEL rules cannot be server-side applied on 1.20.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [hookline::api::WebhookSubscription::crd(), hookline::api::FailedEvent::crd()] {
+        let name = crd.metadata.name.clone().expect("crd name");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let result = match api.get_opt(&name).await.expect("get crd") {
+                None => api.create(&PostParams::default(), &crd).await.map(|_| ()),
+                Some(existing) if existing.spec == crd.spec => Ok(()),
+                Some(existing) => {
+                    let mut updated = crd.clone();
+                    updated.metadata.resource_version = existing.metadata.resource_version;
+                    api.replace(&name, &PostParams::default(), &updated).await.map(|_| ())
+                }
+            };
+            match result {
+                Ok(()) => break,
+                // Another test installed or updated it concurrently: look again.
+                Err(kube::Error::Api(s)) if s.code == 409 && Instant::now() < deadline => continue,
+                Err(e) => panic!("installing CRD {name}: {e}"),
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
+            .expect("watch crd");
+    }
+}
+
+/// Poll `probe` every 100 ms until it yields a value or `timeout` passes (then panic naming `what`).
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free loopback port (the OS picks it; the listener is closed before returning).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() as u32
+}
+
+/// GET a loopback URL: (status, body), or `None` if nothing answered.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let resp = reqwest::get(url).await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
+}
