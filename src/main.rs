@@ -69,9 +69,7 @@ async fn main() -> anyhow::Result<()> {
 fn init_telemetry(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -80,13 +78,8 @@ fn init_telemetry(format: LogFormat) {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_telemetry(args.log_format);
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API server")?;
-    let policy = Policy {
-        allow_http: args.allow_http,
-        allow_unverified: args.allow_unverified_endpoints,
-    };
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API server")?;
+    let policy = Policy { allow_http: args.allow_http, allow_unverified: args.allow_unverified_endpoints };
     if policy.allow_unverified {
         warn!("--allow-unverified-endpoints: subscriptions may skip the endpoint ownership handshake");
     }
@@ -95,35 +88,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let registry = Registry::default();
 
-    let (ops_addr, ops_server) = server::bind(
-        args.metrics_addr,
-        metrics.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .with_context(|| format!("binding the operations server to {}", args.metrics_addr))?;
+    let (ops_addr, ops_server) =
+        server::bind(args.metrics_addr, metrics.clone(), readiness.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("binding the operations server to {}", args.metrics_addr))?;
     info!(addr = %ops_addr, "operations server listening");
     let ops = tokio::spawn(ops_server);
 
     let ctx = Arc::new(controller::Context::new(client, policy, registry, metrics));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    info!(
-        namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
-        "starting controller"
-    );
-    controller::run(
-        ctx,
-        args.watch_namespace.as_deref(),
-        readiness,
-        shutdown.clone().cancelled_owned(),
-    )
-    .await;
+    info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
+    controller::run(ctx, args.watch_namespace.as_deref(), readiness, shutdown.clone().cancelled_owned())
+        .await;
 
     shutdown.cancel();
-    ops.await
-        .context("operations server task")?
-        .context("operations server")?;
+    ops.await.context("operations server task")?.context("operations server")?;
     info!("stopped");
     Ok(())
 }

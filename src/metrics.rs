@@ -32,11 +32,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("hookline");
         let reconciles = Counter::default();
-        registry.register(
-            "reconciles",
-            "Subscription reconciliations started",
-            reconciles.clone(),
-        );
+        registry.register("reconciles", "Subscription reconciliations started", reconciles.clone());
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -61,14 +57,7 @@ impl Default for Metrics {
             "Changes of a subscription's Ready reason, by new reason",
             ready_transitions.clone(),
         );
-        Self {
-            registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            status_writes,
-            ready_transitions,
-        }
+        Self { registry, reconciles, reconcile_errors, reconcile_duration, status_writes, ready_transitions }
     }
 }
 
@@ -80,9 +69,7 @@ pub struct ReconcileTimer<'a> {
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        self.metrics
-            .reconcile_duration
-            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics.reconcile_duration.observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -90,10 +77,7 @@ impl Metrics {
     /// Count a reconciliation and time it until the returned guard is dropped.
     pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
-        ReconcileTimer {
-            metrics: self,
-            start: Instant::now(),
-        }
+        ReconcileTimer { metrics: self, start: Instant::now() }
     }
 
     /// Count a failed reconciliation.
@@ -108,9 +92,7 @@ impl Metrics {
 
     /// Count a change of a subscription's Ready reason.
     pub fn ready_changed(&self, reason: &'static str) {
-        self.ready_transitions
-            .get_or_create(&ReadyLabels { reason })
-            .inc();
+        self.ready_transitions.get_or_create(&ReadyLabels { reason }).inc();
     }
 
     /// The metrics in Prometheus text format.
@@ -134,14 +116,8 @@ mod tests {
         m.status_written();
         let text = m.encode();
         assert!(text.contains("hookline_reconciles_total 1"), "{text}");
-        assert!(
-            text.contains("hookline_reconcile_errors_total{error=\"kube\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("hookline_reconcile_duration_seconds_count 1"),
-            "{text}"
-        );
+        assert!(text.contains("hookline_reconcile_errors_total{error=\"kube\"} 1"), "{text}");
+        assert!(text.contains("hookline_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hookline_status_writes_total 1"), "{text}");
     }
 }

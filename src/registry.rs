@@ -47,10 +47,7 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self {
-            entries: Arc::default(),
-            version: watch::Sender::new(0),
-        }
+        Self { entries: Arc::default(), version: watch::Sender::new(0) }
     }
 }
 
@@ -68,11 +65,7 @@ impl Registry {
 
     /// Forget a subscription (deleted, or its spec became invalid).
     pub fn remove(&self, key: &ObjectRef<WebhookSubscription>) {
-        let removed = self
-            .entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let removed = self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(key);
         if removed.is_some() {
             self.version.send_modify(|v| *v += 1);
         }
@@ -80,11 +73,7 @@ impl Registry {
 
     /// One subscription, if known.
     pub fn get(&self, key: &ObjectRef<WebhookSubscription>) -> Option<Arc<ActiveSubscription>> {
-        self.entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 
     /// The subscriptions of one namespace, held or open.
@@ -168,11 +157,7 @@ mod tests {
         let registry = Registry::default();
         registry.upsert(sub("a", "one", Gate::Open));
         registry.upsert(sub("b", "two", Gate::Open));
-        let names: Vec<_> = registry
-            .in_namespace("a")
-            .iter()
-            .map(|s| s.key.name.clone())
-            .collect();
+        let names: Vec<_> = registry.in_namespace("a").iter().map(|s| s.key.name.clone()).collect();
         assert_eq!(names, ["one"]);
     }
 }

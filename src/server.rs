@@ -52,11 +52,8 @@ pub async fn bind(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(OpsState { metrics, readiness });
-    let serve = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-    };
+    let serve =
+        async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
     Ok((local, serve))
 }
 
@@ -69,10 +66,7 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 
 async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),
     )
 }

@@ -31,21 +31,12 @@ fn a_valid_subscription_passes_every_rule() {
 
 #[test]
 fn reserved_headers_are_rejected() {
-    for header in [
-        "Content-Type",
-        "host",
-        "ce-id",
-        "CE-Source",
-        "webhook-signature",
-        "Webhook-Id",
-        "Connection",
-    ] {
+    for header in
+        ["Content-Type", "host", "ce-id", "CE-Source", "webhook-signature", "Webhook-Id", "Connection"]
+    {
         let sub = subscription(&format!("{BASE}  headers: {{{header}: x}}\n"));
         let v = violations(&sub);
-        assert!(
-            v.iter().any(|m| m.contains("reserved headers")),
-            "{header}: {v:?}"
-        );
+        assert!(v.iter().any(|m| m.contains("reserved headers")), "{header}: {v:?}");
     }
 }
 
@@ -58,14 +49,9 @@ fn malformed_header_names_are_rejected() {
 
 #[test]
 fn max_backoff_must_not_be_shorter_than_initial_backoff() {
-    let sub = subscription(&format!(
-        "{BASE}retryPolicy: {{initialBackoff: 10m, maxBackoff: 1m}}\n"
-    ));
+    let sub = subscription(&format!("{BASE}retryPolicy: {{initialBackoff: 10m, maxBackoff: 1m}}\n"));
     let v = violations(&sub);
-    assert!(
-        v.iter().any(|m| m.contains("maxBackoff must not be shorter")),
-        "{v:?}"
-    );
+    assert!(v.iter().any(|m| m.contains("maxBackoff must not be shorter")), "{v:?}");
 }
 
 #[test]
@@ -73,11 +59,7 @@ fn event_ttl_is_bounded() {
     for ttl in ["30s", "73h"] {
         let sub = subscription(&format!("{BASE}retryPolicy: {{eventTTL: {ttl}}}\n"));
         let v = violations(&sub);
-        assert!(
-            v.iter()
-                .any(|m| m.contains("eventTTL must be between 1m and 72h")),
-            "{ttl}: {v:?}"
-        );
+        assert!(v.iter().any(|m| m.contains("eventTTL must be between 1m and 72h")), "{ttl}: {v:?}");
     }
     let sub = subscription(&format!("{BASE}retryPolicy: {{eventTTL: 72h}}\n"));
     assert_eq!(violations(&sub), Vec::<String>::new());
@@ -85,13 +67,9 @@ fn event_ttl_is_bounded() {
 
 #[test]
 fn backoff_extremes_are_rejected() {
-    let sub = subscription(&format!(
-        "{BASE}retryPolicy: {{initialBackoff: 10ms, maxBackoff: 1s}}\n"
-    ));
+    let sub = subscription(&format!("{BASE}retryPolicy: {{initialBackoff: 10ms, maxBackoff: 1s}}\n"));
     assert!(!violations(&sub).is_empty());
-    let sub = subscription(&format!(
-        "{BASE}retryPolicy: {{initialBackoff: 1s, maxBackoff: 25h}}\n"
-    ));
+    let sub = subscription(&format!("{BASE}retryPolicy: {{initialBackoff: 1s, maxBackoff: 25h}}\n"));
     assert!(!violations(&sub).is_empty());
 }
 
@@ -114,18 +92,12 @@ spec:
 fn failed_event_spec_is_immutable() {
     let old = failed_event();
     assert!(validate_cel(&old).is_ok());
-    assert!(
-        validate_cel_update(&old.clone(), &old).is_ok(),
-        "an unchanged spec is fine"
-    );
+    assert!(validate_cel_update(&old.clone(), &old).is_ok(), "an unchanged spec is fine");
     let mut changed = old.clone();
     changed.spec.failure.attempts = 1;
     let err = validate_cel_update(&changed, &old).expect_err("changing the spec is refused");
     assert!(err.into_vec().iter().any(|e| e.to_string().contains("immutable")));
     let mut changed_data = old.clone();
     changed_data.spec.event.data = Some(serde_json::json!({"total": 4}));
-    assert!(
-        validate_cel_update(&changed_data, &old).is_err(),
-        "the payload is part of the immutable spec"
-    );
+    assert!(validate_cel_update(&changed_data, &old).is_err(), "the payload is part of the immutable spec");
 }

@@ -40,10 +40,13 @@ async fn apply_widget_crd(env: &TestEnv) {
     crds.patch(&crd.name_any(), &PatchParams::apply("hookline-tests").force(), &Patch::Apply(&crd))
         .await
         .expect("server-side apply of a CRD");
-    tokio::time::timeout(Duration::from_secs(30), await_condition(crds, &crd.name_any(), conditions::is_crd_established()))
-        .await
-        .expect("CRD Established within 30s")
-        .expect("watch CRD");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds, &crd.name_any(), conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD Established within 30s")
+    .expect("watch CRD");
 }
 
 #[tokio::test]
@@ -58,9 +61,14 @@ async fn a_custom_resource_round_trips_with_defaults_and_status() {
     .expect("widget");
     widgets.create(&PostParams::default(), &raw).await.expect("create widget");
     let got = widgets.get("w").await.expect("get widget");
-    assert_eq!(got.spec, WidgetSpec { size: 3, color: "blue".into() }, "schema default applied by the API server");
+    assert_eq!(
+        got.spec,
+        WidgetSpec { size: 3, color: "blue".into() },
+        "schema default applied by the API server"
+    );
 
-    let status = serde_json::json!({"apiVersion": "test.hookline.dev/v1", "kind": "Widget", "status": {"seen": true}});
+    let status =
+        serde_json::json!({"apiVersion": "test.hookline.dev/v1", "kind": "Widget", "status": {"seen": true}});
     widgets
         .patch_status("w", &PatchParams::apply("hookline-tests").force(), &Patch::Apply(&status))
         .await
@@ -126,7 +134,13 @@ async fn deleting_an_owner_garbage_collects_its_dependents() {
     let Some(env) = TestEnv::start("gc").await else { return };
     let cms: Api<ConfigMap> = env.api();
     let owner = cms
-        .create(&PostParams::default(), &ConfigMap { metadata: ObjectMeta { name: Some("owner".into()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: ObjectMeta { name: Some("owner".into()), ..Default::default() },
+                ..Default::default()
+            },
+        )
         .await
         .expect("create owner");
     let dependent = ConfigMap {

@@ -65,7 +65,10 @@ async fn minimal_example_gets_a_signing_secret_and_waits_for_verification() {
 
     let secret = env.api::<Secret>().get("orders-signing").await.expect("generated Secret");
     let owner = &secret.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("WebhookSubscription", "orders", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("WebhookSubscription", "orders", Some(true))
+    );
     let key = secret.data.expect("data")["signingSecret"].0.clone();
     assert!(String::from_utf8(key).expect("utf8").starts_with("whsec_"));
 }
@@ -80,7 +83,8 @@ async fn full_example_uses_the_named_secret_and_creates_none() {
     let sub = wait_for_condition(&subs, "payments", "Ready", "False", "AwaitingValidation").await;
     assert_eq!(sub.status.expect("status").signing_secret_ref.expect("ref").name, "payments-signing");
     assert!(env.api::<Secret>().get_opt("payments-signing-signing").await.expect("get").is_none());
-    let generated = env.kubectl(&["get", "secrets", "-l", "app.kubernetes.io/managed-by=hookline", "-o", "name"]);
+    let generated =
+        env.kubectl(&["get", "secrets", "-l", "app.kubernetes.io/managed-by=hookline", "-o", "name"]);
     assert_eq!(generated.trim(), "", "no Secret is generated when spec.signing names one");
 }
 
@@ -102,7 +106,10 @@ async fn unverified_endpoint_without_the_operator_flag_is_an_invalid_spec() {
     let subs: Api<WebhookSubscription> = env.api();
     let sub = wait_for_condition(&subs, "dev-sink", "Ready", "False", "InvalidSpec").await;
     let (_, _, message) = condition(sub.status.as_ref().expect("status"), "Ready").expect("Ready");
-    assert!(message.contains("spec.validation.method") && message.contains("--allow-unverified-endpoints"), "{message}");
+    assert!(
+        message.contains("spec.validation.method") && message.contains("--allow-unverified-endpoints"),
+        "{message}"
+    );
     let described = env.kubectl(&["describe", "whsub", "dev-sink"]);
     assert!(described.contains("InvalidSpec"), "a Warning Event explains it:\n{described}");
 }
@@ -132,7 +139,8 @@ async fn expiry_fires_at_expires_at() {
     let patch = serde_json::json!({"spec": {"expiresAt": expires}});
     subs.patch("dev-sink", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("set expiresAt");
     let sub = wait_for_condition(&subs, "dev-sink", "Ready", "False", "Expired").await;
-    let ready = sub.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+    let ready =
+        sub.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Ready").expect("Ready");
     let fired = ready.last_transition_time.0;
     // The API server keeps whole seconds, so compare at that precision.
     let expires_second = jiff::Timestamp::from_second(expires_at.as_second()).expect("ts");
@@ -158,7 +166,8 @@ async fn an_invalid_spec_is_reported_and_recovers_when_fixed() {
     assert!(message.contains("spec.endpoint.headers[Webhook-Signature]"), "{message}");
     assert!(message.contains("spec.retryPolicy.maxBackoff"), "{message}");
 
-    let fix = serde_json::json!({"spec": {"endpoint": {"headers": null}, "retryPolicy": {"maxBackoff": "1h"}}});
+    let fix =
+        serde_json::json!({"spec": {"endpoint": {"headers": null}, "retryPolicy": {"maxBackoff": "1h"}}});
     subs.patch("bad", &PatchParams::default(), &Patch::Merge(&fix)).await.expect("fix");
     wait_for_condition(&subs, "bad", "Ready", "True", "Active").await;
 }
@@ -166,7 +175,13 @@ async fn an_invalid_spec_is_reported_and_recovers_when_fixed() {
 #[tokio::test]
 async fn an_existing_signing_secret_is_never_overwritten() {
     let Some(env) = env("keep-secret").await else { return };
-    env.kubectl(&["create", "secret", "generic", "dev-sink-signing", "--from-literal=mine=whsec_dXNlci1vd25lZC1zZWNyZXQtdGhhdC1tdXN0LXN0YXk="]);
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "dev-sink-signing",
+        "--from-literal=mine=whsec_dXNlci1vd25lZC1zZWNyZXQtdGhhdC1tdXN0LXN0YXk=",
+    ]);
     let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
     apply(&env, "unverified.yaml");
     let subs: Api<WebhookSubscription> = env.api();

@@ -127,15 +127,7 @@ mod tests {
     fn transition_time_moves_only_when_status_changes() {
         let mut conds = Vec::new();
         set_condition(&mut conds, "Ready", false, Reason::Pending, "a", Some(1), &at(10));
-        set_condition(
-            &mut conds,
-            "Ready",
-            false,
-            Reason::AwaitingValidation,
-            "b",
-            Some(2),
-            &at(20),
-        );
+        set_condition(&mut conds, "Ready", false, Reason::AwaitingValidation, "b", Some(2), &at(20));
         assert_eq!(conds[0].last_transition_time, at(10));
         assert_eq!(conds[0].reason, "AwaitingValidation");
         set_condition(&mut conds, "Ready", true, Reason::Active, "c", Some(2), &at(30));

@@ -25,11 +25,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Event Type", type_ = "string", json_path = ".spec.event.type"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".spec.failure.reason"),
     printcolumn(name = "Attempts", type_ = "integer", json_path = ".spec.failure.attempts"),
-    printcolumn(
-        name = "Last Status",
-        type_ = "integer",
-        json_path = ".spec.failure.lastStatusCode"
-    ),
+    printcolumn(name = "Last Status", type_ = "integer", json_path = ".spec.failure.lastStatusCode"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -34,16 +34,8 @@ use super::conditions::conditions_schema;
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.endpoint.url"),
-    printcolumn(
-        name = "Last Delivery",
-        type_ = "date",
-        json_path = ".status.lastDelivery.time"
-    ),
-    printcolumn(
-        name = "Last Status",
-        type_ = "integer",
-        json_path = ".status.lastDelivery.statusCode"
-    ),
+    printcolumn(name = "Last Delivery", type_ = "date", json_path = ".status.lastDelivery.time"),
+    printcolumn(name = "Last Status", type_ = "integer", json_path = ".status.lastDelivery.statusCode"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -51,10 +43,7 @@ pub struct WebhookSubscriptionSpec {
     /// Event types to receive: an exact type (`order.created`), a prefix wildcard (`order.*`) or `*`.
     #[schemars(
         length(min = 1, max = 100),
-        inner(
-            length(min = 1, max = 253),
-            regex(pattern = r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]*(\.\*)?)$")
-        )
+        inner(length(min = 1, max = 253), regex(pattern = r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]*(\.\*)?)$"))
     )]
     pub event_types: Vec<String>,
 
@@ -125,10 +114,7 @@ pub struct EventFilter {
 ]))]
 pub struct Endpoint {
     /// Where events are POSTed: `https://` (plain `http://` only when the operator allows it).
-    #[schemars(
-        length(min = 8, max = 1000),
-        regex(pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$")
-    )]
+    #[schemars(length(min = 8, max = 1000), regex(pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$"))]
     pub url: String,
 
     /// Static extra headers sent with every request. Not for secrets: use `headersFrom`.
@@ -159,10 +145,7 @@ pub struct HeadersFrom {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Name of the Secret.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
 }
 

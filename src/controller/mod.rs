@@ -91,19 +91,10 @@ impl Context {
     pub fn new(client: Client, policy: Policy, registry: Registry, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: "hookline".into(),
-            instance: std::env::var("POD_NAME")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok()),
+            instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
         };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self {
-            client,
-            policy,
-            registry,
-            metrics,
-            recorder,
-            failures: Mutex::default(),
-        }
+        Self { client, policy, registry, metrics, recorder, failures: Mutex::default() }
     }
 
     /// Requeue delay after the n-th consecutive failure: 1s, 2s, 4s, … capped at 5 minutes.
@@ -115,10 +106,7 @@ impl Context {
     }
 
     fn clear_failures(&self, key: &ObjectRef<WebhookSubscription>) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 

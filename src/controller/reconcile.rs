@@ -46,11 +46,7 @@ async fn apply(
     api: &Api<WebhookSubscription>,
 ) -> Result<Action, Error> {
     let problems = check(&sub.spec, ctx.policy);
-    let signing = if problems.is_empty() {
-        Some(ensure_signing_secret(sub, ctx).await?)
-    } else {
-        None
-    };
+    let signing = if problems.is_empty() { Some(ensure_signing_secret(sub, ctx).await?) } else { None };
     let facts = Facts {
         problems,
         signing,
@@ -102,31 +98,17 @@ async fn ensure_signing_secret(sub: &WebhookSubscription, ctx: &Context) -> Resu
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     if let Some(signing) = &sub.spec.signing {
         let name = signing.secret_ref.name.clone();
-        let found = secrets
-            .get_metadata_opt(&name)
-            .await
-            .map_err(Error::kube("reading the signing Secret"))?;
-        return Ok(if found.is_some() {
-            Signing::Present(name)
-        } else {
-            Signing::Missing(name)
-        });
+        let found =
+            secrets.get_metadata_opt(&name).await.map_err(Error::kube("reading the signing Secret"))?;
+        return Ok(if found.is_some() { Signing::Present(name) } else { Signing::Missing(name) });
     }
     let name = generated_secret_name(sub);
-    if secrets
-        .get_metadata_opt(&name)
-        .await
-        .map_err(Error::kube("reading the signing Secret"))?
-        .is_some()
-    {
+    if secrets.get_metadata_opt(&name).await.map_err(Error::kube("reading the signing Secret"))?.is_some() {
         return Ok(Signing::Present(name));
     }
     match secrets
         .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
+            &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() },
             &generated_secret(sub, &name),
         )
         .await
@@ -160,13 +142,9 @@ async fn write_status(
         "kind": WebhookSubscription::kind(&()),
         "status": decision.status,
     });
-    api.patch_status(
-        &sub.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("writing the subscription status"))?;
+    api.patch_status(&sub.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube("writing the subscription status"))?;
     ctx.metrics.status_written();
     debug!(subscription = %ObjectRef::from_obj(sub), "status written");
     Ok(())

@@ -30,10 +30,7 @@ pub fn generated_secret(sub: &WebhookSubscription, name: &str) -> Secret {
             namespace: sub.namespace(),
             owner_references: Some(owner),
             labels: Some(BTreeMap::from([
-                (
-                    labels::MANAGED_BY.to_string(),
-                    labels::MANAGED_BY_VALUE.to_string(),
-                ),
+                (labels::MANAGED_BY.to_string(), labels::MANAGED_BY_VALUE.to_string()),
                 (labels::SUBSCRIPTION.to_string(), sub.name_any()),
             ])),
             ..ObjectMeta::default()
@@ -54,9 +51,7 @@ mod tests {
         let a = new_signing_secret();
         let b = new_signing_secret();
         assert_ne!(a, b);
-        let raw = STANDARD
-            .decode(a.strip_prefix("whsec_").expect("prefix"))
-            .expect("base64");
+        let raw = STANDARD.decode(a.strip_prefix("whsec_").expect("prefix")).expect("base64");
         assert_eq!(raw.len(), 32);
     }
 

@@ -26,21 +26,13 @@ pub struct Problem {
 
 impl Problem {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
 /// Header names Hookline sets itself; a subscription may not override them.
-const RESERVED_HEADERS: &[&str] = &[
-    "content-type",
-    "content-length",
-    "host",
-    "transfer-encoding",
-    "connection",
-];
+const RESERVED_HEADERS: &[&str] =
+    &["content-type", "content-length", "host", "transfer-encoding", "connection"];
 const RESERVED_HEADER_PREFIXES: &[&str] = &["ce-", "webhook-"];
 
 /// The retry schedule of a valid spec, as durations.
@@ -74,10 +66,7 @@ pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
             problems.push(Problem::new("spec.filter.source", "must not be empty when set"));
         }
         if f.subject_prefix.as_deref() == Some("") {
-            problems.push(Problem::new(
-                "spec.filter.subjectPrefix",
-                "must not be empty when set",
-            ));
+            problems.push(Problem::new("spec.filter.subjectPrefix", "must not be empty when set"));
         }
     }
     if spec.validation.method == ValidationMethod::None && !policy.allow_unverified {
@@ -87,10 +76,7 @@ pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
         ));
     }
     for (field, secret) in [
-        (
-            "spec.signing.secretRef.name",
-            spec.signing.as_ref().map(|s| &s.secret_ref.name),
-        ),
+        ("spec.signing.secretRef.name", spec.signing.as_ref().map(|s| &s.secret_ref.name)),
         (
             "spec.endpoint.headersFrom.secretRef.name",
             spec.endpoint.headers_from.as_ref().map(|h| &h.secret_ref.name),
@@ -99,10 +85,7 @@ pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
         if let Some(name) = secret
             && !is_dns_subdomain(name)
         {
-            problems.push(Problem::new(
-                field,
-                format!("{name:?} is not a valid Secret name"),
-            ));
+            problems.push(Problem::new(field, format!("{name:?} is not a valid Secret name")));
         }
     }
     problems
@@ -123,26 +106,17 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
     let initial = parse("initialBackoff", &rp.initial_backoff);
     let max = parse("maxBackoff", &rp.max_backoff);
     if !(1..=100).contains(&rp.max_attempts) {
-        problems.push(Problem::new(
-            "spec.retryPolicy.maxAttempts",
-            "must be between 1 and 100",
-        ));
+        problems.push(Problem::new("spec.retryPolicy.maxAttempts", "must be between 1 and 100"));
     }
     if let Some(ttl) = ttl
         && !(Duration::from_secs(60)..=Duration::from_secs(72 * 3600)).contains(&ttl)
     {
-        problems.push(Problem::new(
-            "spec.retryPolicy.eventTTL",
-            "must be between 1m and 72h",
-        ));
+        problems.push(Problem::new("spec.retryPolicy.eventTTL", "must be between 1m and 72h"));
     }
     if let Some(initial) = initial
         && initial < Duration::from_millis(100)
     {
-        problems.push(Problem::new(
-            "spec.retryPolicy.initialBackoff",
-            "must be at least 100ms",
-        ));
+        problems.push(Problem::new("spec.retryPolicy.initialBackoff", "must be at least 100ms"));
     }
     if let Some(max) = max
         && max > Duration::from_secs(24 * 3600)
@@ -159,12 +133,7 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
     }
     match (ttl, initial, max) {
         (Some(event_ttl), Some(initial_backoff), Some(max_backoff)) if problems.is_empty() => {
-            Ok(RetrySchedule {
-                max_attempts: rp.max_attempts,
-                event_ttl,
-                initial_backoff,
-                max_backoff,
-            })
+            Ok(RetrySchedule { max_attempts: rp.max_attempts, event_ttl, initial_backoff, max_backoff })
         }
         _ => Err(problems),
     }
@@ -172,10 +141,7 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
 
 fn check_event_types(spec: &WebhookSubscriptionSpec, problems: &mut Vec<Problem>) {
     if spec.event_types.is_empty() || spec.event_types.len() > 100 {
-        problems.push(Problem::new(
-            "spec.eventTypes",
-            "must list between 1 and 100 event types",
-        ));
+        problems.push(Problem::new("spec.eventTypes", "must list between 1 and 100 event types"));
     }
     for (i, t) in spec.event_types.iter().enumerate() {
         if !is_event_type_pattern(t) {
@@ -196,24 +162,16 @@ pub fn is_event_type_pattern(t: &str) -> bool {
     !base.is_empty()
         && base.len() <= 253
         && base.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && base
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && base.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn check_endpoint(spec: &WebhookSubscriptionSpec, policy: Policy, problems: &mut Vec<Problem>) {
     let ep = &spec.endpoint;
     if ep.url.len() > 1000 {
-        problems.push(Problem::new(
-            "spec.endpoint.url",
-            "must be at most 1000 characters",
-        ));
+        problems.push(Problem::new("spec.endpoint.url", "must be at most 1000 characters"));
     }
     match url::Url::parse(&ep.url) {
-        Err(e) => problems.push(Problem::new(
-            "spec.endpoint.url",
-            format!("is not a valid URL ({e})"),
-        )),
+        Err(e) => problems.push(Problem::new("spec.endpoint.url", format!("is not a valid URL ({e})"))),
         Ok(url) => {
             match url.scheme() {
                 "https" => {}
@@ -239,10 +197,7 @@ fn check_endpoint(spec: &WebhookSubscriptionSpec, policy: Policy, problems: &mut
         }
     }
     if !(1..=30).contains(&ep.timeout_seconds) {
-        problems.push(Problem::new(
-            "spec.endpoint.timeoutSeconds",
-            "must be between 1 and 30",
-        ));
+        problems.push(Problem::new("spec.endpoint.timeoutSeconds", "must be between 1 and 30"));
     }
     for (name, value) in &ep.headers {
         let field = format!("spec.endpoint.headers[{name}]");
@@ -250,17 +205,11 @@ fn check_endpoint(spec: &WebhookSubscriptionSpec, policy: Policy, problems: &mut
         if RESERVED_HEADERS.contains(&lower.as_str())
             || RESERVED_HEADER_PREFIXES.iter().any(|p| lower.starts_with(p))
         {
-            problems.push(Problem::new(
-                field,
-                "is a reserved header that Hookline sets itself",
-            ));
+            problems.push(Problem::new(field, "is a reserved header that Hookline sets itself"));
         } else if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             problems.push(Problem::new(field, "is not a valid HTTP header name"));
         } else if http::HeaderValue::from_str(value).is_err() {
-            problems.push(Problem::new(
-                field,
-                "has a value that is not a valid HTTP header value",
-            ));
+            problems.push(Problem::new(field, "has a value that is not a valid HTTP header value"));
         }
     }
 }
@@ -271,18 +220,12 @@ fn is_dns_subdomain(name: &str) -> bool {
         && name.len() <= 253
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 /// Render problems as one condition message.
 pub fn describe(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("{}: {}", p.field, p.message))
-        .collect::<Vec<_>>()
-        .join("; ")
+    problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]
@@ -315,32 +258,14 @@ mod tests {
     fn plain_http_needs_the_operator_flag() {
         let s = spec("eventTypes: ['*']\nendpoint: {url: 'http://example.com/'}\n");
         assert_eq!(fields(&s, Policy::default()), ["spec.endpoint.url"]);
-        assert!(
-            check(
-                &s,
-                Policy {
-                    allow_http: true,
-                    ..Policy::default()
-                }
-            )
-            .is_empty()
-        );
+        assert!(check(&s, Policy { allow_http: true, ..Policy::default() }).is_empty());
     }
 
     #[test]
     fn unverified_endpoints_need_the_operator_flag() {
         let s = spec(&format!("{MINIMAL}validation: {{method: None}}\n"));
         assert_eq!(fields(&s, Policy::default()), ["spec.validation.method"]);
-        assert!(
-            check(
-                &s,
-                Policy {
-                    allow_unverified: true,
-                    ..Policy::default()
-                }
-            )
-            .is_empty()
-        );
+        assert!(check(&s, Policy { allow_unverified: true, ..Policy::default() }).is_empty());
     }
 
     #[test]
@@ -371,9 +296,7 @@ mod tests {
 
     #[test]
     fn backoff_bounds_and_order_are_checked() {
-        let s = spec(&format!(
-            "{MINIMAL}retryPolicy: {{initialBackoff: 10m, maxBackoff: 1m}}\n"
-        ));
+        let s = spec(&format!("{MINIMAL}retryPolicy: {{initialBackoff: 10m, maxBackoff: 1m}}\n"));
         assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.maxBackoff"]);
         let s = spec(&format!("{MINIMAL}retryPolicy: {{eventTTL: 30s}}\n"));
         assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.eventTTL"]);
@@ -381,9 +304,7 @@ mod tests {
         assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.eventTTL"]);
         let s = spec(&format!("{MINIMAL}retryPolicy: {{initialBackoff: soon}}\n"));
         assert_eq!(fields(&s, Policy::default()), ["spec.retryPolicy.initialBackoff"]);
-        let s = spec(&format!(
-            "{MINIMAL}retryPolicy: {{initialBackoff: 1h30m, maxBackoff: 2h}}\n"
-        ));
+        let s = spec(&format!("{MINIMAL}retryPolicy: {{initialBackoff: 1h30m, maxBackoff: 2h}}\n"));
         assert!(check(&s, Policy::default()).is_empty());
     }
 
@@ -419,10 +340,7 @@ mod tests {
     fn the_message_names_every_field() {
         let s = spec("eventTypes: []\nendpoint: {url: 'ftp://e.com/'}\n");
         let msg = describe(&check(&s, Policy::default()));
-        assert!(
-            msg.contains("spec.eventTypes") && msg.contains("spec.endpoint.url"),
-            "{msg}"
-        );
+        assert!(msg.contains("spec.eventTypes") && msg.contains("spec.endpoint.url"), "{msg}");
     }
 
     #[test]

@@ -87,21 +87,8 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
 
     if !facts.problems.is_empty() {
         let message = format!("The spec is invalid: {}", describe(&facts.problems));
-        set_condition(
-            conds,
-            condition_type::READY,
-            false,
-            Reason::InvalidSpec,
-            message,
-            generation,
-            &now,
-        );
-        return Decision {
-            status,
-            gate: None,
-            ready_reason: Reason::InvalidSpec,
-            requeue_after: None,
-        };
+        set_condition(conds, condition_type::READY, false, Reason::InvalidSpec, message, generation, &now);
+        return Decision { status, gate: None, ready_reason: Reason::InvalidSpec, requeue_after: None };
     }
 
     let (verified, v_reason, v_message) = match &facts.verification {
@@ -110,15 +97,7 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
         Verification::Failed(m) => (false, Reason::ValidationFailed, m.clone()),
         Verification::Blocked(m) => (false, Reason::EndpointBlocked, m.clone()),
     };
-    set_condition(
-        conds,
-        condition_type::ENDPOINT_VERIFIED,
-        verified,
-        v_reason,
-        v_message,
-        generation,
-        &now,
-    );
+    set_condition(conds, condition_type::ENDPOINT_VERIFIED, verified, v_reason, v_message, generation, &now);
     if !conds.iter().any(|c| c.type_ == condition_type::HEALTHY) {
         set_condition(
             conds,
@@ -141,18 +120,10 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
         None => status.signing_secret_ref.take(),
     };
 
-    let expires_in = sub
-        .spec
-        .expires_at
-        .as_ref()
-        .map(|t| t.0.duration_since(facts.now));
+    let expires_in = sub.spec.expires_at.as_ref().map(|t| t.0.duration_since(facts.now));
     let expired = expires_in.is_some_and(|d| !d.is_positive());
     let (ready, reason, message) = if expired {
-        (
-            false,
-            Reason::Expired,
-            "spec.expiresAt has passed; the subscription no longer delivers".to_string(),
-        )
+        (false, Reason::Expired, "spec.expiresAt has passed; the subscription no longer delivers".to_string())
     } else if let Some(Signing::Missing(name)) = &facts.signing {
         (
             false,
@@ -168,44 +139,17 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
             "The endpoint answered 410 Gone; change the spec to enable delivery again".to_string(),
         )
     } else if sub.spec.suspend {
-        (
-            false,
-            Reason::Suspended,
-            "spec.suspend is true; events are kept until it is resumed".to_string(),
-        )
+        (false, Reason::Suspended, "spec.suspend is true; events are kept until it is resumed".to_string())
     } else if !verified {
-        (
-            false,
-            Reason::AwaitingValidation,
-            "Events are held until the endpoint is verified".to_string(),
-        )
+        (false, Reason::AwaitingValidation, "Events are held until the endpoint is verified".to_string())
     } else {
-        (
-            true,
-            Reason::Active,
-            format!("Delivering to {}", sub.spec.endpoint.url),
-        )
+        (true, Reason::Active, format!("Delivering to {}", sub.spec.endpoint.url))
     };
-    set_condition(
-        conds,
-        condition_type::READY,
-        ready,
-        reason,
-        message,
-        generation,
-        &now,
-    );
+    set_condition(conds, condition_type::READY, ready, reason, message, generation, &now);
 
-    let requeue_after = expires_in
-        .filter(|d| d.is_positive())
-        .and_then(|d| Duration::try_from(d).ok());
+    let requeue_after = expires_in.filter(|d| d.is_positive()).and_then(|d| Duration::try_from(d).ok());
     let gate = if ready { Gate::Open } else { Gate::Held(reason) };
-    Decision {
-        status,
-        gate: Some(gate),
-        ready_reason: reason,
-        requeue_after,
-    }
+    Decision { status, gate: Some(gate), ready_reason: reason, requeue_after }
 }
 
 /// Whether two statuses differ in anything but condition timestamps that `set_condition` keeps.
@@ -228,21 +172,11 @@ mod tests {
     }
 
     fn facts(verification: Verification) -> Facts {
-        Facts {
-            problems: vec![],
-            signing: Some(Signing::Present("s".into())),
-            verification,
-            now: at(1_000),
-        }
+        Facts { problems: vec![], signing: Some(Signing::Present("s".into())), verification, now: at(1_000) }
     }
 
     fn ready(d: &Decision) -> (String, String) {
-        let c = d
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .expect("Ready condition");
+        let c = d.status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
         (c.status.clone(), c.reason.clone())
     }
 
@@ -304,19 +238,10 @@ mod tests {
     fn invalid_spec_is_reported_and_not_registered() {
         let sub = subscription("minimal.yaml");
         let mut f = facts(Verification::Verified("ok".into()));
-        f.problems = vec![Problem {
-            field: "spec.endpoint.url".into(),
-            message: "bad".into(),
-        }];
+        f.problems = vec![Problem { field: "spec.endpoint.url".into(), message: "bad".into() }];
         let d = decide(&sub, &f);
         assert_eq!(ready(&d), ("False".into(), "InvalidSpec".into()));
-        let msg = &d
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .expect("ready")
-            .message;
+        let msg = &d.status.conditions.iter().find(|c| c.type_ == "Ready").expect("ready").message;
         assert!(msg.contains("spec.endpoint.url: bad"), "{msg}");
         assert_eq!(d.gate, None);
     }
@@ -360,21 +285,12 @@ mod tests {
         let mut later = facts(Verification::Verified("ok".into()));
         later.now = at(5_000);
         let second = decide(&again, &later);
-        assert!(
-            !changed(Some(&first.status), &second.status),
-            "a steady state must not cause a write"
-        );
+        assert!(!changed(Some(&first.status), &second.status), "a steady state must not cause a write");
     }
 
     #[test]
     fn event_and_options_methods_are_pending_in_this_build() {
-        assert!(matches!(
-            verification_for(ValidationMethod::Event),
-            Verification::Pending(_)
-        ));
-        assert!(matches!(
-            verification_for(ValidationMethod::None),
-            Verification::Verified(_)
-        ));
+        assert!(matches!(verification_for(ValidationMethod::Event), Verification::Pending(_)));
+        assert!(matches!(verification_for(ValidationMethod::None), Verification::Verified(_)));
     }
 }

@@ -43,16 +43,28 @@ impl TestEnv {
             if std::env::var_os("CI").is_some() || std::env::var_os("HOOKLINE_REQUIRE_CLUSTER").is_some() {
                 panic!("no control plane at {}: run hack/cluster.sh up", kubeconfig.display());
             }
-            eprintln!("SKIPPED {test}: no local control plane ({} missing; run hack/cluster.sh up)", kubeconfig.display());
+            eprintln!(
+                "SKIPPED {test}: no local control plane ({} missing; run hack/cluster.sh up)",
+                kubeconfig.display()
+            );
             return None;
         }
         let kc = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig readable");
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig valid");
         let client = Client::try_from(config).expect("client");
         let suffix: u32 = rand_suffix();
-        let namespace = format!("t-{}-{suffix:08x}", test.replace('_', "-").chars().take(40).collect::<String>());
-        let ns = Namespace { metadata: ObjectMeta { name: Some(namespace.clone()), ..Default::default() }, ..Default::default() };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create test namespace");
+        let namespace =
+            format!("t-{}-{suffix:08x}", test.replace('_', "-").chars().take(40).collect::<String>());
+        let ns = Namespace {
+            metadata: ObjectMeta { name: Some(namespace.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
         Some(TestEnv { client, namespace, kubeconfig, logs: Mutex::default() })
     }
 
@@ -86,7 +98,8 @@ impl TestEnv {
     /// Start the real `hookline run` for this namespace with extra flags.
     pub async fn start_hookline(&self, extra: &[&str]) -> Hookline {
         let metrics_port = free_port();
-        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-hookline-{metrics_port}.log", self.namespace));
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{}-hookline-{metrics_port}.log", self.namespace));
         self.logs.lock().expect("logs").push(log.clone());
         let file = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
@@ -113,7 +126,12 @@ impl TestEnv {
 
     fn dump(&self) {
         eprintln!("===== namespace {} at failure =====", self.namespace);
-        let out = self.kubectl_output(&["get", "webhooksubscriptions,failedevents,secrets,configmaps", "-o", "yaml"]);
+        let out = self.kubectl_output(&[
+            "get",
+            "webhooksubscriptions,failedevents,secrets,configmaps",
+            "-o",
+            "yaml",
+        ]);
         eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let out = self.kubectl_output(&["get", "events", "--sort-by=.lastTimestamp"]);
         eprintln!("--- events ---\n{}", String::from_utf8_lossy(&out.stdout));
@@ -181,10 +199,13 @@ pub async fn install_crds(client: &Client) {
                 Err(e) => panic!("installing CRD {name}: {e}"),
             }
         }
-        tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
-            .await
-            .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
-            .expect("watch crd");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
+        .expect("watch crd");
     }
 }
 
@@ -212,7 +233,9 @@ pub fn free_port() -> u16 {
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    );
     h.finish() as u32
 }
 
