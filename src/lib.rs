@@ -2,6 +2,9 @@
 
 pub mod api;
 pub mod controller;
+pub mod delivery;
+pub mod event;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod store;

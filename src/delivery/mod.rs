@@ -1,0 +1,5 @@
+//! Delivery: matching, signing, retry decisions, dispatchers and the status they report.
+
+pub mod backoff;
+pub mod matching;
+pub mod signing;

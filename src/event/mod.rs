@@ -1,0 +1,341 @@
+//! CloudEvents 1.0: the event model, its JSON format, and its HTTP bindings (binary, structured,
+//! batch) for both parsing published events and rendering deliveries.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+/// Media type of a structured-mode event.
+pub const STRUCTURED: &str = "application/cloudevents+json";
+/// Media type of a batch of events.
+pub const BATCH: &str = "application/cloudevents-batch+json";
+
+/// An extension attribute value (CloudEvents types String, Integer, Boolean).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtValue {
+    String(String),
+    Integer(i64),
+    Boolean(bool),
+}
+
+impl ExtValue {
+    fn to_json(&self) -> Value {
+        match self {
+            ExtValue::String(s) => Value::String(s.clone()),
+            ExtValue::Integer(i) => Value::from(*i),
+            ExtValue::Boolean(b) => Value::Bool(*b),
+        }
+    }
+
+    /// The canonical string form, used in binary-mode headers.
+    pub fn as_header(&self) -> String {
+        match self {
+            ExtValue::String(s) => s.clone(),
+            ExtValue::Integer(i) => i.to_string(),
+            ExtValue::Boolean(b) => b.to_string(),
+        }
+    }
+}
+
+/// A validated CloudEvent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudEvent {
+    pub id: String,
+    pub source: String,
+    pub type_: String,
+    pub subject: Option<String>,
+    pub time: Option<String>,
+    pub datacontenttype: Option<String>,
+    pub dataschema: Option<String>,
+    pub extensions: BTreeMap<String, ExtValue>,
+    /// The payload bytes exactly as published.
+    pub data: Option<Bytes>,
+}
+
+/// Why a published event was refused; names the attribute and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{attribute}: {problem}")]
+pub struct EventError {
+    /// The attribute (or `body`, `batch[3].id`, …) at fault.
+    pub attribute: String,
+    /// The rule it broke.
+    pub problem: String,
+}
+
+fn err(attribute: impl Into<String>, problem: impl Into<String>) -> EventError {
+    EventError { attribute: attribute.into(), problem: problem.into() }
+}
+
+const CONTEXT_ATTRIBUTES: &[&str] =
+    &["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"];
+
+/// Whether a media type carries JSON (`application/json`, `text/json`, `*+json`).
+pub fn is_json_media_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+fn is_text_media_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence.starts_with("text/") || essence == "application/xml" || essence.ends_with("+xml")
+}
+
+fn check_required(attribute: &str, value: Option<String>) -> Result<String, EventError> {
+    match value {
+        None => Err(err(attribute, "is required")),
+        Some(v) if v.is_empty() => Err(err(attribute, "must not be empty")),
+        Some(v) => Ok(v),
+    }
+}
+
+fn check_extension_name(name: &str, attribute: &str) -> Result<(), EventError> {
+    if name.is_empty()
+        || name.len() > 20
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        return Err(err(attribute, "extension attribute names must be 1-20 lowercase letters or digits"));
+    }
+    if name == "data" || name == "data_base64" {
+        return Err(err(attribute, "is a reserved name"));
+    }
+    Ok(())
+}
+
+fn check_time(time: &Option<String>, attribute: &str) -> Result<(), EventError> {
+    if let Some(t) = time
+        && t.parse::<jiff::Timestamp>().is_err()
+    {
+        return Err(err(attribute, format!("{t:?} is not an RFC 3339 timestamp")));
+    }
+    Ok(())
+}
+
+impl CloudEvent {
+    /// Parse a binary-mode request: attributes in `ce-*` headers, the body is the data.
+    pub fn from_binary(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, EventError> {
+        let header = |name: &str| -> Result<Option<String>, EventError> {
+            match headers.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .map(|s| Some(percent_decode(s)))
+                    .map_err(|_| err(name, "header value is not valid text")),
+            }
+        };
+        let specversion = check_required("ce-specversion", header("ce-specversion")?)?;
+        if specversion != "1.0" {
+            return Err(err("ce-specversion", format!("must be 1.0, got {specversion:?}")));
+        }
+        let mut extensions = BTreeMap::new();
+        for (name, value) in headers {
+            let Some(attr) = name.as_str().strip_prefix("ce-") else { continue };
+            if CONTEXT_ATTRIBUTES.contains(&attr) {
+                continue;
+            }
+            check_extension_name(attr, name.as_str())?;
+            let value = value.to_str().map_err(|_| err(name.as_str(), "header value is not valid text"))?;
+            extensions.insert(attr.to_string(), ExtValue::String(percent_decode(value)));
+        }
+        let event = CloudEvent {
+            id: check_required("ce-id", header("ce-id")?)?,
+            source: check_required("ce-source", header("ce-source")?)?,
+            type_: check_required("ce-type", header("ce-type")?)?,
+            subject: header("ce-subject")?,
+            time: header("ce-time")?,
+            datacontenttype: header("content-type")?,
+            dataschema: header("ce-dataschema")?,
+            extensions,
+            data: (!body.is_empty()).then_some(body),
+        };
+        check_time(&event.time, "ce-time")?;
+        Ok(event)
+    }
+
+    /// Parse one event in the CloudEvents JSON format; `at` prefixes attribute names in errors.
+    pub fn from_json_value(value: Value, at: &str) -> Result<CloudEvent, EventError> {
+        let name = |a: &str| format!("{at}{a}");
+        let Value::Object(mut obj) = value else {
+            return Err(err(
+                if at.is_empty() { "body".into() } else { at.trim_end_matches('.').to_string() },
+                "must be a JSON object",
+            ));
+        };
+        let mut take_string = |a: &str| -> Result<Option<String>, EventError> {
+            match obj.remove(a) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(err(name(a), "must be a string")),
+            }
+        };
+        let specversion = check_required(&name("specversion"), take_string("specversion")?)?;
+        if specversion != "1.0" {
+            return Err(err(name("specversion"), format!("must be 1.0, got {specversion:?}")));
+        }
+        let id = check_required(&name("id"), take_string("id")?)?;
+        let source = check_required(&name("source"), take_string("source")?)?;
+        let type_ = check_required(&name("type"), take_string("type")?)?;
+        let subject = take_string("subject")?;
+        let time = take_string("time")?;
+        let datacontenttype = take_string("datacontenttype")?;
+        let dataschema = take_string("dataschema")?;
+        check_time(&time, &name("time"))?;
+        let data_base64 = take_string("data_base64")?;
+        let data = obj.remove("data").filter(|v| !v.is_null());
+        let data = match (data, data_base64) {
+            (Some(_), Some(_)) => {
+                return Err(err(name("data"), "data and data_base64 are mutually exclusive"));
+            }
+            (None, Some(b64)) => Some(Bytes::from(
+                STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|_| err(name("data_base64"), "is not valid base64"))?,
+            )),
+            (None, None) => None,
+            // A string is the payload itself unless the payload is declared to be JSON.
+            (Some(Value::String(s)), None) if !datacontenttype.as_deref().is_none_or(is_json_media_type) => {
+                Some(Bytes::from(s))
+            }
+            (Some(v), None) => {
+                Some(Bytes::from(serde_json::to_vec(&v).map_err(|e| err(name("data"), e.to_string()))?))
+            }
+        };
+        let mut extensions = BTreeMap::new();
+        for (key, value) in obj {
+            check_extension_name(&key, &name(&key))?;
+            let value = match value {
+                Value::String(s) => ExtValue::String(s),
+                Value::Bool(b) => ExtValue::Boolean(b),
+                Value::Number(n) => ExtValue::Integer(
+                    n.as_i64().ok_or_else(|| err(name(&key), "extension numbers must be integers"))?,
+                ),
+                _ => return Err(err(name(&key), "extension values must be strings, integers or booleans")),
+            };
+            extensions.insert(key, value);
+        }
+        Ok(CloudEvent { id, source, type_, subject, time, datacontenttype, dataschema, extensions, data })
+    }
+
+    /// Parse a structured-mode body.
+    pub fn from_structured(body: &[u8]) -> Result<CloudEvent, EventError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
+        CloudEvent::from_json_value(value, "")
+    }
+
+    /// Parse a batch body; one bad entry rejects the whole batch.
+    pub fn from_batch(body: &[u8]) -> Result<Vec<CloudEvent>, EventError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
+        let Value::Array(items) = value else { return Err(err("body", "a batch must be a JSON array")) };
+        if items.is_empty() {
+            return Err(err("body", "a batch must hold at least one event"));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| CloudEvent::from_json_value(v, &format!("batch[{i}].")))
+            .collect()
+    }
+
+    /// Whether the payload is JSON that can be embedded as a JSON value.
+    fn data_json(&self) -> Option<Value> {
+        let data = self.data.as_ref()?;
+        if !self.datacontenttype.as_deref().is_none_or(is_json_media_type) {
+            return None;
+        }
+        serde_json::from_slice(data).ok()
+    }
+
+    /// The event in the CloudEvents JSON format (structured mode, and how it is stored).
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("specversion".into(), "1.0".into());
+        obj.insert("id".into(), self.id.clone().into());
+        obj.insert("source".into(), self.source.clone().into());
+        obj.insert("type".into(), self.type_.clone().into());
+        for (k, v) in [
+            ("subject", &self.subject),
+            ("time", &self.time),
+            ("datacontenttype", &self.datacontenttype),
+            ("dataschema", &self.dataschema),
+        ] {
+            if let Some(v) = v {
+                obj.insert(k.into(), v.clone().into());
+            }
+        }
+        for (k, v) in &self.extensions {
+            obj.insert(k.clone(), v.to_json());
+        }
+        if let Some(data) = &self.data {
+            if let Some(json) = self.data_json() {
+                obj.insert("data".into(), json);
+            } else if self.datacontenttype.as_deref().is_some_and(is_text_media_type)
+                && let Ok(text) = std::str::from_utf8(data)
+            {
+                obj.insert("data".into(), text.into());
+            } else {
+                obj.insert("data_base64".into(), STANDARD.encode(data).into());
+            }
+        }
+        Value::Object(obj)
+    }
+
+    /// Serialized JSON format.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        // Serializing a Value cannot fail.
+        serde_json::to_vec(&self.to_json()).unwrap_or_default()
+    }
+
+    /// Bytes the payload takes, for the size cap.
+    pub fn size(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| d.len())
+            + self.id.len()
+            + self.source.len()
+            + self.type_.len()
+            + self.extensions.iter().map(|(k, v)| k.len() + v.as_header().len()).sum::<usize>()
+    }
+}
+
+/// Binary-mode header values are percent-encoded for characters outside printable ASCII.
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
+/// Percent-encode a header value as the binary binding requires.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' || b == b' ' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+use super::*;
+use http::HeaderValue;
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    h
+}
+
+const BINARY: &[(&str, &str)] = &[
+    ("ce-specversion", "1.0"),
+    ("ce-id", "e-1"),
+    ("ce-source", "/shop"),
+    ("ce-type", "order.created"),
+    ("ce-subject", "order/42"),
+    ("ce-traceparent", "00-abc"),
+    ("content-type", "application/json"),
+];
+
+#[test]
+fn binary_mode_round_trips_through_the_json_format() {
+    let ev =
+        CloudEvent::from_binary(&headers(BINARY), Bytes::from_static(br#"{"total": 3}"#)).expect("valid");
+    assert_eq!(ev.id, "e-1");
+    assert_eq!(ev.extensions["traceparent"], ExtValue::String("00-abc".into()));
+    let json = ev.to_json();
+    assert_eq!(json["data"], serde_json::json!({"total": 3}));
+    let back = CloudEvent::from_json_value(json, "").expect("round trip");
+    assert_eq!(back.id, ev.id);
+    assert_eq!(back.extensions, ev.extensions);
+    assert_eq!(
+        serde_json::from_slice::<Value>(back.data.as_ref().expect("data")).expect("json"),
+        serde_json::json!({"total": 3})
+    );
+}
+
+#[test]
+fn binary_mode_names_the_missing_or_wrong_attribute() {
+    for (drop, attr) in [
+        ("ce-id", "ce-id"),
+        ("ce-source", "ce-source"),
+        ("ce-type", "ce-type"),
+        ("ce-specversion", "ce-specversion"),
+    ] {
+        let pairs: Vec<_> = BINARY.iter().copied().filter(|(k, _)| *k != drop).collect();
+        let e = CloudEvent::from_binary(&headers(&pairs), Bytes::new()).expect_err("missing attribute");
+        assert_eq!(e.attribute, attr);
+    }
+    let mut pairs = BINARY.to_vec();
+    pairs[0] = ("ce-specversion", "0.3");
+    assert_eq!(
+        CloudEvent::from_binary(&headers(&pairs), Bytes::new()).expect_err("bad version").attribute,
+        "ce-specversion"
+    );
+    pairs[0] = ("ce-specversion", "1.0");
+    pairs.push(("ce-time", "yesterday"));
+    assert_eq!(
+        CloudEvent::from_binary(&headers(&pairs), Bytes::new()).expect_err("bad time").attribute,
+        "ce-time"
+    );
+}
+
+#[test]
+fn structured_mode_validates_types() {
+    let e = CloudEvent::from_structured(br#"{"specversion":"1.0","id":7,"source":"/s","type":"t"}"#)
+        .expect_err("id");
+    assert_eq!((e.attribute.as_str(), e.problem.as_str()), ("id", "must be a string"));
+    let e = CloudEvent::from_structured(b"{not json").expect_err("json");
+    assert_eq!(e.attribute, "body");
+    let e =
+        CloudEvent::from_structured(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Bad":"x"}"#)
+            .expect_err("extension name");
+    assert_eq!(e.attribute, "Bad");
+    let e = CloudEvent::from_structured(br#"{"specversion":"1.0","id":"1","source":"","type":"t"}"#)
+        .expect_err("empty");
+    assert_eq!(e.attribute, "source");
+    let e = CloudEvent::from_structured(
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#,
+    )
+    .expect_err("both");
+    assert_eq!(e.attribute, "data");
+}
+
+#[test]
+fn structured_mode_keeps_text_and_binary_payloads() {
+    let ev = CloudEvent::from_structured(
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"hello"}"#,
+    )
+    .expect("text");
+    assert_eq!(ev.data.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(ev.to_json()["data"], "hello");
+    let ev = CloudEvent::from_structured(
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/octet-stream","data_base64":"AAEC"}"#,
+    )
+    .expect("binary");
+    assert_eq!(ev.data.as_deref(), Some(&[0u8, 1, 2][..]));
+    assert_eq!(ev.to_json()["data_base64"], "AAEC");
+}
+
+#[test]
+fn a_bad_batch_entry_rejects_the_batch_and_is_named() {
+    let body = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","source":"/s","type":"t"}]"#;
+    let e = CloudEvent::from_batch(body).expect_err("second entry lacks id");
+    assert_eq!(e.attribute, "batch[1].id");
+    assert_eq!(CloudEvent::from_batch(b"{}").expect_err("not an array").attribute, "body");
+    assert_eq!(CloudEvent::from_batch(b"[]").expect_err("empty").attribute, "body");
+    let ok = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t"}]"#;
+    assert_eq!(CloudEvent::from_batch(ok).expect("valid").len(), 2);
+}
+
+#[test]
+fn header_values_are_percent_coded() {
+    assert_eq!(percent_encode("a b\u{e9}%"), "a b%C3%A9%25");
+    assert_eq!(percent_decode("a b%C3%A9%25"), "a b\u{e9}%");
+    assert_eq!(percent_decode("100%"), "100%");
+    assert_eq!(percent_decode("%zz%\u{e9}"), "%zz%\u{e9}");
+}

@@ -1,0 +1,51 @@
+//! Versioned schema migrations, applied in order; `PRAGMA user_version` records the last applied.
+
+/// Each entry upgrades the schema by one version. Never edit a released entry: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: events, jobs, delivery log, dead-letter outbox.
+    r#"
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        source TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        accepted_at_ms INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        UNIQUE (namespace, source, event_id)
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        event_seq INTEGER NOT NULL REFERENCES events (seq),
+        sub_uid TEXT NOT NULL,
+        due_at_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_attempt_ms INTEGER
+    );
+    CREATE INDEX jobs_by_sub ON jobs (sub_uid, due_at_ms);
+    CREATE INDEX jobs_by_event ON jobs (event_seq);
+    CREATE TABLE attempts (
+        seq INTEGER PRIMARY KEY,
+        sub_uid TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        status INTEGER,
+        duration_ms INTEGER NOT NULL,
+        error TEXT,
+        outcome TEXT NOT NULL,
+        next_retry_ms INTEGER
+    );
+    CREATE INDEX attempts_by_sub ON attempts (sub_uid, seq);
+    CREATE INDEX attempts_by_time ON attempts (at_ms);
+    CREATE TABLE dead_letters (
+        job_id INTEGER PRIMARY KEY,
+        sub_uid TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        subscription TEXT NOT NULL,
+        event_seq INTEGER NOT NULL REFERENCES events (seq),
+        failure TEXT NOT NULL
+    );
+    "#,
+];

@@ -1,0 +1,187 @@
+//! Durable storage of accepted events, their delivery jobs, the delivery log and the dead-letter
+//! outbox. The SQLite implementation is the default; the [`Store`] trait is what a distributed
+//! backend (e.g. NATS JetStream) would implement instead.
+
+mod migrations;
+mod sqlite;
+
+use futures::future::BoxFuture;
+
+pub use sqlite::SqliteStore;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The shared transaction a request was part of failed to commit.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// Opening the data directory failed.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store's writer thread is gone (the process is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// A stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StoreError::Sqlite(_) | StoreError::Commit(_) => "sqlite",
+            StoreError::DataDir { .. } => "data_dir",
+            StoreError::Closed => "closed",
+        }
+    }
+}
+
+/// An event to store, with the subscriptions (by UID) it must be delivered to.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub namespace: String,
+    pub source: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// The event in the CloudEvents JSON format.
+    pub body: Vec<u8>,
+    pub targets: Vec<String>,
+    pub accepted_at: Millis,
+}
+
+/// What became of one stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The same `source` + `id` was accepted before (within the dedup window): nothing enqueued.
+    pub duplicate: bool,
+    /// The jobs created: (subscription UID, job id).
+    pub jobs: Vec<(String, i64)>,
+}
+
+/// A pending delivery job, as a dispatcher schedules it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JobRef {
+    pub due_at: Millis,
+    pub job_id: i64,
+}
+
+/// Everything needed to attempt one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub job_id: i64,
+    pub sub_uid: String,
+    pub attempts: u32,
+    pub first_attempt_at: Option<Millis>,
+    pub accepted_at: Millis,
+    /// The event in the CloudEvents JSON format.
+    pub event: Vec<u8>,
+}
+
+/// What happens to a job after an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobUpdate {
+    /// Delivered: the job is finished.
+    Delivered,
+    /// Retry at this time.
+    Retry { due_at: Millis },
+    /// Given up: the job leaves the queue and a dead letter is queued for the FailedEvent writer.
+    DeadLetter(DeadLetter),
+    /// Given up and dropped (dead-lettering is off, or the subscription is gone).
+    Dropped,
+}
+
+/// A dead letter waiting to become a FailedEvent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub namespace: String,
+    pub subscription: String,
+    /// The failure record as JSON (`FailureRecord`).
+    pub failure: String,
+}
+
+/// One delivery attempt, for the delivery log and the job's bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub job_id: i64,
+    pub sub_uid: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    pub at: Millis,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub update: JobUpdate,
+}
+
+/// One row of the delivery log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    #[serde(skip)]
+    pub seq: i64,
+    pub time: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `delivered`, `retry`, `deadLettered` or `dropped`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<String>,
+}
+
+/// A queued dead letter with its event, as the FailedEvent writer reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedDeadLetter {
+    pub job_id: i64,
+    pub sub_uid: String,
+    pub letter: DeadLetter,
+    pub event: Vec<u8>,
+}
+
+/// The storage Hookline needs. Every write is durable when its future resolves.
+pub trait Store: Send + Sync + 'static {
+    /// Store events and their jobs in one durable commit; duplicates (same namespace, source, id
+    /// within the dedup window) are reported and not enqueued again.
+    fn accept(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, StoreError>>;
+    /// The pending jobs of a subscription (used when its dispatcher starts).
+    fn pending(&self, sub_uid: &str) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>>;
+    /// One job with its event, if it still exists.
+    fn job(&self, job_id: i64) -> BoxFuture<'_, Result<Option<Job>, StoreError>>;
+    /// Record an attempt and apply its consequence to the job, atomically.
+    fn record(&self, attempt: Attempt) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Drop every queued job of a deleted subscription; returns how many were dropped.
+    fn drop_subscription(&self, sub_uid: &str) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Delivery log of a subscription, newest first, before `cursor` (a `seq`).
+    fn deliveries(
+        &self,
+        sub_uid: &str,
+        limit: u32,
+        before: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, StoreError>>;
+    /// Dead letters not yet turned into FailedEvents.
+    fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<QueuedDeadLetter>, StoreError>>;
+    /// Forget a dead letter once its FailedEvent exists (or it was dropped).
+    fn dead_letter_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Delete log entries older than `log_before` and finished events older than `events_before`.
+    fn prune(&self, log_before: Millis, events_before: Millis) -> BoxFuture<'_, Result<(), StoreError>>;
+}

@@ -1,0 +1,146 @@
+use super::*;
+use crate::store::{DeadLetter, NewEvent};
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    (dir, store)
+}
+
+fn event(id: &str, targets: &[&str]) -> NewEvent {
+    NewEvent {
+        namespace: "ns".into(),
+        source: "/src".into(),
+        event_id: id.into(),
+        event_type: "t".into(),
+        body: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+        accepted_at: 1_000,
+    }
+}
+
+fn attempt(job_id: i64, n: u32, update: JobUpdate) -> Attempt {
+    Attempt {
+        job_id,
+        sub_uid: "a".into(),
+        event_id: "e1".into(),
+        event_type: "t".into(),
+        attempt: n,
+        at: 2_000 + n as i64,
+        status: Some(500),
+        duration_ms: 3,
+        error: None,
+        update,
+    }
+}
+
+#[tokio::test]
+async fn accepted_events_get_one_job_per_target_and_duplicates_none() {
+    let (_dir, store) = store();
+    let out = store.accept(vec![event("e1", &["a", "b"]), event("e1", &["a"])]).await.expect("accept");
+    assert!(!out[0].duplicate);
+    assert_eq!(out[0].jobs.len(), 2);
+    assert!(out[1].duplicate, "same source+id in the same batch");
+    let again = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    assert!(again[0].duplicate);
+    assert_eq!(store.pending("a").await.expect("pending").len(), 1);
+}
+
+#[tokio::test]
+async fn a_job_carries_its_event_and_retries_update_it() {
+    let (_dir, store) = store();
+    let out = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    let job_id = out[0].jobs[0].1;
+    let job = store.job(job_id).await.expect("read").expect("job");
+    assert_eq!((job.attempts, job.accepted_at), (0, 1_000));
+    assert_eq!(job.event, br#"{"id":"e1"}"#);
+    store.record(attempt(job_id, 1, JobUpdate::Retry { due_at: 9_000 })).await.expect("record");
+    let job = store.job(job_id).await.expect("read").expect("job");
+    assert_eq!((job.attempts, job.first_attempt_at), (1, Some(2_001)));
+    assert_eq!(store.pending("a").await.expect("pending"), vec![JobRef { due_at: 9_000, job_id }]);
+    store.record(attempt(job_id, 2, JobUpdate::Delivered)).await.expect("record");
+    assert!(store.job(job_id).await.expect("read").is_none());
+    let log = store.deliveries("a", 10, None).await.expect("log");
+    let outcomes: Vec<_> = log.iter().map(|e| (e.attempt, e.outcome.as_str())).collect();
+    assert_eq!(outcomes, [(2, "delivered"), (1, "retry")], "newest first");
+}
+
+#[tokio::test]
+async fn a_dead_letter_leaves_the_queue_for_the_outbox_exactly_once() {
+    let (_dir, store) = store();
+    let out = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    let job_id = out[0].jobs[0].1;
+    let letter = DeadLetter { namespace: "ns".into(), subscription: "orders".into(), failure: "{}".into() };
+    store.record(attempt(job_id, 1, JobUpdate::DeadLetter(letter.clone()))).await.expect("record");
+    assert!(store.pending("a").await.expect("pending").is_empty());
+    let queued = store.dead_letters(10).await.expect("outbox");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].letter, letter);
+    assert_eq!(queued[0].event, br#"{"id":"e1"}"#);
+    store.dead_letter_done(job_id).await.expect("done");
+    assert!(store.dead_letters(10).await.expect("outbox").is_empty());
+}
+
+#[tokio::test]
+async fn the_delivery_log_pages_with_a_cursor() {
+    let (_dir, store) = store();
+    let out = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    let job_id = out[0].jobs[0].1;
+    for n in 1..=5 {
+        store.record(attempt(job_id, n, JobUpdate::Retry { due_at: 0 })).await.expect("record");
+    }
+    let first = store.deliveries("a", 2, None).await.expect("page 1");
+    assert_eq!(first.iter().map(|e| e.attempt).collect::<Vec<_>>(), [5, 4]);
+    let second = store.deliveries("a", 2, Some(first[1].seq)).await.expect("page 2");
+    assert_eq!(second.iter().map(|e| e.attempt).collect::<Vec<_>>(), [3, 2]);
+    let third = store.deliveries("a", 2, Some(second[1].seq)).await.expect("page 3");
+    assert_eq!(third.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1]);
+    assert!(store.deliveries("b", 2, None).await.expect("other").is_empty());
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_drops_only_its_jobs() {
+    let (_dir, store) = store();
+    store.accept(vec![event("e1", &["a", "b"]), event("e2", &["a"])]).await.expect("accept");
+    assert_eq!(store.drop_subscription("a").await.expect("drop"), 2);
+    assert!(store.pending("a").await.expect("pending").is_empty());
+    assert_eq!(store.pending("b").await.expect("pending").len(), 1);
+}
+
+#[tokio::test]
+async fn pruning_keeps_events_with_work_and_forgets_finished_ones() {
+    let (_dir, store) = store();
+    let out = store.accept(vec![event("done", &["a"]), event("queued", &["a"])]).await.expect("accept");
+    store.record(attempt(out[0].jobs[0].1, 1, JobUpdate::Delivered)).await.expect("record");
+    store.prune(i64::MAX, 5_000).await.expect("prune");
+    assert!(store.deliveries("a", 10, None).await.expect("log").is_empty(), "old log entries pruned");
+    assert!(store.job(out[1].jobs[0].1).await.expect("read").is_some(), "queued event kept");
+    let again = store.accept(vec![event("done", &["a"])]).await.expect("accept");
+    assert!(!again[0].duplicate, "a finished event past the dedup window is forgotten");
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job_id = {
+        let store = SqliteStore::open(dir.path()).expect("open");
+        store.accept(vec![event("e1", &["a"])]).await.expect("accept")[0].jobs[0].1
+    };
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.pending("a").await.expect("pending")[0].job_id, job_id);
+    assert!(store.accept(vec![event("e1", &["a"])]).await.expect("accept")[0].duplicate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_all_commit() {
+    let (_dir, store) = store();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.accept(vec![event(&format!("e{i}"), &["a"])]).await }));
+    }
+    for t in tasks {
+        assert!(!t.await.expect("join").expect("accept")[0].duplicate);
+    }
+    assert_eq!(store.pending("a").await.expect("pending").len(), 200);
+}
