@@ -4,6 +4,7 @@ pub mod api;
 pub mod controller;
 pub mod delivery;
 pub mod event;
+pub mod ingest;
 pub mod metrics;
 pub mod registry;
 pub mod server;

@@ -1,7 +1,9 @@
 //! The `hookline` binary: wiring only.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -9,9 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use hookline::controller::{self, Policy};
+use hookline::delivery::secrets::SecretCache;
+use hookline::delivery::ssrf::Guard;
+use hookline::delivery::status::{StatusBoard, run_writer};
+use hookline::delivery::{Dispatchers, Shared, sender};
+use hookline::ingest::{self, Ingest, IngestConfig, auth::Auth};
 use hookline::metrics::Metrics;
 use hookline::registry::Registry;
 use hookline::server::{self, Readiness};
+use hookline::store::{SqliteStore, Store, now_ms};
+use ipnet::IpNet;
+use tokio::sync::Notify;
 
 /// Hookline: webhook delivery for Kubernetes.
 #[derive(Parser)]
@@ -33,6 +43,30 @@ enum Command {
 
 #[derive(Parser)]
 struct RunArgs {
+    /// Where the event store lives (SQLite, WAL).
+    #[arg(long, env = "HOOKLINE_DATA_DIR", default_value = "/var/lib/hookline")]
+    data_dir: PathBuf,
+    /// Address of the ingest and API server.
+    #[arg(long, env = "HOOKLINE_INGEST_ADDR", default_value = "0.0.0.0:8080")]
+    ingest_addr: SocketAddr,
+    /// How publishers are authenticated: `kubernetes` (TokenReview + SubjectAccessReview) or `none`.
+    #[arg(long, env = "HOOKLINE_INGEST_AUTH", value_enum, default_value_t = IngestAuth::Kubernetes)]
+    ingest_auth: IngestAuth,
+    /// Extra destinations the SSRF guard lets through (repeatable), e.g. in-cluster service ranges.
+    #[arg(long = "allow-cidr", env = "HOOKLINE_ALLOW_CIDR", value_delimiter = ',')]
+    allow_cidr: Vec<IpNet>,
+    /// Largest accepted event in bytes.
+    #[arg(long, env = "HOOKLINE_MAX_EVENT_BYTES", default_value_t = 262_144)]
+    max_event_bytes: usize,
+    /// Least time between two delivery-status writes of one subscription.
+    #[arg(long, env = "HOOKLINE_STATUS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+    /// How long a published `source` + `id` is remembered to drop re-deliveries.
+    #[arg(long, env = "HOOKLINE_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    dedup_window: Duration,
+    /// How long delivery attempts are kept in the delivery log.
+    #[arg(long, env = "HOOKLINE_DELIVERY_LOG_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
+    delivery_log_retention: Duration,
     /// Address of the operations server (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "HOOKLINE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: SocketAddr,
@@ -48,6 +82,12 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "HOOKLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IngestAuth {
+    Kubernetes,
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,16 +135,93 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %ops_addr, "operations server listening");
     let ops = tokio::spawn(ops_server);
 
-    let ctx = Arc::new(controller::Context::new(client, policy, registry, metrics));
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&args.data_dir)
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
+    info!(data_dir = %args.data_dir.display(), "store open");
+    let guard = Arc::new(Guard::new(args.allow_cidr.clone()));
+    if !args.allow_cidr.is_empty() {
+        warn!(cidrs = ?args.allow_cidr, "the SSRF guard lets these extra networks through");
+    }
+    let board = StatusBoard::default();
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        http: sender::client(guard).context("building the HTTP client")?,
+        secrets: SecretCache::new(client.clone()),
+        board: board.clone(),
+        metrics: metrics.clone(),
+        dead_letters_waiting: Arc::new(Notify::new()),
+    });
+    let dispatchers = Dispatchers::new(shared);
+
+    let auth = match args.ingest_auth {
+        IngestAuth::Kubernetes => Auth::kubernetes(client.clone()),
+        IngestAuth::None => {
+            warn!(
+                "--ingest-auth none: ANYONE who can reach the ingest port may publish events and read delivery logs"
+            );
+            Auth::None
+        }
+    };
+    let ingest = Ingest {
+        config: IngestConfig { max_event_bytes: args.max_event_bytes },
+        auth,
+        registry: registry.clone(),
+        dispatchers: dispatchers.clone(),
+        readiness: readiness.clone(),
+        client: client.clone(),
+    };
+    let (ingest_addr, ingest_server) = ingest::bind(args.ingest_addr, ingest, shutdown.clone())
+        .await
+        .with_context(|| format!("binding the ingest server to {}", args.ingest_addr))?;
+    info!(addr = %ingest_addr, "ingest server listening");
+    let ingest = tokio::spawn(ingest_server);
+
+    let dispatch_stop = CancellationToken::new();
+    let dispatch = tokio::spawn(dispatchers.clone().run(registry.clone(), dispatch_stop.clone()));
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(run_writer(
+        board,
+        client.clone(),
+        metrics.clone(),
+        args.status_interval,
+        writer_stop.clone(),
+    ));
+    tokio::spawn(prune(store, args.delivery_log_retention, args.dedup_window, shutdown.clone()));
+
+    let ctx = Arc::new(controller::Context::new(client, policy, registry, metrics, dispatchers));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
     controller::run(ctx, args.watch_namespace.as_deref(), readiness, shutdown.clone().cancelled_owned())
         .await;
 
+    // Stop taking events, finish in-flight deliveries, then flush status one last time.
     shutdown.cancel();
+    ingest.await.context("ingest server task")?.context("ingest server")?;
+    dispatch_stop.cancel();
+    dispatch.await.context("dispatchers task")?;
+    writer_stop.cancel();
+    writer.await.context("status writer task")?;
     ops.await.context("operations server task")?.context("operations server")?;
     info!("stopped");
     Ok(())
+}
+
+/// Forget old delivery-log entries and finished events past the dedup window, every minute.
+async fn prune(store: Arc<dyn Store>, retention: Duration, dedup: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        if let Err(e) = store.prune(now - retention.as_millis() as i64, now - dedup.as_millis() as i64).await
+        {
+            warn!(error = %e, "pruning the store");
+        }
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

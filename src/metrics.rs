@@ -5,12 +5,36 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::delivery::backoff::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptLabels {
+    duplicate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    subscription_uid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLetterLabels {
+    disposition: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +50,11 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     status_writes: Counter,
     ready_transitions: Family<ReadyLabels, Counter>,
+    events_accepted: Family<AcceptLabels, Counter>,
+    deliveries: Family<OutcomeLabels, Counter>,
+    attempt_duration: Histogram,
+    queue_depth: Family<QueueLabels, Gauge>,
+    dead_letters: Family<DeadLetterLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,7 +86,41 @@ impl Default for Metrics {
             "Changes of a subscription's Ready reason, by new reason",
             ready_transitions.clone(),
         );
-        Self { registry, reconciles, reconcile_errors, reconcile_duration, status_writes, ready_transitions }
+        let events_accepted = Family::<AcceptLabels, Counter>::default();
+        registry.register(
+            "events_accepted",
+            "Events accepted at ingest (durably stored)",
+            events_accepted.clone(),
+        );
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts by outcome and HTTP status class",
+            deliveries.clone(),
+        );
+        let attempt_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "attempt_duration_seconds",
+            "Duration of delivery attempts",
+            attempt_duration.clone(),
+        );
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        registry.register("queue_depth", "Jobs queued or in flight per subscription", queue_depth.clone());
+        let dead_letters = Family::<DeadLetterLabels, Counter>::default();
+        registry.register("dead_letters", "Events given up on, by what became of them", dead_letters.clone());
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            status_writes,
+            ready_transitions,
+            events_accepted,
+            deliveries,
+            attempt_duration,
+            queue_depth,
+            dead_letters,
+        }
     }
 }
 
@@ -93,6 +156,45 @@ impl Metrics {
     /// Count a change of a subscription's Ready reason.
     pub fn ready_changed(&self, reason: &'static str) {
         self.ready_transitions.get_or_create(&ReadyLabels { reason }).inc();
+    }
+
+    /// Count an accepted event.
+    pub fn event_accepted(&self, duplicate: bool) {
+        let duplicate = if duplicate { "true" } else { "false" };
+        self.events_accepted.get_or_create(&AcceptLabels { duplicate }).inc();
+    }
+
+    /// Count a finished delivery attempt.
+    pub fn attempt_finished(&self, outcome: &Outcome, duration: std::time::Duration) {
+        let labels = match outcome {
+            Outcome::Status { code, .. } => OutcomeLabels {
+                outcome: if (200..300).contains(code) { "success" } else { "failure" },
+                class: match code {
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                },
+            },
+            Outcome::Error(_) => OutcomeLabels { outcome: "failure", class: "none" },
+        };
+        self.deliveries.get_or_create(&labels).inc();
+        self.attempt_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Set a subscription's queue depth.
+    pub fn set_queue_depth(&self, uid: &str, depth: i64) {
+        self.queue_depth.get_or_create(&QueueLabels { subscription_uid: uid.to_string() }).set(depth);
+    }
+
+    /// Stop reporting a subscription's queue.
+    pub fn forget_queue(&self, uid: &str) {
+        self.queue_depth.remove(&QueueLabels { subscription_uid: uid.to_string() });
+    }
+
+    /// Count an event given up on: `queued` for a FailedEvent, `dropped`, `created`, `capped`.
+    pub fn dead_lettered(&self, disposition: &'static str) {
+        self.dead_letters.get_or_create(&DeadLetterLabels { disposition }).inc();
     }
 
     /// The metrics in Prometheus text format.

@@ -87,6 +87,11 @@ impl Registry {
             .collect()
     }
 
+    /// Every known subscription.
+    pub fn all(&self) -> Vec<Arc<ActiveSubscription>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
     /// A receiver that changes whenever the registry does.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 #[derive(Clone, Default)]
 pub struct Readiness {
     watches_synced: Arc<AtomicBool>,
+    subscriptions_loaded: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -26,9 +27,21 @@ impl Readiness {
         self.watches_synced.store(true, Ordering::Release);
     }
 
+    /// Mark every subscription that existed at start as reconciled once, so events are routed to
+    /// all of them.
+    pub fn set_subscriptions_loaded(&self) {
+        self.subscriptions_loaded.store(true, Ordering::Release);
+    }
+
     /// What is not ready yet, or `None` when everything is.
     pub fn missing(&self) -> Option<&'static str> {
-        (!self.watches_synced.load(Ordering::Acquire)).then_some("watches have not synced yet")
+        if !self.watches_synced.load(Ordering::Acquire) {
+            Some("watches have not synced yet")
+        } else if !self.subscriptions_loaded.load(Ordering::Acquire) {
+            Some("existing subscriptions are still being loaded")
+        } else {
+            None
+        }
     }
 }
 

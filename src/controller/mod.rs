@@ -11,7 +11,7 @@ pub(crate) mod fixtures;
 #[cfg(test)]
 mod mock_tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use kube::{Api, Client};
 use tracing::{info, warn};
 
 use crate::api::{WebhookSubscription, labels};
+use crate::delivery::Dispatchers;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::server::Readiness;
@@ -47,6 +48,13 @@ pub enum Error {
     /// The finalizer helper failed to add or remove the finalizer.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The delivery store failed.
+    #[error("{action} failed: {source}")]
+    Store {
+        action: &'static str,
+        #[source]
+        source: crate::store::StoreError,
+    },
     /// The object came without a namespace (impossible for a namespaced resource).
     #[error("the object has no namespace")]
     MissingNamespace,
@@ -62,6 +70,7 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
                 _ => "finalizer",
             },
+            Error::Store { .. } => "store",
             Error::MissingNamespace => "missing_namespace",
         }
     }
@@ -83,18 +92,36 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
+    /// The delivery side: drops a deleted subscription's jobs and sends test events.
+    pub dispatchers: Arc<Dispatchers>,
     failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
+    reconciled: Mutex<HashSet<ObjectRef<WebhookSubscription>>>,
 }
 
 impl Context {
     /// Build the controller state.
-    pub fn new(client: Client, policy: Policy, registry: Registry, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        policy: Policy,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        dispatchers: Arc<Dispatchers>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "hookline".into(),
             instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
         };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, policy, registry, metrics, recorder, failures: Mutex::default() }
+        Self {
+            client,
+            policy,
+            registry,
+            metrics,
+            recorder,
+            dispatchers,
+            failures: Mutex::default(),
+            reconciled: Mutex::default(),
+        }
     }
 
     /// Requeue delay after the n-th consecutive failure: 1s, 2s, 4s, … capped at 5 minutes.
@@ -103,6 +130,16 @@ impl Context {
         let n = failures.entry(key).or_insert(0);
         *n = n.saturating_add(1);
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    /// Remember that a subscription was reconciled at least once (for readiness).
+    pub(crate) fn mark_reconciled(&self, key: ObjectRef<WebhookSubscription>) {
+        self.reconciled.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    }
+
+    fn all_reconciled(&self, keys: &[ObjectRef<WebhookSubscription>]) -> bool {
+        let seen = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter().all(|k| seen.contains(k))
     }
 
     fn clear_failures(&self, key: &ObjectRef<WebhookSubscription>) {
@@ -143,6 +180,7 @@ pub async fn run(
         .owns(secrets, owned_secrets)
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
+    let loading = ctx.clone();
     tokio::spawn(async move {
         // The store's readiness signal wakes only its most recent waiter, and the controller's own
         // runner waits on it too; re-polling on a short interval sees the retained value instead.
@@ -151,12 +189,21 @@ pub async fn run(
                 Ok(Ok(())) => {
                     info!("subscription watch synced");
                     readiness.set_watches_synced();
-                    return;
+                    break;
                 }
                 Ok(Err(_)) => return,
                 Err(_) => continue,
             }
         }
+        // Events are routed by the registry: accept none until every subscription that existed at
+        // start is in it (or was looked at and found invalid).
+        let existing: Vec<_> = store.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !loading.all_reconciled(&existing) {
+            tick.tick().await;
+        }
+        info!(subscriptions = existing.len(), "existing subscriptions loaded");
+        readiness.set_subscriptions_loaded();
     });
     controller
         .run(reconcile, error_policy, ctx.clone())

@@ -11,13 +11,16 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::signing::generated_secret;
 use super::spec_check::check;
-use super::status::{Decision, Facts, Signing, changed, decide, generated_secret_name, verification_for};
+use super::status::{
+    Decision, Facts, Signing, changed, decide, generated_secret_name, owned, verification_for,
+};
 use super::{Context, Error, FINALIZER};
-use crate::api::{FIELD_MANAGER, Reason, WebhookSubscription, condition_type};
+use crate::api::{FIELD_MANAGER, Reason, WebhookSubscription, annotations, condition_type};
 use crate::registry::ActiveSubscription;
 
 /// How often a healthy subscription is looked at even when nothing changed.
@@ -28,16 +31,19 @@ const SECRET_RECHECK: Duration = Duration::from_secs(15);
 /// Reconcile one subscription, behind the finalizer that guarantees cleanup on deletion.
 pub async fn reconcile(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
+    let key = ObjectRef::from_obj(sub.as_ref());
     let ns = sub.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<WebhookSubscription> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, sub, |event| async {
+    let result = finalizer(&api, FINALIZER, sub, |event| async {
         match event {
             FinalizerEvent::Apply(sub) => apply(&sub, &ctx, &api).await,
             FinalizerEvent::Cleanup(sub) => cleanup(&sub, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.mark_reconciled(key);
+    result
 }
 
 async fn apply(
@@ -76,6 +82,9 @@ async fn apply(
         None => ctx.registry.remove(&key),
     }
     publish_transition(sub, &decision, ctx).await;
+    if decision.gate.is_some() {
+        send_requested_test_event(sub, ctx).await?;
+    }
 
     Ok(match decision.ready_reason {
         Reason::InvalidSpec => Action::await_change(),
@@ -86,7 +95,14 @@ async fn apply(
 
 async fn cleanup(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {
     ctx.registry.remove(&ObjectRef::from_obj(sub));
-    info!(subscription = %ObjectRef::from_obj(sub), "subscription deleted; its deliveries were dropped");
+    let dropped = ctx
+        .dispatchers
+        .shared()
+        .store
+        .drop_subscription(&sub.uid().unwrap_or_default())
+        .await
+        .map_err(|source| Error::Store { action: "dropping the queued deliveries", source })?;
+    info!(subscription = %ObjectRef::from_obj(sub), dropped, "subscription deleted; its queued deliveries were dropped");
     Ok(Action::await_change())
 }
 
@@ -140,7 +156,7 @@ async fn write_status(
     let patch = json!({
         "apiVersion": WebhookSubscription::api_version(&()),
         "kind": WebhookSubscription::kind(&()),
-        "status": decision.status,
+        "status": owned(&decision.status),
     });
     api.patch_status(&sub.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
@@ -187,4 +203,23 @@ async fn publish(ctx: &Context, sub: &WebhookSubscription, event: Event) {
     if let Err(e) = ctx.recorder.publish(&event, &sub.object_ref(&())).await {
         warn!(subscription = %ObjectRef::from_obj(sub), error = %e, "could not record a Kubernetes Event");
     }
+}
+
+/// The `hookline.dev/test-event` annotation: each new value sends one test event. The event id is
+/// derived from the value, so repeated reconciles of the same value are deduplicated by the store.
+async fn send_requested_test_event(sub: &WebhookSubscription, ctx: &Context) -> Result<(), Error> {
+    let Some(value) = sub.annotations().get(annotations::TEST_EVENT) else { return Ok(()) };
+    let uid = sub.uid().unwrap_or_default();
+    let digest = Sha256::digest(format!("{uid}/{value}").as_bytes());
+    let id = format!("test-{}", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>());
+    let ns = sub.namespace().unwrap_or_default();
+    let queued = ctx
+        .dispatchers
+        .send_test(&ns, &sub.name_any(), &uid, &id)
+        .await
+        .map_err(|source| Error::Store { action: "queueing the requested test event", source })?;
+    if queued > 0 {
+        info!(subscription = %ObjectRef::from_obj(sub), id, "test event queued (annotation)");
+    }
+    Ok(())
 }

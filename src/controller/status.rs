@@ -98,17 +98,6 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
         Verification::Blocked(m) => (false, Reason::EndpointBlocked, m.clone()),
     };
     set_condition(conds, condition_type::ENDPOINT_VERIFIED, verified, v_reason, v_message, generation, &now);
-    if !conds.iter().any(|c| c.type_ == condition_type::HEALTHY) {
-        set_condition(
-            conds,
-            condition_type::HEALTHY,
-            true,
-            Reason::Delivering,
-            "No delivery has failed",
-            generation,
-            &now,
-        );
-    }
     let endpoint_gone = conds.iter().any(|c| {
         c.type_ == condition_type::HEALTHY
             && c.reason == Reason::EndpointGone.as_str()
@@ -152,9 +141,34 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
     Decision { status, gate: Some(gate), ready_reason: reason, requeue_after }
 }
 
-/// Whether two statuses differ in anything but condition timestamps that `set_condition` keeps.
+/// The part of the status the controller owns (the delivery side owns `Healthy` and the counters).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_secret_ref: Option<SecretRef>,
+}
+
+/// Extract the controller-owned fields.
+pub fn owned(status: &WebhookSubscriptionStatus) -> OwnedStatus {
+    OwnedStatus {
+        observed_generation: status.observed_generation,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == condition_type::READY || c.type_ == condition_type::ENDPOINT_VERIFIED)
+            .cloned()
+            .collect(),
+        signing_secret_ref: status.signing_secret_ref.clone(),
+    }
+}
+
+/// Whether the controller-owned part of the status changed.
 pub fn changed(old: Option<&WebhookSubscriptionStatus>, new: &WebhookSubscriptionStatus) -> bool {
-    old != Some(new)
+    old.map(owned).as_ref() != Some(&owned(new))
 }
 
 /// The name of the signing Secret the operator generates for a subscription.
@@ -189,7 +203,7 @@ mod tests {
         assert_eq!(d.status.observed_generation, Some(1));
         assert_eq!(d.status.signing_secret_ref, Some(SecretRef { name: "s".into() }));
         let types: Vec<_> = d.status.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, ["EndpointVerified", "Healthy", "Ready"]);
+        assert_eq!(types, ["EndpointVerified", "Ready"], "Healthy belongs to the delivery side");
     }
 
     #[test]
@@ -286,6 +300,27 @@ mod tests {
         later.now = at(5_000);
         let second = decide(&again, &later);
         assert!(!changed(Some(&first.status), &second.status), "a steady state must not cause a write");
+    }
+
+    #[test]
+    fn delivery_fields_do_not_count_as_a_controller_change() {
+        let sub = subscription("minimal.yaml");
+        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let mut with_delivery = d.status.clone();
+        with_delivery.delivery_stats = Some(Default::default());
+        set_condition(
+            &mut with_delivery.conditions,
+            "Healthy",
+            true,
+            Reason::Delivering,
+            "",
+            None,
+            &Time(at(1)),
+        );
+        assert!(!changed(Some(&with_delivery), &d.status));
+        let patch = serde_json::to_value(owned(&with_delivery)).expect("json");
+        assert!(patch.get("deliveryStats").is_none());
+        assert_eq!(patch["conditions"].as_array().expect("conditions").len(), 2);
     }
 
     #[test]

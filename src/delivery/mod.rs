@@ -1,5 +1,224 @@
-//! Delivery: matching, signing, retry decisions, dispatchers and the status they report.
+//! Delivery: routing accepted events to subscriptions, one dispatcher per subscription, signing,
+//! retry decisions, and the status the dispatchers report.
 
+mod attempt;
 pub mod backoff;
+mod dispatcher;
 pub mod matching;
+pub mod secrets;
+pub mod sender;
 pub mod signing;
+pub mod ssrf;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::event::CloudEvent;
+use crate::metrics::Metrics;
+use crate::registry::{ActiveSubscription, Registry};
+use crate::store::{Accepted, JobRef, NewEvent, Store, StoreError, now_ms};
+use dispatcher::Dispatcher;
+use secrets::SecretCache;
+use status::StatusBoard;
+
+/// The `type` of test events.
+pub const TEST_EVENT_TYPE: &str = "dev.hookline.test";
+/// The `source` of test events.
+pub const TEST_EVENT_SOURCE: &str = "/hookline";
+
+/// What every dispatcher shares.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub http: reqwest::Client,
+    pub secrets: SecretCache,
+    pub board: StatusBoard,
+    pub metrics: Arc<Metrics>,
+    /// Woken when a dead letter is queued for the FailedEvent writer.
+    pub dead_letters_waiting: Arc<Notify>,
+}
+
+struct Handle {
+    jobs: mpsc::UnboundedSender<JobRef>,
+    sub: watch::Sender<Arc<ActiveSubscription>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The set of running dispatchers, kept in line with the [`Registry`].
+pub struct Dispatchers {
+    shared: Arc<Shared>,
+    handles: Mutex<HashMap<String, Handle>>,
+}
+
+/// One event's routing result, for the ingest response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed {
+    pub id: String,
+    pub source: String,
+    pub matched: usize,
+    pub duplicate: bool,
+}
+
+impl Dispatchers {
+    pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self { shared, handles: Mutex::default() })
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Store events for every subscription in `namespace` that wants them, durably, then hand the
+    /// new jobs to their dispatchers.
+    pub async fn route(
+        &self,
+        registry: &Registry,
+        namespace: &str,
+        events: Vec<CloudEvent>,
+    ) -> Result<Vec<Routed>, StoreError> {
+        let subs = registry.in_namespace(namespace);
+        let accepted_at = now_ms();
+        let new: Vec<NewEvent> = events
+            .iter()
+            .map(|ev| NewEvent {
+                namespace: namespace.to_string(),
+                source: ev.source.clone(),
+                event_id: ev.id.clone(),
+                event_type: ev.type_.clone(),
+                body: ev.to_json_bytes(),
+                targets: subs
+                    .iter()
+                    .filter(|s| matching::wants(&s.spec, ev))
+                    .map(|s| s.uid.clone())
+                    .collect(),
+                accepted_at,
+            })
+            .collect();
+        let accepted: Vec<Accepted> = self.shared.store.accept(new).await?;
+        let mut routed = Vec::with_capacity(events.len());
+        for (ev, acc) in events.iter().zip(accepted) {
+            for (uid, job_id) in &acc.jobs {
+                self.notify(uid, JobRef { due_at: accepted_at, job_id: *job_id, accepted_at });
+            }
+            self.shared.metrics.event_accepted(acc.duplicate);
+            routed.push(Routed {
+                id: ev.id.clone(),
+                source: ev.source.clone(),
+                matched: acc.jobs.len(),
+                duplicate: acc.duplicate,
+            });
+        }
+        Ok(routed)
+    }
+
+    /// Queue a test event for one subscription only; `id` makes it idempotent (a repeated id
+    /// within the dedup window is not queued again). Returns how many jobs were queued (0 or 1).
+    pub async fn send_test(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        id: &str,
+    ) -> Result<usize, StoreError> {
+        let event = CloudEvent {
+            id: id.to_string(),
+            source: TEST_EVENT_SOURCE.to_string(),
+            type_: TEST_EVENT_TYPE.to_string(),
+            subject: Some(format!("webhooksubscriptions/{namespace}/{name}")),
+            time: Some(jiff::Timestamp::now().to_string()),
+            datacontenttype: Some("application/json".into()),
+            dataschema: None,
+            extensions: Default::default(),
+            data: Some(bytes::Bytes::from(
+                serde_json::json!({"message": "A test event sent by Hookline", "subscription": name})
+                    .to_string(),
+            )),
+        };
+        let accepted_at = now_ms();
+        let new = NewEvent {
+            namespace: namespace.to_string(),
+            source: event.source.clone(),
+            event_id: event.id.clone(),
+            event_type: event.type_.clone(),
+            body: event.to_json_bytes(),
+            targets: vec![uid.to_string()],
+            accepted_at,
+        };
+        let accepted = self.shared.store.accept(vec![new]).await?;
+        let jobs = accepted.into_iter().flat_map(|a| a.jobs).collect::<Vec<_>>();
+        for (uid, job_id) in &jobs {
+            self.notify(uid, JobRef { due_at: accepted_at, job_id: *job_id, accepted_at });
+        }
+        Ok(jobs.len())
+    }
+
+    /// Hand a new job to its dispatcher (a dispatcher that starts later loads it from the store).
+    pub fn notify(&self, uid: &str, job: JobRef) {
+        if let Some(h) = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(uid) {
+            let _ = h.jobs.send(job);
+        }
+    }
+
+    /// Start, update and stop dispatchers as the registry changes, until `stop`.
+    pub async fn run(self: Arc<Self>, registry: Registry, stop: CancellationToken) {
+        let mut changes = registry.subscribe();
+        loop {
+            self.sync(&registry.all(), &stop);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+        }
+        let handles: Vec<Handle> =
+            self.handles.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, h)| h).collect();
+        for h in handles {
+            h.stop.cancel();
+            let _ = h.task.await;
+        }
+        info!("dispatchers stopped");
+    }
+
+    fn sync(&self, subs: &[Arc<ActiveSubscription>], stop: &CancellationToken) {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        for sub in subs {
+            match handles.get(&sub.uid) {
+                Some(h) => {
+                    h.sub.send_if_modified(|current| {
+                        let changed = **current != **sub;
+                        if changed {
+                            *current = sub.clone();
+                        }
+                        changed
+                    });
+                }
+                None => {
+                    let (jobs, jobs_rx) = mpsc::unbounded_channel();
+                    let (sub_tx, sub_rx) = watch::channel(sub.clone());
+                    let child = stop.child_token();
+                    let dispatcher = Dispatcher {
+                        shared: self.shared.clone(),
+                        sub: sub_rx,
+                        jobs: jobs_rx,
+                        stop: child.clone(),
+                    };
+                    let task = tokio::spawn(dispatcher.run());
+                    handles.insert(sub.uid.clone(), Handle { jobs, sub: sub_tx, stop: child, task });
+                }
+            }
+        }
+        let gone: Vec<String> =
+            handles.keys().filter(|uid| !subs.iter().any(|s| &s.uid == *uid)).cloned().collect();
+        for uid in gone {
+            if let Some(h) = handles.remove(&uid) {
+                h.stop.cancel();
+                self.shared.board.remove(&uid);
+            }
+        }
+    }
+}

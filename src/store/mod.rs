@@ -76,6 +76,8 @@ pub struct Accepted {
 pub struct JobRef {
     pub due_at: Millis,
     pub job_id: i64,
+    /// When the event was accepted (its TTL counts from here).
+    pub accepted_at: Millis,
 }
 
 /// Everything needed to attempt one job.

@@ -271,8 +271,13 @@ impl Store for SqliteStore {
     fn pending(&self, sub_uid: &str) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>> {
         let uid = sub_uid.to_string();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached("SELECT due_at_ms, id FROM jobs WHERE sub_uid = ?1")?;
-            let rows = stmt.query_map([uid], |r| Ok(JobRef { due_at: r.get(0)?, job_id: r.get(1)? }))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT j.due_at_ms, j.id, e.accepted_at_ms FROM jobs j JOIN events e ON e.seq = j.event_seq
+                 WHERE j.sub_uid = ?1",
+            )?;
+            let rows = stmt.query_map([uid], |r| {
+                Ok(JobRef { due_at: r.get(0)?, job_id: r.get(1)?, accepted_at: r.get(2)? })
+            })?;
             rows.collect()
         })
         .boxed()

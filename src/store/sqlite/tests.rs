@@ -57,7 +57,10 @@ async fn a_job_carries_its_event_and_retries_update_it() {
     store.record(attempt(job_id, 1, JobUpdate::Retry { due_at: 9_000 })).await.expect("record");
     let job = store.job(job_id).await.expect("read").expect("job");
     assert_eq!((job.attempts, job.first_attempt_at), (1, Some(2_001)));
-    assert_eq!(store.pending("a").await.expect("pending"), vec![JobRef { due_at: 9_000, job_id }]);
+    assert_eq!(
+        store.pending("a").await.expect("pending"),
+        vec![JobRef { due_at: 9_000, job_id, accepted_at: 1_000 }]
+    );
     store.record(attempt(job_id, 2, JobUpdate::Delivered)).await.expect("record");
     assert!(store.job(job_id).await.expect("read").is_none());
     let log = store.deliveries("a", 10, None).await.expect("log");

@@ -1,0 +1,263 @@
+//! One delivery attempt of one job, from the store to the wire and back into the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::backoff::{Next, Outcome, next};
+use super::sender::{Target, send};
+use super::status::AttemptReport;
+use crate::api::{FailureReason, FailureRecord, LastDelivery};
+use crate::controller::spec_check::retry_schedule;
+use crate::event::CloudEvent;
+use crate::registry::ActiveSubscription;
+use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, now_ms};
+
+/// What the dispatcher does with the job afterwards.
+#[derive(Debug)]
+pub enum Finished {
+    /// Nothing: delivered, given up, or gone from the store.
+    Done,
+    /// Put back in the queue.
+    Requeue(JobRef),
+    /// The endpoint answered 410 for this generation of the subscription: stop sending.
+    Gone(i64),
+}
+
+/// When a job could not be attempted for a reason that is ours, not the endpoint's.
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
+
+fn time(ms: Millis) -> Time {
+    Time(jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn requeue_in(job: JobRef, delay: Duration) -> Finished {
+    Finished::Requeue(JobRef { due_at: now_ms() + delay.as_millis() as Millis, ..job })
+}
+
+/// Attempt `job` for `sub` and report back on `done`.
+pub async fn attempt(
+    shared: Arc<Shared>,
+    sub: Arc<ActiveSubscription>,
+    job: JobRef,
+    done: mpsc::UnboundedSender<Finished>,
+) {
+    let finished = run(&shared, &sub, job).await;
+    let _ = done.send(finished);
+}
+
+async fn run(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) -> Finished {
+    let ns = sub.key.namespace.clone().unwrap_or_default();
+    let job = match shared.store.job(job_ref.job_id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Finished::Done,
+        Err(e) => {
+            warn!(subscription = %sub.key.name, error = %e, "reading a job; will retry");
+            return requeue_in(job_ref, LOCAL_RETRY);
+        }
+    };
+    let event = match serde_json::from_slice(&job.event)
+        .map_err(|e| e.to_string())
+        .and_then(|v| CloudEvent::from_json_value(v, "").map_err(|e| e.to_string()))
+    {
+        Ok(event) => event,
+        Err(e) => {
+            // Cannot happen for events this process accepted; never retry garbage forever.
+            warn!(subscription = %sub.key.name, job = job.job_id, error = %e, "stored event unreadable; dropping");
+            return finish(
+                shared,
+                sub,
+                &job,
+                None,
+                Outcome::Error(format!("stored event unreadable: {e}")),
+                Next::GiveUp(FailureReason::NonRetryableResponse),
+                None,
+            )
+            .await;
+        }
+    };
+    let Ok(schedule) = retry_schedule(&sub.spec) else { return requeue_in(job_ref, LOCAL_RETRY) };
+    let now = now_ms();
+    let age = Duration::from_millis(now.saturating_sub(job.accepted_at).max(0) as u64);
+    if age >= schedule.event_ttl {
+        let outcome = Outcome::Error("eventTTL passed before delivery".into());
+        return finish(
+            shared,
+            sub,
+            &job,
+            Some(&event),
+            outcome,
+            Next::GiveUp(FailureReason::TtlExpired),
+            None,
+        )
+        .await;
+    }
+
+    let keys = match shared.secrets.signing_keys(&ns, &sub.signing_secret).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            warn!(subscription = %sub.key.name, error = %e, "no signing key; delivery waits");
+            return requeue_in(job_ref, LOCAL_RETRY);
+        }
+    };
+    let mut headers = Vec::new();
+    for (k, v) in &sub.spec.endpoint.headers {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
+            headers.push((k, v));
+        }
+    }
+    if let Some(from) = &sub.spec.endpoint.headers_from {
+        match shared.secrets.headers(&ns, &from.secret_ref.name).await {
+            Ok(h) => headers.extend(h),
+            Err(e) => {
+                warn!(subscription = %sub.key.name, error = %e, "secret headers unavailable; delivery waits");
+                return requeue_in(job_ref, LOCAL_RETRY);
+            }
+        }
+    }
+    let target = Target {
+        url: &sub.spec.endpoint.url,
+        mode: sub.spec.delivery.mode,
+        timeout: Duration::from_secs(sub.spec.endpoint.timeout_seconds.into()),
+        static_headers: &headers,
+        keys: &keys,
+    };
+    let sent = send(&shared.http, &target, &event).await;
+    let attempt_no = job.attempts + 1;
+    let decision = next(&sent.outcome, attempt_no, age, &schedule, rand::rng().random());
+    shared.metrics.attempt_finished(&sent.outcome, sent.duration);
+    finish(shared, sub, &job, Some(&event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
+        .await
+}
+
+/// Record the attempt durably, update status, and tell the dispatcher what follows.
+async fn finish(
+    shared: &Shared,
+    sub: &ActiveSubscription,
+    job: &Job,
+    event: Option<&CloudEvent>,
+    outcome: Outcome,
+    decision: Next,
+    sent: Option<u64>,
+) -> Finished {
+    let now = now_ms();
+    // `sent` is the attempt's duration when a request went out; `None` when none did.
+    let attempted = sent.is_some();
+    let duration_ms = sent.unwrap_or(0);
+    let attempt_no = if attempted { job.attempts + 1 } else { job.attempts };
+    let (status_code, error) = match &outcome {
+        Outcome::Status { code, .. } => (Some(*code), None),
+        Outcome::Error(e) => (None, Some(e.clone())),
+    };
+    let update = match &decision {
+        Next::Done => JobUpdate::Delivered,
+        Next::Retry(delay) => JobUpdate::Retry { due_at: now + delay.as_millis() as Millis },
+        Next::GiveUp(reason) => give_up(sub, job, *reason, attempt_no, status_code, error.clone(), now),
+        Next::Gone => {
+            give_up(sub, job, FailureReason::EndpointGone, attempt_no, status_code, error.clone(), now)
+        }
+    };
+    let record = Attempt {
+        job_id: job.job_id,
+        sub_uid: sub.uid.clone(),
+        event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
+        event_type: event.map(|e| e.type_.clone()).unwrap_or_default(),
+        attempt: attempt_no,
+        at: now,
+        status: status_code,
+        duration_ms,
+        error: error.clone(),
+        update: update.clone(),
+    };
+    if let Err(e) = shared.store.record(record).await {
+        // Not recorded means not done: the job stays queued and is attempted again (at-least-once).
+        warn!(subscription = %sub.key.name, error = %e, "recording an attempt failed; the event will be retried");
+        let job_ref = JobRef { due_at: now, job_id: job.job_id, accepted_at: job.accepted_at };
+        return requeue_in(job_ref, LOCAL_RETRY);
+    }
+    let gave_up = matches!(update, JobUpdate::DeadLetter(_) | JobUpdate::Dropped);
+    let ns = sub.key.namespace.clone().unwrap_or_default();
+    if attempted {
+        let report = AttemptReport {
+            last: LastDelivery {
+                event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
+                event_type: event.map(|e| e.type_.clone()).unwrap_or_default(),
+                attempt: attempt_no,
+                time: time(now),
+                success: matches!(decision, Next::Done),
+                status_code,
+                duration_ms,
+                error,
+            },
+            gave_up,
+            gone: matches!(decision, Next::Gone),
+            generation: sub.generation,
+        };
+        shared.board.attempt(&sub.uid, &ns, &sub.key.name, report);
+    } else if gave_up {
+        shared.board.gave_up(&sub.uid, &ns, &sub.key.name);
+    }
+    match &update {
+        JobUpdate::DeadLetter(_) => shared.metrics.dead_lettered("queued"),
+        JobUpdate::Dropped => shared.metrics.dead_lettered("dropped"),
+        _ => {}
+    }
+    if gave_up {
+        shared.dead_letters_waiting.notify_one();
+    }
+    debug!(subscription = %sub.key.name, job = job.job_id, attempt = attempt_no, ?decision, "attempt recorded");
+    match (decision, update) {
+        (Next::Gone, _) => Finished::Gone(sub.generation),
+        (_, JobUpdate::Retry { due_at }) => {
+            Finished::Requeue(JobRef { due_at, job_id: job.job_id, accepted_at: job.accepted_at })
+        }
+        _ => Finished::Done,
+    }
+}
+
+fn give_up(
+    sub: &ActiveSubscription,
+    job: &Job,
+    reason: FailureReason,
+    attempts: u32,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    now: Millis,
+) -> JobUpdate {
+    if !sub.spec.dead_letter.enabled {
+        return JobUpdate::Dropped;
+    }
+    let failure = FailureRecord {
+        reason,
+        attempts,
+        first_attempt_time: job.first_attempt_at.or((attempts > 0).then_some(now)).map(time),
+        last_attempt_time: (attempts > 0).then(|| time(now)),
+        last_status_code,
+        last_error,
+    };
+    JobUpdate::DeadLetter(DeadLetter {
+        namespace: sub.key.namespace.clone().unwrap_or_default(),
+        subscription: sub.key.name.clone(),
+        failure: serde_json::to_string(&failure).unwrap_or_default(),
+    })
+}
+
+/// Give up on a held job whose TTL passed without an attempt.
+pub async fn expire(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) {
+    let job = match shared.store.job(job_ref.job_id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(subscription = %sub.key.name, error = %e, "reading an expired job");
+            return;
+        }
+    };
+    let event = serde_json::from_slice(&job.event).ok().and_then(|v| CloudEvent::from_json_value(v, "").ok());
+    let outcome = Outcome::Error("eventTTL passed while delivery was held".into());
+    finish(shared, sub, &job, event.as_ref(), outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
+}

@@ -1,0 +1,153 @@
+//! One dispatcher per subscription: it keeps the subscription's due jobs in time order and sends
+//! them, at most `maxConcurrency` at once and within the rate limit, while the gate is open.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::attempt::{Finished, attempt, expire};
+use crate::registry::{ActiveSubscription, Gate};
+use crate::store::{JobRef, Millis, now_ms};
+
+/// Spaces sends at least `1/rate` apart.
+struct RateLimiter {
+    next: Instant,
+}
+
+impl RateLimiter {
+    /// `Ok` when a send may go now; otherwise how long to wait.
+    fn take(&mut self, per_second: Option<u32>) -> Result<(), Duration> {
+        let Some(rate) = per_second.filter(|r| *r > 0) else { return Ok(()) };
+        let now = Instant::now();
+        if now < self.next {
+            return Err(self.next - now);
+        }
+        self.next = now.max(self.next) + Duration::from_secs(1) / rate;
+        Ok(())
+    }
+}
+
+/// A subscription's dispatcher; see the module docs.
+pub struct Dispatcher {
+    pub(super) shared: Arc<Shared>,
+    pub(super) sub: watch::Receiver<Arc<ActiveSubscription>>,
+    pub(super) jobs: mpsc::UnboundedReceiver<JobRef>,
+    pub(super) stop: CancellationToken,
+}
+
+/// How often jobs held behind a closed gate are checked against their TTL.
+const HELD_SWEEP: Duration = Duration::from_secs(15);
+
+impl Dispatcher {
+    /// Run until stopped or the subscription goes away; in-flight attempts are awaited.
+    pub async fn run(mut self) {
+        let first = self.sub.borrow().clone();
+        let (uid, ns, name) =
+            (first.uid.clone(), first.key.namespace.clone().unwrap_or_default(), first.key.name.clone());
+        let mut queue = BTreeSet::new();
+        loop {
+            match self.shared.store.pending(&uid).await {
+                Ok(jobs) => {
+                    queue.extend(jobs);
+                    break;
+                }
+                Err(e) => {
+                    warn!(subscription = %name, error = %e, "loading queued jobs; retrying");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        debug!(subscription = %name, queued = queue.len(), "dispatcher started");
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut in_flight = 0usize;
+        let mut gone_generation: Option<i64> = None;
+        let mut limiter = RateLimiter { next: Instant::now() };
+        let mut sweep = tokio::time::interval(HELD_SWEEP);
+        loop {
+            let sub = self.sub.borrow().clone();
+            let open = sub.gate == Gate::Open && gone_generation.is_none_or(|g| g < sub.generation);
+            let now = now_ms();
+            let mut wake: Option<Duration> = None;
+            while open && in_flight < sub.spec.delivery.max_concurrency as usize {
+                let Some(&head) = queue.first() else { break };
+                if head.due_at > now {
+                    wake = Some(Duration::from_millis((head.due_at - now) as u64));
+                    break;
+                }
+                if let Err(wait) = limiter.take(sub.spec.delivery.rate_limit_per_second) {
+                    wake = Some(wait);
+                    break;
+                }
+                queue.pop_first();
+                in_flight += 1;
+                tokio::spawn(attempt(self.shared.clone(), sub.clone(), head, done_tx.clone()));
+            }
+            let next_retry = queue.first().filter(|j| j.due_at > now).and_then(|j| time(j.due_at));
+            self.shared.board.queue(&uid, &ns, &name, (queue.len() + in_flight) as u64, next_retry);
+            self.shared.metrics.set_queue_depth(&uid, (queue.len() + in_flight) as i64);
+
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                job = self.jobs.recv() => match job {
+                    Some(job) => { queue.insert(job); }
+                    None => break,
+                },
+                changed = self.sub.changed() => if changed.is_err() { break },
+                Some(finished) = done_rx.recv() => {
+                    in_flight -= 1;
+                    match finished {
+                        Finished::Done => {}
+                        Finished::Requeue(job) => { queue.insert(job); }
+                        Finished::Gone(generation) => gone_generation = Some(generation),
+                    }
+                }
+                _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
+                _ = sweep.tick(), if !open => {
+                    let ttl = crate::controller::spec_check::retry_schedule(&sub.spec)
+                        .map(|s| s.event_ttl.as_millis() as Millis)
+                        .unwrap_or(Millis::MAX);
+                    let expired: Vec<JobRef> =
+                        queue.iter().copied().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
+                    for job in expired {
+                        queue.remove(&job);
+                        expire(&self.shared, &sub, job).await;
+                    }
+                }
+            }
+        }
+        // Let in-flight attempts finish and record their outcome; what is queued stays in the store.
+        drop(done_tx);
+        while in_flight > 0 && done_rx.recv().await.is_some() {
+            in_flight -= 1;
+        }
+        self.shared.metrics.forget_queue(&uid);
+        debug!(subscription = %name, "dispatcher stopped");
+    }
+}
+
+fn time(ms: Millis) -> Option<Time> {
+    jiff::Timestamp::from_millisecond(ms).ok().map(Time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_spaces_sends() {
+        let mut l = RateLimiter { next: Instant::now() };
+        assert!(l.take(None).is_ok());
+        assert!(l.take(Some(10)).is_ok());
+        let wait = l.take(Some(10)).expect_err("too soon");
+        assert!(wait <= Duration::from_millis(100) && wait > Duration::from_millis(50), "{wait:?}");
+    }
+}

@@ -1,0 +1,151 @@
+//! Signing keys and secret headers, read from Secrets and cached briefly so that a rotated Secret
+//! is picked up within seconds without a request per delivery. Values never reach logs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, HeaderValue};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use tracing::warn;
+
+use super::signing::SigningKey;
+
+/// How long a Secret read is reused.
+const TTL: Duration = Duration::from_secs(5);
+
+/// Why a Secret could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("Secret {0} not found")]
+    NotFound(String),
+    #[error("Secret {0} holds no signing secret (a value starting with whsec_)")]
+    NoSigningKey(String),
+    #[error("reading Secret {name}: {source}")]
+    Kube {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+type Data = Arc<BTreeMap<String, Vec<u8>>>;
+type Entries = HashMap<(String, String), (Instant, Data)>;
+
+/// A short-lived cache of Secret data.
+#[derive(Clone)]
+pub struct SecretCache {
+    client: Client,
+    entries: Arc<Mutex<Entries>>,
+}
+
+impl SecretCache {
+    pub fn new(client: Client) -> Self {
+        Self { client, entries: Arc::default() }
+    }
+
+    async fn data(&self, namespace: &str, name: &str) -> Result<Data, SecretError> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some((at, data)) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && at.elapsed() < TTL
+        {
+            return Ok(data.clone());
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|source| SecretError::Kube { name: name.to_string(), source })?
+            .ok_or_else(|| SecretError::NotFound(name.to_string()))?;
+        let data: Data =
+            Arc::new(secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect());
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (Instant::now(), data.clone()));
+        Ok(data)
+    }
+
+    /// The signing keys in a Secret: every value starting with `whsec_`, in key order. Two keys
+    /// during a rotation yield two signatures.
+    pub async fn signing_keys(&self, namespace: &str, name: &str) -> Result<Vec<SigningKey>, SecretError> {
+        let data = self.data(namespace, name).await?;
+        let keys = signing_keys(&data, name);
+        if keys.is_empty() {
+            return Err(SecretError::NoSigningKey(name.to_string()));
+        }
+        Ok(keys)
+    }
+
+    /// Headers from a Secret: each key is a header name, its value the header value.
+    pub async fn headers(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, SecretError> {
+        let data = self.data(namespace, name).await?;
+        Ok(headers(&data, name))
+    }
+}
+
+fn signing_keys(data: &BTreeMap<String, Vec<u8>>, secret: &str) -> Vec<SigningKey> {
+    data.iter()
+        .filter_map(|(k, v)| {
+            let text = std::str::from_utf8(v).ok()?.trim();
+            if !text.starts_with("whsec_") {
+                return None;
+            }
+            match SigningKey::parse(text) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    warn!(secret, key = %k, error = %e, "ignoring an unusable signing secret");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn headers(data: &BTreeMap<String, Vec<u8>>, secret: &str) -> Vec<(HeaderName, HeaderValue)> {
+    data.iter()
+        .filter_map(|(k, v)| match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+            (Ok(name), Ok(mut value)) => {
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+            _ => {
+                warn!(secret, key = %k, "ignoring a Secret key that is not a valid header name and value");
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whsec_values_are_signing_keys_in_key_order() {
+        let data = BTreeMap::from([
+            ("b-next".to_string(), b"whsec_dXNlci1vd25lZC1zZWNyZXQtdGhhdC1tdXN0LXN0YXk=".to_vec()),
+            ("a-current".to_string(), b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3Wv1bHmSEsk=".to_vec()),
+            ("note".to_string(), b"not a key".to_vec()),
+        ]);
+        let keys = signing_keys(&data, "s");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            keys[0],
+            SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3Wv1bHmSEsk=").expect("key")
+        );
+    }
+
+    #[test]
+    fn secret_headers_are_marked_sensitive_and_bad_ones_skipped() {
+        let data = BTreeMap::from([
+            ("Authorization".to_string(), b"Bearer x".to_vec()),
+            ("bad header".to_string(), b"x".to_vec()),
+        ]);
+        let h = headers(&data, "s");
+        assert_eq!(h.len(), 1);
+        assert!(h[0].1.is_sensitive());
+    }
+}

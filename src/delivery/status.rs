@@ -1,0 +1,329 @@
+//! Delivery results as subscription status, coalesced: dispatchers update an in-memory board on
+//! every attempt, and one writer sends at most one status write per subscription per interval,
+//! however many events flow. It owns only the delivery fields (its own field manager), so it
+//! never fights the controller, which owns the other conditions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::api::{DeliveryStats, LastDelivery, Reason, WebhookSubscription, condition_type, set_condition};
+use crate::metrics::Metrics;
+
+/// The field manager of delivery results in status.
+pub const DELIVERY_FIELD_MANAGER: &str = "hookline-delivery";
+
+/// Failed attempts in a row before `Healthy` turns False.
+pub const FAILING_AFTER: u64 = 3;
+
+#[derive(Clone, Debug, Default)]
+struct Tracker {
+    namespace: String,
+    name: String,
+    last: Option<LastDelivery>,
+    /// Counters found in status when this process first wrote; ours are added to them.
+    base: Option<DeliveryStats>,
+    local: DeliveryStats,
+    next_retry_at: Option<Time>,
+    healthy: Vec<Condition>,
+    dirty: bool,
+}
+
+/// What one attempt changes in status.
+#[derive(Clone, Debug)]
+pub struct AttemptReport {
+    pub last: LastDelivery,
+    /// The event was given up on (dead-lettered or dropped).
+    pub gave_up: bool,
+    /// The endpoint answered 410 Gone.
+    pub gone: bool,
+    pub generation: i64,
+}
+
+/// The in-memory delivery state of every subscription this process delivers for.
+#[derive(Clone, Default)]
+pub struct StatusBoard {
+    trackers: Arc<Mutex<HashMap<String, Tracker>>>,
+}
+
+impl StatusBoard {
+    fn with<R>(&self, uid: &str, namespace: &str, name: &str, f: impl FnOnce(&mut Tracker) -> R) -> R {
+        let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+        let t = trackers.entry(uid.to_string()).or_insert_with(|| Tracker {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            ..Tracker::default()
+        });
+        f(t)
+    }
+
+    /// Record one finished attempt.
+    pub fn attempt(&self, uid: &str, namespace: &str, name: &str, report: AttemptReport) {
+        self.with(uid, namespace, name, |t| {
+            let now = report.last.time.clone();
+            if report.last.success {
+                t.local.delivered += 1;
+                t.local.consecutive_failures = 0;
+            } else {
+                t.local.failed_attempts += 1;
+                t.local.consecutive_failures += 1;
+            }
+            if report.gave_up {
+                t.local.dead_lettered += 1;
+            }
+            let generation = Some(report.generation);
+            let failures = t.local.consecutive_failures;
+            if report.gone {
+                let msg = "The endpoint answered 410 Gone: delivery is disabled until the spec changes";
+                set_condition(
+                    &mut t.healthy,
+                    condition_type::HEALTHY,
+                    false,
+                    Reason::EndpointGone,
+                    msg,
+                    generation,
+                    &now,
+                );
+            } else if report.last.success || failures < FAILING_AFTER {
+                let msg = if report.last.success {
+                    "The last delivery succeeded"
+                } else {
+                    "Recent deliveries succeed"
+                };
+                if t.healthy
+                    .first()
+                    .is_none_or(|c| c.reason != Reason::EndpointGone.as_str() || report.last.success)
+                {
+                    set_condition(
+                        &mut t.healthy,
+                        condition_type::HEALTHY,
+                        true,
+                        Reason::Delivering,
+                        msg,
+                        generation,
+                        &now,
+                    );
+                }
+            } else {
+                let cause = match (&report.last.status_code, &report.last.error) {
+                    (Some(code), _) => format!("HTTP {code}"),
+                    (None, Some(e)) => e.clone(),
+                    (None, None) => "unknown error".into(),
+                };
+                let msg = format!("{failures} consecutive attempts failed; the last: {cause}");
+                set_condition(
+                    &mut t.healthy,
+                    condition_type::HEALTHY,
+                    false,
+                    Reason::DeliveryFailing,
+                    msg,
+                    generation,
+                    &now,
+                );
+            }
+            t.last = Some(report.last);
+            t.dirty = true;
+        });
+    }
+
+    /// Update queue depth and the next scheduled retry.
+    pub fn queue(&self, uid: &str, namespace: &str, name: &str, pending: u64, next_retry_at: Option<Time>) {
+        self.with(uid, namespace, name, |t| {
+            if t.local.pending != pending || t.next_retry_at != next_retry_at {
+                t.local.pending = pending;
+                t.next_retry_at = next_retry_at;
+                t.dirty = true;
+            }
+        });
+    }
+
+    /// Count an event given up on without an attempt (e.g. its TTL passed while held).
+    pub fn gave_up(&self, uid: &str, namespace: &str, name: &str) {
+        self.with(uid, namespace, name, |t| {
+            t.local.dead_lettered += 1;
+            t.dirty = true;
+        });
+    }
+
+    /// Forget a subscription.
+    pub fn remove(&self, uid: &str) {
+        self.trackers.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+    }
+
+    /// Take the trackers that changed since the last call.
+    fn take_dirty(&self) -> Vec<(String, Tracker)> {
+        let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+        trackers
+            .iter_mut()
+            .filter(|(_, t)| t.dirty)
+            .map(|(uid, t)| {
+                t.dirty = false;
+                (uid.clone(), t.clone())
+            })
+            .collect()
+    }
+
+    fn set_base(&self, uid: &str, base: DeliveryStats) {
+        if let Some(t) = self.trackers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(uid) {
+            t.base.get_or_insert(base);
+        }
+    }
+
+    fn mark_dirty(&self, uid: &str) {
+        if let Some(t) = self.trackers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(uid) {
+            t.dirty = true;
+        }
+    }
+}
+
+/// The status fields this writer owns, for one subscription.
+fn status_patch(t: &Tracker) -> serde_json::Value {
+    let base = t.base.clone().unwrap_or_default();
+    let stats = DeliveryStats {
+        delivered: base.delivered + t.local.delivered,
+        failed_attempts: base.failed_attempts + t.local.failed_attempts,
+        dead_lettered: base.dead_lettered + t.local.dead_lettered,
+        pending: t.local.pending,
+        consecutive_failures: t.local.consecutive_failures,
+    };
+    let mut status = json!({ "deliveryStats": stats, "conditions": t.healthy });
+    if let Some(last) = &t.last {
+        status["lastDelivery"] = json!(last);
+    }
+    if let Some(next) = &t.next_retry_at {
+        status["nextRetryAt"] = json!(next);
+    }
+    json!({
+        "apiVersion": WebhookSubscription::api_version(&()),
+        "kind": WebhookSubscription::kind(&()),
+        "status": status,
+    })
+}
+
+/// Write dirty trackers every `interval` until cancelled (then once more, to flush).
+pub async fn run_writer(
+    board: StatusBoard,
+    client: Client,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        for (uid, tracker) in board.take_dirty() {
+            let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &tracker.namespace);
+            if tracker.base.is_none() {
+                match api.get_opt(&tracker.name).await {
+                    Ok(Some(sub)) => {
+                        let base = sub.status.and_then(|s| s.delivery_stats).unwrap_or_default();
+                        board.set_base(&uid, DeliveryStats { pending: 0, consecutive_failures: 0, ..base });
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(subscription = %tracker.name, error = %e, "reading status before the first write");
+                        board.mark_dirty(&uid);
+                        continue;
+                    }
+                }
+            }
+            let tracker = board.trackers.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned();
+            let Some(tracker) = tracker else { continue };
+            let params = PatchParams::apply(DELIVERY_FIELD_MANAGER).force();
+            match api.patch_status(&tracker.name, &params, &Patch::Apply(status_patch(&tracker))).await {
+                Ok(_) => {
+                    metrics.status_written();
+                    debug!(subscription = %tracker.name, "delivery status written");
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => board.remove(&uid),
+                Err(e) => {
+                    warn!(subscription = %tracker.name, error = %e, "writing delivery status; will retry");
+                    board.mark_dirty(&uid);
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(success: bool, code: u16) -> AttemptReport {
+        AttemptReport {
+            last: LastDelivery {
+                event_id: "e".into(),
+                event_type: "t".into(),
+                attempt: 1,
+                time: Time(jiff::Timestamp::from_second(100).expect("ts")),
+                success,
+                status_code: Some(code),
+                duration_ms: 5,
+                error: None,
+            },
+            gave_up: false,
+            gone: code == 410,
+            generation: 1,
+        }
+    }
+
+    fn healthy(board: &StatusBoard) -> (String, String) {
+        let t = board.trackers.lock().expect("lock");
+        let c = &t["u"].healthy[0];
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn healthy_turns_false_after_consecutive_failures_and_back_on_success() {
+        let board = StatusBoard::default();
+        board.attempt("u", "ns", "s", report(true, 200));
+        assert_eq!(healthy(&board), ("True".into(), "Delivering".into()));
+        for _ in 0..FAILING_AFTER - 1 {
+            board.attempt("u", "ns", "s", report(false, 500));
+        }
+        assert_eq!(healthy(&board).0, "True", "a few failures are not yet unhealthy");
+        board.attempt("u", "ns", "s", report(false, 500));
+        assert_eq!(healthy(&board), ("False".into(), "DeliveryFailing".into()));
+        board.attempt("u", "ns", "s", report(true, 200));
+        assert_eq!(healthy(&board), ("True".into(), "Delivering".into()));
+    }
+
+    #[test]
+    fn gone_sticks_until_a_success() {
+        let board = StatusBoard::default();
+        board.attempt("u", "ns", "s", report(false, 410));
+        assert_eq!(healthy(&board), ("False".into(), "EndpointGone".into()));
+        board.attempt("u", "ns", "s", report(false, 500));
+        assert_eq!(healthy(&board).1, "EndpointGone");
+    }
+
+    #[test]
+    fn many_attempts_make_one_pending_write_with_summed_counters() {
+        let board = StatusBoard::default();
+        for _ in 0..100 {
+            board.attempt("u", "ns", "s", report(true, 200));
+        }
+        let dirty = board.take_dirty();
+        assert_eq!(dirty.len(), 1, "coalesced into one write");
+        assert!(board.take_dirty().is_empty());
+        board.set_base("u", DeliveryStats { delivered: 5, ..Default::default() });
+        let t = board.trackers.lock().expect("lock")["u"].clone();
+        let patch = status_patch(&t);
+        assert_eq!(patch["status"]["deliveryStats"]["delivered"], 105);
+        assert_eq!(patch["status"]["conditions"][0]["type"], "Healthy");
+    }
+}

@@ -1,0 +1,304 @@
+//! The ingest and API server on `--ingest-addr`: publishing CloudEvents, the delivery log, and
+//! test events. Every answer is JSON; every refusal names the problem.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::api::WebhookSubscription;
+use crate::delivery::Dispatchers;
+use crate::event::{BATCH, CloudEvent, EventError, STRUCTURED};
+use crate::registry::Registry;
+use crate::server::Readiness;
+use auth::{Action, Auth, PUBLISH, READ_LOG, SEND_TEST};
+
+/// A refusal: HTTP status plus a JSON body naming the problem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub attribute: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), attribute: None }
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, m)
+    }
+    fn bad_event(e: EventError) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: e.to_string(), attribute: Some(e.attribute) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(a) = self.attribute {
+            body["attribute"] = a.into();
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Settings of the ingest server.
+#[derive(Clone)]
+pub struct IngestConfig {
+    /// Largest accepted event (a single-event body, or one event of a batch).
+    pub max_event_bytes: usize,
+}
+
+/// What the ingest server works with.
+#[derive(Clone)]
+pub struct Ingest {
+    pub config: IngestConfig,
+    pub auth: Auth,
+    pub registry: Registry,
+    pub dispatchers: Arc<Dispatchers>,
+    pub readiness: Readiness,
+    pub client: Client,
+}
+
+#[derive(Clone)]
+struct IngestState {
+    config: IngestConfig,
+    auth: Auth,
+    registry: Registry,
+    dispatchers: Arc<Dispatchers>,
+    readiness: Readiness,
+    client: Client,
+    namespaces: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// Largest batch body, as a multiple of the per-event cap.
+const BATCH_FACTOR: usize = 16;
+/// How long a namespace known to exist is not looked up again.
+const NAMESPACE_TTL: Duration = Duration::from_secs(30);
+
+/// Bind the ingest server; returns the bound address and the future that serves it.
+pub async fn bind(
+    addr: SocketAddr,
+    ingest: Ingest,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let Ingest { config, auth, registry, dispatchers, readiness, client } = ingest;
+    let state =
+        IngestState { config, auth, registry, dispatchers, readiness, client, namespaces: Arc::default() };
+    let app = Router::new()
+        .route("/v1/namespaces/{ns}/events", post(publish))
+        .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries", get(deliveries))
+        .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/test", post(test_event))
+        .with_state(state);
+    let serve =
+        async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
+    Ok((local, serve))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl IngestState {
+    /// The checks every request passes: ready, a valid namespace, an allowed caller, and the
+    /// namespace exists.
+    async fn admit(&self, headers: &HeaderMap, ns: &str, action: Action) -> Result<(), ApiError> {
+        if let Some(what) = self.readiness.missing() {
+            return Err(ApiError::unavailable(format!("Hookline is starting: {what}")));
+        }
+        if !is_dns_label(ns) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{ns:?} is not a valid namespace name"),
+            ));
+        }
+        self.auth.authorize(headers, ns, action).await?;
+        self.namespace_exists(ns).await
+    }
+
+    async fn namespace_exists(&self, ns: &str) -> Result<(), ApiError> {
+        if self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ns)
+            .is_some_and(|t| t.elapsed() < NAMESPACE_TTL)
+        {
+            return Ok(());
+        }
+        match Api::<Namespace>::all(self.client.clone()).get_metadata_opt(ns).await {
+            Ok(Some(_)) => {
+                self.namespaces
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ns.to_string(), Instant::now());
+                Ok(())
+            }
+            Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("namespace {ns} not found"))),
+            Err(e) => Err(ApiError::unavailable(format!("checking namespace {ns}: {e}"))),
+        }
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body exceeds the limit of {limit} bytes"),
+        )
+    })
+}
+
+async fn publish(
+    State(state): State<IngestState>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.admit(&headers, &ns, PUBLISH).await?;
+    let max = state.config.max_event_bytes;
+    let ct = content_type(&headers);
+    let events = if ct == STRUCTURED {
+        vec![CloudEvent::from_structured(&read_body(body, max).await?).map_err(ApiError::bad_event)?]
+    } else if ct == BATCH {
+        let events = CloudEvent::from_batch(&read_body(body, max * BATCH_FACTOR).await?)
+            .map_err(ApiError::bad_event)?;
+        if let Some((i, _)) = events.iter().enumerate().find(|(_, e)| e.to_json_bytes().len() > max) {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!("batch[{i}] exceeds the per-event limit of {max} bytes"),
+                attribute: Some(format!("batch[{i}]")),
+            });
+        }
+        events
+    } else if headers.contains_key("ce-specversion") {
+        CloudEvent::from_binary(&headers, read_body(body, max).await?)
+            .map(|e| vec![e])
+            .map_err(ApiError::bad_event)?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "unsupported content type {ct:?}: publish in binary mode (ce-* headers), as {STRUCTURED}, or as {BATCH}"
+            ),
+        ));
+    };
+    let routed = state.dispatchers.route(&state.registry, &ns, events).await.map_err(|e| {
+        warn!(namespace = %ns, error = %e, "storing events failed");
+        ApiError::unavailable("the event could not be stored; nothing was accepted, retry later")
+    })?;
+    let body: Vec<_> = routed
+        .into_iter()
+        .map(|r| json!({"id": r.id, "source": r.source, "matched": r.matched, "duplicate": r.duplicate}))
+        .collect();
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "events": body }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn subscription_uid(state: &IngestState, ns: &str, name: &str) -> Result<String, ApiError> {
+    let api: Api<WebhookSubscription> = Api::namespaced(state.client.clone(), ns);
+    match api.get_metadata_opt(name).await {
+        Ok(Some(meta)) => {
+            meta.metadata.uid.ok_or_else(|| ApiError::unavailable("the subscription has no uid"))
+        }
+        Ok(None) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("webhooksubscription {ns}/{name} not found")))
+        }
+        Err(e) => Err(ApiError::unavailable(format!("reading webhooksubscription {ns}/{name}: {e}"))),
+    }
+}
+
+async fn deliveries(
+    State(state): State<IngestState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(page): Query<Page>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.admit(&headers, &ns, READ_LOG).await?;
+    let uid = subscription_uid(&state, &ns, &name).await?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let before = match &page.cursor {
+        None => None,
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "cursor is not one this server issued")
+                })?,
+        ),
+    };
+    let entries = state
+        .dispatchers
+        .shared()
+        .store
+        .deliveries(&uid, limit, before)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading the delivery log: {e}")))?;
+    let next = (entries.len() as u32 == limit)
+        .then(|| entries.last().map(|e| URL_SAFE_NO_PAD.encode(e.seq.to_string())))
+        .flatten();
+    Ok(axum::Json(json!({ "items": entries, "nextCursor": next })).into_response())
+}
+
+async fn test_event(
+    State(state): State<IngestState>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.admit(&headers, &ns, SEND_TEST).await?;
+    let uid = subscription_uid(&state, &ns, &name).await?;
+    let id = format!("test-{}", jiff::Timestamp::now().as_nanosecond());
+    let routed = state
+        .dispatchers
+        .send_test(&ns, &name, &uid, &id)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("storing the test event: {e}")))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "matched": routed }))).into_response())
+}
