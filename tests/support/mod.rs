@@ -3,6 +3,8 @@
 //! `hookline` binary as a child process, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -95,9 +97,24 @@ impl TestEnv {
             .expect("kubectl runs")
     }
 
-    /// Start the real `hookline run` for this namespace with extra flags.
+    /// A fresh data directory for a Hookline of this test.
+    pub fn data_dir(&self) -> PathBuf {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-data-{}", self.namespace, free_port()));
+        std::fs::create_dir_all(&dir).expect("data dir");
+        dir
+    }
+
+    /// Start the real `hookline run` for this namespace with a fresh data directory.
     pub async fn start_hookline(&self, extra: &[&str]) -> Hookline {
+        let dir = self.data_dir();
+        self.start_hookline_in(&dir, extra).await
+    }
+
+    /// Start the real `hookline run` for this namespace on `data_dir`, wait until it is ready.
+    pub async fn start_hookline_in(&self, data_dir: &Path, extra: &[&str]) -> Hookline {
         let metrics_port = free_port();
+        let ingest_port = free_port();
         let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("{}-hookline-{metrics_port}.log", self.namespace));
         self.logs.lock().expect("logs").push(log.clone());
@@ -105,6 +122,8 @@ impl TestEnv {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
             .arg("run")
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--ingest-addr", &format!("127.0.0.1:{ingest_port}")])
+            .args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
             .args(["--watch-namespace", &self.namespace])
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -115,7 +134,12 @@ impl TestEnv {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn hookline");
-        let hookline = Hookline { child, metrics: format!("http://127.0.0.1:{metrics_port}"), log };
+        let hookline = Hookline {
+            child,
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
+            ingest: format!("http://127.0.0.1:{ingest_port}"),
+            log,
+        };
         let url = format!("{}/readyz", hookline.metrics);
         wait_until("hookline /readyz answers 200", Duration::from_secs(30), || async {
             http_get(&url).await.filter(|(status, _)| *status == 200)
@@ -160,10 +184,59 @@ pub struct Hookline {
     pub child: tokio::process::Child,
     /// Base URL of its operations server.
     pub metrics: String,
+    /// Base URL of its ingest server.
+    pub ingest: String,
     pub log: PathBuf,
 }
 
 impl Hookline {
+    /// Kill it hard (SIGKILL) and wait until it is gone.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill hookline");
+    }
+
+    /// Ask it to stop (SIGTERM) and wait for it to exit; returns whether it exited cleanly.
+    pub async fn terminate(mut self) -> bool {
+        let pid = self.child.id().expect("pid");
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("hookline exits within 40s of SIGTERM")
+            .expect("wait");
+        status.success()
+    }
+
+    /// Publish to `namespace`: returns (status, JSON body).
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut req =
+            reqwest::Client::new().post(format!("{}/v1/namespaces/{namespace}/events", self.ingest));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.body(body).send().await.expect("publish request");
+        let status = resp.status().as_u16();
+        let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    /// Publish one structured-mode event; panics unless it is accepted.
+    pub async fn publish_json(&self, namespace: &str, event: serde_json::Value) -> serde_json::Value {
+        let (status, body) = self
+            .publish(namespace, &[("content-type", "application/cloudevents+json")], event.to_string(), None)
+            .await;
+        assert_eq!(status, 202, "publish refused: {body}");
+        body
+    }
+
     /// The value of one Prometheus sample line, e.g. `hookline_status_writes_total`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = http_get(&format!("{}/metrics", self.metrics)).await?;

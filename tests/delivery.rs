@@ -1,0 +1,434 @@
+//! The main job end to end: events published to the real `hookline run` reach real receivers on
+//! loopback, signed, retried and reported in status.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use hookline::api::WebhookSubscription;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use support::receiver::{Receiver, Reply};
+use support::{Hookline, TestEnv, install_crds, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Flags every delivery test uses: receivers live on loopback over plain HTTP.
+const LOCAL: &[&str] = &[
+    "--ingest-auth=none",
+    "--allow-http",
+    "--allow-cidr=127.0.0.0/8",
+    "--allow-unverified-endpoints",
+    "--status-interval=1s",
+];
+
+async fn env(test: &str) -> Option<TestEnv> {
+    let env = TestEnv::start(test).await?;
+    install_crds(&env.client).await;
+    Some(env)
+}
+
+/// Create a subscription to `url` with `spec` merged over a minimal unverified one; wait for Ready.
+async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: Value) -> WebhookSubscription {
+    subscribe_until(env, name, url, spec, ("True", "Active")).await
+}
+
+/// Like [`subscribe`], waiting for another Ready status/reason.
+async fn subscribe_until(
+    env: &TestEnv,
+    name: &str,
+    url: &str,
+    spec: Value,
+    ready: (&str, &str),
+) -> WebhookSubscription {
+    let mut base = json!({"eventTypes": ["*"], "endpoint": {"url": url}, "validation": {"method": "None"}});
+    merge(&mut base, spec);
+    let sub: WebhookSubscription = serde_json::from_value(json!({
+        "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription",
+        "metadata": {"name": name}, "spec": base,
+    }))
+    .expect("subscription");
+    let api: Api<WebhookSubscription> = env.api();
+    api.create(&PostParams::default(), &sub).await.expect("create subscription");
+    wait_for_ready(&api, name, ready.0, ready.1).await
+}
+
+async fn wait_for_ready(
+    api: &Api<WebhookSubscription>,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> WebhookSubscription {
+    wait_until(&format!("{name} Ready={status}/{reason}"), WAIT, || async {
+        let sub = api.get(name).await.ok()?;
+        let c = sub.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        (c.status == status && c.reason == reason).then_some(sub)
+    })
+    .await
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn event(id: &str, type_: &str) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "/shop", "type": type_, "subject": "eu/1", "data": {"n": id}})
+}
+
+/// Check requests with the reference Python libraries (standardwebhooks, cloudevents).
+fn verify_with_reference_libraries(
+    secrets: &[String],
+    requests: &[support::receiver::Received],
+) -> Vec<Value> {
+    let python = std::env::var("HOOKLINE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let reqs: Vec<Value> = requests
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or_default().to_string())))
+                .collect();
+            json!({"headers": headers, "body_b64": base64::engine::general_purpose::STANDARD.encode(&r.body)})
+        })
+        .collect();
+    let input = json!({"secrets": secrets, "requests": reqs}).to_string();
+    let mut child = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/verify.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with standardwebhooks and cloudevents (hack/test.sh installs them)");
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("verify.py");
+    assert!(out.status.success(), "reference verification failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+async fn signing_secret(env: &TestEnv, name: &str) -> String {
+    let secret = env.api::<Secret>().get(name).await.expect("signing secret");
+    String::from_utf8(secret.data.expect("data")["signingSecret"].0.clone()).expect("utf-8")
+}
+
+async fn delivery_log(h: &Hookline, ns: &str, sub: &str, query: &str) -> Value {
+    let url = format!("{}/v1/namespaces/{ns}/webhooksubscriptions/{sub}/deliveries{query}", h.ingest);
+    reqwest::get(url).await.expect("log request").json().await.expect("log json")
+}
+
+#[tokio::test]
+async fn events_in_all_three_modes_reach_matching_subscriptions_only() {
+    let Some(env) = env("three-modes").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let orders = Receiver::start().await;
+    let filtered = Receiver::start().await;
+    let invoices = Receiver::start().await;
+    subscribe(&env, "orders", &orders.url, json!({"eventTypes": ["order.*"]})).await;
+    subscribe(&env, "eu-shop", &filtered.url, json!({"eventTypes": ["order.created"], "filter": {"source": "/shop", "subjectPrefix": "eu/"}, "delivery": {"mode": "Structured"}})).await;
+    subscribe(&env, "invoices", &invoices.url, json!({"eventTypes": ["invoice.*"]})).await;
+    let ns = env.namespace.as_str();
+
+    // Binary mode.
+    let (status, body) = h
+        .publish(
+            ns,
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "b1"),
+                ("ce-source", "/shop"),
+                ("ce-type", "order.created"),
+                ("ce-subject", "eu/7"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"mode":"binary"}"#,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["events"][0]["matched"], 2, "orders and eu-shop match: {body}");
+    // Structured mode, a source the filter rejects.
+    let mut other = event("s1", "order.created");
+    other["source"] = "/elsewhere".into();
+    assert_eq!(h.publish_json(ns, other).await["events"][0]["matched"], 1);
+    // Batch mode: one order.paid (orders only) and one invoice.
+    let batch = json!([event("k1", "order.paid"), event("k2", "invoice.sent")]).to_string();
+    let (status, body) =
+        h.publish(ns, &[("content-type", "application/cloudevents-batch+json")], batch, None).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["events"][0]["matched"].as_u64(), body["events"][1]["matched"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Another namespace: never delivered to this namespace's subscriptions.
+    assert_eq!(h.publish_json("default", event("x1", "order.created")).await["events"][0]["matched"], 0);
+
+    let got = orders.wait_for(3, WAIT).await;
+    let mut ids: Vec<String> = got.iter().map(|r| r.header("ce-id")).collect();
+    ids.sort();
+    assert_eq!(ids, ["b1", "k1", "s1"]);
+    let got_filtered = filtered.wait_for(1, WAIT).await;
+    assert_eq!(got_filtered[0].header("content-type"), "application/cloudevents+json");
+    let got_invoices = invoices.wait_for(1, WAIT).await;
+    assert_eq!(got_invoices[0].header("ce-id"), "k2");
+
+    // The subscriber's own libraries accept every request.
+    let parsed = verify_with_reference_libraries(&[signing_secret(&env, "orders-signing").await], &got);
+    let binary = parsed.iter().find(|p| p["id"] == "b1").expect("b1 parsed");
+    assert_eq!(binary["data"], json!({"mode": "binary"}));
+    let parsed =
+        verify_with_reference_libraries(&[signing_secret(&env, "eu-shop-signing").await], &got_filtered);
+    assert_eq!(parsed[0]["id"], "b1");
+
+    // Nothing more arrives for the non-matching events: the receivers' counts are exact once every
+    // queue is empty.
+    let subs: Api<WebhookSubscription> = env.api();
+    for name in ["orders", "eu-shop", "invoices"] {
+        wait_until(&format!("{name} has nothing pending"), WAIT, || async {
+            let st = subs.get(name).await.ok()?.status?;
+            (st.delivery_stats?.pending == 0).then_some(())
+        })
+        .await;
+    }
+    assert_eq!((orders.received().len(), filtered.received().len(), invoices.received().len()), (3, 1, 1));
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_on_the_backoff_schedule() {
+    let Some(env) = env("retry-schedule").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.script([Reply::Status(500), Reply::Status(503), Reply::Status(502)]);
+    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"initialBackoff": "1s", "maxBackoff": "4s"}})).await;
+    h.publish_json(&env.namespace, event("r1", "order.created")).await;
+    let got = rx.wait_for(4, WAIT).await;
+    assert!(got.iter().all(|r| r.header("webhook-id") == "r1"), "the same webhook-id on every attempt");
+    let gaps: Vec<f64> = got.windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64()).collect();
+    for (gap, base) in gaps.iter().zip([1.0, 2.0, 4.0]) {
+        assert!(
+            *gap >= base * 0.8 - 0.05 && *gap <= base * 1.2 + 0.75,
+            "gap {gap:.2}s for a {base}s backoff: {gaps:?}"
+        );
+    }
+    let log = delivery_log(&h, &env.namespace, "s", "").await;
+    let outcomes: Vec<&str> =
+        log["items"].as_array().expect("items").iter().map(|e| e["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(outcomes, ["delivered", "retry", "retry", "retry"], "newest first");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let Some(env) = env("retry-after").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.script([Reply::RetryAfter(429, 3)]);
+    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"initialBackoff": "100ms", "maxBackoff": "10s"}}))
+        .await;
+    h.publish_json(&env.namespace, event("ra", "t")).await;
+    let got = rx.wait_for(2, WAIT).await;
+    let gap = (got[1].at - got[0].at).as_secs_f64();
+    assert!(gap >= 2.9, "Retry-After: 3 was honoured, waited {gap:.2}s");
+}
+
+#[tokio::test]
+async fn gone_disables_the_subscription_and_holds_later_events() {
+    let Some(env) = env("gone").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(410));
+    subscribe(&env, "s", &rx.url, json!({})).await;
+    h.publish_json(&env.namespace, event("g1", "t")).await;
+    let subs: Api<WebhookSubscription> = env.api();
+    let sub = wait_for_ready(&subs, "s", "False", "Disabled").await;
+    let healthy =
+        sub.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Healthy").expect("Healthy");
+    assert_eq!((healthy.status.as_str(), healthy.reason.as_str()), ("False", "EndpointGone"));
+    h.publish_json(&env.namespace, event("g2", "t")).await;
+    wait_until("g2 is held (pending 1)", WAIT, || async {
+        let st = subs.get("s").await.ok()?.status?;
+        (st.delivery_stats?.pending == 1).then_some(())
+    })
+    .await;
+    assert_eq!(rx.received().len(), 1, "nothing is sent after 410");
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed() {
+    let Some(env) = env("no-redirects").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    let elsewhere = rx.url.replace("/hook", "/elsewhere");
+    rx.set_default(Reply::Redirect(307, elsewhere));
+    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"maxAttempts": 2, "initialBackoff": "200ms"}}))
+        .await;
+    h.publish_json(&env.namespace, event("rd", "t")).await;
+    let log = wait_until("two attempts in the log", WAIT, || async {
+        let log = delivery_log(&h, &env.namespace, "s", "").await;
+        (log["items"].as_array()?.len() == 2).then_some(log)
+    })
+    .await;
+    assert_eq!(log["items"][0]["statusCode"], 307);
+    assert_eq!(log["items"][0]["outcome"], "deadLettered");
+    assert!(rx.received().iter().all(|r| r.path == "/hook"), "the redirect target was never requested");
+}
+
+#[tokio::test]
+async fn suspend_holds_events_and_resume_delivers_them() {
+    let Some(env) = env("suspend-delivery").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    subscribe_until(&env, "s", &rx.url, json!({"suspend": true}), ("False", "Suspended")).await;
+    h.publish_json(&env.namespace, event("h1", "t")).await;
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_until("the held event is counted as pending", WAIT, || async {
+        (subs.get("s").await.ok()?.status?.delivery_stats?.pending == 1).then_some(())
+    })
+    .await;
+    assert!(rx.received().is_empty());
+    subs.patch("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}})))
+        .await
+        .expect("resume");
+    assert_eq!(rx.wait_for(1, WAIT).await[0].header("ce-id"), "h1");
+}
+
+#[tokio::test]
+async fn a_rotated_secret_yields_two_signatures_that_both_verify() {
+    let Some(env) = env("rotation").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3Wv1bHmSEsk=";
+    let new = "whsec_dXNlci1vd25lZC1zZWNyZXQtdGhhdC1tdXN0LXN0YXk=";
+    env.kubectl(&["create", "secret", "generic", "keys", &format!("--from-literal=a-current={old}")]);
+    subscribe(&env, "s", &rx.url, json!({"signing": {"secretRef": {"name": "keys"}}})).await;
+    h.publish_json(&env.namespace, event("one", "t")).await;
+    let first = rx.wait_for(1, WAIT).await;
+    assert_eq!(first[0].header("webhook-signature").split(' ').count(), 1);
+    env.kubectl(&[
+        "patch",
+        "secret",
+        "keys",
+        "--type=merge",
+        "-p",
+        &json!({"stringData": {"b-next": new}}).to_string(),
+    ]);
+    // The key cache is refreshed within seconds; publish until a request carries both signatures.
+    let both = wait_until("a delivery signed with both keys", WAIT, || async {
+        h.publish_json(&env.namespace, event(&format!("two-{}", rx.received().len()), "t")).await;
+        let got = rx.received();
+        got.into_iter().find(|r| r.header("webhook-signature").split(' ').count() == 2)
+    })
+    .await;
+    let parsed = verify_with_reference_libraries(&[old.to_string(), new.to_string()], &[both]);
+    assert_eq!(parsed[0]["signatures"], 2);
+}
+
+#[tokio::test]
+async fn status_writes_are_coalesced_under_load() {
+    let Some(env) = env("coalescing").await else { return };
+    let flags: Vec<&str> = LOCAL
+        .iter()
+        .copied()
+        .filter(|f| !f.starts_with("--status-interval"))
+        .chain(["--status-interval=3s"])
+        .collect();
+    let h = env.start_hookline(&flags).await;
+    let rx = Receiver::start().await;
+    subscribe(&env, "s", &rx.url, json!({})).await;
+    let subs: Api<WebhookSubscription> = env.api();
+    let rv_before = subs.get("s").await.expect("get").resource_version().expect("rv");
+    let writes_before = h.metric("hookline_status_writes_total").await.expect("metric");
+    let n = 200;
+    for chunk in 0..(n / 50) {
+        let batch: Vec<Value> = (0..50).map(|i| event(&format!("c{chunk}-{i}"), "t")).collect();
+        let (status, _) = h
+            .publish(
+                &env.namespace,
+                &[("content-type", "application/cloudevents-batch+json")],
+                json!(batch).to_string(),
+                None,
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    rx.wait_for(n, WAIT).await;
+    let sub = wait_until("status shows every delivery", WAIT, || async {
+        let sub = subs.get("s").await.ok()?;
+        (sub.status.as_ref()?.delivery_stats.as_ref()?.delivered == n as u64).then_some(sub)
+    })
+    .await;
+    let writes = h.metric("hookline_status_writes_total").await.expect("metric") - writes_before;
+    assert!(writes >= 1.0 && writes <= 6.0, "{n} deliveries caused {writes} status writes");
+    assert_ne!(sub.resource_version().expect("rv"), rv_before);
+}
+
+#[tokio::test]
+async fn test_events_are_sent_on_request_and_by_annotation() {
+    let Some(env) = env("test-events").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    subscribe(&env, "s", &rx.url, json!({"eventTypes": ["never.matches"]})).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/namespaces/{}/webhooksubscriptions/s/test", h.ingest, env.namespace))
+        .send()
+        .await
+        .expect("test request");
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(rx.wait_for(1, WAIT).await[0].header("ce-type"), "dev.hookline.test");
+    env.kubectl(&["annotate", "whsub", "s", "hookline.dev/test-event=first"]);
+    rx.wait_for(2, WAIT).await;
+    env.kubectl(&["annotate", "whsub", "s", "example.com/unrelated=1"]);
+    env.kubectl(&["annotate", "--overwrite", "whsub", "s", "hookline.dev/test-event=second"]);
+    let got = rx.wait_for(3, WAIT).await;
+    assert_eq!(got.len(), 3, "one test event per annotation value, not per reconcile");
+}
+
+#[tokio::test]
+async fn the_delivery_log_pages_newest_first() {
+    let Some(env) = env("delivery-log").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    subscribe(&env, "s", &rx.url, json!({})).await;
+    for i in 0..5 {
+        h.publish_json(&env.namespace, event(&format!("l{i}"), "t")).await;
+        rx.wait_for(i + 1, WAIT).await;
+    }
+    let ns = env.namespace.clone();
+    wait_until("five log entries", WAIT, || async {
+        (delivery_log(&h, &ns, "s", "").await["items"].as_array()?.len() == 5).then_some(())
+    })
+    .await;
+    let page1 = delivery_log(&h, &ns, "s", "?limit=2").await;
+    let ids = |p: &Value| {
+        p["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| e["eventId"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&page1), ["l4", "l3"]);
+    let cursor = page1["nextCursor"].as_str().expect("cursor");
+    let page2 = delivery_log(&h, &ns, "s", &format!("?limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&page2), ["l2", "l1"]);
+    let page3 = delivery_log(
+        &h,
+        &ns,
+        "s",
+        &format!("?limit=2&cursor={}", page2["nextCursor"].as_str().expect("cursor")),
+    )
+    .await;
+    assert_eq!(ids(&page3), ["l0"]);
+    assert!(page3["nextCursor"].is_null());
+}

@@ -1,0 +1,230 @@
+//! Publishing: who may publish where (RBAC through TokenReview and SubjectAccessReview), bad input
+//! refused with a named problem, and accepted events surviving restarts.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use serde_json::json;
+use support::receiver::{Receiver, Reply};
+use support::{TestEnv, install_crds, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn env(test: &str) -> Option<TestEnv> {
+    let env = TestEnv::start(test).await?;
+    install_crds(&env.client).await;
+    Some(env)
+}
+
+fn event(id: &str) -> String {
+    json!({"specversion": "1.0", "id": id, "source": "/test", "type": "t"}).to_string()
+}
+
+const STRUCTURED: (&str, &str) = ("content-type", "application/cloudevents+json");
+
+fn apply_yaml(env: &TestEnv, yaml: &str) {
+    let path = std::env::temp_dir().join(format!("{}-{}.yaml", env.namespace, support::free_port()));
+    std::fs::write(&path, yaml).expect("write manifest");
+    env.kubectl(&["apply", "-f", path.to_str().expect("path")]);
+}
+
+#[tokio::test]
+async fn rbac_decides_who_may_publish_where() {
+    let Some(env) = env("ingest-rbac").await else { return };
+    let h = env.start_hookline(&[]).await;
+    let ns = env.namespace.clone();
+    env.kubectl(&["create", "serviceaccount", "producer"]);
+    let token = env.kubectl(&["create", "token", "producer"]).trim().to_string();
+
+    let (status, body) = h.publish(&ns, &[STRUCTURED], event("a"), None).await;
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, _) = h.publish(&ns, &[STRUCTURED], event("a"), Some("not-a-token")).await;
+    assert_eq!(status, 401, "a token the API server does not know");
+    let (status, body) = h.publish(&ns, &[STRUCTURED], event("a"), Some(&token)).await;
+    assert_eq!(status, 403, "no RBAC yet: {body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("may not create events.hookline.dev"), "{body}");
+
+    apply_yaml(
+        &env,
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: publish}}\nrules:\n- apiGroups: [hookline.dev]\n  resources: [events]\n  verbs: [create]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: publish}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: publish}}\nsubjects:\n- {{kind: ServiceAccount, name: producer, namespace: {ns}}}\n"
+        ),
+    );
+    // Decisions are cached for a few seconds: poll until the new Role counts.
+    wait_until("the Role allows publishing", WAIT, || async {
+        let (status, _) = h.publish(&ns, &[STRUCTURED], event("a"), Some(&token)).await;
+        (status == 202).then_some(())
+    })
+    .await;
+
+    // The same token is still refused in another namespace.
+    let other = format!("{ns}-b");
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let meta = ObjectMeta { name: Some(other.clone()), ..Default::default() };
+    namespaces
+        .create(&PostParams::default(), &Namespace { metadata: meta, ..Default::default() })
+        .await
+        .expect("ns b");
+    let (status, _) = h.publish(&other, &[STRUCTURED], event("b"), Some(&token)).await;
+    namespaces.delete(&other, &DeleteParams::default()).await.expect("delete ns b");
+    assert_eq!(status, 403, "allowed in {ns} only");
+}
+
+#[tokio::test]
+async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
+    let Some(env) = env("ingest-bad-input").await else { return };
+    let h = env.start_hookline(&["--ingest-auth=none", "--max-event-bytes=2048"]).await;
+    let ns = env.namespace.clone();
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+        ("invalid JSON", vec![STRUCTURED], "{".into(), 400, "body"),
+        (
+            "missing id",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","source":"/s","type":"t"}"#.into(),
+            400,
+            "id",
+        ),
+        (
+            "missing source",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","id":"1","type":"t"}"#.into(),
+            400,
+            "source",
+        ),
+        (
+            "missing type",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","id":"1","source":"/s"}"#.into(),
+            400,
+            "type",
+        ),
+        (
+            "wrong specversion",
+            vec![STRUCTURED],
+            r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#.into(),
+            400,
+            "specversion",
+        ),
+        (
+            "id of the wrong type",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#.into(),
+            400,
+            "id",
+        ),
+        (
+            "bad time",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"noon"}"#.into(),
+            400,
+            "time",
+        ),
+        (
+            "bad batch entry",
+            vec![("content-type", "application/cloudevents-batch+json")],
+            format!("[{},{}]", event("ok"), r#"{"specversion":"1.0","source":"/s","type":"t"}"#),
+            400,
+            "batch[1].id",
+        ),
+        (
+            "batch not an array",
+            vec![("content-type", "application/cloudevents-batch+json")],
+            event("x"),
+            400,
+            "body",
+        ),
+        (
+            "binary without id",
+            vec![("ce-specversion", "1.0"), ("ce-source", "/s"), ("ce-type", "t")],
+            "{}".into(),
+            400,
+            "ce-id",
+        ),
+        (
+            "oversized",
+            vec![STRUCTURED],
+            json!({"specversion":"1.0","id":"big","source":"/s","type":"t","data":"x".repeat(4096)})
+                .to_string(),
+            413,
+            "",
+        ),
+        ("wrong content type", vec![("content-type", "text/plain")], "hello".into(), 415, ""),
+    ];
+    for (what, headers, body, want, attribute) in cases {
+        let (status, json) = h.publish(&ns, &headers, body, None).await;
+        assert_eq!(status, want, "{what}: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: the error is explained: {json}"
+        );
+        if !attribute.is_empty() {
+            assert_eq!(json["attribute"], attribute, "{what}: {json}");
+        }
+    }
+    let (status, json) = h.publish("Not_A_Namespace", &[STRUCTURED], event("n"), None).await;
+    assert_eq!(status, 400, "{json}");
+    let (status, json) = h.publish("no-such-namespace-here", &[STRUCTURED], event("n"), None).await;
+    assert_eq!(status, 404, "{json}");
+    // Nothing was stored: the ids of the refused requests are new to the store.
+    for id in ["1", "ok", "big"] {
+        let (status, json) = h.publish(&ns, &[STRUCTURED], event(id), None).await;
+        assert_eq!((status, json["events"][0]["duplicate"].as_bool()), (202, Some(false)), "{id}: {json}");
+    }
+    let (_, json) = h.publish(&ns, &[STRUCTURED], event("ok"), None).await;
+    assert_eq!(json["events"][0]["duplicate"], true, "a re-publish of an accepted event is a duplicate");
+}
+
+async fn survive(kill: bool) {
+    let test = if kill { "restart-kill" } else { "restart-term" };
+    let Some(env) = env(test).await else { return };
+    let flags =
+        ["--ingest-auth=none", "--allow-http", "--allow-cidr=127.0.0.0/8", "--allow-unverified-endpoints"];
+    let data = env.data_dir();
+    let h = env.start_hookline_in(&data, &flags).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(503));
+    apply_yaml(
+        &env,
+        &format!(
+            "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: s}}\nspec:\n  eventTypes: ['*']\n  endpoint: {{url: '{}'}}\n  validation: {{method: None}}\n  retryPolicy: {{initialBackoff: 300ms, maxBackoff: 1s}}\n",
+            rx.url
+        ),
+    );
+    env.kubectl(&["wait", "--for=condition=Ready", "whsub/s", "--timeout=30s"]);
+    let ids: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
+    for chunk in ids.chunks(10) {
+        let batch = format!("[{}]", chunk.iter().map(|id| event(id)).collect::<Vec<_>>().join(","));
+        let (status, json) = h
+            .publish(&env.namespace, &[("content-type", "application/cloudevents-batch+json")], batch, None)
+            .await;
+        assert_eq!(status, 202, "{json}");
+    }
+    rx.wait_for(5, WAIT).await;
+    if kill {
+        h.kill().await;
+    } else {
+        assert!(h.terminate().await, "a graceful stop exits 0");
+    }
+    rx.set_default(Reply::Status(200));
+    let _h = env.start_hookline_in(&data, &flags).await;
+    wait_until("every accepted event is delivered after the restart", Duration::from_secs(60), || async {
+        let ok: std::collections::HashSet<String> =
+            rx.received().iter().map(|r| r.header("webhook-id")).collect();
+        ids.iter().all(|id| ok.contains(id)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn accepted_events_survive_kill_9() {
+    survive(true).await;
+}
+
+#[tokio::test]
+async fn accepted_events_survive_a_graceful_restart() {
+    survive(false).await;
+}

@@ -1,0 +1,126 @@
+//! A real HTTP receiver on loopback that records every request and answers from a script.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use super::wait_until;
+
+/// One recorded request.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+    pub wall: SystemTime,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status(u16),
+    RetryAfter(u16, u64),
+    Redirect(u16, String),
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Vec<Received>,
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn handle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let reply = {
+        let mut inner = inner.lock().expect("receiver lock");
+        inner.received.push(Received {
+            path: uri.path().to_string(),
+            headers,
+            body,
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        });
+        inner.script.pop_front().or_else(|| inner.default.clone()).unwrap_or(Reply::Status(200))
+    };
+    match reply {
+        Reply::Status(code) => StatusCode::from_u16(code).expect("status").into_response(),
+        Reply::RetryAfter(code, secs) => {
+            let mut r = StatusCode::from_u16(code).expect("status").into_response();
+            r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            r
+        }
+        Reply::Redirect(code, to) => {
+            let mut r = StatusCode::from_u16(code).expect("status").into_response();
+            r.headers_mut().insert("location", HeaderValue::from_str(&to).expect("location"));
+            r
+        }
+    }
+}
+
+impl Receiver {
+    /// Start a receiver that answers 200 unless told otherwise.
+    pub async fn start() -> Receiver {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Receiver { url: format!("http://127.0.0.1:{}/hook", addr.port()), inner, _stop: stop }
+    }
+
+    /// Answer the next requests with these replies, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner.lock().expect("lock").script.extend(replies);
+    }
+
+    /// Answer every request after the script with this.
+    pub fn set_default(&self, reply: Reply) {
+        self.inner.lock().expect("lock").default = Some(reply);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().expect("lock").received.clone()
+    }
+
+    /// Wait until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        wait_until(&format!("{n} requests at the receiver"), timeout, || async {
+            let r = self.received();
+            (r.len() >= n).then_some(r)
+        })
+        .await
+    }
+}
