@@ -369,7 +369,7 @@ async fn status_writes_are_coalesced_under_load() {
     })
     .await;
     let writes = h.metric("hookline_status_writes_total").await.expect("metric") - writes_before;
-    assert!(writes >= 1.0 && writes <= 6.0, "{n} deliveries caused {writes} status writes");
+    assert!((1.0..=6.0).contains(&writes), "{n} deliveries caused {writes} status writes");
     assert_ne!(sub.resource_version().expect("rv"), rv_before);
 }
 

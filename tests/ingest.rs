@@ -26,6 +26,8 @@ fn event(id: &str) -> String {
 
 const STRUCTURED: (&str, &str) = ("content-type", "application/cloudevents+json");
 
+type Case = (&'static str, Vec<(&'static str, &'static str)>, String, u16, &'static str);
+
 fn apply_yaml(env: &TestEnv, yaml: &str) {
     let path = std::env::temp_dir().join(format!("{}-{}.yaml", env.namespace, support::free_port()));
     std::fs::write(&path, yaml).expect("write manifest");
@@ -79,7 +81,8 @@ async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
     let Some(env) = env("ingest-bad-input").await else { return };
     let h = env.start_hookline(&["--ingest-auth=none", "--max-event-bytes=2048"]).await;
     let ns = env.namespace.clone();
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    // (what, headers, body, expected status, attribute named in the answer)
+    let cases: Vec<Case> = vec![
         ("invalid JSON", vec![STRUCTURED], "{".into(), 400, "body"),
         (
             "missing id",
