@@ -1,0 +1,34 @@
+"""A tiny webhook receiver for hack/demo.sh: verifies each Standard Webhooks signature with the
+subscription's signing secret (HMAC-SHA256 by hand, stdlib only) and prints what arrived."""
+import base64
+import hashlib
+import hmac
+import http.server
+import os
+import sys
+
+
+def expected(secret: str, msg_id: str, ts: str, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        secret = open(os.environ["DEMO_SECRET_FILE"]).read().strip()
+        sigs = self.headers.get("webhook-signature", "").split(" ")
+        want = expected(secret, self.headers["webhook-id"], self.headers["webhook-timestamp"], body)
+        ok = "signature OK" if want in sigs else "SIGNATURE MISMATCH"
+        kind = self.headers.get("ce-type") or "(structured)"
+        print(f"  received {kind:<16} id={self.headers['webhook-id']:<8} {ok}  body={body.decode(errors='replace')}",
+              flush=True)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Hookline's main job, end to end, on the local control plane:
+# a producer's ServiceAccount publishes CloudEvents (binary, structured, batch); Hookline stores
+# them, signs them and delivers them to a local receiver that checks each signature; then the
+# subscription's status and delivery log are shown. Everything is cleaned up at the end.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+WORK=$(mktemp -d)
+export HOOKLINE_CLUSTER_DIR="$ROOT/target/demo-cluster"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  hack/cluster.sh down >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say "Starting the local Kubernetes control plane"
+eval "$(hack/cluster.sh up | tail -n 1)"
+
+say "Building Hookline"
+cargo build --quiet --bin hookline
+HOOKLINE="$ROOT/target/debug/hookline"
+
+say "Installing the CRDs"
+kubectl create --validate=false -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd/webhooksubscriptions.hookline.dev crd/failedevents.hookline.dev >/dev/null
+kubectl create namespace shop >/dev/null
+
+INGEST=$(free_port); METRICS=$(free_port); RECEIVER=$(free_port)
+say "Starting Hookline (ingest on 127.0.0.1:$INGEST; log in $WORK/hookline.log)"
+"$HOOKLINE" run --data-dir "$WORK/data" --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
+  --allow-http --allow-cidr 127.0.0.0/8 --allow-unverified-endpoints --status-interval 1s \
+  >"$WORK/hookline.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 150); do
+  curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null 2>&1 && break
+  kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$WORK/hookline.log"; exit 1; }
+  sleep 0.2
+done
+curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null || { echo "Hookline did not become ready"; cat "$WORK/hookline.log"; exit 1; }
+
+say "Subscribing a local receiver to order.* events"
+kubectl -n shop apply -f - >/dev/null <<YAML
+apiVersion: hookline.dev/v1alpha1
+kind: WebhookSubscription
+metadata:
+  name: orders
+spec:
+  eventTypes: ["order.*"]
+  endpoint:
+    url: http://127.0.0.1:$RECEIVER/webhooks
+  validation:
+    method: None   # local demo only: the operator runs with --allow-unverified-endpoints
+YAML
+kubectl -n shop wait --for=condition=Ready whsub/orders --timeout=60s >/dev/null
+kubectl -n shop get secret orders-signing -o jsonpath='{.data.signingSecret}' | base64 -d >"$WORK/secret"
+DEMO_SECRET_FILE="$WORK/secret" python3 hack/demo-receiver.py "$RECEIVER" >"$WORK/received.log" 2>&1 &
+PIDS+=($!)
+kubectl -n shop get whsub orders
+
+say "A producer ServiceAccount may publish in namespace shop (plain RBAC)"
+kubectl -n shop create serviceaccount producer >/dev/null
+kubectl -n shop apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: hookline-publisher}
+rules:
+- apiGroups: [hookline.dev]
+  resources: [events]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: producer-publishes}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: hookline-publisher}
+subjects: [{kind: ServiceAccount, name: producer, namespace: shop}]
+---
+# Reading a subscription's delivery log is `get` on webhooksubscriptions.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: subscription-viewer}
+rules:
+- apiGroups: [hookline.dev]
+  resources: [webhooksubscriptions]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: producer-views}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: subscription-viewer}
+subjects: [{kind: ServiceAccount, name: producer, namespace: shop}]
+YAML
+TOKEN=$(kubectl -n shop create token producer)
+URL="http://127.0.0.1:$INGEST/v1/namespaces/shop/events"
+
+say "Publishing: binary mode, structured mode, and a batch of three"
+curl -fsS "$URL" -H "Authorization: Bearer $TOKEN" -H 'ce-specversion: 1.0' -H 'ce-id: ord-1' \
+  -H 'ce-source: /shop/checkout' -H 'ce-type: order.created' -H 'content-type: application/json' \
+  -d '{"order": 1, "total": 42.5}'; echo
+curl -fsS "$URL" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/cloudevents+json' \
+  -d '{"specversion":"1.0","id":"ord-2","source":"/shop/checkout","type":"order.paid","data":{"order":1}}'; echo
+curl -fsS "$URL" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/cloudevents-batch+json' -d '[
+  {"specversion":"1.0","id":"ord-3","source":"/shop/checkout","type":"order.created","data":{"order":2}},
+  {"specversion":"1.0","id":"ord-4","source":"/shop/checkout","type":"order.shipped","data":{"order":1}},
+  {"specversion":"1.0","id":"inv-1","source":"/shop/billing","type":"invoice.sent","data":{"invoice":9}}]'; echo
+echo "  (invoice.sent matches no subscription: matched 0)"
+echo "  A token without the Role is refused:"
+kubectl -n shop create serviceaccount stranger >/dev/null
+curl -sS "$URL" -H "Authorization: Bearer $(kubectl -n shop create token stranger)" \
+  -H 'content-type: application/cloudevents+json' \
+  -d '{"specversion":"1.0","id":"x","source":"/x","type":"order.created"}' -w '  (HTTP %{http_code})\n'
+
+say "Deliveries at the receiver"
+for _ in $(seq 1 100); do [ "$(wc -l <"$WORK/received.log")" -ge 4 ] && break; sleep 0.2; done
+cat "$WORK/received.log"
+
+say "The subscription, as kubectl shows it"
+for _ in $(seq 1 50); do
+  [ "$(kubectl -n shop get whsub orders -o jsonpath='{.status.deliveryStats.delivered}')" = 4 ] && break; sleep 0.2
+done
+kubectl -n shop get whsub orders
+kubectl -n shop get whsub orders -o jsonpath='{.status.deliveryStats}'; echo
+
+say "The delivery log (GET .../webhooksubscriptions/orders/deliveries)"
+curl -fsS "http://127.0.0.1:$INGEST/v1/namespaces/shop/webhooksubscriptions/orders/deliveries?limit=10" \
+  -H "Authorization: Bearer $TOKEN" | python3 -m json.tool
+
+say "Done; cleaning up"
