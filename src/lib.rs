@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod deadletter;
 pub mod delivery;
 pub mod event;
 pub mod ingest;

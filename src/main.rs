@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use hookline::controller::{self, Policy};
+use hookline::deadletter::{self, FailedEventContext, Limits};
 use hookline::delivery::secrets::SecretCache;
 use hookline::delivery::ssrf::Guard;
 use hookline::delivery::status::{StatusBoard, run_writer};
@@ -21,6 +22,7 @@ use hookline::registry::Registry;
 use hookline::server::{self, Readiness};
 use hookline::store::{SqliteStore, Store, now_ms};
 use ipnet::IpNet;
+use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::Notify;
 
 /// Hookline: webhook delivery for Kubernetes.
@@ -33,8 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the operator: controller and operations server.
-    Run(RunArgs),
+    /// Run the operator: controller, dispatchers, ingest and operations servers.
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (the source of `crds/`).
     Crds,
     /// Print the version.
@@ -79,6 +81,12 @@ struct RunArgs {
     /// Accept subscriptions with `spec.validation.method: None` (no endpoint ownership proof).
     #[arg(long, env = "HOOKLINE_ALLOW_UNVERIFIED_ENDPOINTS")]
     allow_unverified_endpoints: bool,
+    /// FailedEvents kept per subscription; past it, dead letters are dropped and counted.
+    #[arg(long, env = "HOOKLINE_FAILED_EVENT_CAP", default_value_t = 1000)]
+    failed_event_cap: u64,
+    /// FailedEvents older than this are deleted.
+    #[arg(long, env = "HOOKLINE_FAILED_EVENT_TTL", default_value = "168h", value_parser = humantime::parse_duration)]
+    failed_event_ttl: Duration,
     /// Log format.
     #[arg(long, env = "HOOKLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -101,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds => print!("{}", hookline::api::crds_yaml().context("rendering the CRDs")?),
         Command::Version => println!("hookline {}", env!("CARGO_PKG_VERSION")),
-        Command::Run(args) => run(args).await?,
+        Command::Run(args) => run(*args).await?,
     }
     Ok(())
 }
@@ -190,6 +198,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(prune(store, args.delivery_log_retention, args.dedup_window, shutdown.clone()));
 
+    let limits = Limits { cap: args.failed_event_cap, ttl: args.failed_event_ttl };
+    let fev_ctx = Arc::new(FailedEventContext {
+        client: client.clone(),
+        registry: registry.clone(),
+        dispatchers: dispatchers.clone(),
+        limits,
+    });
+    let (fev_cache, fev_controller) =
+        deadletter::run_controller(fev_ctx, args.watch_namespace.clone(), shutdown.clone().cancelled_owned());
+    let fev_task = tokio::spawn(fev_controller);
+    let reporter = Reporter { controller: "hookline".into(), instance: std::env::var("POD_NAME").ok() };
+    let dead_letter_writer = deadletter::Writer {
+        client: client.clone(),
+        registry: registry.clone(),
+        dispatchers: dispatchers.clone(),
+        cache: fev_cache,
+        limits,
+        recorder: Recorder::new(client.clone(), reporter),
+    };
+    let writer_task = tokio::spawn(dead_letter_writer.run(shutdown.clone()));
+
     let ctx = Arc::new(controller::Context::new(client, policy, registry, metrics, dispatchers));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
@@ -201,6 +230,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ingest.await.context("ingest server task")?.context("ingest server")?;
     dispatch_stop.cancel();
     dispatch.await.context("dispatchers task")?;
+    fev_task.await.context("FailedEvent controller task")?;
+    writer_task.await.context("dead-letter writer task")?;
     writer_stop.cancel();
     writer.await.context("status writer task")?;
     ops.await.context("operations server task")?.context("operations server")?;

@@ -162,6 +162,24 @@ pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
     Action::requeue(delay)
 }
 
+/// Wait until a controller's watch cache has its initial list; `false` if it never will.
+pub async fn cache_ready<K: kube::Resource + Clone + 'static>(
+    cache: &kube::runtime::reflector::Store<K>,
+) -> bool
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    // The cache's readiness signal wakes only its most recent waiter, and the controller's own
+    // runner waits on it too; re-polling on a short interval sees the retained value instead.
+    loop {
+        match tokio::time::timeout(Duration::from_millis(250), cache.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => continue,
+        }
+    }
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -182,19 +200,11 @@ pub async fn run(
     let store = controller.store();
     let loading = ctx.clone();
     tokio::spawn(async move {
-        // The store's readiness signal wakes only its most recent waiter, and the controller's own
-        // runner waits on it too; re-polling on a short interval sees the retained value instead.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    info!("subscription watch synced");
-                    readiness.set_watches_synced();
-                    break;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => continue,
-            }
+        if !cache_ready(&store).await {
+            return;
         }
+        info!("subscription watch synced");
+        readiness.set_watches_synced();
         // Events are routed by the registry: accept none until every subscription that existed at
         // start is in it (or was looked at and found invalid).
         let existing: Vec<_> = store.state().iter().map(|s| ObjectRef::from_obj(s.as_ref())).collect();

@@ -204,7 +204,10 @@ async fn finish(
     }
     match &update {
         JobUpdate::DeadLetter(_) => shared.metrics.dead_lettered("queued"),
-        JobUpdate::Dropped => shared.metrics.dead_lettered("dropped"),
+        JobUpdate::Dropped => {
+            shared.metrics.dead_lettered("dropped");
+            shared.board.dead_letter_dropped(&sub.uid, &ns, &sub.key.name);
+        }
         _ => {}
     }
     if gave_up {

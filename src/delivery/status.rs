@@ -14,7 +14,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::api::{DeliveryStats, LastDelivery, Reason, WebhookSubscription, condition_type, set_condition};
+use crate::api::{
+    DeadLetterStats, DeliveryStats, LastDelivery, Reason, WebhookSubscription, condition_type, set_condition,
+};
 use crate::metrics::Metrics;
 
 /// The field manager of delivery results in status.
@@ -33,6 +35,12 @@ struct Tracker {
     local: DeliveryStats,
     next_retry_at: Option<Time>,
     healthy: Vec<Condition>,
+    /// FailedEvents that exist for the subscription; `None` until first counted.
+    dead_letter_count: Option<u64>,
+    /// Dead letters dropped since this process started (cap reached, or dead-lettering off).
+    dropped: u64,
+    /// `dropped` found in status when this process first wrote.
+    base_dropped: u64,
     dirty: bool,
 }
 
@@ -152,6 +160,24 @@ impl StatusBoard {
         });
     }
 
+    /// Set how many FailedEvents the subscription has.
+    pub fn dead_letters(&self, uid: &str, namespace: &str, name: &str, count: u64) {
+        self.with(uid, namespace, name, |t| {
+            if t.dead_letter_count != Some(count) {
+                t.dead_letter_count = Some(count);
+                t.dirty = true;
+            }
+        });
+    }
+
+    /// Count a dead letter that was dropped (the cap was reached, or dead-lettering is off).
+    pub fn dead_letter_dropped(&self, uid: &str, namespace: &str, name: &str) {
+        self.with(uid, namespace, name, |t| {
+            t.dropped += 1;
+            t.dirty = true;
+        });
+    }
+
     /// Forget a subscription.
     pub fn remove(&self, uid: &str) {
         self.trackers.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
@@ -170,9 +196,12 @@ impl StatusBoard {
             .collect()
     }
 
-    fn set_base(&self, uid: &str, base: DeliveryStats) {
-        if let Some(t) = self.trackers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(uid) {
-            t.base.get_or_insert(base);
+    fn set_base(&self, uid: &str, base: DeliveryStats, base_dropped: u64) {
+        if let Some(t) = self.trackers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(uid)
+            && t.base.is_none()
+        {
+            t.base = Some(base);
+            t.base_dropped = base_dropped;
         }
     }
 
@@ -194,6 +223,12 @@ fn status_patch(t: &Tracker) -> serde_json::Value {
         consecutive_failures: t.local.consecutive_failures,
     };
     let mut status = json!({ "deliveryStats": stats, "conditions": t.healthy });
+    if t.dead_letter_count.is_some() || t.dropped > 0 {
+        status["deadLetters"] = json!(DeadLetterStats {
+            count: t.dead_letter_count.unwrap_or(0),
+            dropped: t.base_dropped + t.dropped
+        });
+    }
     if let Some(last) = &t.last {
         status["lastDelivery"] = json!(last);
     }
@@ -227,8 +262,14 @@ pub async fn run_writer(
             if tracker.base.is_none() {
                 match api.get_opt(&tracker.name).await {
                     Ok(Some(sub)) => {
-                        let base = sub.status.and_then(|s| s.delivery_stats).unwrap_or_default();
-                        board.set_base(&uid, DeliveryStats { pending: 0, consecutive_failures: 0, ..base });
+                        let status = sub.status.unwrap_or_default();
+                        let base = status.delivery_stats.unwrap_or_default();
+                        let dropped = status.dead_letters.map_or(0, |d| d.dropped);
+                        board.set_base(
+                            &uid,
+                            DeliveryStats { pending: 0, consecutive_failures: 0, ..base },
+                            dropped,
+                        );
                     }
                     Ok(None) => continue,
                     Err(e) => {
@@ -320,7 +361,7 @@ mod tests {
         let dirty = board.take_dirty();
         assert_eq!(dirty.len(), 1, "coalesced into one write");
         assert!(board.take_dirty().is_empty());
-        board.set_base("u", DeliveryStats { delivered: 5, ..Default::default() });
+        board.set_base("u", DeliveryStats { delivered: 5, ..Default::default() }, 0);
         let t = board.trackers.lock().expect("lock")["u"].clone();
         let patch = status_patch(&t);
         assert_eq!(patch["status"]["deliveryStats"]["delivered"], 105);

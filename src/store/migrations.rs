@@ -48,4 +48,19 @@ pub const MIGRATIONS: &[&str] = &[
         failure TEXT NOT NULL
     );
     "#,
+    // 2: replays of FailedEvents: a job may be a replay (at most one pending per FailedEvent), and
+    // its final outcome waits in an outbox until the FailedEvent is deleted or updated.
+    r#"
+    ALTER TABLE jobs ADD COLUMN replay_of TEXT;
+    CREATE UNIQUE INDEX jobs_by_replay ON jobs (replay_of) WHERE replay_of IS NOT NULL;
+    CREATE TABLE replay_outcomes (
+        job_id INTEGER PRIMARY KEY,
+        replay_of TEXT NOT NULL,
+        delivered INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        status INTEGER,
+        error TEXT,
+        at_ms INTEGER NOT NULL
+    );
+    "#,
 ];

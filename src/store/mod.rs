@@ -90,6 +90,28 @@ pub struct Job {
     pub accepted_at: Millis,
     /// The event in the CloudEvents JSON format.
     pub event: Vec<u8>,
+    /// The FailedEvent this job replays (`namespace/name/uid`), if it is a replay.
+    pub replay_of: Option<String>,
+}
+
+/// A replay of a FailedEvent to enqueue.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    pub event: NewEvent,
+    /// `namespace/name/uid` of the FailedEvent.
+    pub replay_of: String,
+}
+
+/// How a replay ended, waiting to be applied to its FailedEvent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayResult {
+    pub job_id: i64,
+    pub replay_of: String,
+    pub delivered: bool,
+    pub attempts: u32,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub at: Millis,
 }
 
 /// What happens to a job after an attempt.
@@ -184,6 +206,12 @@ pub trait Store: Send + Sync + 'static {
     fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<QueuedDeadLetter>, StoreError>>;
     /// Forget a dead letter once its FailedEvent exists (or it was dropped).
     fn dead_letter_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Enqueue a replay for `replay.event.targets[0]`; `None` when one is already pending.
+    fn replay(&self, replay: Replay) -> BoxFuture<'_, Result<Option<JobRef>, StoreError>>;
+    /// Finished replays not yet applied to their FailedEvents.
+    fn replay_results(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReplayResult>, StoreError>>;
+    /// Forget a replay result once applied.
+    fn replay_result_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Delete log entries older than `log_before` and finished events older than `events_before`.
     fn prune(&self, log_before: Millis, events_before: Millis) -> BoxFuture<'_, Result<(), StoreError>>;
 }

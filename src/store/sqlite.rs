@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::migrations::MIGRATIONS;
 use super::{
     Accepted, Attempt, DeadLetter, Job, JobRef, JobUpdate, LogEntry, Millis, NewEvent, QueuedDeadLetter,
-    Store, StoreError,
+    Replay, ReplayResult, Store, StoreError,
 };
 
 /// Most write requests folded into one transaction.
@@ -28,6 +28,8 @@ enum Op {
     DropSubscription(String, Reply<u64>),
     DeadLetterDone(i64, Reply<()>),
     Prune(Millis, Millis, Reply<()>),
+    Replay(Replay, Reply<Option<JobRef>>),
+    ReplayDone(i64, Reply<()>),
 }
 
 /// SQLite-backed [`Store`] under a data directory.
@@ -134,6 +136,8 @@ fn fail_all(ops: Vec<Op>, e: &rusqlite::Error) {
             Op::DropSubscription(_, r) => drop(r.send(Err(err()))),
             Op::DeadLetterDone(_, r) => drop(r.send(Err(err()))),
             Op::Prune(_, _, r) => drop(r.send(Err(err()))),
+            Op::Replay(_, r) => drop(r.send(Err(err()))),
+            Op::ReplayDone(_, r) => drop(r.send(Err(err()))),
         }
     }
 }
@@ -168,6 +172,10 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
         Op::DeadLetterDone(job_id, reply) => {
             run(tx, reply, |t| t.execute("DELETE FROM dead_letters WHERE job_id = ?1", [job_id]).map(|_| ()))
         }
+        Op::Replay(r, reply) => run(tx, reply, |t| replay(t, r)),
+        Op::ReplayDone(job_id, reply) => run(tx, reply, |t| {
+            t.execute("DELETE FROM replay_outcomes WHERE job_id = ?1", [job_id]).map(|_| ())
+        }),
         Op::Prune(log_before, events_before, reply) => run(tx, reply, |t| {
             t.execute("DELETE FROM attempts WHERE at_ms < ?1", [log_before])?;
             t.execute(
@@ -213,7 +221,41 @@ fn accept(tx: &Connection, events: Vec<NewEvent>) -> Result<Vec<Accepted>, rusql
     Ok(out)
 }
 
+fn replay(tx: &Connection, r: Replay) -> Result<Option<JobRef>, rusqlite::Error> {
+    let pending: Option<i64> = tx
+        .prepare_cached("SELECT id FROM jobs WHERE replay_of = ?1")?
+        .query_row([&r.replay_of], |row| row.get(0))
+        .optional()?;
+    if pending.is_some() {
+        return Ok(None);
+    }
+    let ev = r.event;
+    // The original event row may still exist (within the dedup window): reuse it.
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (namespace, source, event_id) DO UPDATE SET accepted_at_ms = excluded.accepted_at_ms
+             RETURNING seq",
+        )?
+        .query_row(
+            params![ev.namespace, ev.source, ev.event_id, ev.event_type, ev.accepted_at, ev.body],
+            |row| row.get(0),
+        )?;
+    let uid = ev.targets.first().cloned().unwrap_or_default();
+    tx.prepare_cached("INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![seq, uid, ev.accepted_at, r.replay_of])?;
+    Ok(Some(JobRef { due_at: ev.accepted_at, job_id: tx.last_insert_rowid(), accepted_at: ev.accepted_at }))
+}
+
 fn record(tx: &Connection, a: Attempt) -> Result<(), rusqlite::Error> {
+    let finished = !matches!(a.update, JobUpdate::Retry { .. });
+    let delivered = matches!(a.update, JobUpdate::Delivered);
+    let replay_of: Option<String> = tx
+        .prepare_cached("SELECT replay_of FROM jobs WHERE id = ?1")?
+        .query_row([a.job_id], |row| row.get(0))
+        .optional()?
+        .flatten();
     let (outcome, next_retry) = match &a.update {
         JobUpdate::Delivered => ("delivered", None),
         JobUpdate::Retry { due_at } => ("retry", Some(*due_at)),
@@ -244,7 +286,7 @@ fn record(tx: &Connection, a: Attempt) -> Result<(), rusqlite::Error> {
             )?
             .execute(params![a.job_id, due_at, a.attempt, a.at])?;
         }
-        JobUpdate::DeadLetter(DeadLetter { namespace, subscription, failure }) => {
+        JobUpdate::DeadLetter(DeadLetter { namespace, subscription, failure }) if replay_of.is_none() => {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO dead_letters (job_id, sub_uid, namespace, subscription, event_seq, failure)
                  SELECT id, sub_uid, ?2, ?3, event_seq, ?4 FROM jobs WHERE id = ?1",
@@ -252,9 +294,25 @@ fn record(tx: &Connection, a: Attempt) -> Result<(), rusqlite::Error> {
             .execute(params![a.job_id, namespace, subscription, failure])?;
             tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([a.job_id])?;
         }
-        JobUpdate::Delivered | JobUpdate::Dropped => {
+        JobUpdate::Delivered | JobUpdate::Dropped | JobUpdate::DeadLetter(_) => {
             tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([a.job_id])?;
         }
+    }
+    // A finished replay: its FailedEvent is deleted (delivered) or updated (failed again).
+    if let (Some(replay_of), true) = (replay_of, finished) {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO replay_outcomes (job_id, replay_of, delivered, attempts, status, error, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            a.job_id,
+            replay_of,
+            delivered,
+            a.attempt,
+            a.status,
+            a.error,
+            a.at
+        ])?;
     }
     Ok(())
 }
@@ -286,7 +344,7 @@ impl Store for SqliteStore {
     fn job(&self, job_id: i64) -> BoxFuture<'_, Result<Option<Job>, StoreError>> {
         self.read(move |c| {
             c.prepare_cached(
-                "SELECT j.id, j.sub_uid, j.attempts, j.first_attempt_ms, e.accepted_at_ms, e.body
+                "SELECT j.id, j.sub_uid, j.attempts, j.first_attempt_ms, e.accepted_at_ms, e.body, j.replay_of
                  FROM jobs j JOIN events e ON e.seq = j.event_seq WHERE j.id = ?1",
             )?
             .query_row([job_id], |r| {
@@ -297,6 +355,7 @@ impl Store for SqliteStore {
                     first_attempt_at: r.get(3)?,
                     accepted_at: r.get(4)?,
                     event: r.get(5)?,
+                    replay_of: r.get(6)?,
                 })
             })
             .optional()
@@ -365,6 +424,36 @@ impl Store for SqliteStore {
 
     fn dead_letter_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
         self.send(move |r| Op::DeadLetterDone(job_id, r)).boxed()
+    }
+
+    fn replay(&self, replay: Replay) -> BoxFuture<'_, Result<Option<JobRef>, StoreError>> {
+        self.send(|r| Op::Replay(replay, r)).boxed()
+    }
+
+    fn replay_results(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReplayResult>, StoreError>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT job_id, replay_of, delivered, attempts, status, error, at_ms FROM replay_outcomes
+                 ORDER BY job_id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(ReplayResult {
+                    job_id: r.get(0)?,
+                    replay_of: r.get(1)?,
+                    delivered: r.get(2)?,
+                    attempts: r.get(3)?,
+                    status: r.get(4)?,
+                    error: r.get(5)?,
+                    at: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .boxed()
+    }
+
+    fn replay_result_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.send(move |r| Op::ReplayDone(job_id, r)).boxed()
     }
 
     fn prune(&self, log_before: Millis, events_before: Millis) -> BoxFuture<'_, Result<(), StoreError>> {

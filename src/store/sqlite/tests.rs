@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::{DeadLetter, NewEvent};
+use crate::store::{DeadLetter, NewEvent, Replay};
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -146,4 +146,33 @@ async fn concurrent_accepts_all_commit() {
         assert!(!t.await.expect("join").expect("accept")[0].duplicate);
     }
     assert_eq!(store.pending("a").await.expect("pending").len(), 200);
+}
+
+#[tokio::test]
+async fn a_replay_is_queued_once_and_its_outcome_waits_in_the_outbox() {
+    let (_dir, store) = store();
+    let replay = || Replay { event: event("e1", &["a"]), replay_of: "ns/fev/uid-1".into() };
+    let job = store.replay(replay()).await.expect("replay").expect("queued");
+    assert!(store.replay(replay()).await.expect("replay").is_none(), "one pending replay per FailedEvent");
+    assert_eq!(
+        store.job(job.job_id).await.expect("read").expect("job").replay_of.as_deref(),
+        Some("ns/fev/uid-1")
+    );
+    let letter = DeadLetter { namespace: "ns".into(), subscription: "s".into(), failure: "{}".into() };
+    store.record(attempt(job.job_id, 1, JobUpdate::DeadLetter(letter))).await.expect("record");
+    assert!(
+        store.dead_letters(10).await.expect("outbox").is_empty(),
+        "a failed replay makes no second dead letter"
+    );
+    let results = store.replay_results(10).await.expect("results");
+    assert_eq!(
+        (results.len(), results[0].delivered, results[0].replay_of.as_str()),
+        (1, false, "ns/fev/uid-1")
+    );
+    store.replay_result_done(results[0].job_id).await.expect("done");
+    assert!(store.replay_results(10).await.expect("results").is_empty());
+    let again =
+        store.replay(replay()).await.expect("replay").expect("a finished replay can be requested again");
+    store.record(attempt(again.job_id, 1, JobUpdate::Delivered)).await.expect("record");
+    assert!(store.replay_results(10).await.expect("results")[0].delivered);
 }

@@ -1,0 +1,265 @@
+//! Dead letters: events a subscription could not deliver become `FailedEvent` resources, bounded
+//! by a per-subscription cap and a TTL, and replayable with an annotation.
+//!
+//! The store's outbox makes creation exactly-once: the last attempt and the dead letter are one
+//! commit; the FailedEvent's name is derived from the event, so a crash before the outbox row is
+//! cleared re-creates nothing (409) and loses nothing.
+
+mod controller;
+pub mod record;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store as Cache};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use controller::{FailedEventContext, run as run_controller};
+
+use crate::api::{
+    FIELD_MANAGER, FailedEvent, FailedEventSpec, FailureRecord, ReplayOutcome, WebhookSubscription, labels,
+};
+use crate::delivery::Dispatchers;
+use crate::event::CloudEvent;
+use crate::registry::Registry;
+use crate::store::{QueuedDeadLetter, ReplayResult};
+use record::{failed_event_name, label_value, to_record};
+
+/// Bounds on FailedEvents.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// FailedEvents kept per subscription; more are dropped and counted.
+    pub cap: u64,
+    /// FailedEvents older than this are deleted.
+    pub ttl: Duration,
+}
+
+/// Turns the store's dead-letter and replay outboxes into FailedEvent changes.
+pub struct Writer {
+    pub client: Client,
+    pub registry: Registry,
+    pub dispatchers: Arc<Dispatchers>,
+    pub cache: Cache<FailedEvent>,
+    pub limits: Limits,
+    pub recorder: kube::runtime::events::Recorder,
+}
+
+/// How many FailedEvents each subscription (by UID) owns, from the watch cache.
+fn counts(cache: &Cache<FailedEvent>) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for fev in cache.state() {
+        for owner in fev.owner_references() {
+            if owner.kind == "WebhookSubscription" {
+                *counts.entry(owner.uid.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+impl Writer {
+    /// Work the outboxes whenever a dead letter is queued, and every few seconds, until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let shared = self.dispatchers.shared().clone();
+        // Counting against the cap needs the existing FailedEvents first.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            ready = crate::controller::cache_ready(&self.cache) => if !ready { return },
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = shared.dead_letters_waiting.notified() => {}
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.drain_dead_letters().await {
+                warn!(error = %e, "turning dead letters into FailedEvents; will retry");
+            }
+            if let Err(e) = self.drain_replays().await {
+                warn!(error = %e, "applying replay results; will retry");
+            }
+            let counts = counts(&self.cache);
+            for sub in self.registry.all() {
+                let n = counts.get(&sub.uid).copied().unwrap_or(0);
+                shared.board.dead_letters(
+                    &sub.uid,
+                    sub.key.namespace.as_deref().unwrap_or_default(),
+                    &sub.key.name,
+                    n,
+                );
+            }
+        }
+    }
+
+    async fn drain_dead_letters(&self) -> Result<(), crate::store::StoreError> {
+        let store = &self.dispatchers.shared().store;
+        let letters = store.dead_letters(100).await?;
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut counts = counts(&self.cache);
+        for letter in letters {
+            match self.create(&letter, &mut counts).await {
+                Ok(()) => store.dead_letter_done(letter.job_id).await?,
+                Err(e) => {
+                    warn!(subscription = %letter.letter.subscription, error = %e, "creating a FailedEvent; will retry")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        letter: &QueuedDeadLetter,
+        counts: &mut HashMap<String, u64>,
+    ) -> Result<(), kube::Error> {
+        let ns = &letter.letter.namespace;
+        let name = &letter.letter.subscription;
+        let shared = self.dispatchers.shared();
+        let subs: Api<WebhookSubscription> = Api::namespaced(self.client.clone(), ns);
+        let Some(sub) =
+            subs.get_opt(name).await?.filter(|s| s.uid().as_deref() == Some(letter.sub_uid.as_str()))
+        else {
+            // The subscription is gone: its FailedEvents would be garbage-collected anyway.
+            debug!(subscription = %name, "dropping a dead letter of a deleted subscription");
+            shared.metrics.dead_lettered("orphaned");
+            return Ok(());
+        };
+        let count = counts.entry(letter.sub_uid.clone()).or_insert(0);
+        if *count >= self.limits.cap {
+            shared.board.dead_letter_dropped(&letter.sub_uid, ns, name);
+            shared.metrics.dead_lettered("capped");
+            let note = format!(
+                "{} FailedEvents exist (the cap): an undeliverable event was dropped; delete or replay FailedEvents",
+                self.limits.cap
+            );
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "DeadLetterDropped".into(),
+                note: Some(note),
+                action: "DeadLetter".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &sub.object_ref(&())).await {
+                warn!(subscription = %name, error = %e, "could not record a Kubernetes Event");
+            }
+            return Ok(());
+        }
+        let event = serde_json::from_slice(&letter.event)
+            .ok()
+            .and_then(|v| CloudEvent::from_json_value(v, "").ok())
+            .ok_or_else(|| kube::Error::Service("stored event unreadable".into()))?;
+        let failure: FailureRecord = serde_json::from_str(&letter.letter.failure)
+            .map_err(|e| kube::Error::Service(format!("stored failure record unreadable: {e}").into()))?;
+        let fev_name = failed_event_name(name, &letter.sub_uid, &event.source, &event.id);
+        let owner = OwnerReference {
+            api_version: WebhookSubscription::api_version(&()).to_string(),
+            kind: WebhookSubscription::kind(&()).to_string(),
+            name: name.clone(),
+            uid: letter.sub_uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        };
+        let fev = FailedEvent {
+            metadata: ObjectMeta {
+                name: Some(fev_name.clone()),
+                namespace: Some(ns.clone()),
+                owner_references: Some(vec![owner]),
+                labels: Some(
+                    [
+                        (labels::MANAGED_BY.to_string(), labels::MANAGED_BY_VALUE.to_string()),
+                        (labels::SUBSCRIPTION.to_string(), label_value(name)),
+                        (labels::EVENT_TYPE.to_string(), label_value(&event.type_)),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: FailedEventSpec { subscription: name.clone(), event: to_record(&event), failure },
+            status: None,
+        };
+        let api: Api<FailedEvent> = Api::namespaced(self.client.clone(), ns);
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+        match api.create(&params, &fev).await {
+            Ok(_) => {
+                *count += 1;
+                shared.metrics.dead_lettered("created");
+                info!(subscription = %name, failed_event = %fev_name, "FailedEvent created");
+                Ok(())
+            }
+            // Created before a crash: the same name means the same event; nothing to do.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn drain_replays(&self) -> Result<(), crate::store::StoreError> {
+        let store = &self.dispatchers.shared().store;
+        for result in store.replay_results(100).await? {
+            match self.apply_replay(&result).await {
+                Ok(()) => store.replay_result_done(result.job_id).await?,
+                Err(e) => {
+                    warn!(failed_event = %result.replay_of, error = %e, "applying a replay result; will retry")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_replay(&self, result: &ReplayResult) -> Result<(), kube::Error> {
+        let mut parts = result.replay_of.splitn(3, '/');
+        let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(());
+        };
+        let api: Api<FailedEvent> = Api::namespaced(self.client.clone(), ns);
+        let outcome = if result.delivered {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+                ..DeleteParams::default()
+            };
+            api.delete(name, &params).await.map(|_| ())
+        } else {
+            let status = json!({
+                "apiVersion": FailedEvent::api_version(&()), "kind": FailedEvent::kind(&()),
+                "status": {"replay": {
+                    "outcome": ReplayOutcome::Failed,
+                    "time": jiff::Timestamp::from_millisecond(result.at).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                    "attempts": result.attempts,
+                    "lastStatusCode": result.status,
+                    "message": result.error.clone().unwrap_or_else(|| "the replay failed again".into()),
+                }}
+            });
+            api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+                .await
+                .map(|_| ())
+        };
+        match outcome {
+            Ok(()) => {
+                info!(failed_event = %name, delivered = result.delivered, "replay finished");
+                Ok(())
+            }
+            // Deleted meanwhile (or re-created under the same name): nothing left to update.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The key a replay job carries to find its FailedEvent again.
+pub fn replay_key(fev: &FailedEvent) -> String {
+    format!("{}/{}/{}", fev.namespace().unwrap_or_default(), fev.name_any(), fev.uid().unwrap_or_default())
+}
+
+/// The subscription a FailedEvent belongs to.
+pub fn subscription_ref(fev: &FailedEvent) -> ObjectRef<WebhookSubscription> {
+    ObjectRef::new(&fev.spec.subscription).within(&fev.namespace().unwrap_or_default())
+}

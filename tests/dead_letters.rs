@@ -1,0 +1,236 @@
+//! Dead letters: undeliverable events become FailedEvents users list, read, replay and delete.
+
+mod support;
+
+use std::time::Duration;
+
+use hookline::api::{FailedEvent, WebhookSubscription};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use support::receiver::{Receiver, Reply};
+use support::{TestEnv, install_crds, wait_until};
+
+const WAIT: Duration = Duration::from_secs(45);
+const LOCAL: &[&str] = &[
+    "--ingest-auth=none",
+    "--allow-http",
+    "--allow-cidr=127.0.0.0/8",
+    "--allow-unverified-endpoints",
+    "--status-interval=1s",
+];
+/// Fail fast: two attempts, 100 ms apart.
+const FAST: &str = r#"{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "100ms", "maxBackoff": "200ms"}}"#;
+
+async fn env(test: &str) -> Option<TestEnv> {
+    let env = TestEnv::start(test).await?;
+    install_crds(&env.client).await;
+    Some(env)
+}
+
+async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: &str) {
+    let mut full = json!({"eventTypes": ["*"], "endpoint": {"url": url}, "validation": {"method": "None"}});
+    for (k, v) in serde_json::from_str::<Value>(spec).expect("spec json").as_object().expect("object") {
+        full[k] = v.clone();
+    }
+    let sub: WebhookSubscription = serde_json::from_value(json!({
+        "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "metadata": {"name": name}, "spec": full,
+    }))
+    .expect("subscription");
+    env.api::<WebhookSubscription>().create(&PostParams::default(), &sub).await.expect("create");
+    env.kubectl(&["wait", "--for=condition=Ready", &format!("whsub/{name}"), "--timeout=30s"]);
+}
+
+fn event(id: &str) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "/shop", "type": "order.created", "data": {"order": id, "items": [1, 2]}})
+}
+
+async fn failed_events(env: &TestEnv, n: usize) -> Vec<FailedEvent> {
+    let api: Api<FailedEvent> = env.api();
+    wait_until(&format!("{n} FailedEvents"), WAIT, || async {
+        let list = api.list(&ListParams::default()).await.ok()?.items;
+        (list.len() == n).then_some(list)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
+    let Some(env) = env("dead-letter-500").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(&env, "s", &rx.url, FAST).await;
+    for id in ["a", "b"] {
+        h.publish_json(&env.namespace, event(id)).await;
+    }
+    let fevs = failed_events(&env, 2).await;
+    for fev in &fevs {
+        let f = &fev.spec.failure;
+        assert_eq!(
+            (serde_json::to_value(f.reason).expect("json"), f.attempts, f.last_status_code),
+            (json!("MaxAttemptsExceeded"), 2, Some(500))
+        );
+        assert!(f.first_attempt_time.is_some() && f.last_attempt_time.is_some());
+        assert_eq!(fev.labels()["hookline.dev/subscription"], "s");
+        assert_eq!(fev.labels()["hookline.dev/event-type"], "order.created");
+        assert_eq!(fev.owner_references()[0].kind, "WebhookSubscription");
+        assert_eq!(fev.spec.subscription, "s");
+    }
+    // The payload comes back unchanged through kubectl.
+    let name = fevs.iter().find(|f| f.spec.event.id == "a").expect("fev for a").name_any();
+    let data = env.kubectl(&["get", "fev", &name, "-o", "jsonpath={.spec.event.data}"]);
+    assert_eq!(serde_json::from_str::<Value>(&data).expect("json"), json!({"order": "a", "items": [1, 2]}));
+    let columns = env.kubectl(&["get", "fev", &name]);
+    assert!(columns.contains("MaxAttemptsExceeded") && columns.contains("order.created"), "{columns}");
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_until("status counts the dead letters", WAIT, || async {
+        let st = subs.get("s").await.ok()?.status?;
+        (st.dead_letters?.count == 2 && st.delivery_stats?.dead_lettered == 2).then_some(())
+    })
+    .await;
+    assert_eq!(rx.received().len(), 4, "two attempts per event, no more");
+}
+
+#[tokio::test]
+async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reason() {
+    let Some(env) = env("dead-letter-reasons").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(400));
+    subscribe(&env, "bad-request", &rx.url, r#"{"eventTypes": ["order.*"]}"#).await;
+    let closed = format!("http://127.0.0.1:{}/nothing-listens", support::free_port());
+    subscribe(&env, "refused", &closed, &FAST.replace('{', r#"{"eventTypes": ["order.*"], "#)).await;
+    h.publish_json(&env.namespace, event("x")).await;
+    let fevs = failed_events(&env, 2).await;
+    let by = |sub: &str| fevs.iter().find(|f| f.spec.subscription == sub).expect("fev").spec.failure.clone();
+    let bad = by("bad-request");
+    assert_eq!(
+        (serde_json::to_value(bad.reason).expect("json"), bad.attempts, bad.last_status_code),
+        (json!("NonRetryableResponse"), 1, Some(400))
+    );
+    let refused = by("refused");
+    assert_eq!(refused.attempts, 2);
+    assert!(refused.last_error.as_deref().unwrap_or("").contains("connection"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
+    let Some(env) = env("replay").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(&env, "s", &rx.url, FAST).await;
+    for id in ["r1", "r2", "r3"] {
+        h.publish_json(&env.namespace, event(id)).await;
+    }
+    let fevs = failed_events(&env, 3).await;
+    let one = fevs.iter().find(|f| f.spec.event.id == "r1").expect("r1").name_any();
+
+    // Still failing: the replay fails, the FailedEvent stays and says why.
+    env.kubectl(&["annotate", "fev", &one, "hookline.dev/replay=true"]);
+    let api: Api<FailedEvent> = env.api();
+    let fev = wait_until("the failed replay is recorded", WAIT, || async {
+        let fev = api.get(&one).await.ok()?;
+        let outcome = serde_json::to_value(fev.status.as_ref()?.replay.as_ref()?.outcome).ok()?;
+        (outcome == json!("Failed")).then_some(fev)
+    })
+    .await;
+    assert!(!fev.annotations().contains_key("hookline.dev/replay"), "the request was taken");
+
+    // Recovered: one replay delivers and deletes; then all the rest at once by label.
+    rx.set_default(Reply::Status(200));
+    let before = rx.received().len();
+    env.kubectl(&["annotate", "fev", &one, "hookline.dev/replay=true"]);
+    wait_until("the replayed FailedEvent is deleted", WAIT, || async {
+        api.get_opt(&one).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let replayed: Vec<_> = rx.received().into_iter().skip(before).collect();
+    assert_eq!(
+        replayed.iter().map(|r| r.header("webhook-id")).collect::<Vec<_>>(),
+        ["r1"],
+        "same webhook-id"
+    );
+    env.kubectl(&["annotate", "fev", "-l", "hookline.dev/subscription=s", "hookline.dev/replay=true"]);
+    failed_events(&env, 0).await;
+    let ids: std::collections::BTreeSet<String> =
+        rx.received().iter().skip(before).map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
+}
+
+#[tokio::test]
+async fn the_cap_drops_and_counts_and_the_ttl_deletes() {
+    let Some(env) = env("dead-letter-bounds").await else { return };
+    let mut flags = LOCAL.to_vec();
+    flags.extend(["--failed-event-cap=2", "--failed-event-ttl=6s"]);
+    let h = env.start_hookline(&flags).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(&env, "s", &rx.url, FAST).await;
+    for id in ["c1", "c2", "c3", "c4"] {
+        h.publish_json(&env.namespace, event(id)).await;
+    }
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_until("two kept, two dropped", WAIT, || async {
+        let dl = subs.get("s").await.ok()?.status?.dead_letters?;
+        (dl.count == 2 && dl.dropped == 2).then_some(())
+    })
+    .await;
+    assert_eq!(failed_events(&env, 2).await.len(), 2);
+    let events = env.kubectl(&["get", "events", "--field-selector=reason=DeadLetterDropped", "-o", "name"]);
+    assert!(!events.trim().is_empty(), "a Warning Event says dead letters were dropped");
+    failed_events(&env, 0).await;
+}
+
+#[tokio::test]
+async fn dead_lettering_off_drops_and_counts() {
+    let Some(env) = env("dead-letter-off").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(&env, "s", &rx.url, &FAST.replace('{', r#"{"deadLetter": {"enabled": false}, "#)).await;
+    h.publish_json(&env.namespace, event("d1")).await;
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_until("the drop is counted", WAIT, || async {
+        (subs.get("s").await.ok()?.status?.dead_letters?.dropped == 1).then_some(())
+    })
+    .await;
+    assert!(env.api::<FailedEvent>().list(&ListParams::default()).await.expect("list").items.is_empty());
+}
+
+#[tokio::test]
+async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
+    let Some(env) = env("dead-letter-kill").await else { return };
+    let data = env.data_dir();
+    let h = env.start_hookline_in(&data, LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(&env, "s", &rx.url, FAST).await;
+    h.publish_json(&env.namespace, event("k1")).await;
+    rx.wait_for(2, WAIT).await;
+    h.kill().await;
+    let _h = env.start_hookline_in(&data, LOCAL).await;
+    let fevs = failed_events(&env, 1).await;
+    assert_eq!(fevs[0].spec.event.id, "k1");
+    // Give a duplicate every chance to appear: the outbox is drained every 2 s.
+    let subs: Api<WebhookSubscription> = env.api();
+    wait_until("status has counted the FailedEvent", WAIT, || async {
+        (subs.get("s").await.ok()?.status?.dead_letters?.count == 1).then_some(())
+    })
+    .await;
+    assert_eq!(env.api::<FailedEvent>().list(&ListParams::default()).await.expect("list").items.len(), 1);
+}
+
+#[tokio::test]
+async fn deleting_the_subscription_garbage_collects_its_failed_events() {
+    let Some(env) = env("dead-letter-gc").await else { return };
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(&env, "s", &rx.url, FAST).await;
+    h.publish_json(&env.namespace, event("g1")).await;
+    failed_events(&env, 1).await;
+    env.api::<WebhookSubscription>().delete("s", &DeleteParams::default()).await.expect("delete");
+    failed_events(&env, 0).await;
+}
