@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import http.server
+import json
 import os
 import sys
 
@@ -17,6 +18,17 @@ def expected(secret: str, msg_id: str, ts: str, body: bytes) -> str:
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.headers.get("ce-type") == "dev.hookline.subscription.validation":
+            # The ownership handshake: echo the code to prove this endpoint wants the events.
+            code = json.loads(body)["validationCode"]
+            print("  answered the validation handshake (validationResponse)", flush=True)
+            answer = json.dumps({"validationResponse": code}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         secret = open(os.environ["DEMO_SECRET_FILE"]).read().strip()
         sigs = self.headers.get("webhook-signature", "").split(" ")
         want = expected(secret, self.headers["webhook-id"], self.headers["webhook-timestamp"], body)

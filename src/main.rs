@@ -21,6 +21,7 @@ use hookline::metrics::Metrics;
 use hookline::registry::Registry;
 use hookline::server::{self, Readiness};
 use hookline::store::{SqliteStore, Store, now_ms};
+use hookline::verify::Verifier;
 use ipnet::IpNet;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::Notify;
@@ -57,6 +58,10 @@ struct RunArgs {
     /// Extra destinations the SSRF guard lets through (repeatable), e.g. in-cluster service ranges.
     #[arg(long = "allow-cidr", env = "HOOKLINE_ALLOW_CIDR", value_delimiter = ',')]
     allow_cidr: Vec<IpNet>,
+    /// Base URL under which endpoints reach the ingest server (validation URLs are built on it),
+    /// e.g. `https://hookline.example.com`. Without it only synchronous validation answers work.
+    #[arg(long, env = "HOOKLINE_PUBLIC_URL")]
+    public_url: Option<url::Url>,
     /// Largest accepted event in bytes.
     #[arg(long, env = "HOOKLINE_MAX_EVENT_BYTES", default_value_t = 262_144)]
     max_event_bytes: usize,
@@ -149,13 +154,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     info!(data_dir = %args.data_dir.display(), "store open");
     let guard = Arc::new(Guard::new(args.allow_cidr.clone()));
+    let http = sender::client(guard.clone()).context("building the HTTP client")?;
     if !args.allow_cidr.is_empty() {
         warn!(cidrs = ?args.allow_cidr, "the SSRF guard lets these extra networks through");
     }
     let board = StatusBoard::default();
     let shared = Arc::new(Shared {
         store: store.clone(),
-        http: sender::client(guard).context("building the HTTP client")?,
+        http: http.clone(),
         secrets: SecretCache::new(client.clone()),
         board: board.clone(),
         metrics: metrics.clone(),
@@ -219,7 +225,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let writer_task = tokio::spawn(dead_letter_writer.run(shutdown.clone()));
 
-    let ctx = Arc::new(controller::Context::new(client, policy, registry, metrics, dispatchers));
+    let verifier = Verifier {
+        store: dispatchers.shared().store.clone(),
+        http,
+        guard,
+        secrets: SecretCache::new(client.clone()),
+        public_url: args.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()),
+    };
+    if args.public_url.is_none() {
+        warn!(
+            "no --public-url: validation events carry no validationUrl, so endpoints must answer synchronously"
+        );
+    }
+    let ctx = Arc::new(controller::Context::new(client, policy, registry, metrics, dispatchers, verifier));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
     controller::run(ctx, args.watch_namespace.as_deref(), readiness, shutdown.clone().cancelled_owned())

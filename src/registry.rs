@@ -34,6 +34,8 @@ pub struct ActiveSubscription {
     pub spec: Arc<WebhookSubscriptionSpec>,
     /// The Secret the signing keys are read from.
     pub signing_secret: String,
+    /// The rate the endpoint allowed in an Options handshake, requests per minute.
+    pub rate_per_minute: Option<u32>,
     /// Whether events may flow.
     pub gate: Gate,
 }
@@ -137,6 +139,7 @@ mod tests {
             generation: 1,
             spec: Arc::new(spec),
             signing_secret: format!("{name}-signing"),
+            rate_per_minute: None,
             gate,
         }
     }

@@ -29,6 +29,7 @@ use crate::delivery::Dispatchers;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::server::Readiness;
+use crate::verify::Verifier;
 pub use reconcile::reconcile;
 pub use spec_check::Policy;
 
@@ -94,6 +95,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The delivery side: drops a deleted subscription's jobs and sends test events.
     pub dispatchers: Arc<Dispatchers>,
+    /// Runs endpoint handshakes.
+    pub verifier: Verifier,
     failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
     reconciled: Mutex<HashSet<ObjectRef<WebhookSubscription>>>,
 }
@@ -106,6 +109,7 @@ impl Context {
         registry: Registry,
         metrics: Arc<Metrics>,
         dispatchers: Arc<Dispatchers>,
+        verifier: Verifier,
     ) -> Self {
         let reporter = Reporter {
             controller: "hookline".into(),
@@ -119,6 +123,7 @@ impl Context {
             metrics,
             recorder,
             dispatchers,
+            verifier,
             failures: Mutex::default(),
             reconciled: Mutex::default(),
         }

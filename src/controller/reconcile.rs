@@ -16,12 +16,11 @@ use tracing::{debug, info, warn};
 
 use super::signing::generated_secret;
 use super::spec_check::check;
-use super::status::{
-    Decision, Facts, Signing, changed, decide, generated_secret_name, owned, verification_for,
-};
+use super::status::{Decision, Facts, Signing, Verification, changed, decide, generated_secret_name, owned};
 use super::{Context, Error, FINALIZER};
 use crate::api::{FIELD_MANAGER, Reason, WebhookSubscription, annotations, condition_type};
 use crate::registry::ActiveSubscription;
+use crate::verify::Outcome;
 
 /// How often a healthy subscription is looked at even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -53,13 +52,25 @@ async fn apply(
 ) -> Result<Action, Error> {
     let problems = check(&sub.spec, ctx.policy);
     let signing = if problems.is_empty() { Some(ensure_signing_secret(sub, ctx).await?) } else { None };
-    let facts = Facts {
-        problems,
-        signing,
-        verification: verification_for(sub.spec.validation.method),
-        now: jiff::Timestamp::now(),
+    let secret_name = match &signing {
+        Some(Signing::Present(name)) => Some(name.as_str()),
+        _ => None,
     };
-    let decision = decide(sub, &facts);
+    let verified = if problems.is_empty() {
+        ctx.verifier.verify(sub, secret_name).await
+    } else {
+        Outcome {
+            state: Verification::Pending("the spec is invalid".into()),
+            rate_per_minute: None,
+            recheck_in: None,
+        }
+    };
+    let facts =
+        Facts { problems, signing, verification: verified.state.clone(), now: jiff::Timestamp::now() };
+    let mut decision = decide(sub, &facts);
+    if let Some(recheck) = verified.recheck_in {
+        decision.requeue_after = Some(decision.requeue_after.map_or(recheck, |d| d.min(recheck)));
+    }
 
     if changed(sub.status.as_ref(), &decision.status) {
         write_status(sub, &decision, ctx, api).await?;
@@ -77,6 +88,7 @@ async fn apply(
                 .as_ref()
                 .map(|s| s.name.clone())
                 .unwrap_or_default(),
+            rate_per_minute: verified.rate_per_minute,
             gate,
         }),
         None => ctx.registry.remove(&key),
@@ -88,7 +100,9 @@ async fn apply(
 
     Ok(match decision.ready_reason {
         Reason::InvalidSpec => Action::await_change(),
-        Reason::SigningSecretMissing => Action::requeue(SECRET_RECHECK),
+        Reason::SigningSecretMissing => {
+            Action::requeue(SECRET_RECHECK.min(decision.requeue_after.unwrap_or(SECRET_RECHECK)))
+        }
         _ => Action::requeue(decision.requeue_after.map_or(RESYNC, |d| d.min(RESYNC))),
     })
 }

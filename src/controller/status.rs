@@ -8,8 +8,7 @@ use kube::ResourceExt;
 
 use super::spec_check::{Problem, describe};
 use crate::api::{
-    Reason, SecretRef, ValidationMethod, WebhookSubscription, WebhookSubscriptionStatus, condition_type,
-    set_condition,
+    Reason, SecretRef, WebhookSubscription, WebhookSubscriptionStatus, condition_type, set_condition,
 };
 use crate::registry::Gate;
 
@@ -59,22 +58,6 @@ pub struct Decision {
     pub ready_reason: Reason,
     /// When to reconcile again regardless of changes (e.g. at `expiresAt`).
     pub requeue_after: Option<Duration>,
-}
-
-/// Verification for the methods this build implements.
-///
-/// `None` is verified by definition (the spec check already refused it without the operator flag).
-pub fn verification_for(method: ValidationMethod) -> Verification {
-    match method {
-        ValidationMethod::None => Verification::Verified(
-            "validation.method is None and the operator allows unverified endpoints".into(),
-        ),
-        ValidationMethod::Event | ValidationMethod::Options => Verification::Pending(format!(
-            "the {method:?} handshake is not available in this Hookline build, so the endpoint cannot be \
-             verified yet; events are held. Use validation.method None with an operator started with \
-             --allow-unverified-endpoints"
-        )),
-    }
 }
 
 /// Decide a subscription's status and gate.
@@ -321,11 +304,5 @@ mod tests {
         let patch = serde_json::to_value(owned(&with_delivery)).expect("json");
         assert!(patch.get("deliveryStats").is_none());
         assert_eq!(patch["conditions"].as_array().expect("conditions").len(), 2);
-    }
-
-    #[test]
-    fn event_and_options_methods_are_pending_in_this_build() {
-        assert!(matches!(verification_for(ValidationMethod::Event), Verification::Pending(_)));
-        assert!(matches!(verification_for(ValidationMethod::None), Verification::Verified(_)));
     }
 }

@@ -21,16 +21,26 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// `Ok` when a send may go now; otherwise how long to wait.
-    fn take(&mut self, per_second: Option<u32>) -> Result<(), Duration> {
-        let Some(rate) = per_second.filter(|r| *r > 0) else { return Ok(()) };
+    /// `Ok` when a send may go now; otherwise how long to wait. `spacing` is the least time
+    /// between two sends (none: unlimited).
+    fn take(&mut self, spacing: Option<Duration>) -> Result<(), Duration> {
+        let Some(spacing) = spacing else { return Ok(()) };
         let now = Instant::now();
         if now < self.next {
             return Err(self.next - now);
         }
-        self.next = now.max(self.next) + Duration::from_secs(1) / rate;
+        self.next = now + spacing;
         Ok(())
     }
+}
+
+/// The least time between two sends: the stricter of `rateLimitPerSecond` and the rate the
+/// endpoint allowed in an Options handshake.
+fn spacing(sub: &ActiveSubscription) -> Option<Duration> {
+    let from_spec =
+        sub.spec.delivery.rate_limit_per_second.filter(|r| *r > 0).map(|r| Duration::from_secs(1) / r);
+    let from_endpoint = sub.rate_per_minute.filter(|r| *r > 0).map(|r| Duration::from_secs(60) / r);
+    from_spec.max(from_endpoint)
 }
 
 /// A subscription's dispatcher; see the module docs.
@@ -83,7 +93,7 @@ impl Dispatcher {
                     wake = Some(Duration::from_millis((head.due_at - now) as u64));
                     break;
                 }
-                if let Err(wait) = limiter.take(sub.spec.delivery.rate_limit_per_second) {
+                if let Err(wait) = limiter.take(spacing(&sub)) {
                     wake = Some(wait);
                     break;
                 }
@@ -146,8 +156,8 @@ mod tests {
     fn the_rate_limiter_spaces_sends() {
         let mut l = RateLimiter { next: Instant::now() };
         assert!(l.take(None).is_ok());
-        assert!(l.take(Some(10)).is_ok());
-        let wait = l.take(Some(10)).expect_err("too soon");
+        assert!(l.take(Some(Duration::from_millis(100))).is_ok());
+        let wait = l.take(Some(Duration::from_millis(100))).expect_err("too soon");
         assert!(wait <= Duration::from_millis(100) && wait > Duration::from_millis(50), "{wait:?}");
     }
 }

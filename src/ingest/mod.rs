@@ -116,6 +116,7 @@ pub async fn bind(
         .route("/v1/namespaces/{ns}/events", post(publish))
         .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries", get(deliveries))
         .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/test", post(test_event))
+        .route("/v1/validate/{token}", get(validate))
         .with_state(state);
     let serve =
         async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
@@ -301,4 +302,15 @@ async fn test_event(
         .await
         .map_err(|e| ApiError::unavailable(format!("storing the test event: {e}")))?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "matched": routed }))).into_response())
+}
+
+/// The validation URL of the `Event` handshake: whoever controls the endpoint opens it (GET)
+/// within 10 minutes to prove ownership asynchronously. The token is the secret; it works once.
+async fn validate(State(state): State<IngestState>, Path(token): Path<String>) -> Result<Response, ApiError> {
+    let store = &state.dispatchers.shared().store;
+    match store.confirm_validation(&token, crate::store::now_ms()).await {
+        Ok(Some(_)) => Ok(axum::Json(json!({"verified": true})).into_response()),
+        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown, used or expired validation URL")),
+        Err(e) => Err(ApiError::unavailable(format!("checking the validation URL: {e}"))),
+    }
 }

@@ -63,4 +63,21 @@ pub const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL
     );
     "#,
+    // 3: endpoint verification per subscription and URL.
+    r#"
+    CREATE TABLE verifications (
+        sub_uid TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        method TEXT NOT NULL,
+        verified_at_ms INTEGER,
+        token TEXT UNIQUE,
+        code TEXT,
+        expires_at_ms INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        rate_per_minute INTEGER,
+        revalidate TEXT
+    );
+    "#,
 ];

@@ -114,6 +114,31 @@ pub struct ReplayResult {
     pub at: Millis,
 }
 
+/// Where one subscription's endpoint stands in the ownership handshake.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verification {
+    pub sub_uid: String,
+    /// The URL this record is about; a different URL needs its own verification.
+    pub url: String,
+    /// `Event` or `Options`.
+    pub method: String,
+    pub verified_at: Option<Millis>,
+    /// Secret part of the validation URL, while one is outstanding.
+    pub token: Option<String>,
+    /// The code the endpoint must echo, while one is outstanding.
+    pub code: Option<String>,
+    /// When the outstanding code and URL stop being accepted.
+    pub expires_at: Option<Millis>,
+    pub attempts: u32,
+    pub next_attempt_at: Millis,
+    /// What the last attempt found, for the condition message.
+    pub message: String,
+    /// `WebHook-Allowed-Rate` from an Options handshake, per minute.
+    pub rate_per_minute: Option<u32>,
+    /// The `hookline.dev/revalidate` value this record has acted on.
+    pub revalidate: Option<String>,
+}
+
 /// What happens to a job after an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobUpdate {
@@ -212,6 +237,17 @@ pub trait Store: Send + Sync + 'static {
     fn replay_results(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReplayResult>, StoreError>>;
     /// Forget a replay result once applied.
     fn replay_result_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The verification record of a subscription.
+    fn verification(&self, sub_uid: &str) -> BoxFuture<'_, Result<Option<Verification>, StoreError>>;
+    /// Replace the verification record of a subscription.
+    fn put_verification(&self, v: Verification) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// A GET of a validation URL: verify the outstanding handshake with this token if it has not
+    /// expired. Returns the subscription UID when it did.
+    fn confirm_validation(
+        &self,
+        token: &str,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
     /// Delete log entries older than `log_before` and finished events older than `events_before`.
     fn prune(&self, log_before: Millis, events_before: Millis) -> BoxFuture<'_, Result<(), StoreError>>;
 }

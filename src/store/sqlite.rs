@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::migrations::MIGRATIONS;
 use super::{
     Accepted, Attempt, DeadLetter, Job, JobRef, JobUpdate, LogEntry, Millis, NewEvent, QueuedDeadLetter,
-    Replay, ReplayResult, Store, StoreError,
+    Replay, ReplayResult, Store, StoreError, Verification,
 };
 
 /// Most write requests folded into one transaction.
@@ -29,6 +29,8 @@ enum Op {
     DeadLetterDone(i64, Reply<()>),
     Prune(Millis, Millis, Reply<()>),
     Replay(Replay, Reply<Option<JobRef>>),
+    PutVerification(Verification, Reply<()>),
+    Confirm(String, Millis, Reply<Option<String>>),
     ReplayDone(i64, Reply<()>),
 }
 
@@ -137,6 +139,8 @@ fn fail_all(ops: Vec<Op>, e: &rusqlite::Error) {
             Op::DeadLetterDone(_, r) => drop(r.send(Err(err()))),
             Op::Prune(_, _, r) => drop(r.send(Err(err()))),
             Op::Replay(_, r) => drop(r.send(Err(err()))),
+            Op::PutVerification(_, r) => drop(r.send(Err(err()))),
+            Op::Confirm(_, _, r) => drop(r.send(Err(err()))),
             Op::ReplayDone(_, r) => drop(r.send(Err(err()))),
         }
     }
@@ -166,13 +170,35 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
     match op {
         Op::Accept(events, reply) => run(tx, reply, |t| accept(t, events)),
         Op::Record(attempt, reply) => run(tx, reply, |t| record(t, attempt)),
-        Op::DropSubscription(uid, reply) => {
-            run(tx, reply, |t| t.execute("DELETE FROM jobs WHERE sub_uid = ?1", [&uid]).map(|n| n as u64))
-        }
+        Op::DropSubscription(uid, reply) => run(tx, reply, |t| {
+            t.execute("DELETE FROM verifications WHERE sub_uid = ?1", [&uid])?;
+            t.execute("DELETE FROM jobs WHERE sub_uid = ?1", [&uid]).map(|n| n as u64)
+        }),
         Op::DeadLetterDone(job_id, reply) => {
             run(tx, reply, |t| t.execute("DELETE FROM dead_letters WHERE job_id = ?1", [job_id]).map(|_| ()))
         }
         Op::Replay(r, reply) => run(tx, reply, |t| replay(t, r)),
+        Op::PutVerification(v, reply) => run(tx, reply, |t| {
+            t.prepare_cached(
+                "INSERT OR REPLACE INTO verifications (sub_uid, url, method, verified_at_ms, token, code, expires_at_ms,
+                   attempts, next_attempt_ms, message, rate_per_minute, revalidate)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                v.sub_uid, v.url, v.method, v.verified_at, v.token, v.code, v.expires_at, v.attempts,
+                v.next_attempt_at, v.message, v.rate_per_minute, v.revalidate
+            ])
+            .map(|_| ())
+        }),
+        Op::Confirm(token, now, reply) => run(tx, reply, |t| {
+            t.prepare_cached(
+                "UPDATE verifications SET verified_at_ms = ?2, token = NULL, code = NULL, expires_at_ms = NULL,
+                   message = 'verified: the validation URL was opened'
+                 WHERE token = ?1 AND expires_at_ms > ?2 AND verified_at_ms IS NULL RETURNING sub_uid",
+            )?
+            .query_row(params![token, now], |r| r.get(0))
+            .optional()
+        }),
         Op::ReplayDone(job_id, reply) => run(tx, reply, |t| {
             t.execute("DELETE FROM replay_outcomes WHERE job_id = ?1", [job_id]).map(|_| ())
         }),
@@ -454,6 +480,47 @@ impl Store for SqliteStore {
 
     fn replay_result_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
         self.send(move |r| Op::ReplayDone(job_id, r)).boxed()
+    }
+
+    fn verification(&self, sub_uid: &str) -> BoxFuture<'_, Result<Option<Verification>, StoreError>> {
+        let uid = sub_uid.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT sub_uid, url, method, verified_at_ms, token, code, expires_at_ms, attempts, next_attempt_ms,
+                   message, rate_per_minute, revalidate FROM verifications WHERE sub_uid = ?1",
+            )?
+            .query_row([uid], |r| {
+                Ok(Verification {
+                    sub_uid: r.get(0)?,
+                    url: r.get(1)?,
+                    method: r.get(2)?,
+                    verified_at: r.get(3)?,
+                    token: r.get(4)?,
+                    code: r.get(5)?,
+                    expires_at: r.get(6)?,
+                    attempts: r.get(7)?,
+                    next_attempt_at: r.get(8)?,
+                    message: r.get(9)?,
+                    rate_per_minute: r.get(10)?,
+                    revalidate: r.get(11)?,
+                })
+            })
+            .optional()
+        })
+        .boxed()
+    }
+
+    fn put_verification(&self, v: Verification) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.send(|r| Op::PutVerification(v, r)).boxed()
+    }
+
+    fn confirm_validation(
+        &self,
+        token: &str,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let token = token.to_string();
+        self.send(move |r| Op::Confirm(token, now, r)).boxed()
     }
 
     fn prune(&self, log_before: Millis, events_before: Millis) -> BoxFuture<'_, Result<(), StoreError>> {

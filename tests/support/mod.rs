@@ -125,7 +125,14 @@ impl TestEnv {
             .args(["--ingest-addr", &format!("127.0.0.1:{ingest_port}")])
             .args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
             .args(["--watch-namespace", &self.namespace])
-            .args(extra)
+            // `--public-url=auto` stands for this Hookline's own ingest URL.
+            .args(extra.iter().map(|a| {
+                if *a == "--public-url=auto" {
+                    format!("--public-url=http://127.0.0.1:{ingest_port}")
+                } else {
+                    a.to_string()
+                }
+            }))
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,hookline=debug")
             .env("NO_COLOR", "1")

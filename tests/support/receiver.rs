@@ -36,9 +36,23 @@ pub enum Reply {
     Redirect(u16, String),
 }
 
+/// How the receiver answers endpoint-verification handshakes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Handshake {
+    /// Answer the validation event with the code (synchronous) and allow any OPTIONS origin.
+    #[default]
+    Answer,
+    /// Answer the OPTIONS handshake with `WebHook-Allowed-Origin: *` and this rate per minute.
+    AllowWithRate(u32),
+    /// Answer 200 without the code and refuse OPTIONS: a receiver that ignores handshakes.
+    Ignore,
+}
+
 #[derive(Default)]
 struct Inner {
     received: Vec<Received>,
+    validations: Vec<serde_json::Value>,
+    handshake: Handshake,
     script: VecDeque<Reply>,
     default: Option<Reply>,
 }
@@ -52,12 +66,36 @@ pub struct Receiver {
 
 async fn handle(
     State(inner): State<Arc<Mutex<Inner>>>,
+    method: axum::http::Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let reply = {
         let mut inner = inner.lock().expect("receiver lock");
+        if method == axum::http::Method::OPTIONS {
+            let mut r = StatusCode::OK.into_response();
+            match inner.handshake {
+                Handshake::Ignore => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
+                Handshake::Answer => {}
+                Handshake::AllowWithRate(rate) => {
+                    r.headers_mut().insert("webhook-allowed-rate", HeaderValue::from(rate));
+                }
+            }
+            r.headers_mut().insert("webhook-allowed-origin", HeaderValue::from_static("*"));
+            return r;
+        }
+        let is_validation =
+            headers.get("ce-type").is_some_and(|t| t == "dev.hookline.subscription.validation");
+        if is_validation {
+            let data: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            inner.validations.push(data.clone());
+            if inner.handshake == Handshake::Ignore {
+                return StatusCode::OK.into_response();
+            }
+            let code = data["validationCode"].as_str().unwrap_or_default().to_string();
+            return axum::Json(serde_json::json!({ "validationResponse": code })).into_response();
+        }
         inner.received.push(Received {
             path: uri.path().to_string(),
             headers,
@@ -110,7 +148,17 @@ impl Receiver {
         self.inner.lock().expect("lock").default = Some(reply);
     }
 
-    /// Everything received so far.
+    /// How to answer handshakes from now on.
+    pub fn handshake(&self, handshake: Handshake) {
+        self.inner.lock().expect("lock").handshake = handshake;
+    }
+
+    /// The data of every validation event received.
+    pub fn validations(&self) -> Vec<serde_json::Value> {
+        self.inner.lock().expect("lock").validations.clone()
+    }
+
+    /// Everything received so far (validation events excluded).
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().expect("lock").received.clone()
     }

@@ -176,3 +176,26 @@ async fn a_replay_is_queued_once_and_its_outcome_waits_in_the_outbox() {
     store.record(attempt(again.job_id, 1, JobUpdate::Delivered)).await.expect("record");
     assert!(store.replay_results(10).await.expect("results")[0].delivered);
 }
+
+#[tokio::test]
+async fn a_validation_url_verifies_once_and_only_before_it_expires() {
+    let (_dir, store) = store();
+    let pending = crate::store::Verification {
+        sub_uid: "a".into(),
+        url: "https://e.com/".into(),
+        method: "Event".into(),
+        token: Some("tok".into()),
+        code: Some("code".into()),
+        expires_at: Some(10_000),
+        ..Default::default()
+    };
+    store.put_verification(pending.clone()).await.expect("put");
+    assert_eq!(store.confirm_validation("tok", 10_000).await.expect("confirm"), None, "expired");
+    assert_eq!(store.confirm_validation("other", 5_000).await.expect("confirm"), None, "unknown token");
+    assert_eq!(store.confirm_validation("tok", 5_000).await.expect("confirm").as_deref(), Some("a"));
+    assert_eq!(store.confirm_validation("tok", 5_000).await.expect("confirm"), None, "single use");
+    let v = store.verification("a").await.expect("read").expect("row");
+    assert_eq!((v.verified_at, v.token), (Some(5_000), None));
+    store.drop_subscription("a").await.expect("drop");
+    assert!(store.verification("a").await.expect("read").is_none());
+}

@@ -1,0 +1,193 @@
+//! The two handshakes on the wire.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use kube::ResourceExt;
+use rand::RngCore;
+use serde_json::json;
+
+use super::plan::retry_delay;
+use super::{CODE_TTL, VALIDATION_EVENT_TYPE, Verifier};
+use crate::api::{ValidationMethod, WebhookSubscription};
+use crate::delivery::sender::{MAX_RESPONSE_BYTES, render};
+use crate::event::CloudEvent;
+use crate::store::{Millis, Verification};
+
+/// How long one handshake request may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Run one handshake attempt and return the updated record.
+pub(super) async fn attempt(
+    verifier: &Verifier,
+    sub: &WebhookSubscription,
+    mut v: Verification,
+    signing_secret: Option<&str>,
+    now: Millis,
+) -> Verification {
+    v.attempts += 1;
+    v.next_attempt_at = now + retry_delay(v.attempts).as_millis() as Millis;
+    match sub.spec.validation.method {
+        ValidationMethod::Options => options(verifier, sub, &mut v, now).await,
+        _ => event(verifier, sub, &mut v, signing_secret, now).await,
+    }
+    v
+}
+
+async fn event(
+    verifier: &Verifier,
+    sub: &WebhookSubscription,
+    v: &mut Verification,
+    secret: Option<&str>,
+    now: Millis,
+) {
+    // A code stays valid for its whole life, so an endpoint that answers asynchronously is not
+    // raced by the retries.
+    if v.expires_at.is_none_or(|t| t <= now) || v.code.is_none() {
+        v.code = Some(random_hex(16));
+        v.token = Some(random_hex(24));
+        v.expires_at = Some(now + CODE_TTL.as_millis() as Millis);
+    }
+    let code = v.code.clone().unwrap_or_default();
+    let validation_url = verifier.public_url.as_ref().map(|base| {
+        format!("{}/v1/validate/{}", base.trim_end_matches('/'), v.token.clone().unwrap_or_default())
+    });
+    let mut data = json!({"validationCode": code});
+    if let Some(u) = &validation_url {
+        data["validationUrl"] = u.clone().into();
+    }
+    let event = CloudEvent {
+        id: format!("validation-{}", random_hex(8)),
+        source: "/hookline".into(),
+        type_: VALIDATION_EVENT_TYPE.into(),
+        subject: Some(format!(
+            "webhooksubscriptions/{}/{}",
+            sub.namespace().unwrap_or_default(),
+            sub.name_any()
+        )),
+        time: Some(jiff::Timestamp::now().to_string()),
+        datacontenttype: Some("application/json".into()),
+        dataschema: None,
+        extensions: Default::default(),
+        data: Some(Bytes::from(data.to_string())),
+    };
+    let keys = match secret {
+        Some(name) => verifier
+            .secrets
+            .signing_keys(&sub.namespace().unwrap_or_default(), name)
+            .await
+            .unwrap_or_default(),
+        None => vec![],
+    };
+    let (headers, body) = render(&event, sub.spec.delivery.mode, &keys, jiff::Timestamp::now().as_second());
+    let url = &sub.spec.endpoint.url;
+    let request = verifier.http.post(url).headers(headers).body(body).timeout(TIMEOUT);
+    let async_hint = match &validation_url {
+        Some(_) => " or GET the validationUrl from the event within 10 minutes",
+        None => "",
+    };
+    v.message = match request.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let answer = read_small(resp).await;
+            let echoed = serde_json::from_slice::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|j| j.get("validationResponse").and_then(|c| c.as_str()).map(str::to_string));
+            if status == 200 && echoed.as_deref() == Some(code.as_str()) {
+                v.verified_at = Some(now);
+                v.code = None;
+                v.token = None;
+                v.expires_at = None;
+                "verified: the endpoint echoed the validation code".into()
+            } else {
+                let why = match (status, echoed) {
+                    (200, Some(_)) => "answered 200 with the wrong validationResponse".to_string(),
+                    (200, None) => "answered 200 without a validationResponse".to_string(),
+                    (s, _) => format!("answered HTTP {s}"),
+                };
+                format!(
+                    "Hookline POSTed a {VALIDATION_EVENT_TYPE} event to {url}; it {why}. The endpoint must answer 200 \
+                     with {{\"validationResponse\": \"<validationCode>\"}}{async_hint}."
+                )
+            }
+        }
+        Err(e) => format!(
+            "Hookline could not POST the {VALIDATION_EVENT_TYPE} event to {url} ({}); the endpoint must answer it with \
+             {{\"validationResponse\": \"<validationCode>\"}}{async_hint}.",
+            short(&e)
+        ),
+    };
+}
+
+async fn options(verifier: &Verifier, sub: &WebhookSubscription, v: &mut Verification, now: Millis) {
+    let url = &sub.spec.endpoint.url;
+    let origin = verifier
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "hookline".into());
+    let request = verifier
+        .http
+        .request(Method::OPTIONS, url)
+        .header("WebHook-Request-Origin", origin.clone())
+        .header("WebHook-Request-Rate", "120")
+        .timeout(TIMEOUT);
+    v.code = None;
+    v.token = None;
+    v.message = match request.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers().get(name).and_then(|h: &HeaderValue| h.to_str().ok()).map(str::to_string)
+            };
+            let allowed = header("WebHook-Allowed-Origin");
+            let rate = header("WebHook-Allowed-Rate");
+            if (200..300).contains(&status) && allowed.as_deref().is_some_and(|a| a == "*" || a == origin) {
+                v.verified_at = Some(now);
+                v.rate_per_minute = rate.and_then(|r| r.trim().parse::<u32>().ok()).filter(|r| *r > 0);
+                "verified: the endpoint allowed this origin in the OPTIONS handshake".into()
+            } else {
+                format!(
+                    "Hookline sent OPTIONS to {url} with WebHook-Request-Origin: {origin}; it answered HTTP {status} \
+                     with WebHook-Allowed-Origin: {}. The endpoint must answer 200 with WebHook-Allowed-Origin: {origin} (or *).",
+                    allowed.unwrap_or_else(|| "(none)".into())
+                )
+            }
+        }
+        Err(e) => format!("Hookline could not send the OPTIONS handshake to {url} ({}).", short(&e)),
+    };
+}
+
+async fn read_small(mut resp: reqwest::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < MAX_RESPONSE_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    out.truncate(MAX_RESPONSE_BYTES);
+    out
+}
+
+fn short(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    msg
+}

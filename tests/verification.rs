@@ -1,0 +1,189 @@
+//! Endpoint verification and the SSRF guard: no event goes to an endpoint that has not proven it
+//! wants them, or that resolves to a private address.
+
+mod support;
+
+use std::time::Duration;
+
+use hookline::api::WebhookSubscription;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::receiver::{Handshake, Receiver};
+use support::{TestEnv, install_crds, wait_until};
+
+const WAIT: Duration = Duration::from_secs(40);
+const FLAGS: &[&str] = &[
+    "--ingest-auth=none",
+    "--allow-http",
+    "--allow-cidr=127.0.0.0/8",
+    "--status-interval=1s",
+    "--public-url=auto",
+];
+
+async fn env(test: &str) -> Option<TestEnv> {
+    let env = TestEnv::start(test).await?;
+    install_crds(&env.client).await;
+    Some(env)
+}
+
+async fn create(env: &TestEnv, name: &str, url: &str, extra: Value) {
+    let mut spec = json!({"eventTypes": ["*"], "endpoint": {"url": url}});
+    for (k, v) in extra.as_object().expect("object") {
+        spec[k] = v.clone();
+    }
+    let sub: WebhookSubscription = serde_json::from_value(json!({
+        "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("subscription");
+    env.api::<WebhookSubscription>().create(&PostParams::default(), &sub).await.expect("create");
+}
+
+/// Wait for EndpointVerified=`status`/`reason`; returns its message.
+async fn verified(env: &TestEnv, name: &str, status: &str, reason: &str) -> String {
+    let api: Api<WebhookSubscription> = env.api();
+    wait_until(&format!("{name}: EndpointVerified={status}/{reason}"), WAIT, || async {
+        let sub = api.get(name).await.ok()?;
+        let c = sub.status?.conditions.into_iter().find(|c| c.type_ == "EndpointVerified")?;
+        (c.status == status && c.reason == reason && c.observed_generation == sub.metadata.generation)
+            .then_some(c.message)
+    })
+    .await
+}
+
+fn event(id: &str) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "/s", "type": "t"})
+}
+
+#[tokio::test]
+async fn a_synchronous_answer_verifies_and_events_flow() {
+    let Some(env) = env("verify-sync").await else { return };
+    let h = env.start_hookline(FLAGS).await;
+    let rx = Receiver::start().await;
+    create(&env, "s", &rx.url, json!({})).await;
+    let msg = verified(&env, "s", "True", "Verified").await;
+    assert!(msg.contains("echoed the validation code"), "{msg}");
+    let validation = &rx.validations()[0];
+    assert!(
+        validation["validationUrl"].as_str().is_some_and(|u| u.contains("/v1/validate/")),
+        "{validation}"
+    );
+    env.kubectl(&["wait", "--for=condition=Ready", "whsub/s", "--timeout=30s"]);
+    h.publish_json(&env.namespace, event("e1")).await;
+    assert_eq!(rx.wait_for(1, WAIT).await[0].header("ce-id"), "e1");
+}
+
+#[tokio::test]
+async fn opening_the_validation_url_verifies_later_and_only_once() {
+    let Some(env) = env("verify-async").await else { return };
+    let _h = env.start_hookline(FLAGS).await;
+    let rx = Receiver::start().await;
+    rx.handshake(Handshake::Ignore);
+    create(&env, "s", &rx.url, json!({})).await;
+    let msg = verified(&env, "s", "False", "Pending").await;
+    assert!(
+        msg.contains("validationResponse") && msg.contains("validationUrl"),
+        "tells the user what to do: {msg}"
+    );
+    let url = rx.validations()[0]["validationUrl"].as_str().expect("validationUrl").to_string();
+    let resp = reqwest::get(&url).await.expect("GET validation URL");
+    assert_eq!(resp.status().as_u16(), 200);
+    verified(&env, "s", "True", "Verified").await;
+    assert_eq!(reqwest::get(&url).await.expect("GET again").status().as_u16(), 404, "single use");
+    let bogus = url.rsplit_once('/').expect("path").0.to_string() + "/not-a-token";
+    assert_eq!(reqwest::get(&bogus).await.expect("GET bogus").status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_ignores_the_handshake_gets_no_events() {
+    let Some(env) = env("verify-ignored").await else { return };
+    let h = env.start_hookline(FLAGS).await;
+    let rx = Receiver::start().await;
+    rx.handshake(Handshake::Ignore);
+    create(&env, "s", &rx.url, json!({})).await;
+    verified(&env, "s", "False", "Pending").await;
+    h.publish_json(&env.namespace, event("held")).await;
+    let api: Api<WebhookSubscription> = env.api();
+    wait_until("the event is held", WAIT, || async {
+        (api.get("s").await.ok()?.status?.delivery_stats?.pending == 1).then_some(())
+    })
+    .await;
+    assert!(rx.received().is_empty(), "no event before verification");
+    let described = env.kubectl(&["describe", "whsub", "s"]);
+    assert!(
+        described.contains("AwaitingValidation") && described.contains("hookline.dev/revalidate"),
+        "{described}"
+    );
+}
+
+#[tokio::test]
+async fn a_url_change_re_verifies_and_holds_events_meanwhile() {
+    let Some(env) = env("verify-url-change").await else { return };
+    let h = env.start_hookline(FLAGS).await;
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    second.handshake(Handshake::Ignore);
+    create(&env, "s", &first.url, json!({})).await;
+    verified(&env, "s", "True", "Verified").await;
+    let api: Api<WebhookSubscription> = env.api();
+    api.patch(
+        "s",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"endpoint": {"url": second.url}}})),
+    )
+    .await
+    .expect("change URL");
+    verified(&env, "s", "False", "Pending").await;
+    h.publish_json(&env.namespace, event("moved")).await;
+    wait_until("held while the new URL is unverified", WAIT, || async {
+        (api.get("s").await.ok()?.status?.delivery_stats?.pending == 1).then_some(())
+    })
+    .await;
+    assert!(first.received().is_empty() && second.received().is_empty());
+    second.handshake(Handshake::Answer);
+    env.kubectl(&["annotate", "whsub", "s", "hookline.dev/revalidate=now"]);
+    assert_eq!(second.wait_for(1, WAIT).await[0].header("ce-id"), "moved");
+    assert!(first.received().is_empty(), "the old URL never gets the event");
+}
+
+#[tokio::test]
+async fn the_options_handshake_verifies_and_its_rate_is_honoured() {
+    let Some(env) = env("verify-options").await else { return };
+    let _h = env.start_hookline(FLAGS).await;
+    let plain = Receiver::start().await;
+    let limited = Receiver::start().await;
+    limited.handshake(Handshake::AllowWithRate(60));
+    create(&env, "plain", &plain.url, json!({"validation": {"method": "Options"}})).await;
+    create(&env, "limited", &limited.url, json!({"validation": {"method": "Options"}})).await;
+    let msg = verified(&env, "plain", "True", "Verified").await;
+    assert!(msg.contains("OPTIONS"), "{msg}");
+    let msg = verified(&env, "limited", "True", "Verified").await;
+    assert!(msg.contains("60 requests per minute"), "the allowed rate is shown: {msg}");
+}
+
+#[tokio::test]
+async fn private_addresses_are_blocked_unless_allowed() {
+    let Some(env) = env("verify-ssrf").await else { return };
+    let strict = ["--ingest-auth=none", "--allow-http", "--status-interval=1s"];
+    let _h = env.start_hookline(&strict).await;
+    let rx = Receiver::start().await;
+    let by_name = rx.url.replace("127.0.0.1", "localhost");
+    create(&env, "loopback", &by_name, json!({})).await;
+    create(&env, "metadata", "http://169.254.169.254/latest/meta-data", json!({})).await;
+    let msg = verified(&env, "loopback", "False", "EndpointBlocked").await;
+    assert!(msg.contains("127.0.0.1") || msg.contains("::1"), "names the address: {msg}");
+    assert!(msg.contains("loopback"), "names the rule: {msg}");
+    let msg = verified(&env, "metadata", "False", "EndpointBlocked").await;
+    assert!(msg.contains("169.254.169.254") && msg.contains("link-local"), "{msg}");
+    assert!(rx.validations().is_empty(), "nothing was sent to a blocked address");
+}
+
+#[tokio::test]
+async fn allowed_networks_pass_the_guard() {
+    let Some(env) = env("verify-ssrf-allowed").await else { return };
+    let allowed = ["--ingest-auth=none", "--allow-http", "--allow-cidr=127.0.0.0/8", "--allow-cidr=::1/128"];
+    let _h = env.start_hookline(&allowed).await;
+    let rx = Receiver::start().await;
+    create(&env, "loopback", &rx.url.replace("127.0.0.1", "localhost"), json!({})).await;
+    verified(&env, "loopback", "True", "Verified").await;
+}
