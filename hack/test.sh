@@ -23,6 +23,9 @@ if [ ! -x target/pyenv/bin/python ]; then python3 -m venv target/pyenv; fi
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/tools/requirements.txt
 export HOOKLINE_TEST_PYTHON="$ROOT/target/pyenv/bin/python"
 
+step "helm"
+hack/helm.sh version --short
+
 # A control plane of its own, so a developer's `hack/cluster.sh up` is left alone.
 export HOOKLINE_CLUSTER_DIR="$ROOT/target/test-cluster"
 export HOOKLINE_TEST_KUBECONFIG="$HOOKLINE_CLUSTER_DIR/kubeconfig"

@@ -32,6 +32,8 @@ pub struct TestEnv {
     pub namespace: String,
     pub kubeconfig: PathBuf,
     logs: Mutex<Vec<PathBuf>>,
+    /// Whether dropping this value deletes the namespace.
+    owner: bool,
 }
 
 impl TestEnv {
@@ -67,7 +69,19 @@ impl TestEnv {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        Some(TestEnv { client, namespace, kubeconfig, logs: Mutex::default() })
+        Some(TestEnv { client, namespace, kubeconfig, logs: Mutex::default(), owner: true })
+    }
+
+    /// The same namespace seen through another kubeconfig (Hooklines started from it use that
+    /// identity). The copy does not delete the namespace when dropped.
+    pub fn with_kubeconfig(&self, kubeconfig: PathBuf) -> TestEnv {
+        TestEnv {
+            client: self.client.clone(),
+            namespace: self.namespace.clone(),
+            kubeconfig,
+            logs: Mutex::new(Vec::new()),
+            owner: false,
+        }
     }
 
     /// A namespaced API for this test's namespace.
@@ -176,6 +190,9 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump();
+        }
+        if !self.owner {
+            return;
         }
         let _ = Command::new("kubectl")
             .env("KUBECONFIG", &self.kubeconfig)
