@@ -36,3 +36,6 @@ hack/cluster.sh up
 
 step "integration tests"
 cargo test --locked --test '*'
+
+step "benchmark smoke run (checks hack/bench.sh still works; no timing is asserted)"
+hack/bench.sh --smoke | tail -n 1

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Hookline's benchmarks on loopback (release build, bounded in time). See BENCHMARKS.md.
+#
+#   hack/bench.sh            throughput and latency; the last line is one JSON object
+#   hack/bench.sh --smoke    the same, a few seconds long (CI checks the script still works)
+#   hack/bench.sh --scale    1,000 subscriptions: time until all are Ready, peak RSS, API requests
+#
+# Env: BENCH_SECONDS (per phase, default 10), BENCH_RATE (offered load, default 1000/s),
+# BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+MODE=${1:-full}
+SECONDS_PER=${BENCH_SECONDS:-10}; RATE=${BENCH_RATE:-1000}; CONC=${BENCH_CONCURRENCY:-32}; SUBS=${BENCH_SUBS:-1000}
+PROFILE=release
+if [ "$MODE" = "--smoke" ]; then SECONDS_PER=2; RATE=100; CONC=4; SUBS=20; PROFILE=dev; fi
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+WORK=$(mktemp -d)
+export HOOKLINE_CLUSTER_DIR="$ROOT/target/bench-cluster"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  hack/cluster.sh down >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+eval "$(hack/cluster.sh up 2>/dev/null | tail -n 1)"
+log "building ($PROFILE)"
+cargo build --quiet --profile "$PROFILE" --bins
+BIN="$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo release)"
+kubectl create --validate=false -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd/webhooksubscriptions.hookline.dev >/dev/null
+
+INGEST=$(free_port); METRICS=$(free_port); RECEIVER=$(free_port)
+"$BIN/hookline" run --data-dir "$WORK/data" --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
+  --ingest-auth none --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" \
+  --status-interval 5s --log-format json >"$WORK/hookline.log" 2>&1 &
+HL=$!; PIDS+=($HL)
+for _ in $(seq 1 150); do curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null || { tail -20 "$WORK/hookline.log"; exit 1; }
+
+subscription() { # namespace name
+  printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook"}\n  delivery: {maxConcurrency: 64}\n---\n' "$2" "$1" "$RECEIVER"
+}
+
+if [ "$MODE" = "--scale" ]; then
+  "$BIN/hookline-bench" --receive-only --receiver-port "$RECEIVER" &
+  PIDS+=($!)
+  kubectl create namespace scale >/dev/null
+  for i in $(seq 1 "$SUBS"); do subscription scale "s$i"; done >"$WORK/subs.yaml"
+  api_requests() { kubectl get --raw /metrics | awk '/^apiserver_request_total/ { s += $NF } END { printf "%d", s }'; }
+  before=$(api_requests)
+  start=$(date +%s.%N)
+  kubectl apply -f "$WORK/subs.yaml" >/dev/null
+  while :; do
+    ready=$(kubectl -n scale get whsub -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+    [ "$ready" -ge "$SUBS" ] && break
+    awk -v s="$start" -v n="$(date +%s.%N)" 'BEGIN { exit !(n - s > 600) }' && { log "only $ready of $SUBS Ready after 600 s"; exit 1; }
+    sleep 1
+  done
+  seconds=$(awk -v s="$start" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }')
+  after=$(api_requests)
+  rss=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$HL/status")
+  printf '{"subscriptions": %d, "all_ready_s": %s, "rss_mb": %s, "api_requests_total": %d, "api_requests_per_subscription": %.2f}\n' \
+    "$SUBS" "$seconds" "$rss" "$((after - before))" "$(awk -v d="$((after - before))" -v n="$SUBS" 'BEGIN { print d / n }')"
+  exit 0
+fi
+
+kubectl create namespace bench1 >/dev/null
+kubectl create namespace bench10 >/dev/null
+{ subscription bench1 one; for i in $(seq 1 10); do subscription bench10 "ten-$i"; done; } >"$WORK/subs.yaml"
+"$BIN/hookline-bench" --receive-only --receiver-port "$RECEIVER" &
+RX=$!
+kubectl apply -f "$WORK/subs.yaml" >/dev/null
+kubectl -n bench1 wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
+kubectl -n bench10 wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
+kill "$RX"; wait "$RX" 2>/dev/null || true
+log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
+"$BIN/hookline-bench" --ingest "http://127.0.0.1:$INGEST" --metrics "http://127.0.0.1:$METRICS" --pid "$HL" \
+  --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE"
