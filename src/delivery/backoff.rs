@@ -146,3 +146,47 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn backoff_stays_within_jitter_of_the_capped_exponential(
+            attempt in 1u32..200, initial_ms in 100u64..60_000, extra_ms in 0u64..3_600_000, jitter in 0.0f64..1.0,
+        ) {
+            let initial = Duration::from_millis(initial_ms);
+            let max = initial + Duration::from_millis(extra_ms);
+            let d = backoff(attempt, initial, max, jitter);
+            let base = initial.saturating_mul(1u32 << (attempt - 1).min(31)).min(max);
+            prop_assert!(d <= max, "never above maxBackoff");
+            prop_assert!(d >= base.mul_f64(0.8) - Duration::from_micros(1), "at most 20% early");
+            prop_assert!(d <= base.mul_f64(1.2) + Duration::from_micros(1), "at most 20% late");
+        }
+
+        #[test]
+        fn retries_stop_at_max_attempts_and_ttl(attempt in 1u32..150, age_s in 0u64..100_000, code in 100u16..600) {
+            let s = RetrySchedule {
+                max_attempts: 30,
+                event_ttl: Duration::from_secs(86_400),
+                initial_backoff: Duration::from_secs(5),
+                max_backoff: Duration::from_secs(3600),
+            };
+            let age = Duration::from_secs(age_s);
+            match next(&Outcome::Status { code, retry_after: None }, attempt, age, &s, 0.5) {
+                Next::Retry(d) => {
+                    prop_assert!(attempt < s.max_attempts);
+                    prop_assert!(age + d < s.event_ttl);
+                    prop_assert!(!(200..300).contains(&code) && ![400, 410, 413].contains(&code));
+                }
+                Next::Done => prop_assert!((200..300).contains(&code)),
+                Next::Gone => prop_assert_eq!(code, 410),
+                Next::GiveUp(_) => {}
+            }
+        }
+    }
+}

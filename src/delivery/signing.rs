@@ -95,3 +95,37 @@ mod tests {
         assert!(!format!("{key:?}").contains("MfKQ"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The specification's construction, written out independently of `SigningKey::sign`.
+    fn reference(key: &[u8], id: &str, ts: i64, body: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn signatures_match_the_construction_and_bind_every_part(
+            key in proptest::collection::vec(any::<u8>(), 24..64),
+            id in "[ -~]{1,40}", ts in 0i64..4_000_000_000, body in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let k = SigningKey::parse(&format!("whsec_{}", STANDARD.encode(&key))).expect("valid key");
+            let sig = k.sign(&id, ts, &body);
+            prop_assert_eq!(&sig, &reference(&key, &id, ts, &body));
+            prop_assert_ne!(&sig, &k.sign(&id, ts + 1, &body));
+            let mut other = body.clone();
+            other.push(0);
+            prop_assert_ne!(&sig, &k.sign(&id, ts, &other));
+            let header = signature_header(&[k.clone(), k.clone()], &id, ts, &body);
+            prop_assert_eq!(header, format!("{sig} {sig}"));
+        }
+    }
+}

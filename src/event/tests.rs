@@ -120,3 +120,75 @@ fn header_values_are_percent_coded() {
     assert_eq!(percent_decode("100%"), "100%");
     assert_eq!(percent_decode("%zz%\u{e9}"), "%zz%\u{e9}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn attr() -> impl Strategy<Value = String> {
+        "[ -~]{1,40}"
+    }
+
+    fn event() -> impl Strategy<Value = CloudEvent> {
+        (
+            attr(),
+            attr(),
+            "[a-z][a-z0-9.]{0,30}",
+            proptest::option::of(attr()),
+            proptest::collection::btree_map("[a-z0-9]{1,20}", "[ -~]{0,20}", 0..4),
+            prop_oneof![
+                Just(None),
+                any::<i64>().prop_map(|n| Some((None, format!("{{\"n\":{n}}}").into_bytes()))),
+                "[ -~]{0,50}".prop_map(|t| Some((Some("text/plain".to_string()), t.into_bytes()))),
+                proptest::collection::vec(any::<u8>(), 0..64)
+                    .prop_map(|b| Some((Some("application/octet-stream".to_string()), b))),
+            ],
+        )
+            .prop_filter("reserved extension names", |(_, _, _, _, ext, _)| {
+                !ext.keys()
+                    .any(|k| CONTEXT_ATTRIBUTES.contains(&k.as_str()) || k == "data" || k == "data_base64")
+            })
+            .prop_map(|(id, source, type_, subject, ext, data)| CloudEvent {
+                id,
+                source,
+                type_,
+                subject,
+                time: None,
+                datacontenttype: data.as_ref().and_then(|(ct, _)| ct.clone()),
+                dataschema: None,
+                extensions: ext.into_iter().map(|(k, v)| (k, ExtValue::String(v))).collect(),
+                data: data.map(|(_, b)| Bytes::from(b)).filter(|b| !b.is_empty()),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn the_json_format_round_trips(ev in event()) {
+            let back = CloudEvent::from_structured(&ev.to_json_bytes()).expect("our own output parses");
+            prop_assert_eq!(back.id, ev.id);
+            prop_assert_eq!(back.extensions, ev.extensions);
+            prop_assert_eq!(back.data, ev.data);
+        }
+
+        #[test]
+        fn batches_of_valid_events_parse_and_keep_order(evs in proptest::collection::vec(event(), 1..5)) {
+            let body = serde_json::to_vec(&evs.iter().map(CloudEvent::to_json).collect::<Vec<_>>()).expect("json");
+            let back = CloudEvent::from_batch(&body).expect("valid batch");
+            prop_assert_eq!(back.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), evs.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = CloudEvent::from_structured(&body);
+            let _ = CloudEvent::from_batch(&body);
+        }
+
+        #[test]
+        fn binary_headers_round_trip_through_percent_coding(value in "\\PC{0,40}") {
+            prop_assert_eq!(percent_decode(&percent_encode(&value)), value.clone());
+            prop_assert!(http::HeaderValue::from_str(&percent_encode(&value)).is_ok());
+        }
+    }
+}
