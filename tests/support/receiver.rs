@@ -34,6 +34,12 @@ pub enum Reply {
     Status(u16),
     RetryAfter(u16, u64),
     Redirect(u16, String),
+    /// Wait this long, then answer 200.
+    Delay(Duration),
+    /// Answer 200 at once, then send the body one byte every `Duration`, `usize` bytes in all.
+    Drip(Duration, usize),
+    /// Answer 200 with a body of this many bytes, streamed as fast as the reader takes it.
+    Huge(usize),
 }
 
 /// How the receiver answers endpoint-verification handshakes.
@@ -116,6 +122,27 @@ async fn handle(
             let mut r = StatusCode::from_u16(code).expect("status").into_response();
             r.headers_mut().insert("location", HeaderValue::from_str(&to).expect("location"));
             r
+        }
+        Reply::Delay(d) => {
+            tokio::time::sleep(d).await;
+            StatusCode::OK.into_response()
+        }
+        Reply::Drip(every, n) => {
+            let stream = futures::stream::unfold(0usize, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                tokio::time::sleep(every).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"x")), i + 1))
+            });
+            axum::body::Body::from_stream(stream).into_response()
+        }
+        Reply::Huge(n) => {
+            const CHUNK: usize = 64 * 1024;
+            let stream = futures::stream::unfold(0usize, move |sent| async move {
+                (sent < n).then(|| (Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; CHUNK])), sent + CHUNK))
+            });
+            axum::body::Body::from_stream(stream).into_response()
         }
     }
 }
