@@ -21,6 +21,8 @@ use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, now_ms};
 /// What the dispatcher does with the job afterwards.
 #[derive(Debug)]
 pub enum Finished {
+    /// The request is done (or none was made): its concurrency slot is free. Always sent first.
+    Sent,
     /// Nothing: delivered, given up, or gone from the store.
     Done,
     /// Put back in the queue.
@@ -40,26 +42,64 @@ fn requeue_in(job: JobRef, delay: Duration) -> Finished {
     Finished::Requeue(JobRef { due_at: now_ms() + delay.as_millis() as Millis, ..job })
 }
 
-/// Attempt `job` for `sub` and report back on `done`.
+/// Attempt `job` for `sub` and report back on `done`: first [`Finished::Sent`] when the
+/// concurrency slot is free, then the outcome once it is recorded.
 pub async fn attempt(
     shared: Arc<Shared>,
     sub: Arc<ActiveSubscription>,
     job: JobRef,
+    event: Option<Arc<[u8]>>,
     done: mpsc::UnboundedSender<Finished>,
 ) {
-    let finished = run(&shared, &sub, job).await;
+    let finished = run(&shared, &sub, job, event, &done).await;
     let _ = done.send(finished);
 }
 
-async fn run(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) -> Finished {
-    let ns = sub.key.namespace.clone().unwrap_or_default();
-    let job = match shared.store.job(job_ref.job_id).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return Finished::Done,
-        Err(e) => {
-            warn!(subscription = %sub.key.name, error = %e, "reading a job; will retry");
-            return requeue_in(job_ref, LOCAL_RETRY);
+/// The concurrency slot of one attempt, released once (at the latest when dropped).
+struct Slot<'a>(Option<&'a mpsc::UnboundedSender<Finished>>);
+
+impl Slot<'_> {
+    fn release(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(Finished::Sent);
         }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+async fn run(
+    shared: &Shared,
+    sub: &ActiveSubscription,
+    job_ref: JobRef,
+    event: Option<Arc<[u8]>>,
+    done: &mpsc::UnboundedSender<Finished>,
+) -> Finished {
+    let mut slot = Slot(Some(done));
+    let ns = sub.key.namespace.clone().unwrap_or_default();
+    let job = match event {
+        // A fresh job: everything is known without reading the store.
+        Some(event) => Job {
+            job_id: job_ref.job_id,
+            sub_uid: sub.uid.clone(),
+            attempts: 0,
+            first_attempt_at: None,
+            accepted_at: job_ref.accepted_at,
+            event: event.to_vec(),
+            replay_of: None,
+        },
+        None => match shared.store.job(job_ref.job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Finished::Done,
+            Err(e) => {
+                warn!(subscription = %sub.key.name, error = %e, "reading a job; will retry");
+                return requeue_in(job_ref, LOCAL_RETRY);
+            }
+        },
     };
     let event = match serde_json::from_slice(&job.event)
         .map_err(|e| e.to_string())
@@ -128,6 +168,7 @@ async fn run(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) -> Fini
         keys: &keys,
     };
     let sent = send(&shared.http, &target, &event).await;
+    slot.release();
     let attempt_no = job.attempts + 1;
     let decision = next(&sent.outcome, attempt_no, age, &schedule, rand::rng().random());
     shared.metrics.attempt_finished(&sent.outcome, sent.duration);

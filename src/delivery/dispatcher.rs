@@ -1,7 +1,7 @@
 //! One dispatcher per subscription: it keeps the subscription's due jobs in time order and sends
 //! them, at most `maxConcurrency` at once and within the rate limit, while the gate is open.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::Shared;
 use super::attempt::{Finished, attempt, expire};
+use super::{NewJob, Shared};
 use crate::registry::{ActiveSubscription, Gate};
 use crate::store::{JobRef, Millis, now_ms};
 
@@ -47,9 +47,12 @@ fn spacing(sub: &ActiveSubscription) -> Option<Duration> {
 pub struct Dispatcher {
     pub(super) shared: Arc<Shared>,
     pub(super) sub: watch::Receiver<Arc<ActiveSubscription>>,
-    pub(super) jobs: mpsc::UnboundedReceiver<JobRef>,
+    pub(super) jobs: mpsc::UnboundedReceiver<NewJob>,
     pub(super) stop: CancellationToken,
 }
+
+/// Events of fresh jobs kept in memory at most (beyond that, attempts read them from the store).
+const MAX_CACHED_EVENTS: usize = 10_000;
 
 /// How often jobs held behind a closed gate are checked against their TTL.
 const HELD_SWEEP: Duration = Duration::from_secs(15);
@@ -61,6 +64,10 @@ impl Dispatcher {
         let (uid, ns, name) =
             (first.uid.clone(), first.key.namespace.clone().unwrap_or_default(), first.key.name.clone());
         let mut queue = BTreeSet::new();
+        let mut events: HashMap<i64, Arc<[u8]>> = HashMap::new();
+        // Attempts hold a concurrency slot while their request is out (`in_flight`) and count as
+        // outstanding until their outcome is recorded (`outstanding`).
+        let mut outstanding = 0usize;
         loop {
             match self.shared.store.pending(&uid).await {
                 Ok(jobs) => {
@@ -99,7 +106,9 @@ impl Dispatcher {
                 }
                 queue.pop_first();
                 in_flight += 1;
-                tokio::spawn(attempt(self.shared.clone(), sub.clone(), head, done_tx.clone()));
+                outstanding += 1;
+                let event = events.remove(&head.job_id);
+                tokio::spawn(attempt(self.shared.clone(), sub.clone(), head, event, done_tx.clone()));
             }
             let next_retry = queue.first().filter(|j| j.due_at > now).and_then(|j| time(j.due_at));
             self.shared.board.queue(&uid, &ns, &name, (queue.len() + in_flight) as u64, next_retry);
@@ -108,18 +117,27 @@ impl Dispatcher {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 job = self.jobs.recv() => match job {
-                    Some(job) => { queue.insert(job); }
+                    Some(NewJob { job, event }) => {
+                        if let Some(event) = event.filter(|_| events.len() < MAX_CACHED_EVENTS) {
+                            events.insert(job.job_id, event);
+                        }
+                        queue.insert(job);
+                    }
                     None => break,
                 },
                 changed = self.sub.changed() => if changed.is_err() { break },
-                Some(finished) = done_rx.recv() => {
-                    in_flight -= 1;
-                    match finished {
-                        Finished::Done => {}
-                        Finished::Requeue(job) => { queue.insert(job); }
-                        Finished::Gone(generation) => gone_generation = Some(generation),
+                Some(finished) = done_rx.recv() => match finished {
+                    Finished::Sent => in_flight -= 1,
+                    Finished::Done => outstanding -= 1,
+                    Finished::Requeue(job) => {
+                        outstanding -= 1;
+                        queue.insert(job);
                     }
-                }
+                    Finished::Gone(generation) => {
+                        outstanding -= 1;
+                        gone_generation = Some(generation);
+                    }
+                },
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
                 _ = sweep.tick(), if !open => {
                     let ttl = crate::controller::spec_check::retry_schedule(&sub.spec)
@@ -136,8 +154,12 @@ impl Dispatcher {
         }
         // Let in-flight attempts finish and record their outcome; what is queued stays in the store.
         drop(done_tx);
-        while in_flight > 0 && done_rx.recv().await.is_some() {
-            in_flight -= 1;
+        while outstanding > 0 {
+            match done_rx.recv().await {
+                Some(Finished::Sent) => {}
+                Some(_) => outstanding -= 1,
+                None => break,
+            }
         }
         self.shared.metrics.forget_queue(&uid);
         debug!(subscription = %name, "dispatcher stopped");

@@ -42,8 +42,16 @@ pub struct Shared {
     pub dead_letters_waiting: Arc<Notify>,
 }
 
+/// A job handed to a dispatcher, with the event when the caller has it at hand (fresh jobs), so
+/// the first attempt needs no read from the store.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub job: JobRef,
+    pub event: Option<Arc<[u8]>>,
+}
+
 struct Handle {
-    jobs: mpsc::UnboundedSender<JobRef>,
+    jobs: mpsc::UnboundedSender<NewJob>,
     sub: watch::Sender<Arc<ActiveSubscription>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -100,11 +108,13 @@ impl Dispatchers {
                 accepted_at,
             })
             .collect();
+        let bodies: Vec<Arc<[u8]>> = new.iter().map(|n| Arc::from(n.body.as_slice())).collect();
         let accepted: Vec<Accepted> = self.shared.store.accept(new).await?;
         let mut routed = Vec::with_capacity(events.len());
-        for (ev, acc) in events.iter().zip(accepted) {
+        for ((ev, acc), body) in events.iter().zip(accepted).zip(bodies) {
             for (uid, job_id) in &acc.jobs {
-                self.notify(uid, JobRef { due_at: accepted_at, job_id: *job_id, accepted_at });
+                let job = JobRef { due_at: accepted_at, job_id: *job_id, accepted_at };
+                self.hand_over(uid, NewJob { job, event: Some(body.clone()) });
             }
             self.shared.metrics.event_accepted(acc.duplicate);
             routed.push(Routed {
@@ -160,6 +170,10 @@ impl Dispatchers {
 
     /// Hand a new job to its dispatcher (a dispatcher that starts later loads it from the store).
     pub fn notify(&self, uid: &str, job: JobRef) {
+        self.hand_over(uid, NewJob { job, event: None });
+    }
+
+    fn hand_over(&self, uid: &str, job: NewJob) {
         if let Some(h) = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(uid) {
             let _ = h.jobs.send(job);
         }
