@@ -5,40 +5,18 @@ mod support;
 use std::time::Duration;
 
 use hookline::api::{FailedEvent, WebhookSubscription};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::receiver::{Receiver, Reply};
-use support::{TestEnv, install_crds, wait_until};
+use support::{LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
-const LOCAL: &[&str] = &[
-    "--ingest-auth=none",
-    "--allow-http",
-    "--allow-cidr=127.0.0.0/8",
-    "--allow-unverified-endpoints",
-    "--status-interval=1s",
-];
 /// Fail fast: two attempts, 100 ms apart.
 const FAST: &str = r#"{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "100ms", "maxBackoff": "200ms"}}"#;
 
-async fn env(test: &str) -> Option<TestEnv> {
-    let env = TestEnv::start(test).await?;
-    install_crds(&env.client).await;
-    Some(env)
-}
-
 async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: &str) {
-    let mut full = json!({"eventTypes": ["*"], "endpoint": {"url": url}, "validation": {"method": "None"}});
-    for (k, v) in serde_json::from_str::<Value>(spec).expect("spec json").as_object().expect("object") {
-        full[k] = v.clone();
-    }
-    let sub: WebhookSubscription = serde_json::from_value(json!({
-        "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "metadata": {"name": name}, "spec": full,
-    }))
-    .expect("subscription");
-    env.api::<WebhookSubscription>().create(&PostParams::default(), &sub).await.expect("create");
-    env.kubectl(&["wait", "--for=condition=Ready", &format!("whsub/{name}"), "--timeout=30s"]);
+    env.subscribe(name, url, serde_json::from_str(spec).expect("spec json"), ("True", "Active")).await;
 }
 
 fn event(id: &str) -> Value {
@@ -56,7 +34,7 @@ async fn failed_events(env: &TestEnv, n: usize) -> Vec<FailedEvent> {
 
 #[tokio::test]
 async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
-    let Some(env) = env("dead-letter-500").await else { return };
+    let Some(env) = TestEnv::with_crds("dead-letter-500").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
@@ -94,7 +72,7 @@ async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
 
 #[tokio::test]
 async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reason() {
-    let Some(env) = env("dead-letter-reasons").await else { return };
+    let Some(env) = TestEnv::with_crds("dead-letter-reasons").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(400));
@@ -116,7 +94,7 @@ async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reas
 
 #[tokio::test]
 async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
-    let Some(env) = env("replay").await else { return };
+    let Some(env) = TestEnv::with_crds("replay").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
@@ -161,7 +139,7 @@ async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
 
 #[tokio::test]
 async fn the_cap_drops_and_counts_and_the_ttl_deletes() {
-    let Some(env) = env("dead-letter-bounds").await else { return };
+    let Some(env) = TestEnv::with_crds("dead-letter-bounds").await else { return };
     let mut flags = LOCAL.to_vec();
     flags.extend(["--failed-event-cap=2", "--failed-event-ttl=6s"]);
     let h = env.start_hookline(&flags).await;
@@ -185,7 +163,7 @@ async fn the_cap_drops_and_counts_and_the_ttl_deletes() {
 
 #[tokio::test]
 async fn dead_lettering_off_drops_and_counts() {
-    let Some(env) = env("dead-letter-off").await else { return };
+    let Some(env) = TestEnv::with_crds("dead-letter-off").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
@@ -201,7 +179,7 @@ async fn dead_lettering_off_drops_and_counts() {
 
 #[tokio::test]
 async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
-    let Some(env) = env("dead-letter-kill").await else { return };
+    let Some(env) = TestEnv::with_crds("dead-letter-kill").await else { return };
     let data = env.data_dir();
     let h = env.start_hookline_in(&data, LOCAL).await;
     let rx = Receiver::start().await;
@@ -224,7 +202,7 @@ async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
 
 #[tokio::test]
 async fn deleting_the_subscription_garbage_collects_its_failed_events() {
-    let Some(env) = env("dead-letter-gc").await else { return };
+    let Some(env) = TestEnv::with_crds("dead-letter-gc").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));

@@ -8,51 +8,16 @@ use std::time::Duration;
 use base64::Engine;
 use hookline::api::WebhookSubscription;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::receiver::{Receiver, Reply};
-use support::{Hookline, TestEnv, install_crds, wait_until};
+use support::{Hookline, LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
-/// Flags every delivery test uses: receivers live on loopback over plain HTTP.
-const LOCAL: &[&str] = &[
-    "--ingest-auth=none",
-    "--allow-http",
-    "--allow-cidr=127.0.0.0/8",
-    "--allow-unverified-endpoints",
-    "--status-interval=1s",
-];
 
-async fn env(test: &str) -> Option<TestEnv> {
-    let env = TestEnv::start(test).await?;
-    install_crds(&env.client).await;
-    Some(env)
-}
-
-/// Create a subscription to `url` with `spec` merged over a minimal unverified one; wait for Ready.
 async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: Value) -> WebhookSubscription {
-    subscribe_until(env, name, url, spec, ("True", "Active")).await
-}
-
-/// Like [`subscribe`], waiting for another Ready status/reason.
-async fn subscribe_until(
-    env: &TestEnv,
-    name: &str,
-    url: &str,
-    spec: Value,
-    ready: (&str, &str),
-) -> WebhookSubscription {
-    let mut base = json!({"eventTypes": ["*"], "endpoint": {"url": url}, "validation": {"method": "None"}});
-    merge(&mut base, spec);
-    let sub: WebhookSubscription = serde_json::from_value(json!({
-        "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription",
-        "metadata": {"name": name}, "spec": base,
-    }))
-    .expect("subscription");
-    let api: Api<WebhookSubscription> = env.api();
-    api.create(&PostParams::default(), &sub).await.expect("create subscription");
-    wait_for_ready(&api, name, ready.0, ready.1).await
+    env.subscribe(name, url, spec, ("True", "Active")).await
 }
 
 async fn wait_for_ready(
@@ -67,17 +32,6 @@ async fn wait_for_ready(
         (c.status == status && c.reason == reason).then_some(sub)
     })
     .await
-}
-
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (b, o) => *b = o,
-    }
 }
 
 fn event(id: &str, type_: &str) -> Value {
@@ -131,7 +85,7 @@ async fn delivery_log(h: &Hookline, ns: &str, sub: &str, query: &str) -> Value {
 
 #[tokio::test]
 async fn events_in_all_three_modes_reach_matching_subscriptions_only() {
-    let Some(env) = env("three-modes").await else { return };
+    let Some(env) = TestEnv::with_crds("three-modes").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let orders = Receiver::start().await;
     let filtered = Receiver::start().await;
@@ -207,7 +161,7 @@ async fn events_in_all_three_modes_reach_matching_subscriptions_only() {
 
 #[tokio::test]
 async fn failed_attempts_are_retried_on_the_backoff_schedule() {
-    let Some(env) = env("retry-schedule").await else { return };
+    let Some(env) = TestEnv::with_crds("retry-schedule").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.script([Reply::Status(500), Reply::Status(503), Reply::Status(502)]);
@@ -230,7 +184,7 @@ async fn failed_attempts_are_retried_on_the_backoff_schedule() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let Some(env) = env("retry-after").await else { return };
+    let Some(env) = TestEnv::with_crds("retry-after").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.script([Reply::RetryAfter(429, 3)]);
@@ -244,7 +198,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn gone_disables_the_subscription_and_holds_later_events() {
-    let Some(env) = env("gone").await else { return };
+    let Some(env) = TestEnv::with_crds("gone").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(410));
@@ -266,7 +220,7 @@ async fn gone_disables_the_subscription_and_holds_later_events() {
 
 #[tokio::test]
 async fn redirects_are_never_followed() {
-    let Some(env) = env("no-redirects").await else { return };
+    let Some(env) = TestEnv::with_crds("no-redirects").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     let elsewhere = rx.url.replace("/hook", "/elsewhere");
@@ -286,10 +240,10 @@ async fn redirects_are_never_followed() {
 
 #[tokio::test]
 async fn suspend_holds_events_and_resume_delivers_them() {
-    let Some(env) = env("suspend-delivery").await else { return };
+    let Some(env) = TestEnv::with_crds("suspend-delivery").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
-    subscribe_until(&env, "s", &rx.url, json!({"suspend": true}), ("False", "Suspended")).await;
+    env.subscribe("s", &rx.url, json!({"suspend": true}), ("False", "Suspended")).await;
     h.publish_json(&env.namespace, event("h1", "t")).await;
     let subs: Api<WebhookSubscription> = env.api();
     wait_until("the held event is counted as pending", WAIT, || async {
@@ -305,7 +259,7 @@ async fn suspend_holds_events_and_resume_delivers_them() {
 
 #[tokio::test]
 async fn a_rotated_secret_yields_two_signatures_that_both_verify() {
-    let Some(env) = env("rotation").await else { return };
+    let Some(env) = TestEnv::with_crds("rotation").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3Wv1bHmSEsk=";
@@ -336,7 +290,7 @@ async fn a_rotated_secret_yields_two_signatures_that_both_verify() {
 
 #[tokio::test]
 async fn status_writes_are_coalesced_under_load() {
-    let Some(env) = env("coalescing").await else { return };
+    let Some(env) = TestEnv::with_crds("coalescing").await else { return };
     let flags: Vec<&str> = LOCAL
         .iter()
         .copied()
@@ -375,7 +329,7 @@ async fn status_writes_are_coalesced_under_load() {
 
 #[tokio::test]
 async fn test_events_are_sent_on_request_and_by_annotation() {
-    let Some(env) = env("test-events").await else { return };
+    let Some(env) = TestEnv::with_crds("test-events").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     subscribe(&env, "s", &rx.url, json!({"eventTypes": ["never.matches"]})).await;
@@ -396,7 +350,7 @@ async fn test_events_are_sent_on_request_and_by_annotation() {
 
 #[tokio::test]
 async fn the_delivery_log_pages_newest_first() {
-    let Some(env) = env("delivery-log").await else { return };
+    let Some(env) = TestEnv::with_crds("delivery-log").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     subscribe(&env, "s", &rx.url, json!({})).await;

@@ -6,43 +6,14 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use hookline::api::WebhookSubscription;
-use kube::api::PostParams;
 use serde_json::{Value, json};
 use support::receiver::{Receiver, Reply};
-use support::{Hookline, TestEnv, install_crds, wait_until};
+use support::{Hookline, LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-const LOCAL: &[&str] = &[
-    "--ingest-auth=none",
-    "--allow-http",
-    "--allow-cidr=127.0.0.0/8",
-    "--allow-unverified-endpoints",
-    "--status-interval=1s",
-];
-
-async fn env(test: &str) -> Option<TestEnv> {
-    let env = TestEnv::start(test).await?;
-    install_crds(&env.client).await;
-    Some(env)
-}
 
 async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: Value) {
-    let mut full = json!({"eventTypes": ["*"], "endpoint": {"url": url}, "validation": {"method": "None"}});
-    for (k, v) in spec.as_object().expect("object") {
-        full[k] = v.clone();
-    }
-    let sub: WebhookSubscription = serde_json::from_value(json!({
-        "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "metadata": {"name": name}, "spec": full,
-    }))
-    .expect("subscription");
-    env.api::<WebhookSubscription>().create(&PostParams::default(), &sub).await.expect("create");
-    let api = env.api::<WebhookSubscription>();
-    wait_until(&format!("{name} Ready"), WAIT, || async {
-        let st = api.get(name).await.ok()?.status?;
-        st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
-    })
-    .await;
+    env.subscribe(name, url, spec, ("True", "Active")).await;
 }
 
 async fn log(h: &Hookline, ns: &str, sub: &str) -> Vec<Value> {
@@ -64,7 +35,7 @@ fn rss_kb(pid: u32) -> u64 {
 // Multi-threaded: receivers that stall must not stall the test itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_receivers_get_the_exact_outcome() {
-    let Some(env) = env("receiver-faults").await else { return };
+    let Some(env) = TestEnv::with_crds("receiver-faults").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let slow = Receiver::start().await;
     slow.set_default(Reply::Delay(Duration::from_secs(5)));
@@ -161,7 +132,7 @@ async fn publish_many(h: &Hookline, ns: &str, prefix: &str, n: usize) -> Vec<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() {
-    let Some(env) = env("crash-recovery").await else { return };
+    let Some(env) = TestEnv::with_crds("crash-recovery").await else { return };
     let data = env.data_dir();
     let rx = Receiver::start().await;
     rx.set_default(Reply::Delay(Duration::from_millis(2)));

@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::receiver::{Handshake, Receiver};
-use support::{TestEnv, install_crds, wait_until};
+use support::{TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(40);
 const FLAGS: &[&str] = &[
@@ -20,12 +20,6 @@ const FLAGS: &[&str] = &[
     "--status-interval=1s",
     "--public-url=auto",
 ];
-
-async fn env(test: &str) -> Option<TestEnv> {
-    let env = TestEnv::start(test).await?;
-    install_crds(&env.client).await;
-    Some(env)
-}
 
 async fn create(env: &TestEnv, name: &str, url: &str, extra: Value) {
     let mut spec = json!({"eventTypes": ["*"], "endpoint": {"url": url}});
@@ -57,7 +51,7 @@ fn event(id: &str) -> Value {
 
 #[tokio::test]
 async fn a_synchronous_answer_verifies_and_events_flow() {
-    let Some(env) = env("verify-sync").await else { return };
+    let Some(env) = TestEnv::with_crds("verify-sync").await else { return };
     let h = env.start_hookline(FLAGS).await;
     let rx = Receiver::start().await;
     create(&env, "s", &rx.url, json!({})).await;
@@ -75,7 +69,7 @@ async fn a_synchronous_answer_verifies_and_events_flow() {
 
 #[tokio::test]
 async fn opening_the_validation_url_verifies_later_and_only_once() {
-    let Some(env) = env("verify-async").await else { return };
+    let Some(env) = TestEnv::with_crds("verify-async").await else { return };
     let _h = env.start_hookline(FLAGS).await;
     let rx = Receiver::start().await;
     rx.handshake(Handshake::Ignore);
@@ -96,7 +90,7 @@ async fn opening_the_validation_url_verifies_later_and_only_once() {
 
 #[tokio::test]
 async fn an_endpoint_that_ignores_the_handshake_gets_no_events() {
-    let Some(env) = env("verify-ignored").await else { return };
+    let Some(env) = TestEnv::with_crds("verify-ignored").await else { return };
     let h = env.start_hookline(FLAGS).await;
     let rx = Receiver::start().await;
     rx.handshake(Handshake::Ignore);
@@ -118,7 +112,7 @@ async fn an_endpoint_that_ignores_the_handshake_gets_no_events() {
 
 #[tokio::test]
 async fn a_url_change_re_verifies_and_holds_events_meanwhile() {
-    let Some(env) = env("verify-url-change").await else { return };
+    let Some(env) = TestEnv::with_crds("verify-url-change").await else { return };
     let h = env.start_hookline(FLAGS).await;
     let first = Receiver::start().await;
     let second = Receiver::start().await;
@@ -148,7 +142,7 @@ async fn a_url_change_re_verifies_and_holds_events_meanwhile() {
 
 #[tokio::test]
 async fn the_options_handshake_verifies_and_its_rate_is_honoured() {
-    let Some(env) = env("verify-options").await else { return };
+    let Some(env) = TestEnv::with_crds("verify-options").await else { return };
     let _h = env.start_hookline(FLAGS).await;
     let plain = Receiver::start().await;
     let limited = Receiver::start().await;
@@ -163,7 +157,7 @@ async fn the_options_handshake_verifies_and_its_rate_is_honoured() {
 
 #[tokio::test]
 async fn private_addresses_are_blocked_unless_allowed() {
-    let Some(env) = env("verify-ssrf").await else { return };
+    let Some(env) = TestEnv::with_crds("verify-ssrf").await else { return };
     let strict = ["--ingest-auth=none", "--allow-http", "--status-interval=1s"];
     let _h = env.start_hookline(&strict).await;
     let rx = Receiver::start().await;
@@ -180,7 +174,7 @@ async fn private_addresses_are_blocked_unless_allowed() {
 
 #[tokio::test]
 async fn allowed_networks_pass_the_guard() {
-    let Some(env) = env("verify-ssrf-allowed").await else { return };
+    let Some(env) = TestEnv::with_crds("verify-ssrf-allowed").await else { return };
     let allowed = ["--ingest-auth=none", "--allow-http", "--allow-cidr=127.0.0.0/8", "--allow-cidr=::1/128"];
     let _h = env.start_hookline(&allowed).await;
     let rx = Receiver::start().await;

@@ -106,6 +106,15 @@ async fn reconcile(fev: Arc<FailedEvent>, ctx: Arc<FailedEventContext>) -> Resul
 }
 
 async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEvent>) -> Result<(), Error> {
+    // Take the request first, guarded by the resourceVersion we saw: a second reconcile of the
+    // same (stale) version cannot take it again, so one annotation means one replay. A crash
+    // right after this loses only the request (the FailedEvent stays; annotate it again).
+    let take = json!({"metadata": {"annotations": {annotations::REPLAY: null}, "resourceVersion": fev.resource_version()}});
+    match api.patch(&fev.name_any(), &PatchParams::default(), &Patch::Merge(&take)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => return Ok(()),
+        Err(source) => return Err(Error::Kube { action: "taking the replay request", source }),
+    }
     let owner_uid =
         fev.owner_references().iter().find(|o| o.kind == "WebhookSubscription").map(|o| o.uid.clone());
     let sub = ctx.registry.get(&subscription_ref(fev)).filter(|s| Some(&s.uid) == owner_uid.as_ref());
@@ -156,11 +165,6 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
     api.patch_status(&fev.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
         .await
         .map_err(|source| Error::Kube { action: "writing the replay status", source })?;
-    // The request is taken: remove the annotation so a failed replay is not retried forever.
-    let patch = json!({"metadata": {"annotations": {annotations::REPLAY: null}}});
-    api.patch(&fev.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| Error::Kube { action: "removing the replay annotation", source })?;
     info!(failed_event = %fev.name_any(), ?outcome, "replay requested");
     Ok(())
 }

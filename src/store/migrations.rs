@@ -15,7 +15,9 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (namespace, source, event_id)
     );
     CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY,
+        -- AUTOINCREMENT: a job id is never reused, because the dead-letter and replay outboxes
+        -- are keyed by it and outlive the job.
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         event_seq INTEGER NOT NULL REFERENCES events (seq),
         sub_uid TEXT NOT NULL,
         due_at_ms INTEGER NOT NULL,

@@ -19,6 +19,16 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config, CustomResourceExt};
 
+/// Flags for a Hookline that delivers to receivers on loopback over plain HTTP, without the
+/// ownership handshake and with fast status writes.
+pub const LOCAL: &[&str] = &[
+    "--ingest-auth=none",
+    "--allow-http",
+    "--allow-cidr=127.0.0.0/8",
+    "--allow-unverified-endpoints",
+    "--status-interval=1s",
+];
+
 /// Where the kubeconfig of the local control plane is.
 fn kubeconfig_path() -> PathBuf {
     std::env::var_os("HOOKLINE_TEST_KUBECONFIG")
@@ -82,6 +92,39 @@ impl TestEnv {
             logs: Mutex::new(Vec::new()),
             owner: false,
         }
+    }
+
+    /// [`TestEnv::start`], with Hookline's CRDs installed.
+    pub async fn with_crds(test: &str) -> Option<TestEnv> {
+        let env = TestEnv::start(test).await?;
+        install_crds(&env.client).await;
+        Some(env)
+    }
+
+    /// Create a subscription to `url` (validation `None`, every event type) with `spec` merged over
+    /// it, and wait until its `Ready` condition has `ready` (status, reason).
+    pub async fn subscribe(
+        &self,
+        name: &str,
+        url: &str,
+        spec: serde_json::Value,
+        ready: (&str, &str),
+    ) -> hookline::api::WebhookSubscription {
+        use hookline::api::WebhookSubscription;
+        let mut full = serde_json::json!({"eventTypes": ["*"], "endpoint": {"url": url}, "validation": {"method": "None"}});
+        merge(&mut full, spec);
+        let sub: WebhookSubscription = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "metadata": {"name": name}, "spec": full,
+        }))
+        .expect("subscription");
+        let api: Api<WebhookSubscription> = self.api();
+        api.create(&PostParams::default(), &sub).await.expect("create subscription");
+        wait_until(&format!("{name}: Ready={}/{}", ready.0, ready.1), Duration::from_secs(40), || async {
+            let sub = api.get(name).await.ok()?;
+            let c = sub.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+            (c.status == ready.0 && c.reason == ready.1).then_some(sub)
+        })
+        .await
     }
 
     /// A namespaced API for this test's namespace.
@@ -341,4 +384,16 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
     let resp = reqwest::get(url).await.ok()?;
     let status = resp.status().as_u16();
     Some((status, resp.text().await.ok()?))
+}
+
+/// Merge `over` into `base`, objects key by key.
+pub fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
 }

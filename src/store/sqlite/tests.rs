@@ -199,3 +199,15 @@ async fn a_validation_url_verifies_once_and_only_before_it_expires() {
     store.drop_subscription("a").await.expect("drop");
     assert!(store.verification("a").await.expect("read").is_none());
 }
+
+#[tokio::test]
+async fn job_ids_are_never_reused_so_outboxes_cannot_collide() {
+    let (_dir, store) = store();
+    let first = store.accept(vec![event("e1", &["a"])]).await.expect("accept")[0].jobs[0].1;
+    let letter = DeadLetter { namespace: "ns".into(), subscription: "s".into(), failure: "{}".into() };
+    store.record(attempt(first, 1, JobUpdate::DeadLetter(letter.clone()))).await.expect("record");
+    let second = store.accept(vec![event("e2", &["a"])]).await.expect("accept")[0].jobs[0].1;
+    assert_ne!(first, second, "the deleted job's id is not handed out again");
+    store.record(attempt(second, 1, JobUpdate::DeadLetter(letter))).await.expect("record");
+    assert_eq!(store.dead_letters(10).await.expect("outbox").len(), 2, "both dead letters are kept");
+}
