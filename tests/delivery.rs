@@ -172,7 +172,8 @@ async fn failed_attempts_are_retried_on_the_backoff_schedule() {
     let gaps: Vec<f64> = got.windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64()).collect();
     for (gap, base) in gaps.iter().zip([1.0, 2.0, 4.0]) {
         assert!(
-            *gap >= base * 0.8 - 0.05 && *gap <= base * 1.2 + 0.75,
+            // Never early; late only by scheduling slack on a loaded 2-core CI machine.
+            *gap >= base * 0.8 - 0.05 && *gap <= base * 1.2 + 1.5,
             "gap {gap:.2}s for a {base}s backoff: {gaps:?}"
         );
     }
@@ -304,6 +305,7 @@ async fn status_writes_are_coalesced_under_load() {
     let rv_before = subs.get("s").await.expect("get").resource_version().expect("rv");
     let writes_before = h.metric("hookline_status_writes_total").await.expect("metric");
     let n = 200;
+    let started = std::time::Instant::now();
     for chunk in 0..(n / 50) {
         let batch: Vec<Value> = (0..50).map(|i| event(&format!("c{chunk}-{i}"), "t")).collect();
         let (status, _) = h
@@ -323,7 +325,15 @@ async fn status_writes_are_coalesced_under_load() {
     })
     .await;
     let writes = h.metric("hookline_status_writes_total").await.expect("metric") - writes_before;
-    assert!((1.0..=6.0).contains(&writes), "{n} deliveries caused {writes} status writes");
+    // At most one write per 3 s interval while deliveries flow (plus the final flush), however
+    // many events: bounded by time, not by traffic.
+    let bound = (started.elapsed().as_secs_f64() / 3.0).ceil() + 2.0;
+    assert!(
+        writes >= 1.0 && writes <= bound,
+        "{n} deliveries in {:?} caused {writes} status writes (bound {bound})",
+        started.elapsed()
+    );
+    assert!(writes < n as f64 / 10.0, "far fewer writes than events");
     assert_ne!(sub.resource_version().expect("rv"), rv_before);
 }
 
