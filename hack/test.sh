@@ -19,7 +19,15 @@ cargo test --locked --lib --bins
 
 # The reference libraries a subscriber would use check our wire format (tests/tools/verify.py).
 step "python test tools"
-if [ ! -x target/pyenv/bin/python ]; then python3 -m venv target/pyenv; fi
+if [ ! -x target/pyenv/bin/python ]; then
+  python3 -m venv target/pyenv 2>/dev/null || {
+    # Debian's own python3 keeps venv in a separate package.
+    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
+    $sudo_ apt-get update -qq >/dev/null
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    rm -rf target/pyenv && python3 -m venv target/pyenv
+  }
+fi
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/tools/requirements.txt
 export HOOKLINE_TEST_PYTHON="$ROOT/target/pyenv/bin/python"
 
