@@ -16,33 +16,19 @@ PROFILE=release
 if [ "$MODE" = "--smoke" ]; then SECONDS_PER=2; RATE=100; CONC=4; SUBS=20; PROFILE=dev; fi
 
 log() { printf '[bench] %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-WORK=$(mktemp -d)
-export HOOKLINE_CLUSTER_DIR="$ROOT/target/bench-cluster"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  hack/cluster.sh down >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-eval "$(hack/cluster.sh up 2>/dev/null | tail -n 1)"
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
+session bench
 log "building ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" --bins
 BIN="$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo release)"
-kubectl create --validate=false -f crds/ >/dev/null
-kubectl wait --for=condition=Established crd/webhooksubscriptions.hookline.dev >/dev/null
 
 INGEST=$(free_port); METRICS=$(free_port); RECEIVER=$(free_port)
 "$BIN/hookline" run --data-dir "$WORK/data" --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
   --ingest-auth none --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" \
   --status-interval 5s --log-format json >"$WORK/hookline.log" 2>&1 &
 HL=$!; PIDS+=($HL)
-for _ in $(seq 1 150); do curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null || { tail -20 "$WORK/hookline.log"; exit 1; }
+wait_ready "$METRICS" "$HL" "$WORK/hookline.log"
 
 subscription() { # namespace name
   printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook"}\n  delivery: {maxConcurrency: 64}\n---\n' "$2" "$1" "$RECEIVER"

@@ -8,29 +8,16 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
 
-WORK=$(mktemp -d)
-export HOOKLINE_CLUSTER_DIR="$ROOT/target/demo-cluster"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  hack/cluster.sh down >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-say "Starting the local Kubernetes control plane"
-eval "$(hack/cluster.sh up | tail -n 1)"
+say "Starting the local Kubernetes control plane and installing the CRDs"
+session demo
 
 say "Building Hookline"
 cargo build --quiet --bin hookline
 HOOKLINE="$ROOT/target/debug/hookline"
 
-say "Installing the CRDs"
-kubectl create --validate=false -f crds/ >/dev/null
-kubectl wait --for=condition=Established crd/webhooksubscriptions.hookline.dev crd/failedevents.hookline.dev >/dev/null
 kubectl create namespace shop >/dev/null
 
 INGEST=$(free_port); METRICS=$(free_port); RECEIVER=$(free_port)
@@ -39,12 +26,7 @@ say "Starting Hookline (ingest on 127.0.0.1:$INGEST; log in $WORK/hookline.log)"
   --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" --status-interval 1s \
   >"$WORK/hookline.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 150); do
-  curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null 2>&1 && break
-  kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$WORK/hookline.log"; exit 1; }
-  sleep 0.2
-done
-curl -fs "http://127.0.0.1:$METRICS/readyz" >/dev/null || { echo "Hookline did not become ready"; cat "$WORK/hookline.log"; exit 1; }
+wait_ready "$METRICS" "${PIDS[0]}" "$WORK/hookline.log"
 
 say "Subscribing a local receiver to order.* events (it answers the ownership handshake)"
 DEMO_SECRET_FILE="$WORK/secret" python3 hack/demo-receiver.py "$RECEIVER" >"$WORK/received.log" 2>&1 &
@@ -67,33 +49,22 @@ kubectl -n shop get whsub orders -o jsonpath='{range .status.conditions[*]}  {.t
 say "A producer ServiceAccount may publish in namespace shop (plain RBAC)"
 kubectl -n shop create serviceaccount producer >/dev/null
 kubectl -n shop apply -f - >/dev/null <<YAML
+# Publishing is create on events.hookline.dev; reading the delivery log is get on the subscription.
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
-metadata: {name: hookline-publisher}
+metadata: {name: producer}
 rules:
 - apiGroups: [hookline.dev]
   resources: [events]
   verbs: [create]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: producer-publishes}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: hookline-publisher}
-subjects: [{kind: ServiceAccount, name: producer, namespace: shop}]
----
-# Reading a subscription's delivery log needs get on webhooksubscriptions.
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: subscription-viewer}
-rules:
 - apiGroups: [hookline.dev]
   resources: [webhooksubscriptions]
   verbs: [get]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: producer-views}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: subscription-viewer}
+metadata: {name: producer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: producer}
 subjects: [{kind: ServiceAccount, name: producer, namespace: shop}]
 YAML
 TOKEN=$(kubectl -n shop create token producer)

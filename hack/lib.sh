@@ -1,0 +1,34 @@
+# Shared by hack/demo.sh and hack/bench.sh (sourced, not run): a private control plane in
+# target/<name>-cluster, a scratch directory, background processes, all removed on exit.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# session NAME: sets WORK and PIDS, starts the control plane, exports KUBECONFIG, cleans up on exit.
+session() {
+  WORK=$(mktemp -d)
+  export HOOKLINE_CLUSTER_DIR="$ROOT/target/$1-cluster"
+  PIDS=()
+  trap session_cleanup EXIT
+  eval "$(hack/cluster.sh up 2>/dev/null | tail -n 1)"
+  kubectl create --validate=false -f crds/ >/dev/null
+  kubectl wait --for=condition=Established crd/webhooksubscriptions.hookline.dev crd/failedevents.hookline.dev >/dev/null
+}
+
+session_cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  hack/cluster.sh down >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+
+# wait_ready METRICS_PORT PID LOG: wait until Hookline's /readyz answers, or fail with its log.
+wait_ready() {
+  for _ in $(seq 1 150); do
+    curl -fs "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "Hookline did not become ready; its log ends with:" >&2
+  tail -n 20 "$3" >&2
+  return 1
+}
