@@ -134,13 +134,7 @@ pub async fn send(client: &Client, target: &Target<'_>, event: &CloudEvent) -> S
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
             // Read a little so a small answer leaves the connection reusable; never more.
-            let mut read = 0;
-            while read < MAX_RESPONSE_BYTES {
-                match tokio::time::timeout(target.timeout, resp.chunk()).await {
-                    Ok(Ok(Some(chunk))) => read += chunk.len(),
-                    _ => break,
-                }
-            }
+            read_capped(&mut resp, target.timeout).await;
             Outcome::Status { code, retry_after }
         }
         Err(e) => Outcome::Error(describe(&e)),
@@ -148,8 +142,21 @@ pub async fn send(client: &Client, target: &Target<'_>, event: &CloudEvent) -> S
     Sent { outcome, duration: start.elapsed() }
 }
 
+/// Read at most [`MAX_RESPONSE_BYTES`] of an answer, each chunk within `timeout`.
+pub(crate) async fn read_capped(resp: &mut reqwest::Response, timeout: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < MAX_RESPONSE_BYTES {
+        match tokio::time::timeout(timeout, resp.chunk()).await {
+            Ok(Ok(Some(chunk))) => out.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    out.truncate(MAX_RESPONSE_BYTES);
+    out
+}
+
 /// A short, secret-free description of a transport error.
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     if e.is_timeout() {
         return "timed out".into();

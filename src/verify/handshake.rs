@@ -11,7 +11,7 @@ use serde_json::json;
 use super::plan::retry_delay;
 use super::{CODE_TTL, VALIDATION_EVENT_TYPE, Verifier};
 use crate::api::{ValidationMethod, WebhookSubscription};
-use crate::delivery::sender::{MAX_RESPONSE_BYTES, render};
+use crate::delivery::sender::{describe, read_capped, render};
 use crate::event::CloudEvent;
 use crate::store::{Millis, Verification};
 
@@ -96,7 +96,8 @@ async fn event(
     v.message = match request.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let answer = read_small(resp).await;
+            let mut resp = resp;
+            let answer = read_capped(&mut resp, TIMEOUT).await;
             let echoed = serde_json::from_slice::<serde_json::Value>(&answer)
                 .ok()
                 .and_then(|j| j.get("validationResponse").and_then(|c| c.as_str()).map(str::to_string));
@@ -121,7 +122,7 @@ async fn event(
         Err(e) => format!(
             "Hookline could not POST the {VALIDATION_EVENT_TYPE} event to {url} ({}); the endpoint must answer it with \
              {{\"validationResponse\": \"<validationCode>\"}}{async_hint}.",
-            short(&e)
+            describe(&e)
         ),
     };
 }
@@ -162,32 +163,6 @@ async fn options(verifier: &Verifier, sub: &WebhookSubscription, v: &mut Verific
                 )
             }
         }
-        Err(e) => format!("Hookline could not send the OPTIONS handshake to {url} ({}).", short(&e)),
+        Err(e) => format!("Hookline could not send the OPTIONS handshake to {url} ({}).", describe(&e)),
     };
-}
-
-async fn read_small(mut resp: reqwest::Response) -> Vec<u8> {
-    let mut out = Vec::new();
-    while out.len() < MAX_RESPONSE_BYTES {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => out.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    out.truncate(MAX_RESPONSE_BYTES);
-    out
-}
-
-fn short(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    if e.is_timeout() {
-        return "timed out".into();
-    }
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg = s.to_string();
-        source = s.source();
-    }
-    msg
 }
