@@ -85,11 +85,7 @@ impl Verifier {
                 rate_per_minute: v.rate_per_minute,
                 recheck_in: None,
             },
-            Plan::Wait(v) => {
-                let until_next = Duration::from_millis((v.next_attempt_at - now).max(0) as u64);
-                let recheck = if v.code.is_some() { until_next.min(POLL_WHILE_PENDING) } else { until_next };
-                Outcome { state: waiting(&v), rate_per_minute: None, recheck_in: Some(recheck) }
-            }
+            Plan::Wait(v) => not_yet(&v, now),
             Plan::Attempt(record) => {
                 let v = handshake::attempt(self, sub, record, signing_secret, now).await;
                 if let Err(e) = self.store.put_verification(v.clone()).await {
@@ -99,10 +95,7 @@ impl Verifier {
                     let state = State::Verified(verified_message(&v.message, v.rate_per_minute));
                     Outcome { state, rate_per_minute: v.rate_per_minute, recheck_in: None }
                 } else {
-                    let until_next = Duration::from_millis((v.next_attempt_at - now).max(0) as u64);
-                    let recheck =
-                        if v.code.is_some() { until_next.min(POLL_WHILE_PENDING) } else { until_next };
-                    Outcome { state: waiting(&v), rate_per_minute: None, recheck_in: Some(recheck) }
+                    not_yet(&v, now)
                 }
             }
         }
@@ -122,6 +115,14 @@ fn verified_message(message: &str, rate: Option<u32>) -> String {
         Some(r) => format!("{message}; the endpoint allows {r} requests per minute, which Hookline honours"),
         None => message.to_string(),
     }
+}
+
+/// Not verified yet: look again at the next attempt, or sooner while a code is outstanding (the
+/// validation URL may be opened any moment).
+fn not_yet(v: &crate::store::Verification, now: crate::store::Millis) -> Outcome {
+    let until_next = Duration::from_millis((v.next_attempt_at - now).max(0) as u64);
+    let recheck = if v.code.is_some() { until_next.min(POLL_WHILE_PENDING) } else { until_next };
+    Outcome { state: waiting(v), rate_per_minute: None, recheck_in: Some(recheck) }
 }
 
 fn waiting(v: &crate::store::Verification) -> State {
