@@ -138,10 +138,10 @@ async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
 }
 
 #[tokio::test]
-async fn the_cap_drops_and_counts_and_the_ttl_deletes() {
-    let Some(env) = TestEnv::with_crds("dead-letter-bounds").await else { return };
+async fn the_cap_drops_and_counts() {
+    let Some(env) = TestEnv::with_crds("dead-letter-cap").await else { return };
     let mut flags = LOCAL.to_vec();
-    flags.extend(["--failed-event-cap=2", "--failed-event-ttl=6s"]);
+    flags.push("--failed-event-cap=2");
     let h = env.start_hookline(&flags).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
@@ -158,6 +158,21 @@ async fn the_cap_drops_and_counts_and_the_ttl_deletes() {
     assert_eq!(failed_events(&env, 2).await.len(), 2);
     let events = env.kubectl(&["get", "events", "--field-selector=reason=DeadLetterDropped", "-o", "name"]);
     assert!(!events.trim().is_empty(), "a Warning Event says dead letters were dropped");
+}
+
+// Separate from the cap test: a short TTL there could expire a FailedEvent before the cap is
+// reached on a slow machine, and the cap would (rightly) not drop.
+#[tokio::test]
+async fn the_ttl_deletes_failed_events() {
+    let Some(env) = TestEnv::with_crds("dead-letter-ttl").await else { return };
+    let mut flags = LOCAL.to_vec();
+    flags.push("--failed-event-ttl=6s");
+    let h = env.start_hookline(&flags).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(&env, "s", &rx.url, FAST).await;
+    h.publish_json(&env.namespace, event("t1")).await;
+    failed_events(&env, 1).await;
     failed_events(&env, 0).await;
 }
 
