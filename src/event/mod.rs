@@ -7,6 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::HeaderMap;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Media type of a structured-mode event.
@@ -39,6 +41,42 @@ impl ExtValue {
             ExtValue::Boolean(b) => b.to_string(),
         }
     }
+}
+
+impl Serialize for ExtValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExtValue::String(v) => s.serialize_str(v),
+            ExtValue::Integer(v) => s.serialize_i64(*v),
+            ExtValue::Boolean(v) => s.serialize_bool(*v),
+        }
+    }
+}
+
+/// The CloudEvents JSON format, borrowed from a [`CloudEvent`] (see `to_json_bytes`).
+#[derive(Serialize)]
+struct JsonFormat<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    type_: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datacontenttype: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataschema: Option<&'a str>,
+    #[serde(flatten)]
+    extensions: &'a BTreeMap<String, ExtValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "data", skip_serializing_if = "Option::is_none")]
+    data_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
 }
 
 /// A validated CloudEvent.
@@ -284,10 +322,37 @@ impl CloudEvent {
         Value::Object(obj)
     }
 
-    /// Serialized JSON format.
+    /// Serialized JSON format: the same document as [`CloudEvent::to_json`], written without
+    /// building a [`Value`] tree (JSON data is copied through as it is, not parsed and re-encoded).
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        // Serializing a Value cannot fail.
-        serde_json::to_vec(&self.to_json()).unwrap_or_default()
+        let raw =
+            self.data.as_ref().filter(|_| self.datacontenttype.as_deref().is_none_or(is_json_media_type));
+        let data_raw = raw.and_then(|d| serde_json::from_slice::<&RawValue>(d).ok());
+        let (data_text, data_base64) = match (&self.data, data_raw) {
+            (Some(data), None) => match std::str::from_utf8(data) {
+                Ok(text) if self.datacontenttype.as_deref().is_some_and(is_text_media_type) => {
+                    (Some(text), None)
+                }
+                _ => (None, Some(STANDARD.encode(data))),
+            },
+            _ => (None, None),
+        };
+        let doc = JsonFormat {
+            specversion: "1.0",
+            id: &self.id,
+            source: &self.source,
+            type_: &self.type_,
+            subject: self.subject.as_deref(),
+            time: self.time.as_deref(),
+            datacontenttype: self.datacontenttype.as_deref(),
+            dataschema: self.dataschema.as_deref(),
+            extensions: &self.extensions,
+            data: data_raw,
+            data_text,
+            data_base64,
+        };
+        // Serializing plain strings, integers and validated raw JSON cannot fail.
+        serde_json::to_vec(&doc).unwrap_or_default()
     }
 
     /// Bytes the payload takes, for the size cap.

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::api::WebhookSubscription;
-use crate::delivery::Dispatchers;
+use crate::delivery::{Dispatchers, Incoming};
 use crate::event::{BATCH, CloudEvent, EventError, STRUCTURED};
 use crate::registry::Registry;
 use crate::server::Readiness;
@@ -198,12 +198,15 @@ async fn publish(
     state.admit(&headers, &ns, PUBLISH).await?;
     let max = state.config.max_event_bytes;
     let ct = content_type(&headers);
-    let events = if ct == STRUCTURED {
-        vec![CloudEvent::from_structured(&read_body(body, max).await?).map_err(ApiError::bad_event)?]
+    let events: Vec<Incoming> = if ct == STRUCTURED {
+        vec![CloudEvent::from_structured(&read_body(body, max).await?).map_err(ApiError::bad_event)?.into()]
     } else if ct == BATCH {
-        let events = CloudEvent::from_batch(&read_body(body, max * BATCH_FACTOR).await?)
-            .map_err(ApiError::bad_event)?;
-        if let Some((i, _)) = events.iter().enumerate().find(|(_, e)| e.to_json_bytes().len() > max) {
+        let events: Vec<Incoming> = CloudEvent::from_batch(&read_body(body, max * BATCH_FACTOR).await?)
+            .map_err(ApiError::bad_event)?
+            .into_iter()
+            .map(Incoming::from)
+            .collect();
+        if let Some(i) = events.iter().position(|e| e.json.len() > max) {
             return Err(ApiError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 message: format!("batch[{i}] exceeds the per-event limit of {max} bytes"),
@@ -213,7 +216,7 @@ async fn publish(
         events
     } else if headers.contains_key("ce-specversion") {
         CloudEvent::from_binary(&headers, read_body(body, max).await?)
-            .map(|e| vec![e])
+            .map(|e| vec![e.into()])
             .map_err(ApiError::bad_event)?
     } else {
         return Err(ApiError::new(
