@@ -42,17 +42,89 @@ fn requeue_in(job: JobRef, delay: Duration) -> Finished {
     Finished::Requeue(JobRef { due_at: now_ms() + delay.as_millis() as Millis, ..job })
 }
 
+/// A job's bookkeeping, as an attempt needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct JobState {
+    pub job: JobRef,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub first_attempt_at: Option<Millis>,
+}
+
+impl JobState {
+    /// A job that was just accepted: no attempt yet.
+    pub fn fresh(job: JobRef) -> Self {
+        JobState { job, attempts: 0, first_attempt_at: None }
+    }
+
+    fn stored(job: &Job) -> Self {
+        let job_ref = JobRef { due_at: 0, job_id: job.job_id, accepted_at: job.accepted_at };
+        JobState { job: job_ref, attempts: job.attempts, first_attempt_at: job.first_attempt_at }
+    }
+}
+
+/// Parse an event as the store keeps it (the CloudEvents JSON format).
+fn parse_stored(body: &[u8]) -> Result<CloudEvent, String> {
+    serde_json::from_slice(body)
+        .map_err(|e| e.to_string())
+        .and_then(|v| CloudEvent::from_json_value(v, "").map_err(|e| e.to_string()))
+}
+
 /// Attempt `job` for `sub` and report back on `done`: first [`Finished::Sent`] when the
 /// concurrency slot is free, then the outcome once it is recorded.
 pub async fn attempt(
     shared: Arc<Shared>,
     sub: Arc<ActiveSubscription>,
-    job: JobRef,
-    event: Option<Arc<[u8]>>,
+    job: JobState,
+    event: Arc<CloudEvent>,
     done: mpsc::UnboundedSender<Finished>,
 ) {
-    let finished = run(&shared, &sub, job, event, &done).await;
+    let finished = run(&shared, &sub, job, &event, &done).await;
     let _ = done.send(finished);
+}
+
+/// Attempt jobs whose events are not in memory: read them all from the store in one go, then
+/// attempt each. Every job gets its [`Finished::Sent`] and its outcome, as with [`attempt`].
+pub async fn load_and_attempt(
+    shared: Arc<Shared>,
+    sub: Arc<ActiveSubscription>,
+    jobs: Vec<JobRef>,
+    done: mpsc::UnboundedSender<Finished>,
+) {
+    let found = match shared.store.jobs(jobs.iter().map(|j| j.job_id).collect()).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(subscription = %sub.key.name, error = %e, jobs = jobs.len(), "reading jobs; will retry");
+            for job in jobs {
+                let _ = done.send(Finished::Sent);
+                let _ = done.send(requeue_in(job, LOCAL_RETRY));
+            }
+            return;
+        }
+    };
+    let mut found: std::collections::HashMap<i64, Job> = found.into_iter().map(|j| (j.job_id, j)).collect();
+    for job_ref in jobs {
+        let Some(job) = found.remove(&job_ref.job_id) else {
+            // Gone from the store (its subscription was dropped meanwhile): nothing to do.
+            let _ = done.send(Finished::Sent);
+            let _ = done.send(Finished::Done);
+            continue;
+        };
+        let state = JobState { job: job_ref, ..JobState::stored(&job) };
+        match parse_stored(&job.event) {
+            Ok(event) => {
+                tokio::spawn(attempt(shared.clone(), sub.clone(), state, Arc::new(event), done.clone()));
+            }
+            Err(e) => {
+                // Cannot happen for events this process accepted; never retry garbage forever.
+                warn!(subscription = %sub.key.name, job = job.job_id, error = %e, "stored event unreadable; dropping");
+                let _ = done.send(Finished::Sent);
+                let outcome = Outcome::Error(format!("stored event unreadable: {e}"));
+                let next = Next::GiveUp(FailureReason::NonRetryableResponse);
+                let _ = done.send(finish(&shared, &sub, &state, None, outcome, next, None).await);
+            }
+        }
+    }
 }
 
 /// The concurrency slot of one attempt, released once (at the latest when dropped).
@@ -75,62 +147,22 @@ impl Drop for Slot<'_> {
 async fn run(
     shared: &Shared,
     sub: &ActiveSubscription,
-    job_ref: JobRef,
-    event: Option<Arc<[u8]>>,
+    job: JobState,
+    event: &CloudEvent,
     done: &mpsc::UnboundedSender<Finished>,
 ) -> Finished {
     let mut slot = Slot(Some(done));
-    let ns = sub.key.namespace.clone().unwrap_or_default();
-    let job = match event {
-        // A fresh job: everything is known without reading the store.
-        Some(event) => Job {
-            job_id: job_ref.job_id,
-            sub_uid: sub.uid.clone(),
-            attempts: 0,
-            first_attempt_at: None,
-            accepted_at: job_ref.accepted_at,
-            event: event.to_vec(),
-            replay_of: None,
-        },
-        None => match shared.store.job(job_ref.job_id).await {
-            Ok(Some(job)) => job,
-            Ok(None) => return Finished::Done,
-            Err(e) => {
-                warn!(subscription = %sub.key.name, error = %e, "reading a job; will retry");
-                return requeue_in(job_ref, LOCAL_RETRY);
-            }
-        },
-    };
-    let event = match serde_json::from_slice(&job.event)
-        .map_err(|e| e.to_string())
-        .and_then(|v| CloudEvent::from_json_value(v, "").map_err(|e| e.to_string()))
-    {
-        Ok(event) => event,
-        Err(e) => {
-            // Cannot happen for events this process accepted; never retry garbage forever.
-            warn!(subscription = %sub.key.name, job = job.job_id, error = %e, "stored event unreadable; dropping");
-            return finish(
-                shared,
-                sub,
-                &job,
-                None,
-                Outcome::Error(format!("stored event unreadable: {e}")),
-                Next::GiveUp(FailureReason::NonRetryableResponse),
-                None,
-            )
-            .await;
-        }
-    };
-    let Ok(schedule) = retry_schedule(&sub.spec) else { return requeue_in(job_ref, LOCAL_RETRY) };
+    let ns = sub.key.namespace.as_deref().unwrap_or_default();
+    let Ok(schedule) = retry_schedule(&sub.spec) else { return requeue_in(job.job, LOCAL_RETRY) };
     let now = now_ms();
-    let age = Duration::from_millis(now.saturating_sub(job.accepted_at).max(0) as u64);
+    let age = Duration::from_millis(now.saturating_sub(job.job.accepted_at).max(0) as u64);
     if age >= schedule.event_ttl {
         let outcome = Outcome::Error("eventTTL passed before delivery".into());
         return finish(
             shared,
             sub,
             &job,
-            Some(&event),
+            Some(event),
             outcome,
             Next::GiveUp(FailureReason::TtlExpired),
             None,
@@ -138,11 +170,11 @@ async fn run(
         .await;
     }
 
-    let keys = match shared.secrets.signing_keys(&ns, &sub.signing_secret).await {
+    let keys = match shared.secrets.signing_keys(ns, &sub.signing_secret).await {
         Ok(keys) => keys,
         Err(e) => {
             warn!(subscription = %sub.key.name, error = %e, "no signing key; delivery waits");
-            return requeue_in(job_ref, LOCAL_RETRY);
+            return requeue_in(job.job, LOCAL_RETRY);
         }
     };
     let mut headers = Vec::new();
@@ -152,11 +184,11 @@ async fn run(
         }
     }
     if let Some(from) = &sub.spec.endpoint.headers_from {
-        match shared.secrets.headers(&ns, &from.secret_ref.name).await {
+        match shared.secrets.headers(ns, &from.secret_ref.name).await {
             Ok(h) => headers.extend(h),
             Err(e) => {
                 warn!(subscription = %sub.key.name, error = %e, "secret headers unavailable; delivery waits");
-                return requeue_in(job_ref, LOCAL_RETRY);
+                return requeue_in(job.job, LOCAL_RETRY);
             }
         }
     }
@@ -167,12 +199,12 @@ async fn run(
         static_headers: &headers,
         keys: &keys,
     };
-    let sent = send(&shared.http, &target, &event).await;
+    let sent = send(&shared.http, &target, event).await;
     slot.release();
     let attempt_no = job.attempts + 1;
     let decision = next(&sent.outcome, attempt_no, age, &schedule, rand::rng().random());
     shared.metrics.attempt_finished(&sent.outcome, sent.duration);
-    finish(shared, sub, &job, Some(&event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
+    finish(shared, sub, &job, Some(event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
         .await
 }
 
@@ -180,7 +212,7 @@ async fn run(
 async fn finish(
     shared: &Shared,
     sub: &ActiveSubscription,
-    job: &Job,
+    job: &JobState,
     event: Option<&CloudEvent>,
     outcome: Outcome,
     decision: Next,
@@ -204,7 +236,7 @@ async fn finish(
         }
     };
     let record = Attempt {
-        job_id: job.job_id,
+        job_id: job.job.job_id,
         sub_uid: sub.uid.clone(),
         event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
         event_type: event.map(|e| e.type_.clone()).unwrap_or_default(),
@@ -218,8 +250,7 @@ async fn finish(
     if let Err(e) = shared.store.record(record).await {
         // Not recorded means not done: the job stays queued and is attempted again (at-least-once).
         warn!(subscription = %sub.key.name, error = %e, "recording an attempt failed; the event will be retried");
-        let job_ref = JobRef { due_at: now, job_id: job.job_id, accepted_at: job.accepted_at };
-        return requeue_in(job_ref, LOCAL_RETRY);
+        return requeue_in(job.job, LOCAL_RETRY);
     }
     let gave_up = matches!(update, JobUpdate::DeadLetter(_) | JobUpdate::Dropped);
     let ns = sub.key.namespace.clone().unwrap_or_default();
@@ -254,19 +285,17 @@ async fn finish(
     if gave_up {
         shared.dead_letters_waiting.notify_one();
     }
-    debug!(subscription = %sub.key.name, job = job.job_id, attempt = attempt_no, ?decision, "attempt recorded");
+    debug!(subscription = %sub.key.name, job = job.job.job_id, attempt = attempt_no, ?decision, "attempt recorded");
     match (decision, update) {
         (Next::Gone, _) => Finished::Gone(sub.generation),
-        (_, JobUpdate::Retry { due_at }) => {
-            Finished::Requeue(JobRef { due_at, job_id: job.job_id, accepted_at: job.accepted_at })
-        }
+        (_, JobUpdate::Retry { due_at }) => Finished::Requeue(JobRef { due_at, ..job.job }),
         _ => Finished::Done,
     }
 }
 
 fn give_up(
     sub: &ActiveSubscription,
-    job: &Job,
+    job: &JobState,
     reason: FailureReason,
     attempts: u32,
     last_status_code: Option<u16>,
@@ -301,7 +330,8 @@ pub async fn expire(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) 
             return;
         }
     };
-    let event = serde_json::from_slice(&job.event).ok().and_then(|v| CloudEvent::from_json_value(v, "").ok());
+    let event = parse_stored(&job.event).ok();
+    let state = JobState { job: job_ref, ..JobState::stored(&job) };
     let outcome = Outcome::Error("eventTTL passed while delivery was held".into());
-    finish(shared, sub, &job, event.as_ref(), outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
+    finish(shared, sub, &state, event.as_ref(), outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
 }

@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::attempt::{Finished, attempt, expire};
+use super::attempt::{Finished, JobState, attempt, expire, load_and_attempt};
 use super::{NewJob, Shared};
+use crate::event::CloudEvent;
 use crate::registry::{ActiveSubscription, Gate};
 use crate::store::{JobRef, Millis, now_ms};
 
@@ -64,7 +65,7 @@ impl Dispatcher {
         let (uid, ns, name) =
             (first.uid.clone(), first.key.namespace.clone().unwrap_or_default(), first.key.name.clone());
         let mut queue = BTreeSet::new();
-        let mut events: HashMap<i64, Arc<[u8]>> = HashMap::new();
+        let mut events: HashMap<i64, Arc<CloudEvent>> = HashMap::new();
         // Attempts hold a concurrency slot while their request is out (`in_flight`) and count as
         // outstanding until their outcome is recorded (`outstanding`).
         let mut outstanding = 0usize;
@@ -94,6 +95,8 @@ impl Dispatcher {
             let open = sub.gate == Gate::Open && gone_generation.is_none_or(|g| g < sub.generation);
             let now = now_ms();
             let mut wake: Option<Duration> = None;
+            // Jobs whose events are not in memory are read from the store together.
+            let mut to_load = Vec::new();
             while open && in_flight < sub.spec.delivery.max_concurrency as usize {
                 let Some(&head) = queue.first() else { break };
                 if head.due_at > now {
@@ -107,8 +110,16 @@ impl Dispatcher {
                 queue.pop_first();
                 in_flight += 1;
                 outstanding += 1;
-                let event = events.remove(&head.job_id);
-                tokio::spawn(attempt(self.shared.clone(), sub.clone(), head, event, done_tx.clone()));
+                match events.remove(&head.job_id) {
+                    Some(event) => {
+                        let job = JobState::fresh(head);
+                        tokio::spawn(attempt(self.shared.clone(), sub.clone(), job, event, done_tx.clone()));
+                    }
+                    None => to_load.push(head),
+                }
+            }
+            if !to_load.is_empty() {
+                tokio::spawn(load_and_attempt(self.shared.clone(), sub.clone(), to_load, done_tx.clone()));
             }
             let next_retry = queue.first().filter(|j| j.due_at > now).and_then(|j| time(j.due_at));
             self.shared.board.queue(&uid, &ns, &name, (queue.len() + in_flight) as u64, next_retry);

@@ -47,7 +47,7 @@ pub struct Shared {
 #[derive(Clone, Debug)]
 pub struct NewJob {
     pub job: JobRef,
-    pub event: Option<Arc<[u8]>>,
+    pub event: Option<Arc<CloudEvent>>,
 }
 
 struct Handle {
@@ -61,6 +61,19 @@ struct Handle {
 pub struct Dispatchers {
     shared: Arc<Shared>,
     handles: Mutex<HashMap<String, Handle>>,
+}
+
+/// A published event with its stored form (the CloudEvents JSON format), serialized once.
+pub struct Incoming {
+    pub event: CloudEvent,
+    pub json: Vec<u8>,
+}
+
+impl From<CloudEvent> for Incoming {
+    fn from(event: CloudEvent) -> Self {
+        let json = event.to_json_bytes();
+        Incoming { event, json }
+    }
 }
 
 /// One event's routing result, for the ingest response.
@@ -88,41 +101,43 @@ impl Dispatchers {
         &self,
         registry: &Registry,
         namespace: &str,
-        events: Vec<CloudEvent>,
+        events: Vec<Incoming>,
     ) -> Result<Vec<Routed>, StoreError> {
         let subs = registry.in_namespace(namespace);
         let accepted_at = now_ms();
-        let new: Vec<NewEvent> = events
-            .iter()
-            .map(|ev| NewEvent {
+        let mut parsed = Vec::with_capacity(events.len());
+        let mut new = Vec::with_capacity(events.len());
+        for Incoming { event: ev, json } in events {
+            new.push(NewEvent {
                 namespace: namespace.to_string(),
                 source: ev.source.clone(),
                 event_id: ev.id.clone(),
                 event_type: ev.type_.clone(),
-                body: ev.to_json_bytes(),
+                body: json,
                 targets: subs
                     .iter()
-                    .filter(|s| matching::wants(&s.spec, ev))
+                    .filter(|s| matching::wants(&s.spec, &ev))
                     .map(|s| s.uid.clone())
                     .collect(),
                 accepted_at,
-            })
-            .collect();
-        let bodies: Vec<Arc<[u8]>> = new.iter().map(|n| Arc::from(n.body.as_slice())).collect();
+            });
+            parsed.push(ev);
+        }
         let accepted: Vec<Accepted> = self.shared.store.accept(new).await?;
-        let mut routed = Vec::with_capacity(events.len());
-        for ((ev, acc), body) in events.iter().zip(accepted).zip(bodies) {
-            for (uid, job_id) in &acc.jobs {
-                let job = JobRef { due_at: accepted_at, job_id: *job_id, accepted_at };
-                self.hand_over(uid, NewJob { job, event: Some(body.clone()) });
-            }
-            self.shared.metrics.event_accepted(acc.duplicate);
+        let mut routed = Vec::with_capacity(accepted.len());
+        for (ev, acc) in parsed.into_iter().zip(accepted) {
             routed.push(Routed {
                 id: ev.id.clone(),
                 source: ev.source.clone(),
                 matched: acc.jobs.len(),
                 duplicate: acc.duplicate,
             });
+            self.shared.metrics.event_accepted(acc.duplicate);
+            let event = Arc::new(ev);
+            for (uid, job_id) in &acc.jobs {
+                let job = JobRef { due_at: accepted_at, job_id: *job_id, accepted_at };
+                self.hand_over(uid, NewJob { job, event: Some(event.clone()) });
+            }
         }
         Ok(routed)
     }

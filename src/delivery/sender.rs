@@ -91,8 +91,10 @@ pub fn render(
                 put(&format!("ce-{k}"), &v.as_header());
             }
             // In the JSON format an absent datacontenttype means JSON; say so on the wire.
-            let json_default =
-                event.data.as_ref().is_some_and(|d| serde_json::from_slice::<serde_json::Value>(d).is_ok());
+            let json_default = event
+                .data
+                .as_ref()
+                .is_some_and(|d| serde_json::from_slice::<serde::de::IgnoredAny>(d).is_ok());
             match &event.datacontenttype {
                 Some(ct) => {
                     if let Ok(v) = HeaderValue::from_str(ct) {

@@ -64,6 +64,10 @@ pub struct StatusBoard {
 impl StatusBoard {
     fn with<R>(&self, uid: &str, namespace: &str, name: &str, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+        // Look up before inserting: this runs per attempt, and the key is rarely new.
+        if let Some(t) = trackers.get_mut(uid) {
+            return f(t);
+        }
         let t = trackers.entry(uid.to_string()).or_insert_with(|| Tracker {
             namespace: namespace.to_string(),
             name: name.to_string(),

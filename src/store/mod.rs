@@ -214,8 +214,12 @@ pub trait Store: Send + Sync + 'static {
     fn accept(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, StoreError>>;
     /// The pending jobs of a subscription (used when its dispatcher starts).
     fn pending(&self, sub_uid: &str) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>>;
+    /// The jobs with these ids that still exist, with their events, in one read.
+    fn jobs(&self, job_ids: Vec<i64>) -> BoxFuture<'_, Result<Vec<Job>, StoreError>>;
     /// One job with its event, if it still exists.
-    fn job(&self, job_id: i64) -> BoxFuture<'_, Result<Option<Job>, StoreError>>;
+    fn job(&self, job_id: i64) -> BoxFuture<'_, Result<Option<Job>, StoreError>> {
+        Box::pin(async move { Ok(self.jobs(vec![job_id]).await?.pop()) })
+    }
     /// Record an attempt and apply its consequence to the job, atomically.
     fn record(&self, attempt: Attempt) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Drop every queued job of a deleted subscription; returns how many were dropped.

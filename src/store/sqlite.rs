@@ -18,13 +18,21 @@ use super::{
 /// Most write requests folded into one transaction.
 const MAX_GROUP: usize = 512;
 
+/// Attempt records are not urgent (the HTTP answer is in; only the bookkeeping waits), so they are
+/// gathered for up to this long, or until [`MAX_RECORDS`] are waiting, and written in one request:
+/// one commit for hundreds of attempts instead of one each, which the commit cost (every dirty page
+/// written to the WAL, then an fsync) made the largest item in the delivery profile.
+const RECORD_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+/// Most attempt records gathered into one write request.
+const MAX_RECORDS: usize = 512;
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// Answers a request once the outcome of the shared commit is known.
 type Answer = Box<dyn FnOnce(Option<&rusqlite::Error>)>;
 
 enum Op {
     Accept(Vec<NewEvent>, Reply<Vec<Accepted>>),
-    Record(Attempt, Reply<()>),
+    Records(Vec<(Attempt, Reply<()>)>),
     DropSubscription(String, Reply<u64>),
     DeadLetterDone(i64, Reply<()>),
     Prune(Millis, Millis, Reply<()>),
@@ -38,6 +46,7 @@ enum Op {
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Op>,
+    records: mpsc::UnboundedSender<(Attempt, Reply<()>)>,
     reader: Arc<Mutex<Connection>>,
 }
 
@@ -63,7 +72,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    /// Open (creating and migrating if needed) the store in `data_dir`.
+    /// Open (creating and migrating if needed) the store in `data_dir`. Must be called within a
+    /// Tokio runtime (attempt records are gathered by a task).
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::DataDir { path: data_dir.display().to_string(), source })?;
@@ -76,7 +86,9 @@ impl SqliteStore {
             .name("hookline-store".into())
             .spawn(move || write_loop(writer, rx))
             .map_err(|source| StoreError::DataDir { path: path.display().to_string(), source })?;
-        Ok(SqliteStore { writer: tx, reader: Arc::new(Mutex::new(reader)) })
+        let (records, records_rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather_records(records_rx, tx.clone()));
+        Ok(SqliteStore { writer: tx, records, reader: Arc::new(Mutex::new(reader)) })
     }
 
     async fn send<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -96,6 +108,25 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Hand attempt records to the writer in groups: whatever arrives within [`RECORD_DELAY`] of the
+/// first one, up to [`MAX_RECORDS`]. Ends when every store handle is gone.
+async fn gather_records(mut rx: mpsc::UnboundedReceiver<(Attempt, Reply<()>)>, writer: mpsc::Sender<Op>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let due = tokio::time::Instant::now() + RECORD_DELAY;
+        while group.len() < MAX_RECORDS {
+            match tokio::time::timeout_at(due, rx.recv()).await {
+                Ok(Some(record)) => group.push(record),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // If the writer is gone, the replies are dropped and each caller sees `Closed`.
+        if writer.send(Op::Records(group)).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -120,7 +151,7 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
         let mut done: Vec<Answer> = Vec::with_capacity(ops.len());
         let mut tx = tx;
         for op in ops {
-            done.push(apply(&mut tx, op));
+            apply(&mut tx, op, &mut done);
         }
         let commit = tx.commit();
         for finish in done {
@@ -134,7 +165,7 @@ fn fail_all(ops: Vec<Op>, e: &rusqlite::Error) {
     for op in ops {
         match op {
             Op::Accept(_, r) => drop(r.send(Err(err()))),
-            Op::Record(_, r) => drop(r.send(Err(err()))),
+            Op::Records(records) => records.into_iter().for_each(|(_, r)| drop(r.send(Err(err())))),
             Op::DropSubscription(_, r) => drop(r.send(Err(err()))),
             Op::DeadLetterDone(_, r) => drop(r.send(Err(err()))),
             Op::Prune(_, _, r) => drop(r.send(Err(err()))),
@@ -146,18 +177,15 @@ fn fail_all(ops: Vec<Op>, e: &rusqlite::Error) {
     }
 }
 
-/// Run one op inside a savepoint; returns the closure that answers it once the commit is known.
-fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
+/// Run one op (each record of a group on its own) inside a savepoint; adds to `done` the closures
+/// that answer them once the commit is known.
+fn apply(tx: &mut Transaction<'_>, op: Op, done: &mut Vec<Answer>) {
     fn run<T: Send + 'static>(
         tx: &mut Transaction<'_>,
         reply: Reply<T>,
         f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
     ) -> Answer {
-        let result = tx.savepoint().and_then(|sp| {
-            let value = f(&sp)?;
-            sp.commit()?;
-            Ok(value)
-        });
+        let result = in_savepoint(tx, f);
         Box::new(move |commit_error| {
             let answer = match (result, commit_error) {
                 (Err(e), _) => Err(StoreError::Sqlite(e)),
@@ -167,9 +195,14 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             let _ = reply.send(answer);
         })
     }
-    match op {
+    let answer = match op {
         Op::Accept(events, reply) => run(tx, reply, |t| accept(t, events)),
-        Op::Record(attempt, reply) => run(tx, reply, |t| record(t, attempt)),
+        Op::Records(records) => {
+            for (attempt, reply) in records {
+                done.push(run(tx, reply, |t| record(t, attempt)));
+            }
+            return;
+        }
         Op::DropSubscription(uid, reply) => run(tx, reply, |t| {
             t.execute("DELETE FROM verifications WHERE sub_uid = ?1", [&uid])?;
             t.execute("DELETE FROM jobs WHERE sub_uid = ?1", [&uid]).map(|n| n as u64)
@@ -212,7 +245,25 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
             )?;
             Ok(())
         }),
+    };
+    done.push(answer);
+}
+
+/// Run `f` inside a savepoint, so that a failing request undoes only its own writes and the
+/// shared transaction goes on for the others. The statements are cached: this runs per request.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+) -> Result<T, rusqlite::Error> {
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
+    exec("SAVEPOINT request")?;
+    let result = f(conn).and_then(|v| exec("RELEASE request").map(|()| v));
+    if result.is_err() {
+        // ROLLBACK TO keeps the savepoint open; RELEASE then drops it (now empty).
+        let _ = exec("ROLLBACK TO request");
+        let _ = exec("RELEASE request");
     }
+    result
 }
 
 fn accept(tx: &Connection, events: Vec<NewEvent>) -> Result<Vec<Accepted>, rusqlite::Error> {
@@ -367,30 +418,41 @@ impl Store for SqliteStore {
         .boxed()
     }
 
-    fn job(&self, job_id: i64) -> BoxFuture<'_, Result<Option<Job>, StoreError>> {
+    fn jobs(&self, job_ids: Vec<i64>) -> BoxFuture<'_, Result<Vec<Job>, StoreError>> {
         self.read(move |c| {
-            c.prepare_cached(
+            let mut stmt = c.prepare_cached(
                 "SELECT j.id, j.sub_uid, j.attempts, j.first_attempt_ms, e.accepted_at_ms, e.body, j.replay_of
                  FROM jobs j JOIN events e ON e.seq = j.event_seq WHERE j.id = ?1",
-            )?
-            .query_row([job_id], |r| {
-                Ok(Job {
-                    job_id: r.get(0)?,
-                    sub_uid: r.get(1)?,
-                    attempts: r.get(2)?,
-                    first_attempt_at: r.get(3)?,
-                    accepted_at: r.get(4)?,
-                    event: r.get(5)?,
-                    replay_of: r.get(6)?,
-                })
-            })
-            .optional()
+            )?;
+            let mut found = Vec::with_capacity(job_ids.len());
+            for id in job_ids {
+                let job = stmt
+                    .query_row([id], |r| {
+                        Ok(Job {
+                            job_id: r.get(0)?,
+                            sub_uid: r.get(1)?,
+                            attempts: r.get(2)?,
+                            first_attempt_at: r.get(3)?,
+                            accepted_at: r.get(4)?,
+                            event: r.get(5)?,
+                            replay_of: r.get(6)?,
+                        })
+                    })
+                    .optional()?;
+                found.extend(job);
+            }
+            Ok(found)
         })
         .boxed()
     }
 
     fn record(&self, attempt: Attempt) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.send(|r| Op::Record(attempt, r)).boxed()
+        async move {
+            let (reply, rx) = oneshot::channel();
+            self.records.send((attempt, reply)).map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
     }
 
     fn drop_subscription(&self, sub_uid: &str) -> BoxFuture<'_, Result<u64, StoreError>> {

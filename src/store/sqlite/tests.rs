@@ -211,3 +211,26 @@ async fn job_ids_are_never_reused_so_outboxes_cannot_collide() {
     store.record(attempt(second, 1, JobUpdate::DeadLetter(letter))).await.expect("record");
     assert_eq!(store.dead_letters(10).await.expect("outbox").len(), 2, "both dead letters are kept");
 }
+
+#[test]
+fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
+    let mut conn = Connection::open_in_memory().expect("open");
+    conn.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)").expect("schema");
+    let tx = conn.transaction().expect("tx");
+    in_savepoint(&tx, |c| c.execute("INSERT INTO t VALUES (1)", [])).expect("first request");
+    let failed = in_savepoint(&tx, |c| {
+        c.execute("INSERT INTO t VALUES (2)", [])?;
+        c.execute("INSERT INTO t VALUES (1)", []) // duplicate key: fails after a write
+    });
+    assert!(failed.is_err());
+    in_savepoint(&tx, |c| c.execute("INSERT INTO t VALUES (3)", [])).expect("third request");
+    tx.commit().expect("commit");
+    let rows: Vec<i64> = conn
+        .prepare("SELECT v FROM t ORDER BY v")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows, [1, 3], "the failed request's first write is undone, the others kept");
+}
