@@ -21,7 +21,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 session bench
 log "building ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" --bins
-BIN="$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo release)"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$([ "$PROFILE" = dev ] && echo debug || echo release)"
 
 INGEST=$(free_port); METRICS=$(free_port); RECEIVER=$(free_port)
 "$BIN/hookline" run --data-dir "$WORK/data" --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
