@@ -12,10 +12,11 @@ use tracing::{info, warn};
 
 use hookline::controller::{self, Policy};
 use hookline::deadletter::{self, FailedEventContext, Limits};
+use hookline::delivery::clients::Clients;
 use hookline::delivery::secrets::SecretCache;
 use hookline::delivery::ssrf::Guard;
 use hookline::delivery::status::{StatusBoard, run_writer};
-use hookline::delivery::{Dispatchers, Shared, sender};
+use hookline::delivery::{Dispatchers, Shared};
 use hookline::ingest::{self, Ingest, IngestConfig, auth::Auth};
 use hookline::metrics::Metrics;
 use hookline::registry::Registry;
@@ -125,8 +126,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_telemetry(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,kube=warn,tower=warn,hyper=warn,rustls_platform_verifier=off",
+        )
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -159,15 +163,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     info!(data_dir = %args.data_dir.display(), "store open");
     let guard = Arc::new(Guard::new(args.allow_cidr.clone()));
-    let http = sender::client(guard.clone()).context("building the HTTP client")?;
+    let secrets = SecretCache::new(client.clone());
+    let clients = Clients::new(guard.clone(), secrets.clone()).context("building the HTTP client")?;
     if !args.allow_cidr.is_empty() {
         warn!(cidrs = ?args.allow_cidr, "the SSRF guard lets these extra networks through");
     }
     let board = StatusBoard::default();
     let shared = Arc::new(Shared {
         store: store.clone(),
-        http: http.clone(),
-        secrets: SecretCache::new(client.clone()),
+        clients: clients.clone(),
+        secrets: secrets.clone(),
         board: board.clone(),
         metrics: metrics.clone(),
         dead_letters_waiting: Arc::new(Notify::new()),
@@ -232,9 +237,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let verifier = Verifier {
         store: dispatchers.shared().store.clone(),
-        http,
+        clients,
         guard,
-        secrets: SecretCache::new(client.clone()),
+        secrets,
         public_url: args.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()),
     };
     if args.public_url.is_none() {

@@ -123,6 +123,7 @@ mod tests {
                 url: "https://example.com/hook".into(),
                 headers: Default::default(),
                 headers_from: None,
+                ca_bundle_from: None,
                 timeout_seconds: 15,
             },
             delivery: Default::default(),

@@ -48,6 +48,15 @@ fn malformed_header_names_are_rejected() {
 }
 
 #[test]
+fn a_ca_bundle_needs_an_https_url() {
+    let ca = "  caBundleFrom: {secretRef: {name: private-ca}}\n";
+    assert_eq!(violations(&subscription(&format!("{BASE}{ca}"))), Vec::<String>::new());
+    let plain = format!("{}{ca}", BASE.replace("https://", "http://"));
+    let v = violations(&subscription(&plain));
+    assert!(v.iter().any(|m| m.contains("caBundleFrom needs an https:// url")), "{v:?}");
+}
+
+#[test]
 fn max_backoff_must_not_be_shorter_than_initial_backoff() {
     let sub = subscription(&format!("{BASE}retryPolicy: {{initialBackoff: 10m, maxBackoff: 1m}}\n"));
     let v = violations(&sub);

@@ -6,10 +6,11 @@ mod support;
 use std::time::Duration;
 
 use hookline::api::WebhookSubscription;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::receiver::{Handshake, Receiver};
+use support::receiver::{Handshake, Receiver, TestCa};
 use support::{TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -180,4 +181,56 @@ async fn allowed_networks_pass_the_guard() {
     let rx = Receiver::start().await;
     create(&env, "loopback", &rx.url.replace("127.0.0.1", "localhost"), json!({})).await;
     verified(&env, "loopback", "True", "Verified").await;
+}
+
+/// Point the subscription at a CA bundle Secret and ask for a fresh handshake at once.
+async fn trust(env: &TestEnv, name: &str, secret: &str) {
+    let patch = json!({
+        "metadata": {"annotations": {"hookline.dev/revalidate": secret}},
+        "spec": {"endpoint": {"caBundleFrom": {"secretRef": {"name": secret}}}},
+    });
+    env.api::<WebhookSubscription>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch caBundleFrom");
+}
+
+async fn ca_secret(env: &TestEnv, name: &str, pem: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name}, "stringData": {"ca.crt": pem},
+    }))
+    .expect("secret");
+    env.api::<Secret>().create(&PostParams::default(), &secret).await.expect("create CA secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_refused_until_the_subscription_names_its_ca() {
+    let Some(env) = TestEnv::with_crds("verify-tls").await else { return };
+    let h = env.start_hookline(FLAGS).await;
+    let ca = TestCa::new("Hookline test CA");
+    let rx = Receiver::start_tls(&ca).await;
+    create(&env, "s", &rx.url, json!({})).await;
+    let msg = verified(&env, "s", "False", "Pending").await;
+    assert!(msg.contains("certificate"), "names the TLS problem: {msg}");
+
+    // Another CA's bundle does not make the certificate trusted.
+    ca_secret(&env, "other-ca", &TestCa::new("Another CA").ca_pem).await;
+    trust(&env, "s", "other-ca").await;
+    let msg = verified(&env, "s", "False", "Pending").await;
+    assert!(msg.contains("certificate"), "still refused: {msg}");
+    // A key without a certificate is named as such.
+    ca_secret(&env, "not-a-ca", "hello").await;
+    trust(&env, "s", "not-a-ca").await;
+    let msg = verified(&env, "s", "False", "Pending").await;
+    assert!(msg.contains("holds no PEM certificate"), "{msg}");
+    assert!(rx.validations().is_empty(), "nothing reached the endpoint over an untrusted connection");
+
+    ca_secret(&env, "private-ca", &ca.ca_pem).await;
+    trust(&env, "s", "private-ca").await;
+    verified(&env, "s", "True", "Verified").await;
+    env.kubectl(&["wait", "--for=condition=Ready", "whsub/s", "--timeout=30s"]);
+    h.publish_json(&env.namespace, event("over-tls")).await;
+    let got = rx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("ce-id"), "over-tls");
+    assert!(got[0].header("webhook-signature").starts_with("v1,"), "signed as usual");
 }

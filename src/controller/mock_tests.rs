@@ -13,10 +13,11 @@ use tokio::task::JoinHandle;
 use super::fixtures::subscription;
 use super::{Context, FINALIZER, Policy, reconcile};
 use crate::api::WebhookSubscription;
+use crate::delivery::clients::Clients;
 use crate::delivery::secrets::SecretCache;
 use crate::delivery::ssrf::Guard;
 use crate::delivery::status::StatusBoard;
-use crate::delivery::{Dispatchers, Shared, sender};
+use crate::delivery::{Dispatchers, Shared};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::SqliteStore;
@@ -71,18 +72,18 @@ fn context(client: Client, policy: Policy) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let guard = Arc::new(Guard::default());
-    let http = sender::client(guard.clone()).expect("http client");
+    let secrets = SecretCache::new(client.clone());
+    let clients = Clients::new(guard.clone(), secrets.clone()).expect("http client");
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         store: store.clone(),
-        http: http.clone(),
-        secrets: SecretCache::new(client.clone()),
+        clients: clients.clone(),
+        secrets: secrets.clone(),
         board: StatusBoard::default(),
         metrics: metrics.clone(),
         dead_letters_waiting: Default::default(),
     });
-    let verifier =
-        Verifier { store, http, guard, secrets: SecretCache::new(client.clone()), public_url: None };
+    let verifier = Verifier { store, clients, guard, secrets, public_url: None };
     let ctx = Context::new(client, policy, Registry::default(), metrics, Dispatchers::new(shared), verifier);
     Fixture { ctx: Arc::new(ctx), _dir: dir }
 }

@@ -69,6 +69,9 @@ pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
             problems.push(Problem::new("spec.filter.subjectPrefix", "must not be empty when set"));
         }
     }
+    if spec.endpoint.ca_bundle_from.is_some() && !spec.endpoint.url.starts_with("https://") {
+        problems.push(Problem::new("spec.endpoint.caBundleFrom", "needs an https:// url"));
+    }
     if spec.validation.method == ValidationMethod::None && !policy.allow_unverified {
         problems.push(Problem::new(
             "spec.validation.method",
@@ -80,6 +83,10 @@ pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
         (
             "spec.endpoint.headersFrom.secretRef.name",
             spec.endpoint.headers_from.as_ref().map(|h| &h.secret_ref.name),
+        ),
+        (
+            "spec.endpoint.caBundleFrom.secretRef.name",
+            spec.endpoint.ca_bundle_from.as_ref().map(|c| &c.secret_ref.name),
         ),
     ] {
         if let Some(name) = secret
@@ -259,6 +266,16 @@ mod tests {
         let s = spec("eventTypes: ['*']\nendpoint: {url: 'http://example.com/'}\n");
         assert_eq!(fields(&s, Policy::default()), ["spec.endpoint.url"]);
         assert!(check(&s, Policy { allow_http: true, ..Policy::default() }).is_empty());
+    }
+
+    #[test]
+    fn a_ca_bundle_needs_an_https_url() {
+        let ca = "  caBundleFrom: {secretRef: {name: private-ca}}\n";
+        let plain = spec(&format!("eventTypes: ['*']\nendpoint:\n  url: 'http://example.com/'\n{ca}"));
+        let allow_http = Policy { allow_http: true, ..Policy::default() };
+        assert_eq!(fields(&plain, allow_http), ["spec.endpoint.caBundleFrom"]);
+        let tls = spec(&format!("eventTypes: ['*']\nendpoint:\n  url: 'https://example.com/'\n{ca}"));
+        assert!(check(&tls, Policy::default()).is_empty());
     }
 
     #[test]

@@ -192,6 +192,13 @@ async fn run(
             }
         }
     }
+    let http = match shared.clients.for_endpoint(ns, &sub.spec.endpoint).await {
+        Ok(http) => http,
+        Err(e) => {
+            warn!(subscription = %sub.key.name, error = %e, "no HTTP client for the endpoint; delivery waits");
+            return requeue_in(job.job, LOCAL_RETRY);
+        }
+    };
     let target = Target {
         url: &sub.spec.endpoint.url,
         mode: sub.spec.delivery.mode,
@@ -199,7 +206,7 @@ async fn run(
         static_headers: &headers,
         keys: &keys,
     };
-    let sent = send(&shared.http, &target, event).await;
+    let sent = send(&http, &target, event).await;
     slot.release();
     let attempt_no = job.attempts + 1;
     let decision = next(&sent.outcome, attempt_no, age, &schedule, rand::rng().random());

@@ -3,6 +3,7 @@
 
 mod attempt;
 pub mod backoff;
+pub mod clients;
 mod dispatcher;
 pub mod matching;
 pub mod secrets;
@@ -22,6 +23,7 @@ use crate::event::CloudEvent;
 use crate::metrics::Metrics;
 use crate::registry::{ActiveSubscription, Registry};
 use crate::store::{Accepted, JobRef, NewEvent, Store, StoreError, now_ms};
+use clients::Clients;
 use dispatcher::Dispatcher;
 use secrets::SecretCache;
 use status::StatusBoard;
@@ -34,7 +36,7 @@ pub const TEST_EVENT_SOURCE: &str = "/hookline";
 /// What every dispatcher shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
-    pub http: reqwest::Client,
+    pub clients: Clients,
     pub secrets: SecretCache,
     pub board: StatusBoard,
     pub metrics: Arc<Metrics>,

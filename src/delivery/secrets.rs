@@ -30,7 +30,8 @@ pub enum SecretError {
     },
 }
 
-type Data = Arc<BTreeMap<String, Vec<u8>>>;
+/// A Secret's data by key.
+pub type Data = Arc<BTreeMap<String, Vec<u8>>>;
 type Entries = HashMap<(String, String), (Instant, Data)>;
 
 /// A short-lived cache of Secret data.
@@ -45,7 +46,8 @@ impl SecretCache {
         Self { client, entries: Arc::default() }
     }
 
-    async fn data(&self, namespace: &str, name: &str) -> Result<Data, SecretError> {
+    /// A Secret's data (cached for a few seconds).
+    pub async fn data(&self, namespace: &str, name: &str) -> Result<Data, SecretError> {
         let key = (namespace.to_string(), name.to_string());
         if let Some((at, data)) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
             && at.elapsed() < TTL

@@ -23,18 +23,26 @@ pub const MAX_RESPONSE_BYTES: usize = 4096;
 pub struct ClientError(#[from] reqwest::Error);
 
 /// The shared, pooled HTTP client: keep-alive, never follows redirects, resolves only through the
-/// SSRF guard.
+/// SSRF guard, verifies certificates against the system's trusted roots.
 pub fn client(guard: Arc<Guard>) -> Result<Client, ClientError> {
+    Ok(builder(guard).build()?)
+}
+
+/// A client like [`client`] that trusts only these CA certificates (an endpoint's private CA).
+pub fn client_trusting(guard: Arc<Guard>, roots: Vec<reqwest::Certificate>) -> Result<Client, ClientError> {
+    Ok(builder(guard).tls_certs_only(roots).build()?)
+}
+
+fn builder(guard: Arc<Guard>) -> reqwest::ClientBuilder {
     // reqwest is built without a default crypto provider; kube already uses ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(Client::builder()
+    Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(GuardedResolver(guard))
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .user_agent(concat!("Hookline/", env!("CARGO_PKG_VERSION")))
-        .build()?)
 }
 
 /// The parts of a request that do not depend on the event.

@@ -88,7 +88,8 @@ async fn event(
     };
     let (headers, body) = render(&event, sub.spec.delivery.mode, &keys, jiff::Timestamp::now().as_second());
     let url = &sub.spec.endpoint.url;
-    let request = verifier.http.post(url).headers(headers).body(body).timeout(TIMEOUT);
+    let Some(http) = client(verifier, sub, v).await else { return };
+    let request = http.post(url).headers(headers).body(body).timeout(TIMEOUT);
     let async_hint = match &validation_url {
         Some(_) => " or GET the validationUrl from the event within 10 minutes",
         None => "",
@@ -127,6 +128,21 @@ async fn event(
     };
 }
 
+/// The endpoint's HTTP client; `None` (with the reason in `v.message`) when its CA bundle is unusable.
+async fn client(
+    verifier: &Verifier,
+    sub: &WebhookSubscription,
+    v: &mut Verification,
+) -> Option<reqwest::Client> {
+    match verifier.clients.for_endpoint(&sub.namespace().unwrap_or_default(), &sub.spec.endpoint).await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            v.message = format!("Hookline cannot call {}: {e}", sub.spec.endpoint.url);
+            None
+        }
+    }
+}
+
 async fn options(verifier: &Verifier, sub: &WebhookSubscription, v: &mut Verification, now: Millis) {
     let url = &sub.spec.endpoint.url;
     let origin = verifier
@@ -135,8 +151,8 @@ async fn options(verifier: &Verifier, sub: &WebhookSubscription, v: &mut Verific
         .and_then(|u| url::Url::parse(u).ok())
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_else(|| "hookline".into());
-    let request = verifier
-        .http
+    let Some(http) = client(verifier, sub, v).await else { return };
+    let request = http
         .request(Method::OPTIONS, url)
         .header("WebHook-Request-Origin", origin.clone())
         .header("WebHook-Request-Rate", "120")

@@ -13,6 +13,7 @@ use kube::ResourceExt;
 
 use crate::api::{ValidationMethod, WebhookSubscription, annotations};
 use crate::controller::status::Verification as State;
+use crate::delivery::clients::Clients;
 use crate::delivery::secrets::SecretCache;
 use crate::delivery::ssrf::{Guard, GuardError};
 use crate::store::{Store, now_ms};
@@ -41,7 +42,7 @@ pub struct Outcome {
 /// Runs handshakes; shared by all reconciliations.
 pub struct Verifier {
     pub store: Arc<dyn Store>,
-    pub http: reqwest::Client,
+    pub clients: Clients,
     pub guard: Arc<Guard>,
     pub secrets: SecretCache,
     /// Base of validation URLs (`--public-url`); without it only the synchronous answer works.

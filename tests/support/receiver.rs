@@ -165,6 +165,32 @@ impl Receiver {
         Receiver { url: format!("http://127.0.0.1:{}/hook", addr.port()), inner, _stop: stop }
     }
 
+    /// Start a receiver like [`Receiver::start`] that serves HTTPS on `https://127.0.0.1:…` with a
+    /// certificate signed by `ca`.
+    pub async fn start_tls(ca: &TestCa) -> Receiver {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = tcp.local_addr().expect("addr");
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![ca.leaf.clone()], ca.leaf_key.clone_key())
+                .expect("server certificate");
+        let listener = TlsListener { tcp, tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)) };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Receiver { url: format!("https://127.0.0.1:{}/hook", addr.port()), inner, _stop: stop }
+    }
+
     /// Answer the next requests with these replies, in order.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner.lock().expect("lock").script.extend(replies);
@@ -197,5 +223,58 @@ impl Receiver {
             (r.len() >= n).then_some(r)
         })
         .await
+    }
+}
+
+/// A throwaway CA and a serving certificate it signed for `127.0.0.1` and `localhost`.
+pub struct TestCa {
+    /// The CA certificate, PEM: what a client must trust.
+    pub ca_pem: String,
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("serving certificate");
+        TestCa {
+            ca_pem: ca.pem(),
+            leaf: leaf.der().clone(),
+            leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+}
+
+/// Accepts TCP connections and completes the TLS handshake; connections whose handshake fails
+/// (a client that does not trust the certificate) are dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.tls.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
