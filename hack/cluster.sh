@@ -7,6 +7,8 @@
 #   hack/cluster.sh down    stop exactly what `up` started and remove its state
 #   hack/cluster.sh status  say whether the control plane is running
 #   hack/cluster.sh env     print the `export KUBECONFIG=…` line of a running control plane
+#   hack/cluster.sh apiserver-stop | apiserver-start
+#                           stop / start only kube-apiserver (same port; etcd keeps the data)
 #
 # Kubernetes 1.20.2 is built from Debian's `kubernetes` source package (see shared/TESTING.md):
 # no container engine or binary download is needed. The binaries are cached in
@@ -175,20 +177,9 @@ up() {
     --initial-cluster "hookline=http://127.0.0.1:$etcd_peer"
   wait_for etcd 30 "$STATE_DIR/etcd.pid" "$STATE_DIR/etcd.log" curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  log "starting kube-apiserver on https://127.0.0.1:$api_port"
-  start_bg kube-apiserver "$BIN_DIR/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
-    --tls-cert-file "$STATE_DIR/certs/apiserver.crt" --tls-private-key-file "$STATE_DIR/certs/apiserver.key" \
-    --cert-dir "$STATE_DIR/certs" --token-auth-file "$STATE_DIR/tokens.csv" \
-    --authorization-mode RBAC \
-    --service-account-issuer https://kubernetes.default.svc \
-    --service-account-key-file "$STATE_DIR/certs/sa.pub" \
-    --service-account-signing-key-file "$STATE_DIR/certs/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24
-  wait_for kube-apiserver 90 "$STATE_DIR/kube-apiserver.pid" "$STATE_DIR/kube-apiserver.log" \
-    curl -fsS --cacert "$STATE_DIR/certs/ca.crt" -H "Authorization: Bearer $token" \
-    "https://127.0.0.1:$api_port/readyz"
+  echo "$etcd_port" >"$STATE_DIR/etcd-port"
+  echo "$api_port" >"$STATE_DIR/api-port"
+  start_apiserver
 
   write_kubeconfig "https://127.0.0.1:$api_port" "$token" "$STATE_DIR/kubeconfig"
   chmod 600 "$STATE_DIR/kubeconfig"
@@ -204,6 +195,27 @@ up() {
 
   log "control plane ready (state: $STATE_DIR)"
   echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
+}
+
+# Start kube-apiserver on the ports `up` chose (also used to restart it after `apiserver-stop`).
+start_apiserver() {
+  local etcd_port api_port token
+  etcd_port=$(cat "$STATE_DIR/etcd-port"); api_port=$(cat "$STATE_DIR/api-port")
+  token=$(cut -d, -f1 "$STATE_DIR/tokens.csv")
+  log "starting kube-apiserver on https://127.0.0.1:$api_port"
+  start_bg kube-apiserver "$BIN_DIR/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+    --tls-cert-file "$STATE_DIR/certs/apiserver.crt" --tls-private-key-file "$STATE_DIR/certs/apiserver.key" \
+    --cert-dir "$STATE_DIR/certs" --token-auth-file "$STATE_DIR/tokens.csv" \
+    --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$STATE_DIR/certs/sa.pub" \
+    --service-account-signing-key-file "$STATE_DIR/certs/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24
+  wait_for kube-apiserver 90 "$STATE_DIR/kube-apiserver.pid" "$STATE_DIR/kube-apiserver.log" \
+    curl -fsS --cacert "$STATE_DIR/certs/ca.crt" -H "Authorization: Bearer $token" \
+    "https://127.0.0.1:$api_port/readyz"
 }
 
 stop_pid() { # name
@@ -237,11 +249,15 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   build) install_packages; build_k8s ;;
+  # Stop and start only the API server (etcd and its data stay): for tests of API-server outages.
+  apiserver-stop) stop_pid kube-apiserver ;;
+  apiserver-start)
+    pid_alive "$STATE_DIR/kube-apiserver.pid" || start_apiserver ;;
   status)
     if pid_alive "$STATE_DIR/kube-apiserver.pid"; then echo "running: export KUBECONFIG=$STATE_DIR/kubeconfig"
     else echo "not running"; exit 1; fi ;;
   env)
     pid_alive "$STATE_DIR/kube-apiserver.pid" || die "not running (hack/cluster.sh up)"
     echo "export KUBECONFIG=$STATE_DIR/kubeconfig" ;;
-  *) echo "usage: $0 up|down|status|env|build" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|build|apiserver-stop|apiserver-start" >&2; exit 2 ;;
 esac

@@ -138,15 +138,28 @@ fn init_telemetry(format: LogFormat) {
     }
 }
 
+/// The Kubernetes client (kubeconfig from the usual places), counting every request it sends in
+/// `hookline_api_requests_total`, so API load can be watched and tested (e.g. no hot loop).
+async fn kube_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer().await.context("finding the Kubernetes API server")?;
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.api_request(req.method());
+        req
+    });
+    let builder =
+        kube::client::ClientBuilder::try_from(config).context("configuring the Kubernetes client")?;
+    Ok(builder.with_layer(&count).build())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_telemetry(args.log_format);
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API server")?;
+    let metrics = Arc::new(Metrics::default());
+    let client = kube_client(metrics.clone()).await?;
     let policy = Policy { allow_http: args.allow_http, allow_unverified: args.allow_unverified_endpoints };
     if policy.allow_unverified {
         warn!("--allow-unverified-endpoints: subscriptions may skip the endpoint ownership handshake");
     }
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let registry = Registry::default();
 

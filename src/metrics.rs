@@ -38,6 +38,11 @@ struct DeadLetterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     reason: &'static str,
 }
@@ -55,6 +60,7 @@ pub struct Metrics {
     attempt_duration: Histogram,
     queue_depth: Family<QueueLabels, Gauge>,
     dead_letters: Family<DeadLetterLabels, Counter>,
+    api_requests: Family<MethodLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -108,7 +114,14 @@ impl Default for Metrics {
         registry.register("queue_depth", "Jobs queued or in flight per subscription", queue_depth.clone());
         let dead_letters = Family::<DeadLetterLabels, Counter>::default();
         registry.register("dead_letters", "Events given up on, by what became of them", dead_letters.clone());
+        let api_requests = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests this process sent to the Kubernetes API server, by HTTP method",
+            api_requests.clone(),
+        );
         Self {
+            api_requests,
             registry,
             reconciles,
             reconcile_errors,
@@ -121,6 +134,13 @@ impl Default for Metrics {
             queue_depth,
             dead_letters,
         }
+    }
+}
+
+impl Metrics {
+    /// Count one request to the Kubernetes API server (the kube client's request layer calls it).
+    pub fn api_request(&self, method: &http::Method) {
+        self.api_requests.get_or_create(&MethodLabels { method: method.as_str().to_string() }).inc();
     }
 }
 

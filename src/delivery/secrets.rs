@@ -46,20 +46,37 @@ impl SecretCache {
         Self { client, entries: Arc::default() }
     }
 
-    /// A Secret's data (cached for a few seconds).
+    /// A Secret's data (cached for a few seconds). When the API server cannot be reached, the
+    /// last data read is used instead, so deliveries go on through an API-server outage; a
+    /// Secret that is gone is gone.
     pub async fn data(&self, namespace: &str, name: &str) -> Result<Data, SecretError> {
         let key = (namespace.to_string(), name.to_string());
-        if let Some((at, data)) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+        let cached = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        if let Some((at, data)) = &cached
             && at.elapsed() < TTL
         {
             return Ok(data.clone());
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = api
-            .get_opt(name)
-            .await
-            .map_err(|source| SecretError::Kube { name: name.to_string(), source })?
-            .ok_or_else(|| SecretError::NotFound(name.to_string()))?;
+        let secret = match api.get_opt(name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                return Err(SecretError::NotFound(name.to_string()));
+            }
+            Err(source) => match cached {
+                Some((_, data)) => {
+                    // Try again after another TTL, not on every delivery meanwhile.
+                    warn!(namespace, secret = name, error = %source, "cannot re-read Secret; using the last value read");
+                    self.entries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, (Instant::now(), data.clone()));
+                    return Ok(data);
+                }
+                None => return Err(SecretError::Kube { name: name.to_string(), source }),
+            },
+        };
         let data: Data =
             Arc::new(secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect());
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (Instant::now(), data.clone()));

@@ -36,6 +36,67 @@ fn kubeconfig_path() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cluster/kubeconfig"))
 }
 
+/// A control plane of one test's own (`hack/cluster.sh` with its own state directory), for tests
+/// that stop the API server, which would break every other test on the shared one. Torn down
+/// when dropped.
+pub struct PrivateControlPlane {
+    dir: PathBuf,
+}
+
+impl PrivateControlPlane {
+    /// Start one (`None`, after saying why, where the shared control plane is missing and tests
+    /// are skipped).
+    pub fn start(name: &str) -> Option<PrivateControlPlane> {
+        if !kubeconfig_path().exists() {
+            if std::env::var_os("CI").is_some() || std::env::var_os("HOOKLINE_REQUIRE_CLUSTER").is_some() {
+                panic!("no control plane at {}: run hack/cluster.sh up", kubeconfig_path().display());
+            }
+            eprintln!("SKIPPED {name}: no local control plane (run hack/cluster.sh up)");
+            return None;
+        }
+        let plane =
+            PrivateControlPlane { dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp").join(name) };
+        plane.cluster(&["up"]);
+        Some(plane)
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Stop only kube-apiserver (etcd keeps the data).
+    pub fn stop_api_server(&self) {
+        self.cluster(&["apiserver-stop"]);
+    }
+
+    /// Start kube-apiserver again on the same address; returns once it is ready.
+    pub fn start_api_server(&self) {
+        self.cluster(&["apiserver-start"]);
+    }
+
+    fn cluster(&self, args: &[&str]) {
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster.sh"))
+            .args(args)
+            .env("HOOKLINE_CLUSTER_DIR", &self.dir)
+            .output()
+            .expect("run hack/cluster.sh");
+        assert!(
+            out.status.success(),
+            "hack/cluster.sh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster.sh"))
+            .arg("down")
+            .env("HOOKLINE_CLUSTER_DIR", &self.dir)
+            .output();
+    }
+}
+
 /// One test's view of the cluster: a client and a namespace of its own.
 pub struct TestEnv {
     pub client: Client,
@@ -63,6 +124,11 @@ impl TestEnv {
             );
             return None;
         }
+        Some(TestEnv::start_on(test, kubeconfig).await)
+    }
+
+    /// Like [`TestEnv::start`], on the control plane `kubeconfig` points at.
+    pub async fn start_on(test: &str, kubeconfig: PathBuf) -> TestEnv {
         let kc = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig readable");
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
@@ -79,7 +145,7 @@ impl TestEnv {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        Some(TestEnv { client, namespace, kubeconfig, logs: Mutex::default(), owner: true })
+        TestEnv { client, namespace, kubeconfig, logs: Mutex::default(), owner: true }
     }
 
     /// The same namespace seen through another kubeconfig (Hooklines started from it use that
@@ -302,6 +368,20 @@ impl Hookline {
             .await;
         assert_eq!(status, 202, "publish refused: {body}");
         body
+    }
+
+    /// The sum of a metric over all its label values, e.g. `hookline_api_requests_total`.
+    pub async fn metric_sum(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(&format!("{}/metrics", self.metrics)).await?;
+        let labelled = format!("{name}{{");
+        Some(
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split_once(' '))
+                .filter(|(n, _)| *n == name || n.starts_with(&labelled))
+                .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+                .sum(),
+        )
     }
 
     /// The value of one Prometheus sample line, e.g. `hookline_status_writes_total`.
