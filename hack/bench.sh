@@ -39,8 +39,10 @@ if [ "$MODE" = "--scale" ]; then
   PIDS+=($!)
   kubectl create namespace scale >/dev/null
   for i in $(seq 1 "$SUBS"); do subscription scale "s$i"; done >"$WORK/subs.yaml"
+  # Server-wide requests (includes kubectl apply's own) and Hookline's own (its client counts them).
   api_requests() { kubectl get --raw /metrics | awk '/^apiserver_request_total/ { s += $NF } END { printf "%d", s }'; }
-  before=$(api_requests)
+  hookline_requests() { curl -fsS "http://127.0.0.1:$METRICS/metrics" | awk '/^hookline_api_requests_total/ { s += $NF } END { printf "%d", s }'; }
+  before=$(api_requests); hl_before=$(hookline_requests)
   start=$(date +%s.%N)
   kubectl apply -f "$WORK/subs.yaml" >/dev/null
   while :; do
@@ -50,10 +52,12 @@ if [ "$MODE" = "--scale" ]; then
     sleep 1
   done
   seconds=$(awk -v s="$start" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }')
-  after=$(api_requests)
+  after=$(api_requests); hl_after=$(hookline_requests)
   rss=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$HL/status")
-  printf '{"subscriptions": %d, "all_ready_s": %s, "rss_mb": %s, "api_requests_total": %d, "api_requests_per_subscription": %.2f}\n' \
-    "$SUBS" "$seconds" "$rss" "$((after - before))" "$(awk -v d="$((after - before))" -v n="$SUBS" 'BEGIN { print d / n }')"
+  curl -fsS "http://127.0.0.1:$METRICS/metrics" | grep '^hookline_api_requests_total' | sed 's/^/[bench] since start: /' >&2
+  printf '{"subscriptions": %d, "all_ready_s": %s, "rss_mb": %s, "api_requests_total": %d, "hookline_api_requests": %d, "hookline_api_requests_per_subscription": %.2f}\n' \
+    "$SUBS" "$seconds" "$rss" "$((after - before))" "$((hl_after - hl_before))" \
+    "$(awk -v d="$((hl_after - hl_before))" -v n="$SUBS" 'BEGIN { print d / n }')"
   exit 0
 fi
 
