@@ -156,7 +156,74 @@ async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
             "",
         ),
         ("wrong content type", vec![("content-type", "text/plain")], "hello".into(), 415, ""),
+        (
+            "binary with the wrong specversion",
+            vec![("ce-specversion", "0.3"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")],
+            "{}".into(),
+            400,
+            "ce-specversion",
+        ),
+        (
+            "binary with a bad time",
+            vec![
+                ("ce-specversion", "1.0"),
+                ("ce-id", "1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("ce-time", "noon"),
+            ],
+            "{}".into(),
+            400,
+            "ce-time",
+        ),
+        (
+            "binary oversized",
+            vec![("ce-specversion", "1.0"), ("ce-id", "big"), ("ce-source", "/s"), ("ce-type", "t")],
+            "x".repeat(4096),
+            413,
+            "",
+        ),
+        ("not an object", vec![STRUCTURED], "[1]".into(), 400, "body"),
+        (
+            "an extension of the wrong type",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","region":{"eu":1}}"#.into(),
+            400,
+            "region",
+        ),
+        (
+            "data and data_base64 together",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#.into(),
+            400,
+            "data",
+        ),
+        (
+            "invalid base64",
+            vec![STRUCTURED],
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"***"}"#.into(),
+            400,
+            "data_base64",
+        ),
+        (
+            "empty batch",
+            vec![("content-type", "application/cloudevents-batch+json")],
+            "[]".into(),
+            400,
+            "body",
+        ),
+        (
+            "oversized batch entry",
+            vec![("content-type", "application/cloudevents-batch+json")],
+            format!(
+                "[{}]",
+                json!({"specversion":"1.0","id":"big","source":"/s","type":"t","data":"x".repeat(4096)})
+            ),
+            413,
+            "batch[0]",
+        ),
     ];
+    assert!(cases.len() >= 20, "the issue asks for at least 20 malformed publishes");
     for (what, headers, body, want, attribute) in cases {
         let (status, json) = h.publish(&ns, &headers, body, None).await;
         assert_eq!(status, want, "{what}: {json}");
@@ -168,6 +235,17 @@ async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
             assert_eq!(json["attribute"], attribute, "{what}: {json}");
         }
     }
+    // Headers beyond the HTTP server's limit are refused before any handler runs.
+    let huge = "x".repeat(512 * 1024);
+    let headers = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+        ("ce-subject", huge.as_str()),
+    ];
+    let (status, _) = h.publish(&ns, &headers, "{}", None).await;
+    assert!((400..500).contains(&status), "huge headers: {status}");
     let (status, json) = h.publish("Not_A_Namespace", &[STRUCTURED], event("n"), None).await;
     assert_eq!(status, 400, "{json}");
     let (status, json) = h.publish("no-such-namespace-here", &[STRUCTURED], event("n"), None).await;
