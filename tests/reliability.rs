@@ -4,6 +4,8 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -110,24 +112,44 @@ async fn misbehaving_receivers_get_the_exact_outcome() {
 }
 
 /// Publish `n` events in batches; returns their ids.
-async fn publish_many(h: &Hookline, ns: &str, prefix: &str, n: usize) -> Vec<String> {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    for chunk in ids.chunks(100) {
-        let batch: Vec<Value> = chunk
+/// Publish batches of 100 as fast as Hookline takes them until `stop` is set or a request fails
+/// (Hookline was killed). Returns every id sent and the ids of the batches answered `202`.
+async fn publish_until(
+    ingest: String,
+    ns: String,
+    prefix: String,
+    accepted_count: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, Vec<String>) {
+    let client = reqwest::Client::new();
+    let (mut sent, mut accepted) = (Vec::new(), Vec::new());
+    for n in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let ids: Vec<String> = (0..100).map(|i| format!("{prefix}-{n}-{i}")).collect();
+        let batch: Vec<Value> = ids
             .iter()
             .map(|id| json!({"specversion": "1.0", "id": id, "source": "/crash", "type": "t"}))
             .collect();
-        let (status, body) = h
-            .publish(
-                ns,
-                &[("content-type", "application/cloudevents-batch+json")],
-                Value::Array(batch).to_string(),
-                None,
-            )
+        sent.extend(ids.iter().cloned());
+        let resp = client
+            .post(format!("{ingest}/v1/namespaces/{ns}/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(batch).to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
             .await;
-        assert_eq!(status, 202, "{body}");
+        match resp {
+            Ok(r) if r.status().as_u16() == 202 => {
+                accepted.extend(ids);
+                accepted_count.fetch_add(100, Ordering::SeqCst);
+            }
+            // Killed mid-request (or refused): not accepted, though it may have been stored.
+            _ => break,
+        }
     }
-    ids
+    (sent, accepted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,15 +160,32 @@ async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() 
     rx.set_default(Reply::Delay(Duration::from_millis(2)));
     let mut h = env.start_hookline_in(&data, LOCAL).await;
     subscribe(&env, "s", &rx.url, json!({"delivery": {"maxConcurrency": 4}, "retryPolicy": {"initialBackoff": "200ms", "maxBackoff": "1s"}})).await;
-    let mut accepted = Vec::new();
-    // Three rounds: publish while the receiver drains, kill -9 at a different point each time.
+    let (mut sent, mut accepted): (HashSet<String>, HashSet<String>) = (HashSet::new(), HashSet::new());
+    // Three rounds: kill -9 while a publisher is mid-request and the receiver is draining (status
+    // is written every second meanwhile, so a kill may also land in a status write).
     for round in 0..3 {
-        accepted.extend(publish_many(&h, &env.namespace, &format!("r{round}"), 1_700).await);
+        let count = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = tokio::spawn(publish_until(
+            h.ingest.clone(),
+            env.namespace.clone(),
+            format!("r{round}"),
+            count.clone(),
+            stop.clone(),
+        ));
         let already = rx.received().len();
-        rx.wait_for(already + 50 * (round + 1), WAIT).await;
+        wait_until("the publisher and the receiver both busy", WAIT, || async {
+            (count.load(Ordering::SeqCst) >= 1_700 && rx.received().len() >= already + 50).then_some(())
+        })
+        .await;
         h.kill().await;
+        stop.store(true, Ordering::SeqCst);
+        let (ids, ok) = publisher.await.expect("publisher");
+        sent.extend(ids);
+        accepted.extend(ok);
         h = env.start_hookline_in(&data, LOCAL).await;
     }
+    assert!(accepted.len() >= 5_000, "only {} accepted", accepted.len());
     wait_until("every accepted event delivered", Duration::from_secs(180), || async {
         let got: HashSet<String> = rx.received().iter().map(|r| r.header("webhook-id")).collect();
         accepted.iter().all(|id| got.contains(id)).then_some(())
@@ -163,5 +202,9 @@ async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() 
         accepted.len(),
         rx.received().len()
     );
-    assert_eq!(seen.len(), accepted.len(), "nothing delivered that was not accepted");
+    let unacknowledged = seen.keys().filter(|id| !accepted.contains(id.as_str())).count();
+    eprintln!(
+        "crash recovery: {unacknowledged} delivered events were stored but their 202 was cut off by a kill"
+    );
+    assert!(seen.keys().all(|id| sent.contains(id)), "nothing delivered that was not published");
 }
