@@ -150,28 +150,16 @@ async fn handle(
 impl Receiver {
     /// Start a receiver that answers 200 unless told otherwise.
     pub async fn start() -> Receiver {
-        let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Receiver { url: format!("http://127.0.0.1:{}/hook", addr.port()), inner, _stop: stop }
+        let port = listener.local_addr().expect("addr").port();
+        Receiver::serve(listener, format!("http://127.0.0.1:{port}/hook"))
     }
 
     /// Start a receiver like [`Receiver::start`] that serves HTTPS on `https://127.0.0.1:…` with a
     /// certificate signed by `ca`.
     pub async fn start_tls(ca: &TestCa) -> Receiver {
-        let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().fallback(handle).with_state(inner.clone());
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
-        let addr = tcp.local_addr().expect("addr");
+        let port = tcp.local_addr().expect("addr").port();
         let config =
             rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -180,6 +168,16 @@ impl Receiver {
                 .with_single_cert(vec![ca.leaf.clone()], ca.leaf_key.clone_key())
                 .expect("server certificate");
         let listener = TlsListener { tcp, tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)) };
+        Receiver::serve(listener, format!("https://127.0.0.1:{port}/hook"))
+    }
+
+    fn serve<L>(listener: L, url: String) -> Receiver
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().fallback(handle).with_state(inner.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -188,7 +186,7 @@ impl Receiver {
                 })
                 .await;
         });
-        Receiver { url: format!("https://127.0.0.1:{}/hook", addr.port()), inner, _stop: stop }
+        Receiver { url, inner, _stop: stop }
     }
 
     /// Answer the next requests with these replies, in order.
