@@ -288,10 +288,20 @@ async fn prune(store: Arc<dyn Store>, retention: Duration, dedup: Duration, stop
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // In bounded rounds, so publishes and attempt records interleave with a large prune.
+        const ROUND: u32 = 2_000;
         let now = now_ms();
-        if let Err(e) = store.prune(now - retention.as_millis() as i64, now - dedup.as_millis() as i64).await
-        {
-            warn!(error = %e, "pruning the store");
+        let (log_before, events_before) =
+            (now - retention.as_millis() as i64, now - dedup.as_millis() as i64);
+        loop {
+            match store.prune(log_before, events_before, ROUND).await {
+                Ok(n) if n >= u64::from(ROUND) && !stop.is_cancelled() => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(error = %e, "pruning the store");
+                    break;
+                }
+            }
         }
     }
 }

@@ -82,4 +82,10 @@ pub const MIGRATIONS: &[&str] = &[
         revalidate TEXT
     );
     "#,
+    // 4: pruning finds old events and their dead letters by index instead of scanning every event
+    // (a full scan of a large events table stalled the writer, and so every publish, each minute).
+    r#"
+    CREATE INDEX events_by_time ON events (accepted_at_ms);
+    CREATE INDEX dead_letters_by_event ON dead_letters (event_seq);
+    "#,
 ];

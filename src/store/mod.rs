@@ -252,6 +252,13 @@ pub trait Store: Send + Sync + 'static {
         token: &str,
         now: Millis,
     ) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
-    /// Delete log entries older than `log_before` and finished events older than `events_before`.
-    fn prune(&self, log_before: Millis, events_before: Millis) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Delete at most `limit` log entries older than `log_before` and at most `limit` finished
+    /// events older than `events_before`; returns how many rows went. Callers repeat while it
+    /// returns `limit` or more, so one call never holds the writer for long.
+    fn prune(
+        &self,
+        log_before: Millis,
+        events_before: Millis,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
 }

@@ -35,7 +35,7 @@ enum Op {
     Records(Vec<(Attempt, Reply<()>)>),
     DropSubscription(String, Reply<u64>),
     DeadLetterDone(i64, Reply<()>),
-    Prune(Millis, Millis, Reply<()>),
+    Prune(Millis, Millis, u32, Reply<u64>),
     Replay(Replay, Reply<Option<JobRef>>),
     PutVerification(Verification, Reply<()>),
     Confirm(String, Millis, Reply<Option<String>>),
@@ -168,7 +168,7 @@ fn fail_all(ops: Vec<Op>, e: &rusqlite::Error) {
             Op::Records(records) => records.into_iter().for_each(|(_, r)| drop(r.send(Err(err())))),
             Op::DropSubscription(_, r) => drop(r.send(Err(err()))),
             Op::DeadLetterDone(_, r) => drop(r.send(Err(err()))),
-            Op::Prune(_, _, r) => drop(r.send(Err(err()))),
+            Op::Prune(_, _, _, r) => drop(r.send(Err(err()))),
             Op::Replay(_, r) => drop(r.send(Err(err()))),
             Op::PutVerification(_, r) => drop(r.send(Err(err()))),
             Op::Confirm(_, _, r) => drop(r.send(Err(err()))),
@@ -235,16 +235,9 @@ fn apply(tx: &mut Transaction<'_>, op: Op, done: &mut Vec<Answer>) {
         Op::ReplayDone(job_id, reply) => run(tx, reply, |t| {
             t.execute("DELETE FROM replay_outcomes WHERE job_id = ?1", [job_id]).map(|_| ())
         }),
-        Op::Prune(log_before, events_before, reply) => run(tx, reply, |t| {
-            t.execute("DELETE FROM attempts WHERE at_ms < ?1", [log_before])?;
-            t.execute(
-                "DELETE FROM events WHERE accepted_at_ms < ?1
-                   AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_seq = events.seq)
-                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = events.seq)",
-                [events_before],
-            )?;
-            Ok(())
-        }),
+        Op::Prune(log_before, events_before, limit, reply) => {
+            run(tx, reply, |t| prune(t, log_before, events_before, limit))
+        }
     };
     done.push(answer);
 }
@@ -265,6 +258,26 @@ fn in_savepoint<T>(
     }
     result
 }
+
+/// One bounded round of pruning (see [`Store::prune`]); every statement runs on an index.
+fn prune(
+    t: &Connection,
+    log_before: Millis,
+    events_before: Millis,
+    limit: u32,
+) -> Result<u64, rusqlite::Error> {
+    let log = t.prepare_cached(PRUNE_LOG)?.execute(params![log_before, limit])?;
+    let events = t.prepare_cached(PRUNE_EVENTS)?.execute(params![events_before, limit])?;
+    Ok((log + events) as u64)
+}
+
+const PRUNE_LOG: &str =
+    "DELETE FROM attempts WHERE seq IN (SELECT seq FROM attempts WHERE at_ms < ?1 LIMIT ?2)";
+const PRUNE_EVENTS: &str = "DELETE FROM events WHERE seq IN (
+       SELECT seq FROM events WHERE accepted_at_ms < ?1
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_seq = events.seq)
+         AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = events.seq)
+       LIMIT ?2)";
 
 fn accept(tx: &Connection, events: Vec<NewEvent>) -> Result<Vec<Accepted>, rusqlite::Error> {
     let mut insert_event = tx.prepare_cached(
@@ -585,8 +598,13 @@ impl Store for SqliteStore {
         self.send(move |r| Op::Confirm(token, now, r)).boxed()
     }
 
-    fn prune(&self, log_before: Millis, events_before: Millis) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.send(move |r| Op::Prune(log_before, events_before, r)).boxed()
+    fn prune(
+        &self,
+        log_before: Millis,
+        events_before: Millis,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.send(move |r| Op::Prune(log_before, events_before, limit, r)).boxed()
     }
 }
 

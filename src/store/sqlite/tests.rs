@@ -115,7 +115,7 @@ async fn pruning_keeps_events_with_work_and_forgets_finished_ones() {
     let (_dir, store) = store();
     let out = store.accept(vec![event("done", &["a"]), event("queued", &["a"])]).await.expect("accept");
     store.record(attempt(out[0].jobs[0].1, 1, JobUpdate::Delivered)).await.expect("record");
-    store.prune(i64::MAX, 5_000).await.expect("prune");
+    store.prune(i64::MAX, 5_000, 100).await.expect("prune");
     assert!(store.deliveries("a", 10, None).await.expect("log").is_empty(), "old log entries pruned");
     assert!(store.job(out[1].jobs[0].1).await.expect("read").is_some(), "queued event kept");
     let again = store.accept(vec![event("done", &["a"])]).await.expect("accept");
@@ -233,4 +233,32 @@ fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
         .collect::<Result<_, _>>()
         .expect("rows");
     assert_eq!(rows, [1, 3], "the failed request's first write is undone, the others kept");
+}
+
+#[tokio::test]
+async fn pruning_goes_in_bounded_rounds() {
+    let (_dir, store) = store();
+    let events: Vec<NewEvent> = (0..5).map(|i| event(&format!("e{i}"), &[])).collect();
+    store.accept(events).await.expect("accept");
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 2, "at most `limit` events per round");
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 2);
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 1);
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 0);
+}
+
+#[test]
+fn pruning_finds_old_rows_by_index_not_by_scanning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut conn = open(&dir.path().join("plan.db")).expect("open");
+    migrate(&mut conn).expect("migrate");
+    for sql in [PRUNE_LOG, PRUNE_EVENTS] {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan")
+            .query_map(params![0, 10], |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(plan.iter().all(|step| !step.starts_with("SCAN")), "{sql}: {plan:?}");
+    }
 }
