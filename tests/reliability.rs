@@ -6,13 +6,14 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::receiver::{Receiver, Reply};
 use support::{Hookline, LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
+const PATCHES: &str = r#"hookline_api_requests_total{method="PATCH"}"#;
 
 async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: Value) {
     env.subscribe(name, url, spec, ("True", "Active")).await;
@@ -161,8 +162,8 @@ async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() 
     let mut h = env.start_hookline_in(&data, LOCAL).await;
     subscribe(&env, "s", &rx.url, json!({"delivery": {"maxConcurrency": 4}, "retryPolicy": {"initialBackoff": "200ms", "maxBackoff": "1s"}})).await;
     let (mut sent, mut accepted): (HashSet<String>, HashSet<String>) = (HashSet::new(), HashSet::new());
-    // Three rounds: kill -9 while a publisher is mid-request and the receiver is draining (status
-    // is written every second meanwhile, so a kill may also land in a status write).
+    // Three rounds: kill -9 while a publisher is mid-request, the receiver is draining, and a
+    // status write has just been sent.
     for round in 0..3 {
         let count = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -178,6 +179,14 @@ async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() 
             (count.load(Ordering::SeqCst) >= 1_700 && rx.received().len() >= already + 50).then_some(())
         })
         .await;
+        // Kill the moment Hookline sends its next PATCH (the status writer's, every second here):
+        // the write is then in flight or just landed.
+        // Polled back to back (a status write takes milliseconds), within a deadline.
+        let before = h.metric(PATCHES).await.unwrap_or(0.0);
+        let deadline = Instant::now() + WAIT;
+        while h.metric(PATCHES).await.unwrap_or(0.0) <= before {
+            assert!(Instant::now() < deadline, "no status write within {WAIT:?}");
+        }
         h.kill().await;
         stop.store(true, Ordering::SeqCst);
         let (ids, ok) = publisher.await.expect("publisher");
@@ -189,6 +198,13 @@ async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() 
     wait_until("every accepted event delivered", Duration::from_secs(180), || async {
         let got: HashSet<String> = rx.received().iter().map(|r| r.header("webhook-id")).collect();
         accepted.iter().all(|id| got.contains(id)).then_some(())
+    })
+    .await;
+    // Status written again by the last process, despite the writes the kills cut short.
+    let api = env.api::<hookline::api::WebhookSubscription>();
+    wait_until("status to show an empty queue", WAIT, || async {
+        let stats = api.get("s").await.ok()?.status?.delivery_stats?;
+        (stats.pending == 0 && stats.delivered > 0).then_some(())
     })
     .await;
     let mut seen: HashMap<String, usize> = HashMap::new();
