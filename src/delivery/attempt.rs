@@ -65,9 +65,7 @@ impl JobState {
 
 /// Parse an event as the store keeps it (the CloudEvents JSON format).
 fn parse_stored(body: &[u8]) -> Result<CloudEvent, String> {
-    serde_json::from_slice(body)
-        .map_err(|e| e.to_string())
-        .and_then(|v| CloudEvent::from_json_value(v, "").map_err(|e| e.to_string()))
+    CloudEvent::from_structured(body).map_err(|e| e.to_string())
 }
 
 /// Attempt `job` for `sub` and report back on `done`: first [`Finished::Sent`] when the

@@ -195,18 +195,36 @@ impl CloudEvent {
 
     /// Parse one event in the CloudEvents JSON format; `at` prefixes attribute names in errors.
     pub fn from_json_value(value: Value, at: &str) -> Result<CloudEvent, EventError> {
+        // Serializing a Value cannot fail, and its text is valid JSON.
+        let text = serde_json::to_string(&value).unwrap_or_default();
+        let raw: &RawValue =
+            serde_json::from_str(&text).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
+        CloudEvent::from_raw(raw, at)
+    }
+
+    /// Parse one event from its JSON text without building a tree of it: attributes are read
+    /// from the borrowed text, and JSON data is kept as the bytes that were published.
+    fn from_raw(raw: &RawValue, at: &str) -> Result<CloudEvent, EventError> {
         let name = |a: &str| format!("{at}{a}");
-        let Value::Object(mut obj) = value else {
-            return Err(err(
+        let not_object = || {
+            err(
                 if at.is_empty() { "body".into() } else { at.trim_end_matches('.').to_string() },
                 "must be a JSON object",
-            ));
+            )
         };
+        if !raw.get().starts_with('{') {
+            return Err(not_object());
+        }
+        // Sorted, so that of several bad extensions the same one is always named.
+        let mut obj: BTreeMap<String, &RawValue> =
+            serde_json::from_str(raw.get()).map_err(|_| not_object())?;
+        let mut take = |a: &str| obj.remove(a).filter(|v| v.get() != "null");
         let mut take_string = |a: &str| -> Result<Option<String>, EventError> {
-            match obj.remove(a) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s)),
-                Some(_) => Err(err(name(a), "must be a string")),
+            match take(a) {
+                None => Ok(None),
+                Some(v) => serde_json::from_str::<String>(v.get())
+                    .map(Some)
+                    .map_err(|_| err(name(a), "must be a string")),
             }
         };
         let specversion = check_required(&name("specversion"), take_string("specversion")?)?;
@@ -222,7 +240,7 @@ impl CloudEvent {
         let dataschema = take_string("dataschema")?;
         check_time(&time, &name("time"))?;
         let data_base64 = take_string("data_base64")?;
-        let data = obj.remove("data").filter(|v| !v.is_null());
+        let data = obj.remove("data").filter(|v| v.get() != "null");
         let data = match (data, data_base64) {
             (Some(_), Some(_)) => {
                 return Err(err(name("data"), "data and data_base64 are mutually exclusive"));
@@ -234,20 +252,22 @@ impl CloudEvent {
             )),
             (None, None) => None,
             // A string is the payload itself unless the payload is declared to be JSON.
-            (Some(Value::String(s)), None) if !datacontenttype.as_deref().is_none_or(is_json_media_type) => {
-                Some(Bytes::from(s))
+            (Some(v), None)
+                if v.get().starts_with('"') && !datacontenttype.as_deref().is_none_or(is_json_media_type) =>
+            {
+                Some(Bytes::from(
+                    serde_json::from_str::<String>(v.get()).map_err(|e| err(name("data"), e.to_string()))?,
+                ))
             }
-            (Some(v), None) => {
-                Some(Bytes::from(serde_json::to_vec(&v).map_err(|e| err(name("data"), e.to_string()))?))
-            }
+            (Some(v), None) => Some(Bytes::copy_from_slice(v.get().as_bytes())),
         };
         let mut extensions = BTreeMap::new();
-        for (key, value) in obj {
+        for (key, raw) in obj {
             check_extension_name(&key, &name(&key))?;
-            let value = match value {
-                Value::String(s) => ExtValue::String(s),
-                Value::Bool(b) => ExtValue::Boolean(b),
-                Value::Number(n) => ExtValue::Integer(
+            let value = match serde_json::from_str::<Value>(raw.get()) {
+                Ok(Value::String(s)) => ExtValue::String(s),
+                Ok(Value::Bool(b)) => ExtValue::Boolean(b),
+                Ok(Value::Number(n)) => ExtValue::Integer(
                     n.as_i64().ok_or_else(|| err(name(&key), "extension numbers must be integers"))?,
                 ),
                 _ => return Err(err(name(&key), "extension values must be strings, integers or booleans")),
@@ -259,24 +279,24 @@ impl CloudEvent {
 
     /// Parse a structured-mode body.
     pub fn from_structured(body: &[u8]) -> Result<CloudEvent, EventError> {
-        let value: Value =
+        let raw: &RawValue =
             serde_json::from_slice(body).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
-        CloudEvent::from_json_value(value, "")
+        CloudEvent::from_raw(raw, "")
     }
 
     /// Parse a batch body; one bad entry rejects the whole batch.
     pub fn from_batch(body: &[u8]) -> Result<Vec<CloudEvent>, EventError> {
-        let value: Value =
+        let raw: &RawValue =
             serde_json::from_slice(body).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
-        let Value::Array(items) = value else { return Err(err("body", "a batch must be a JSON array")) };
+        if !raw.get().starts_with('[') {
+            return Err(err("body", "a batch must be a JSON array"));
+        }
+        let items: Vec<&RawValue> =
+            serde_json::from_str(raw.get()).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
         if items.is_empty() {
             return Err(err("body", "a batch must hold at least one event"));
         }
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| CloudEvent::from_json_value(v, &format!("batch[{i}].")))
-            .collect()
+        items.into_iter().enumerate().map(|(i, v)| CloudEvent::from_raw(v, &format!("batch[{i}]."))).collect()
     }
 
     /// Whether the payload is JSON that can be embedded as a JSON value.

@@ -210,3 +210,13 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn json_data_is_kept_as_published_and_whitespace_around_the_event_is_fine() {
+    let body = b"\n  {\"specversion\": \"1.0\", \"id\": \"1\", \"source\": \"/s\", \"type\": \"t\", \"data\": {\"a\": [1, 2]}}  \n";
+    let ev = CloudEvent::from_structured(body).expect("valid");
+    assert_eq!(ev.data.as_deref(), Some(&b"{\"a\": [1, 2]}"[..]), "the payload bytes exactly as published");
+    let batch = format!("  [{}]", String::from_utf8_lossy(body));
+    assert_eq!(CloudEvent::from_batch(batch.as_bytes()).expect("valid batch")[0], ev);
+    assert_eq!(CloudEvent::from_structured(b" [1]").expect_err("array").attribute, "body");
+}
