@@ -122,10 +122,11 @@ fn is_text_media_type(ct: &str) -> bool {
     essence.starts_with("text/") || essence == "application/xml" || essence.ends_with("+xml")
 }
 
-fn check_required(attribute: &str, value: Option<String>) -> Result<String, EventError> {
+/// `at` + `attribute` names the attribute in errors (built only for an error: this runs per event).
+fn check_required(at: &str, attribute: &str, value: Option<String>) -> Result<String, EventError> {
     match value {
-        None => Err(err(attribute, "is required")),
-        Some(v) if v.is_empty() => Err(err(attribute, "must not be empty")),
+        None => Err(err(format!("{at}{attribute}"), "is required")),
+        Some(v) if v.is_empty() => Err(err(format!("{at}{attribute}"), "must not be empty")),
         Some(v) => Ok(v),
     }
 }
@@ -143,11 +144,11 @@ fn check_extension_name(name: &str, attribute: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-fn check_time(time: &Option<String>, attribute: &str) -> Result<(), EventError> {
+fn check_time(time: &Option<String>, at: &str, attribute: &str) -> Result<(), EventError> {
     if let Some(t) = time
         && t.parse::<jiff::Timestamp>().is_err()
     {
-        return Err(err(attribute, format!("{t:?} is not an RFC 3339 timestamp")));
+        return Err(err(format!("{at}{attribute}"), format!("{t:?} is not an RFC 3339 timestamp")));
     }
     Ok(())
 }
@@ -164,7 +165,7 @@ impl CloudEvent {
                     .map_err(|_| err(name, "header value is not valid text")),
             }
         };
-        let specversion = check_required("ce-specversion", header("ce-specversion")?)?;
+        let specversion = check_required("", "ce-specversion", header("ce-specversion")?)?;
         if specversion != "1.0" {
             return Err(err("ce-specversion", format!("must be 1.0, got {specversion:?}")));
         }
@@ -179,9 +180,9 @@ impl CloudEvent {
             extensions.insert(attr.to_string(), ExtValue::String(percent_decode(value)));
         }
         let event = CloudEvent {
-            id: check_required("ce-id", header("ce-id")?)?,
-            source: check_required("ce-source", header("ce-source")?)?,
-            type_: check_required("ce-type", header("ce-type")?)?,
+            id: check_required("", "ce-id", header("ce-id")?)?,
+            source: check_required("", "ce-source", header("ce-source")?)?,
+            type_: check_required("", "ce-type", header("ce-type")?)?,
             subject: header("ce-subject")?,
             time: header("ce-time")?,
             datacontenttype: header("content-type")?,
@@ -189,7 +190,7 @@ impl CloudEvent {
             extensions,
             data: (!body.is_empty()).then_some(body),
         };
-        check_time(&event.time, "ce-time")?;
+        check_time(&event.time, "", "ce-time")?;
         Ok(event)
     }
 
@@ -227,18 +228,18 @@ impl CloudEvent {
                     .map_err(|_| err(name(a), "must be a string")),
             }
         };
-        let specversion = check_required(&name("specversion"), take_string("specversion")?)?;
+        let specversion = check_required(at, "specversion", take_string("specversion")?)?;
         if specversion != "1.0" {
             return Err(err(name("specversion"), format!("must be 1.0, got {specversion:?}")));
         }
-        let id = check_required(&name("id"), take_string("id")?)?;
-        let source = check_required(&name("source"), take_string("source")?)?;
-        let type_ = check_required(&name("type"), take_string("type")?)?;
+        let id = check_required(at, "id", take_string("id")?)?;
+        let source = check_required(at, "source", take_string("source")?)?;
+        let type_ = check_required(at, "type", take_string("type")?)?;
         let subject = take_string("subject")?;
         let time = take_string("time")?;
         let datacontenttype = take_string("datacontenttype")?;
         let dataschema = take_string("dataschema")?;
-        check_time(&time, &name("time"))?;
+        check_time(&time, at, "time")?;
         let data_base64 = take_string("data_base64")?;
         let data = obj.remove("data").filter(|v| v.get() != "null");
         let data = match (data, data_base64) {
