@@ -224,19 +224,24 @@ async fn redirects_are_never_followed() {
     let Some(env) = TestEnv::with_crds("no-redirects").await else { return };
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
+    // Redirects to the cloud metadata address and to the receiver itself: neither is followed.
+    let metadata = "http://169.254.169.254/latest/meta-data/".to_string();
     let elsewhere = rx.url.replace("/hook", "/elsewhere");
+    rx.script([Reply::Redirect(301, metadata.clone()), Reply::Redirect(302, metadata)]);
     rx.set_default(Reply::Redirect(307, elsewhere));
-    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"maxAttempts": 2, "initialBackoff": "200ms"}}))
+    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"maxAttempts": 3, "initialBackoff": "200ms"}}))
         .await;
     h.publish_json(&env.namespace, event("rd", "t")).await;
-    let log = wait_until("two attempts in the log", WAIT, || async {
+    let log = wait_until("three attempts in the log", WAIT, || async {
         let log = delivery_log(&h, &env.namespace, "s", "").await;
-        (log["items"].as_array()?.len() == 2).then_some(log)
+        (log["items"].as_array()?.len() == 3).then_some(log)
     })
     .await;
-    assert_eq!(log["items"][0]["statusCode"], 307);
+    let codes: Vec<u64> =
+        log["items"].as_array().expect("items").iter().filter_map(|i| i["statusCode"].as_u64()).collect();
+    assert_eq!(codes, [307, 302, 301], "newest first: {log}");
     assert_eq!(log["items"][0]["outcome"], "deadLettered");
-    assert!(rx.received().iter().all(|r| r.path == "/hook"), "the redirect target was never requested");
+    assert!(rx.received().iter().all(|r| r.path == "/hook"), "no redirect target was ever requested");
 }
 
 #[tokio::test]

@@ -49,6 +49,7 @@ async fn misbehaving_receivers_get_the_exact_outcome() {
     let failing = Receiver::start().await;
     failing.set_default(Reply::Status(503));
     let closed = format!("http://127.0.0.1:{}/closed", support::free_port());
+    let reset = support::receiver::resetting_endpoint().await;
     let one_try = json!({"retryPolicy": {"maxAttempts": 1}});
     let two_tries = json!({"retryPolicy": {"maxAttempts": 2, "initialBackoff": "100ms"}});
     subscribe(
@@ -67,7 +68,8 @@ async fn misbehaving_receivers_get_the_exact_outcome() {
     .await;
     subscribe(&env, "huge", &huge.url, one_try.clone()).await;
     subscribe(&env, "failing", &failing.url, two_tries.clone()).await;
-    subscribe(&env, "refused", &closed, two_tries).await;
+    subscribe(&env, "refused", &closed, two_tries.clone()).await;
+    subscribe(&env, "reset", &reset, two_tries).await;
     let rss_before = rss_kb(h.child.id().expect("pid"));
     h.publish_json(&env.namespace, json!({"specversion": "1.0", "id": "f1", "source": "/s", "type": "t"}))
         .await;
@@ -110,6 +112,13 @@ async fn misbehaving_receivers_get_the_exact_outcome() {
     assert_eq!((failing["statusCode"].as_u64(), failing["attempt"].as_u64()), (Some(503), Some(2)));
     let refused = last("refused").await;
     assert!(refused["error"].as_str().unwrap_or("").contains("connection"), "{refused}");
+    let reset = last("reset").await;
+    assert_eq!(
+        (reset["statusCode"].as_u64(), reset["attempt"].as_u64(), reset["outcome"].as_str()),
+        (None, Some(2), Some("deadLettered")),
+        "a reset connection is retried like any transport error: {reset}"
+    );
+    assert!(!reset["error"].as_str().unwrap_or("").is_empty(), "the error is described: {reset}");
 }
 
 /// Publish `n` events in batches; returns their ids.

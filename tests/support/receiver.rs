@@ -276,3 +276,22 @@ impl axum::serve::Listener for TlsListener {
         self.tcp.local_addr()
     }
 }
+
+/// An endpoint that accepts each connection, reads the start of the request, and resets the
+/// connection (TCP RST) without answering. Returns its URL.
+pub async fn resetting_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            // Linger 0: closing sends RST instead of FIN. (Deprecated because a non-zero linger
+            // blocks the thread on drop; a zero one never does.)
+            #[allow(deprecated)]
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            drop(stream);
+        }
+    });
+    format!("http://127.0.0.1:{port}/reset")
+}
