@@ -143,7 +143,8 @@ async fn ensure_signing_secret(sub: &WebhookSubscription, ctx: &Context) -> Resu
         )
         .await
     {
-        Ok(_) => {
+        Ok(created) => {
+            ctx.verifier.secrets.remember(&created);
             info!(subscription = %ObjectRef::from_obj(sub), secret = %name, "created signing Secret");
             let event = Event {
                 type_: EventType::Normal,

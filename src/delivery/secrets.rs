@@ -83,6 +83,20 @@ impl SecretCache {
         Ok(data)
     }
 
+    /// Remember a Secret this process has just written (the API server's answer), so that the
+    /// handshake and first deliveries that follow do not read it back.
+    pub fn remember(&self, secret: &Secret) {
+        let (Some(namespace), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
+            return;
+        };
+        let data: Data =
+            Arc::new(secret.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect());
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.clone(), name.clone()), (Instant::now(), data));
+    }
+
     /// The signing keys in a Secret: every value starting with `whsec_`, in key order. Two keys
     /// during a rotation yield two signatures.
     pub async fn signing_keys(&self, namespace: &str, name: &str) -> Result<Vec<SigningKey>, SecretError> {
@@ -141,6 +155,25 @@ fn headers(data: &BTreeMap<String, Vec<u8>>, secret: &str) -> Vec<(HeaderName, H
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_remembered_secret_is_not_read_back() {
+        // A client whose requests are never answered: any read would hang past the timeout.
+        let (service, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let cache = SecretCache::new(Client::new(service, "default"));
+        let mut secret = Secret::default();
+        secret.metadata.namespace = Some("ns".into());
+        secret.metadata.name = Some("s-signing".into());
+        let key = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3Wv1bHmSEsk=".to_vec();
+        secret.data = Some(BTreeMap::from([("signingSecret".to_string(), k8s_openapi::ByteString(key))]));
+        cache.remember(&secret);
+        let keys = tokio::time::timeout(Duration::from_secs(1), cache.signing_keys("ns", "s-signing"))
+            .await
+            .expect("served from the cache, no API request")
+            .expect("keys");
+        assert_eq!(keys.len(), 1);
+    }
 
     #[test]
     fn only_whsec_values_are_signing_keys_in_key_order() {
