@@ -8,8 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::HeaderMap;
 use serde::Serialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 /// Media type of a structured-mode event.
 pub const STRUCTURED: &str = "application/cloudevents+json";
@@ -25,14 +25,6 @@ pub enum ExtValue {
 }
 
 impl ExtValue {
-    fn to_json(&self) -> Value {
-        match self {
-            ExtValue::String(s) => Value::String(s.clone()),
-            ExtValue::Integer(i) => Value::from(*i),
-            ExtValue::Boolean(b) => Value::Bool(*b),
-        }
-    }
-
     /// The canonical string form, used in binary-mode headers.
     pub fn as_header(&self) -> String {
         match self {
@@ -53,7 +45,7 @@ impl Serialize for ExtValue {
     }
 }
 
-/// The CloudEvents JSON format, borrowed from a [`CloudEvent`] (see `to_json_bytes`).
+/// The CloudEvents JSON format, borrowed from a [`CloudEvent`] (see `json_format`).
 #[derive(Serialize)]
 struct JsonFormat<'a> {
     specversion: &'static str,
@@ -300,52 +292,20 @@ impl CloudEvent {
         items.into_iter().enumerate().map(|(i, v)| CloudEvent::from_raw(v, &format!("batch[{i}]."))).collect()
     }
 
-    /// Whether the payload is JSON that can be embedded as a JSON value.
-    fn data_json(&self) -> Option<Value> {
-        let data = self.data.as_ref()?;
-        if !self.datacontenttype.as_deref().is_none_or(is_json_media_type) {
-            return None;
-        }
-        serde_json::from_slice(data).ok()
-    }
-
     /// The event in the CloudEvents JSON format (structured mode, and how it is stored).
     pub fn to_json(&self) -> Value {
-        let mut obj = Map::new();
-        obj.insert("specversion".into(), "1.0".into());
-        obj.insert("id".into(), self.id.clone().into());
-        obj.insert("source".into(), self.source.clone().into());
-        obj.insert("type".into(), self.type_.clone().into());
-        for (k, v) in [
-            ("subject", &self.subject),
-            ("time", &self.time),
-            ("datacontenttype", &self.datacontenttype),
-            ("dataschema", &self.dataschema),
-        ] {
-            if let Some(v) = v {
-                obj.insert(k.into(), v.clone().into());
-            }
-        }
-        for (k, v) in &self.extensions {
-            obj.insert(k.clone(), v.to_json());
-        }
-        if let Some(data) = &self.data {
-            if let Some(json) = self.data_json() {
-                obj.insert("data".into(), json);
-            } else if self.datacontenttype.as_deref().is_some_and(is_text_media_type)
-                && let Ok(text) = std::str::from_utf8(data)
-            {
-                obj.insert("data".into(), text.into());
-            } else {
-                obj.insert("data_base64".into(), STANDARD.encode(data).into());
-            }
-        }
-        Value::Object(obj)
+        // Serializing plain strings, integers and validated raw JSON cannot fail.
+        serde_json::to_value(self.json_format()).unwrap_or_default()
     }
 
-    /// Serialized JSON format: the same document as [`CloudEvent::to_json`], written without
-    /// building a [`Value`] tree (JSON data is copied through as it is, not parsed and re-encoded).
+    /// [`CloudEvent::to_json`], serialized without building a [`Value`] tree.
     pub fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.json_format()).unwrap_or_default()
+    }
+
+    /// The JSON format borrowed from this event: JSON data is copied through as it is (not parsed
+    /// and re-encoded), text data as a string, anything else as base64.
+    fn json_format(&self) -> JsonFormat<'_> {
         let raw =
             self.data.as_ref().filter(|_| self.datacontenttype.as_deref().is_none_or(is_json_media_type));
         let data_raw = raw.and_then(|d| serde_json::from_slice::<&RawValue>(d).ok());
@@ -358,7 +318,7 @@ impl CloudEvent {
             },
             _ => (None, None),
         };
-        let doc = JsonFormat {
+        JsonFormat {
             specversion: "1.0",
             id: &self.id,
             source: &self.source,
@@ -371,9 +331,7 @@ impl CloudEvent {
             data: data_raw,
             data_text,
             data_base64,
-        };
-        // Serializing plain strings, integers and validated raw JSON cannot fail.
-        serde_json::to_vec(&doc).unwrap_or_default()
+        }
     }
 
     /// Bytes the payload takes, for the size cap.
