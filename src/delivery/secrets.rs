@@ -68,19 +68,20 @@ impl SecretCache {
                 Some((_, data)) => {
                     // Try again after another TTL, not on every delivery meanwhile.
                     warn!(namespace, secret = name, error = %source, "cannot re-read Secret; using the last value read");
-                    self.entries
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key, (Instant::now(), data.clone()));
+                    self.put(key, data.clone());
                     return Ok(data);
                 }
                 None => return Err(SecretError::Kube { name: name.to_string(), source }),
             },
         };
-        let data: Data =
-            Arc::new(secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect());
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (Instant::now(), data.clone()));
+        let data = data_of(&secret);
+        self.put(key, data.clone());
         Ok(data)
+    }
+
+    /// Cache `data` under `key` for the next [`TTL`].
+    fn put(&self, key: (String, String), data: Data) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (Instant::now(), data));
     }
 
     /// Remember a Secret this process has just written (the API server's answer), so that the
@@ -89,12 +90,7 @@ impl SecretCache {
         let (Some(namespace), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
             return;
         };
-        let data: Data =
-            Arc::new(secret.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect());
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((namespace.clone(), name.clone()), (Instant::now(), data));
+        self.put((namespace.clone(), name.clone()), data_of(secret));
     }
 
     /// The signing keys in a Secret: every value starting with `whsec_`, in key order. Two keys
@@ -117,6 +113,10 @@ impl SecretCache {
         let data = self.data(namespace, name).await?;
         Ok(headers(&data, name))
     }
+}
+
+fn data_of(secret: &Secret) -> Data {
+    Arc::new(secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect())
 }
 
 fn signing_keys(data: &BTreeMap<String, Vec<u8>>, secret: &str) -> Vec<SigningKey> {
