@@ -57,8 +57,8 @@ impl JobState {
         JobState { job, attempts: 0, first_attempt_at: None }
     }
 
-    fn stored(job: &Job) -> Self {
-        let job_ref = JobRef { due_at: 0, job_id: job.job_id, accepted_at: job.accepted_at };
+    /// `job_ref` as read back from the store.
+    fn stored(job_ref: JobRef, job: &Job) -> Self {
         JobState { job: job_ref, attempts: job.attempts, first_attempt_at: job.first_attempt_at }
     }
 }
@@ -108,7 +108,7 @@ pub async fn load_and_attempt(
             let _ = done.send(Finished::Done);
             continue;
         };
-        let state = JobState { job: job_ref, ..JobState::stored(&job) };
+        let state = JobState::stored(job_ref, &job);
         match parse_stored(&job.event) {
             Ok(event) => {
                 tokio::spawn(attempt(shared.clone(), sub.clone(), state, Arc::new(event), done.clone()));
@@ -336,7 +336,7 @@ pub async fn expire(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) 
         }
     };
     let event = parse_stored(&job.event).ok();
-    let state = JobState { job: job_ref, ..JobState::stored(&job) };
+    let state = JobState::stored(job_ref, &job);
     let outcome = Outcome::Error("eventTTL passed while delivery was held".into());
     finish(shared, sub, &state, event.as_ref(), outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
 }

@@ -95,9 +95,8 @@ async fn event(
         None => "",
     };
     v.message = match request.send().await {
-        Ok(resp) => {
+        Ok(mut resp) => {
             let status = resp.status().as_u16();
-            let mut resp = resp;
             let answer = read_capped(&mut resp, TIMEOUT).await;
             let echoed = serde_json::from_slice::<serde_json::Value>(&answer)
                 .ok()
