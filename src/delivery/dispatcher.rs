@@ -158,6 +158,7 @@ impl Dispatcher {
                         queue.iter().copied().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
                     for job in expired {
                         queue.remove(&job);
+                        events.remove(&job.job_id);
                         expire(&self.shared, &sub, job).await;
                     }
                 }
