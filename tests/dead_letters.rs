@@ -9,7 +9,7 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::receiver::{Receiver, Reply};
-use support::{LOCAL, TestEnv, wait_until};
+use support::{Hookline, LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
 /// Fail fast: two attempts, 100 ms apart.
@@ -17,6 +17,16 @@ const FAST: &str = r#"{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "100m
 
 async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: &str) {
     env.subscribe(name, url, serde_json::from_str(spec).expect("spec json"), ("True", "Active")).await;
+}
+
+/// Hookline started with `flags`, and subscription `s` (two fast attempts) to a receiver that
+/// answers 500 to everything.
+async fn failing_subscription(env: &TestEnv, flags: &[&str]) -> (Hookline, Receiver) {
+    let h = env.start_hookline(flags).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    subscribe(env, "s", &rx.url, FAST).await;
+    (h, rx)
 }
 
 fn event(id: &str) -> Value {
@@ -35,10 +45,7 @@ async fn failed_events(env: &TestEnv, n: usize) -> Vec<FailedEvent> {
 #[tokio::test]
 async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
     let Some(env) = TestEnv::with_crds("dead-letter-500").await else { return };
-    let h = env.start_hookline(LOCAL).await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::Status(500));
-    subscribe(&env, "s", &rx.url, FAST).await;
+    let (h, rx) = failing_subscription(&env, LOCAL).await;
     for id in ["a", "b"] {
         h.publish_json(&env.namespace, event(id)).await;
     }
@@ -95,10 +102,7 @@ async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reas
 #[tokio::test]
 async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
     let Some(env) = TestEnv::with_crds("replay").await else { return };
-    let h = env.start_hookline(LOCAL).await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::Status(500));
-    subscribe(&env, "s", &rx.url, FAST).await;
+    let (h, rx) = failing_subscription(&env, LOCAL).await;
     for id in ["r1", "r2", "r3"] {
         h.publish_json(&env.namespace, event(id)).await;
     }
@@ -142,10 +146,7 @@ async fn the_cap_drops_and_counts() {
     let Some(env) = TestEnv::with_crds("dead-letter-cap").await else { return };
     let mut flags = LOCAL.to_vec();
     flags.push("--failed-event-cap=2");
-    let h = env.start_hookline(&flags).await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::Status(500));
-    subscribe(&env, "s", &rx.url, FAST).await;
+    let (h, _rx) = failing_subscription(&env, &flags).await;
     for id in ["c1", "c2", "c3", "c4"] {
         h.publish_json(&env.namespace, event(id)).await;
     }
@@ -167,10 +168,7 @@ async fn the_ttl_deletes_failed_events() {
     let Some(env) = TestEnv::with_crds("dead-letter-ttl").await else { return };
     let mut flags = LOCAL.to_vec();
     flags.push("--failed-event-ttl=6s");
-    let h = env.start_hookline(&flags).await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::Status(500));
-    subscribe(&env, "s", &rx.url, FAST).await;
+    let (h, _rx) = failing_subscription(&env, &flags).await;
     h.publish_json(&env.namespace, event("t1")).await;
     failed_events(&env, 1).await;
     failed_events(&env, 0).await;
@@ -218,10 +216,7 @@ async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
 #[tokio::test]
 async fn deleting_the_subscription_garbage_collects_its_failed_events() {
     let Some(env) = TestEnv::with_crds("dead-letter-gc").await else { return };
-    let h = env.start_hookline(LOCAL).await;
-    let rx = Receiver::start().await;
-    rx.set_default(Reply::Status(500));
-    subscribe(&env, "s", &rx.url, FAST).await;
+    let (h, _rx) = failing_subscription(&env, LOCAL).await;
     h.publish_json(&env.namespace, event("g1")).await;
     failed_events(&env, 1).await;
     env.api::<WebhookSubscription>().delete("s", &DeleteParams::default()).await.expect("delete");
