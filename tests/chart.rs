@@ -18,24 +18,12 @@ use serde_json::json;
 use support::receiver::{Receiver, Reply};
 use support::{TestEnv, install_crds, wait_until};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline");
 const ALL_FEATURES: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline/ci/all-features-values.yaml");
 
 fn helm(env: &TestEnv, args: &[&str]) -> String {
-    let out = Command::new(Path::new(ROOT).join("hack/helm.sh"))
-        .args(args)
-        .env("KUBECONFIG", &env.kubeconfig)
-        .output()
-        .expect("hack/helm.sh runs");
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::hack("helm.sh", args, ("KUBECONFIG", env.kubeconfig.as_os_str()))
 }
 
 fn kubectl_stdin(env: &TestEnv, args: &[&str], input: &str) -> std::process::Output {

@@ -75,16 +75,7 @@ impl PrivateControlPlane {
     }
 
     fn cluster(&self, args: &[&str]) {
-        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster.sh"))
-            .args(args)
-            .env("HOOKLINE_CLUSTER_DIR", &self.dir)
-            .output()
-            .expect("run hack/cluster.sh");
-        assert!(
-            out.status.success(),
-            "hack/cluster.sh {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        hack("cluster.sh", args, ("HOOKLINE_CLUSTER_DIR", self.dir.as_os_str()));
     }
 }
 
@@ -95,6 +86,23 @@ impl Drop for PrivateControlPlane {
             .env("HOOKLINE_CLUSTER_DIR", &self.dir)
             .output();
     }
+}
+
+/// Run `hack/<script>` with `args` and one extra environment variable; fails the test, showing
+/// the script's output, unless it succeeds. Returns what it printed on stdout.
+pub fn hack(script: &str, args: &[&str], var: (&str, &std::ffi::OsStr)) -> String {
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script))
+        .args(args)
+        .env(var.0, var.1)
+        .output()
+        .unwrap_or_else(|e| panic!("running hack/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "hack/{script} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One test's view of the cluster: a client and a namespace of its own.
