@@ -6,7 +6,8 @@
 #   hack/bench.sh --scale    1,000 subscriptions: time until all are Ready, peak RSS, API requests
 #
 # Env: BENCH_SECONDS (per phase, default 10), BENCH_RATE (offered load, default 1000/s),
-# BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000).
+# BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
+# BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -72,4 +73,5 @@ kubectl -n bench10 wait --for=condition=Ready whsub --all --timeout=120s >/dev/n
 kill "$RX"; wait "$RX" 2>/dev/null || true
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
 "$BIN/hookline-bench" --ingest "http://127.0.0.1:$INGEST" --metrics "http://127.0.0.1:$METRICS" --pid "$HL" \
-  --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE"
+  --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
+  ${BENCH_PHASES:+--phases "$BENCH_PHASES"}

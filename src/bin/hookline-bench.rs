@@ -47,6 +47,25 @@ struct Args {
     /// Only run the receiver (answering handshakes) until interrupted; for `hack/bench.sh --scale`.
     #[arg(long)]
     receive_only: bool,
+    /// Measure only the store (no HTTP): accept and deliver this many events in a store under
+    /// `--store-dir`, and print the CPU time each step took per event.
+    #[arg(long, default_value_t = 0)]
+    store_events: u64,
+    /// Where `--store-events` keeps its store (a scratch directory).
+    #[arg(long, default_value = "")]
+    store_dir: String,
+    /// The phases to run (all by default); fewer make profiling one phase quicker.
+    #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency")]
+    phases: Vec<Phase>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Direct,
+    Single,
+    Batch,
+    Fanout10,
+    Latency,
 }
 
 #[derive(Default)]
@@ -130,6 +149,14 @@ async fn drained(r: &Recv, target: u64, limit: Duration) -> anyhow::Result<Durat
     Ok(start.elapsed())
 }
 
+/// Record `<name>_eps` and, when the direct baseline was measured, `ratio_<name>`.
+fn insert_eps(result: &mut serde_json::Map<String, Value>, name: &str, eps: f64, direct: Option<f64>) {
+    result.insert(format!("{name}_eps"), eps.round().into());
+    if let Some(direct) = direct {
+        result.insert(format!("ratio_{name}"), ((eps / direct * 1000.0).round() / 1000.0).into());
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -165,9 +192,103 @@ async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// CPU seconds this process has used so far (all threads, user + system).
+fn cpu_seconds() -> f64 {
+    proc_stats(std::process::id()).1
+}
+
+/// The store alone, as ingest and delivery use it at once: 8 publishers accept batches of 100
+/// events while each accepted job is recorded as delivered by one of 1,024 concurrent attempts
+/// (dispatchers do not wait for their records). Deletes free pages that inserts then reuse, as in
+/// a real run; accepting everything first and delivering afterwards would hide that cost.
+async fn store_only(dir: &str, events: u64) -> anyhow::Result<Value> {
+    use hookline::store::{Attempt, JobUpdate, NewEvent, SqliteStore, Store, now_ms};
+    const SUB: &str = "4f1c8a52-6c1e-4b8e-9d51-0d6c3b1e2a77";
+    let store = Arc::new(SqliteStore::open(std::path::Path::new(dir))?);
+    let body = payload().into_bytes();
+    let batches = events.div_ceil(100);
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let next = Arc::new(AtomicU64::new(0));
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
+    let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
+    let mut publishers = Vec::new();
+    for _ in 0..8 {
+        let (store, body, next, jobs_tx) = (store.clone(), body.clone(), next.clone(), jobs_tx.clone());
+        publishers.push(tokio::spawn(async move {
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
+                    return anyhow::Ok(());
+                }
+                let batch = (0..100)
+                    .map(|i| NewEvent {
+                        namespace: "bench".into(),
+                        source: "/bench".into(),
+                        event_id: format!("{b}-{i}"),
+                        event_type: "bench.event".into(),
+                        body: body.clone(),
+                        targets: vec![SUB.into()],
+                        accepted_at: now_ms(),
+                    })
+                    .collect();
+                for (_, job_id) in store.accept(batch).await?.into_iter().flat_map(|a| a.jobs) {
+                    // The attempts outlive the publishers, so the receiver is still there.
+                    let _ = jobs_tx.send(job_id);
+                }
+            }
+        }));
+    }
+    drop(jobs_tx);
+    let mut attempts = Vec::new();
+    for _ in 0..1024 {
+        let (store, jobs_rx) = (store.clone(), jobs_rx.clone());
+        attempts.push(tokio::spawn(async move {
+            let mut recorded = 0u64;
+            loop {
+                let Some(job_id) = jobs_rx.lock().await.recv().await else { return anyhow::Ok(recorded) };
+                let update = JobUpdate::Delivered;
+                let (event_id, at) = (job_id.to_string(), now_ms());
+                store
+                    .record(Attempt {
+                        job_id,
+                        sub_uid: SUB.into(),
+                        event_id,
+                        event_type: "bench.event".into(),
+                        attempt: 1,
+                        at,
+                        status: Some(200),
+                        duration_ms: 1,
+                        error: None,
+                        update,
+                    })
+                    .await?;
+                recorded += 1;
+            }
+        }));
+    }
+    for p in publishers {
+        p.await??;
+    }
+    let mut recorded = 0;
+    for a in attempts {
+        recorded += a.await??;
+    }
+    let (cpu, wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+    let n = recorded as f64;
+    Ok(json!({
+        "events": recorded,
+        "cpu_us_per_event": (cpu / n * 1e7).round() / 10.0,
+        "eps": (n / wall).round(),
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.store_events > 0 {
+        println!("{}", store_only(&args.store_dir, args.store_events).await?);
+        return Ok(());
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let recv = Arc::new(Recv::default());
     let app = Router::new().fallback(receive).with_state(recv.clone());
@@ -199,20 +320,25 @@ async fn main() -> anyhow::Result<()> {
     let (_, cpu_before) = proc_stats(args.pid);
     let run_start = Instant::now();
     let mut delivered_total = 0u64;
+    let run = |phase| args.phases.contains(&phase);
+    let mut result = serde_json::Map::new();
 
     // 1. Direct: the same HTTP stack straight to the receiver.
-    let direct_url = format!("http://127.0.0.1:{}/direct", args.receiver_port);
-    let (c, b) = (client.clone(), body.clone());
-    let (direct_eps, _) = saturate(&client, args.concurrency, args.seconds, move |n| {
-        c.post(&direct_url)
-            .header("ce-id", n.to_string())
-            .header("content-type", "application/json")
-            .body(b.clone())
-    })
-    .await?;
-    recv.count.store(0, Ordering::Relaxed);
-
-    // 2. Single-event ingest, fan-out 1: delivered events per second at saturation.
+    let mut direct_eps = None;
+    if run(Phase::Direct) {
+        let direct_url = format!("http://127.0.0.1:{}/direct", args.receiver_port);
+        let (c, b) = (client.clone(), body.clone());
+        let (eps, _) = saturate(&client, args.concurrency, args.seconds, move |n| {
+            c.post(&direct_url)
+                .header("ce-id", n.to_string())
+                .header("content-type", "application/json")
+                .body(b.clone())
+        })
+        .await?;
+        recv.count.store(0, Ordering::Relaxed);
+        result.insert("direct_eps".into(), eps.round().into());
+        direct_eps = Some(eps);
+    }
     let publish = |ns: String| {
         let (c, b, base) = (client.clone(), body.clone(), args.ingest.clone());
         move |n: u64| {
@@ -224,90 +350,96 @@ async fn main() -> anyhow::Result<()> {
             req
         }
     };
-    let start = Instant::now();
-    let (published, fail1) =
-        saturate(&client, args.concurrency, args.seconds, publish(args.ns1.clone())).await?;
-    let accepted = (published * start.elapsed().as_secs_f64()).round() as u64;
-    let target = accepted.saturating_sub(fail1);
-    drained(&recv, target, Duration::from_secs(120)).await?;
-    let single_eps = target as f64 / start.elapsed().as_secs_f64();
-    delivered_total += target;
-    recv.count.store(0, Ordering::Relaxed);
+    let mut failures = 0;
+
+    // 2. Single-event ingest, fan-out 1: delivered events per second at saturation.
+    if run(Phase::Single) {
+        let start = Instant::now();
+        let (published, fail) =
+            saturate(&client, args.concurrency, args.seconds, publish(args.ns1.clone())).await?;
+        let target = ((published * start.elapsed().as_secs_f64()).round() as u64).saturating_sub(fail);
+        drained(&recv, target, Duration::from_secs(120)).await?;
+        let eps = target as f64 / start.elapsed().as_secs_f64();
+        insert_eps(&mut result, "single", eps, direct_eps);
+        (delivered_total, failures) = (delivered_total + target, failures + fail);
+        recv.count.store(0, Ordering::Relaxed);
+    }
 
     // 3. Batch ingest (100 per request), fan-out 1.
-    let (c, base, ns) = (client.clone(), args.ingest.clone(), args.ns1.clone());
-    let item = serde_json::from_str::<Value>(&body)?;
-    let start = Instant::now();
-    let (batches, failb) = saturate(&client, args.concurrency.min(8), args.seconds, move |n| {
-        let events: Vec<Value> = (0..100)
-            .map(|i| json!({"specversion": "1.0", "id": format!("b{n}-{i}-{}", now_us()), "source": "/bench", "type": "bench.event", "data": item}))
-            .collect();
-        c.post(format!("{base}/v1/namespaces/{ns}/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(events).to_string())
-    })
-    .await?;
-    let target = ((batches * start.elapsed().as_secs_f64()).round() as u64).saturating_sub(failb) * 100;
-    drained(&recv, target, Duration::from_secs(180)).await?;
-    let batch_eps = target as f64 / start.elapsed().as_secs_f64();
-    delivered_total += target;
-    recv.count.store(0, Ordering::Relaxed);
+    if run(Phase::Batch) {
+        let (c, base, ns) = (client.clone(), args.ingest.clone(), args.ns1.clone());
+        let item = serde_json::from_str::<Value>(&body)?;
+        let start = Instant::now();
+        let (batches, fail) = saturate(&client, args.concurrency.min(8), args.seconds, move |n| {
+            let events: Vec<Value> = (0..100)
+                .map(|i| json!({"specversion": "1.0", "id": format!("b{n}-{i}-{}", now_us()), "source": "/bench", "type": "bench.event", "data": item}))
+                .collect();
+            c.post(format!("{base}/v1/namespaces/{ns}/events"))
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(Value::Array(events).to_string())
+        })
+        .await?;
+        let target = ((batches * start.elapsed().as_secs_f64()).round() as u64).saturating_sub(fail) * 100;
+        drained(&recv, target, Duration::from_secs(180)).await?;
+        let eps = target as f64 / start.elapsed().as_secs_f64();
+        insert_eps(&mut result, "batch", eps, direct_eps);
+        (delivered_total, failures) = (delivered_total + target, failures + fail);
+        recv.count.store(0, Ordering::Relaxed);
+    }
 
     // 4. Fan-out 10: single-event ingest into a namespace with ten subscriptions.
-    let start = Instant::now();
-    let (published, fail10) =
-        saturate(&client, args.concurrency, args.seconds, publish(args.ns10.clone())).await?;
-    let target = ((published * start.elapsed().as_secs_f64()).round() as u64).saturating_sub(fail10) * 10;
-    drained(&recv, target, Duration::from_secs(180)).await?;
-    let fanout10_eps = target as f64 / start.elapsed().as_secs_f64();
-    delivered_total += target;
-    recv.count.store(0, Ordering::Relaxed);
-    recv.latencies.lock().expect("lock").clear();
+    if run(Phase::Fanout10) {
+        let start = Instant::now();
+        let (published, fail) =
+            saturate(&client, args.concurrency, args.seconds, publish(args.ns10.clone())).await?;
+        let target = ((published * start.elapsed().as_secs_f64()).round() as u64).saturating_sub(fail) * 10;
+        drained(&recv, target, Duration::from_secs(180)).await?;
+        result.insert("fanout10_eps".into(), (target as f64 / start.elapsed().as_secs_f64()).round().into());
+        (delivered_total, failures) = (delivered_total + target, failures + fail);
+        recv.count.store(0, Ordering::Relaxed);
+    }
 
     // 5. Latency at a fixed offered load, fan-out 1.
-    let make = publish(args.ns1.clone());
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let total = args.rate * args.seconds;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sends = Vec::with_capacity(total as usize);
-    for n in 0..total {
-        ticker.tick().await;
-        let req = make(n);
-        sends.push(tokio::spawn(async move {
-            req.send().await.map(|r| r.status().is_success()).unwrap_or(false)
-        }));
+    if run(Phase::Latency) {
+        recv.latencies.lock().expect("lock").clear();
+        let make = publish(args.ns1.clone());
+        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let total = args.rate * args.seconds;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut sends = Vec::with_capacity(total as usize);
+        for n in 0..total {
+            ticker.tick().await;
+            let req = make(n);
+            sends.push(tokio::spawn(async move {
+                req.send().await.map(|r| r.status().is_success()).unwrap_or(false)
+            }));
+        }
+        let mut ok = 0;
+        for s in sends {
+            ok += u64::from(s.await.unwrap_or(false));
+        }
+        drained(&recv, ok, Duration::from_secs(120)).await?;
+        delivered_total += ok;
+        let mut lat = recv.latencies.lock().expect("lock").clone();
+        lat.sort_unstable();
+        result.insert("p50_ms".into(), percentile(&lat, 0.50).into());
+        result.insert("p95_ms".into(), percentile(&lat, 0.95).into());
+        result.insert("p99_ms".into(), percentile(&lat, 0.99).into());
+        result.insert("latency_samples".into(), lat.len().into());
+        result.insert("offered_eps".into(), args.rate.into());
     }
-    let mut ok = 0;
-    for s in sends {
-        ok += u64::from(s.await.unwrap_or(false));
-    }
-    drained(&recv, ok, Duration::from_secs(120)).await?;
-    delivered_total += ok;
-    let mut lat = recv.latencies.lock().expect("lock").clone();
-    lat.sort_unstable();
 
     let (rss_mb, cpu_after) = proc_stats(args.pid);
     let minutes = run_start.elapsed().as_secs_f64() / 60.0;
     let status_writes = metric(&client, &args.metrics, "hookline_status_writes_total").await - status_before;
-    let result = json!({
-        "direct_eps": direct_eps.round(),
-        "single_eps": single_eps.round(),
-        "batch_eps": batch_eps.round(),
-        "fanout10_eps": fanout10_eps.round(),
-        "ratio_single": (single_eps / direct_eps * 1000.0).round() / 1000.0,
-        "ratio_batch": (batch_eps / direct_eps * 1000.0).round() / 1000.0,
-        "p50_ms": percentile(&lat, 0.50),
-        "p95_ms": percentile(&lat, 0.95),
-        "p99_ms": percentile(&lat, 0.99),
-        "latency_samples": lat.len(),
-        "offered_eps": args.rate,
-        "rss_mb": (rss_mb * 10.0).round() / 10.0,
-        "cpu_s_per_1000": ((cpu_after - cpu_before) / delivered_total.max(1) as f64 * 1000.0 * 1000.0).round() / 1000.0,
-        "status_writes_per_min": (status_writes / minutes * 10.0).round() / 10.0,
-        "delivered": delivered_total,
-        "publish_failures": fail1 + failb + fail10,
-    });
+    let cpu_per_1000 = (cpu_after - cpu_before) / delivered_total.max(1) as f64 * 1000.0;
+    result.insert("rss_mb".into(), ((rss_mb * 10.0).round() / 10.0).into());
+    result.insert("cpu_s_per_1000".into(), ((cpu_per_1000 * 1000.0).round() / 1000.0).into());
+    result.insert("status_writes_per_min".into(), ((status_writes / minutes * 10.0).round() / 10.0).into());
+    result.insert("delivered".into(), delivered_total.into());
+    result.insert("publish_failures".into(), failures.into());
+    let result = Value::Object(result);
     println!("{result}");
     Ok(())
 }
