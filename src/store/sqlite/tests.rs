@@ -216,15 +216,29 @@ async fn job_ids_are_never_reused_so_outboxes_cannot_collide() {
 fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
     let mut conn = Connection::open_in_memory().expect("open");
     conn.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)").expect("schema");
-    let tx = conn.transaction().expect("tx");
-    in_savepoint(&tx, |c| c.execute("INSERT INTO t VALUES (1)", [])).expect("first request");
-    let failed = in_savepoint(&tx, |c| {
-        c.execute("INSERT INTO t VALUES (2)", [])?;
-        c.execute("INSERT INTO t VALUES (1)", []) // duplicate key: fails after a write
-    });
-    assert!(failed.is_err());
-    in_savepoint(&tx, |c| c.execute("INSERT INTO t VALUES (3)", [])).expect("third request");
-    tx.commit().expect("commit");
+    let insert = |v: i64| move |c: &Connection| c.execute("INSERT INTO t VALUES (?1)", [v]);
+    let (first, first_rx) = oneshot::channel();
+    let (second, mut second_rx) = oneshot::channel();
+    let (third, third_rx) = oneshot::channel();
+    let mut group = vec![
+        Request::boxed(insert(1), first),
+        Request::boxed(
+            move |c: &Connection| {
+                insert(2)(c)?;
+                insert(1)(c) // duplicate key: fails after a write
+            },
+            second,
+        ),
+        Request::boxed(insert(3), third),
+    ];
+    let commit = write_group(&mut conn, &mut group);
+    for request in group {
+        request.answer(commit.as_ref().err());
+    }
+    assert!(commit.is_ok(), "the others commit: {commit:?}");
+    assert!(first_rx.blocking_recv().expect("answer").is_ok());
+    assert!(matches!(second_rx.try_recv(), Ok(Err(StoreError::Sqlite(_)))), "the failing request fails");
+    assert!(third_rx.blocking_recv().expect("answer").is_ok(), "a request after the failing one still runs");
     let rows: Vec<i64> = conn
         .prepare("SELECT v FROM t ORDER BY v")
         .expect("prepare")
