@@ -18,7 +18,8 @@ use crate::event::CloudEvent;
 use crate::registry::ActiveSubscription;
 use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, now_ms};
 
-/// What the dispatcher does with the job afterwards.
+/// What the dispatcher hears back from the tasks it spawned: what to do with a job after its
+/// attempt, or the jobs it asked the store for.
 #[derive(Debug)]
 pub enum Finished {
     /// The request is done (or none was made): its concurrency slot is free. Always sent first.
@@ -29,10 +30,23 @@ pub enum Finished {
     Requeue(JobRef),
     /// The endpoint answered 410 for this generation of the subscription: stop sending.
     Gone(i64),
+    /// A read-ahead ([`read_ahead`]) is back: the jobs asked for, and those the store still has
+    /// (or why it could not be read).
+    Read(Vec<JobRef>, Result<Vec<Loaded>, String>),
+}
+
+/// A queued job read back from the store, ready to attempt.
+#[derive(Debug)]
+pub struct Loaded {
+    pub job_id: i64,
+    pub attempts: u32,
+    pub first_attempt_at: Option<Millis>,
+    /// The parsed event, or why the stored event could not be parsed.
+    pub event: Result<Arc<CloudEvent>, String>,
 }
 
 /// When a job could not be attempted for a reason that is ours, not the endpoint's.
-const LOCAL_RETRY: Duration = Duration::from_secs(5);
+pub(super) const LOCAL_RETRY: Duration = Duration::from_secs(5);
 
 fn time(ms: Millis) -> Time {
     Time(jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
@@ -61,6 +75,11 @@ impl JobState {
     fn stored(job_ref: JobRef, job: &Job) -> Self {
         JobState { job: job_ref, attempts: job.attempts, first_attempt_at: job.first_attempt_at }
     }
+
+    /// `job_ref` as read ahead.
+    pub fn loaded(job_ref: JobRef, job: &Loaded) -> Self {
+        JobState { job: job_ref, attempts: job.attempts, first_attempt_at: job.first_attempt_at }
+    }
 }
 
 /// Parse an event as the store keeps it (the CloudEvents JSON format).
@@ -81,48 +100,38 @@ pub async fn attempt(
     let _ = done.send(finished);
 }
 
-/// Attempt jobs whose events are not in memory: read them all from the store in one go, then
-/// attempt each. Every job gets its [`Finished::Sent`] and its outcome, as with [`attempt`].
-pub async fn load_and_attempt(
+/// Read queued jobs whose events are not in memory from the store, in one read, and parse their
+/// events here rather than on the dispatcher; reports back with [`Finished::Read`].
+pub async fn read_ahead(shared: Arc<Shared>, jobs: Vec<JobRef>, done: mpsc::UnboundedSender<Finished>) {
+    let found = shared.store.jobs(jobs.iter().map(|j| j.job_id).collect()).await;
+    let loaded = found.map_err(|e| e.to_string()).map(|found| {
+        found
+            .into_iter()
+            .map(|job| Loaded {
+                job_id: job.job_id,
+                attempts: job.attempts,
+                first_attempt_at: job.first_attempt_at,
+                event: parse_stored(&job.event).map(Arc::new),
+            })
+            .collect()
+    });
+    let _ = done.send(Finished::Read(jobs, loaded));
+}
+
+/// A stored event that cannot be parsed (which events this process accepted never are): give the
+/// job up rather than retry garbage forever. Reports back like [`attempt`].
+pub async fn unreadable(
     shared: Arc<Shared>,
     sub: Arc<ActiveSubscription>,
-    jobs: Vec<JobRef>,
+    job: JobState,
+    error: String,
     done: mpsc::UnboundedSender<Finished>,
 ) {
-    let found = match shared.store.jobs(jobs.iter().map(|j| j.job_id).collect()).await {
-        Ok(found) => found,
-        Err(e) => {
-            warn!(subscription = %sub.key.name, error = %e, jobs = jobs.len(), "reading jobs; will retry");
-            for job in jobs {
-                let _ = done.send(Finished::Sent);
-                let _ = done.send(requeue_in(job, LOCAL_RETRY));
-            }
-            return;
-        }
-    };
-    let mut found: std::collections::HashMap<i64, Job> = found.into_iter().map(|j| (j.job_id, j)).collect();
-    for job_ref in jobs {
-        let Some(job) = found.remove(&job_ref.job_id) else {
-            // Gone from the store (its subscription was dropped meanwhile): nothing to do.
-            let _ = done.send(Finished::Sent);
-            let _ = done.send(Finished::Done);
-            continue;
-        };
-        let state = JobState::stored(job_ref, &job);
-        match parse_stored(&job.event) {
-            Ok(event) => {
-                tokio::spawn(attempt(shared.clone(), sub.clone(), state, Arc::new(event), done.clone()));
-            }
-            Err(e) => {
-                // Cannot happen for events this process accepted; never retry garbage forever.
-                warn!(subscription = %sub.key.name, job = job.job_id, error = %e, "stored event unreadable; dropping");
-                let _ = done.send(Finished::Sent);
-                let outcome = Outcome::Error(format!("stored event unreadable: {e}"));
-                let next = Next::GiveUp(FailureReason::NonRetryableResponse);
-                let _ = done.send(finish(&shared, &sub, &state, None, outcome, next, None).await);
-            }
-        }
-    }
+    warn!(subscription = %sub.key.name, job = job.job.job_id, error = %error, "stored event unreadable; dropping");
+    let _ = done.send(Finished::Sent);
+    let outcome = Outcome::Error(format!("stored event unreadable: {error}"));
+    let next = Next::GiveUp(FailureReason::NonRetryableResponse);
+    let _ = done.send(finish(&shared, &sub, &job, None, outcome, next, None).await);
 }
 
 /// The concurrency slot of one attempt, released once (at the latest when dropped).
