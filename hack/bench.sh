@@ -7,7 +7,8 @@
 #
 # Env: BENCH_SECONDS (per phase, default 10), BENCH_RATE (offered load, default 1000/s),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
-# BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them).
+# BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them),
+# BENCH_RANDOM_IDS=1 (event ids scattered like UUIDs instead of counting up).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -74,4 +75,4 @@ kill "$RX"; wait "$RX" 2>/dev/null || true
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
 "$BIN/hookline-bench" --ingest "http://127.0.0.1:$INGEST" --metrics "http://127.0.0.1:$METRICS" --pid "$HL" \
   --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
-  ${BENCH_PHASES:+--phases "$BENCH_PHASES"}
+  ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_RANDOM_IDS:+--random-ids}

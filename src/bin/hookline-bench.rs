@@ -54,6 +54,10 @@ struct Args {
     /// Where `--store-events` keeps its store (a scratch directory).
     #[arg(long, default_value = "")]
     store_dir: String,
+    /// Event ids spread like UUIDs instead of counting up (what most producers send; the
+    /// store's dedup index then takes one scattered page per event).
+    #[arg(long)]
+    random_ids: bool,
     /// The phases to run (all by default); fewer make profiling one phase quicker.
     #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency")]
     phases: Vec<Phase>,
@@ -73,6 +77,11 @@ struct Recv {
     count: AtomicU64,
     /// Publish→receive latencies (µs) of events that carry a publish timestamp.
     latencies: Mutex<Vec<u64>>,
+}
+
+/// The id of the `n`th event: counting up, or (`random`) scattered like a UUID. Unique either way.
+fn event_id(n: u64, random: bool) -> String {
+    if random { format!("{:016x}-{n}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) } else { format!("e{n}") }
 }
 
 fn now_us() -> u64 {
@@ -219,7 +228,7 @@ fn cpu_seconds() -> f64 {
 /// events while each accepted job is recorded as delivered by one of 1,024 concurrent attempts
 /// (dispatchers do not wait for their records). Deletes free pages that inserts then reuse, as in
 /// a real run; accepting everything first and delivering afterwards would hide that cost.
-async fn store_only(dir: &str, events: u64) -> anyhow::Result<Value> {
+async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<Value> {
     use hookline::store::{Attempt, JobUpdate, NewEvent, SqliteStore, Store, now_ms};
     const SUB: &str = "4f1c8a52-6c1e-4b8e-9d51-0d6c3b1e2a77";
     let store = Arc::new(SqliteStore::open(std::path::Path::new(dir))?);
@@ -242,7 +251,7 @@ async fn store_only(dir: &str, events: u64) -> anyhow::Result<Value> {
                     .map(|i| NewEvent {
                         namespace: "bench".into(),
                         source: "/bench".into(),
-                        event_id: format!("{b}-{i}"),
+                        event_id: event_id(b * 100 + i, random_ids),
                         event_type: "bench.event".into(),
                         body: body.clone(),
                         targets: vec![SUB.into()],
@@ -304,7 +313,7 @@ async fn store_only(dir: &str, events: u64) -> anyhow::Result<Value> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.store_events > 0 {
-        println!("{}", store_only(&args.store_dir, args.store_events).await?);
+        println!("{}", store_only(&args.store_dir, args.store_events, args.random_ids).await?);
         return Ok(());
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -322,11 +331,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let body = payload();
-    let ev = |ns: &str, base: &str, n: u64| -> (String, Vec<(String, String)>) {
+    let random_ids = args.random_ids;
+    let ev = move |ns: &str, base: &str, n: u64| -> (String, Vec<(String, String)>) {
         let url = format!("{base}/v1/namespaces/{ns}/events");
         let headers = vec![
             ("ce-specversion".into(), "1.0".into()),
-            ("ce-id".into(), format!("e{n}-{}", now_us())),
+            ("ce-id".into(), format!("{}-{}", event_id(n, random_ids), now_us())),
             ("ce-source".into(), "/bench".into()),
             ("ce-type".into(), "bench.event".into()),
             ("ce-sentus".into(), now_us().to_string()),
@@ -388,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         let (batches, fail) = saturate(&client, args.concurrency.min(8), args.seconds, move |n| {
             let events: Vec<Value> = (0..100)
-                .map(|i| json!({"specversion": "1.0", "id": format!("b{n}-{i}-{}", now_us()), "source": "/bench", "type": "bench.event", "data": item}))
+                .map(|i| json!({"specversion": "1.0", "id": format!("b{}-{}", event_id(n * 100 + i, random_ids), now_us()), "source": "/bench", "type": "bench.event", "data": item}))
                 .collect();
             c.post(format!("{base}/v1/namespaces/{ns}/events"))
                 .header("content-type", "application/cloudevents-batch+json")
