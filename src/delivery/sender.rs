@@ -33,6 +33,12 @@ pub fn client_trusting(guard: Arc<Guard>, roots: Vec<reqwest::Certificate>) -> R
     Ok(builder(guard).tls_certs_only(roots).build()?)
 }
 
+/// Idle connections kept per host. Many subscriptions often point at one receiver, each with up
+/// to 64 requests in flight; a cap of one subscription's concurrency closed the surplus after every
+/// burst, and the next requests connected again (13% of Hookline's time with ten subscriptions to
+/// one host). Idle connections still close after 90 s.
+const MAX_IDLE_PER_HOST: usize = 1024;
+
 fn builder(guard: Arc<Guard>) -> reqwest::ClientBuilder {
     // reqwest is built without a default crypto provider; kube already uses ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -41,7 +47,7 @@ fn builder(guard: Arc<Guard>) -> reqwest::ClientBuilder {
         .dns_resolver(GuardedResolver(guard))
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .user_agent(concat!("Hookline/", env!("CARGO_PKG_VERSION")))
 }
 
