@@ -45,6 +45,17 @@ pub struct Loaded {
     pub event: Result<Arc<CloudEvent>, String>,
 }
 
+impl From<Job> for Loaded {
+    fn from(job: Job) -> Self {
+        Loaded {
+            job_id: job.job_id,
+            attempts: job.attempts,
+            first_attempt_at: job.first_attempt_at,
+            event: parse_stored(&job.event).map(Arc::new),
+        }
+    }
+}
+
 /// When a job could not be attempted for a reason that is ours, not the endpoint's.
 pub(super) const LOCAL_RETRY: Duration = Duration::from_secs(5);
 
@@ -72,11 +83,6 @@ impl JobState {
     }
 
     /// `job_ref` as read back from the store.
-    fn stored(job_ref: JobRef, job: &Job) -> Self {
-        JobState { job: job_ref, attempts: job.attempts, first_attempt_at: job.first_attempt_at }
-    }
-
-    /// `job_ref` as read ahead.
     pub fn loaded(job_ref: JobRef, job: &Loaded) -> Self {
         JobState { job: job_ref, attempts: job.attempts, first_attempt_at: job.first_attempt_at }
     }
@@ -104,17 +110,7 @@ pub async fn attempt(
 /// events here rather than on the dispatcher; reports back with [`Finished::Read`].
 pub async fn read_ahead(shared: Arc<Shared>, jobs: Vec<JobRef>, done: mpsc::UnboundedSender<Finished>) {
     let found = shared.store.jobs(jobs.iter().map(|j| j.job_id).collect()).await;
-    let loaded = found.map_err(|e| e.to_string()).map(|found| {
-        found
-            .into_iter()
-            .map(|job| Loaded {
-                job_id: job.job_id,
-                attempts: job.attempts,
-                first_attempt_at: job.first_attempt_at,
-                event: parse_stored(&job.event).map(Arc::new),
-            })
-            .collect()
-    });
+    let loaded = found.map_err(|e| e.to_string()).map(|found| found.into_iter().map(Loaded::from).collect());
     let _ = done.send(Finished::Read(jobs, loaded));
 }
 
@@ -344,8 +340,9 @@ pub async fn expire(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) 
             return;
         }
     };
-    let event = parse_stored(&job.event).ok();
-    let state = JobState::stored(job_ref, &job);
+    let job = Loaded::from(job);
+    let state = JobState::loaded(job_ref, &job);
     let outcome = Outcome::Error("eventTTL passed while delivery was held".into());
-    finish(shared, sub, &state, event.as_ref(), outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
+    let event = job.event.as_deref().ok();
+    finish(shared, sub, &state, event, outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
 }
