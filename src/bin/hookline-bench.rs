@@ -176,6 +176,9 @@ async fn direct(
     Ok(eps)
 }
 
+/// Makes the `n`th request of a saturation phase.
+type Publisher = Box<dyn Fn(u64) -> reqwest::RequestBuilder + Send + Sync>;
+
 /// After a saturation phase that began at `start` and sent `rate` requests per second, `failed` of
 /// them refused, each worth `each` deliveries: wait until all of them arrived (at most `limit`),
 /// then return deliveries per second over the whole phase and how many there were.
@@ -382,23 +385,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut failures = 0;
 
-    // 2. Single-event ingest, fan-out 1: delivered events per second at saturation.
-    if run(Phase::Single) {
-        let start = Instant::now();
-        let (published, fail) =
-            saturate(&client, args.concurrency, args.seconds, publish(args.ns1.clone())).await?;
-        let (eps, delivered) =
-            delivered_rate(&recv, start, published, fail, 1, Duration::from_secs(120)).await?;
-        result.insert("single_eps".into(), eps.round().into());
-        (delivered_total, failures) = (delivered_total + delivered, failures + fail);
-    }
-
-    // 3. Batch ingest (100 per request), fan-out 1.
-    if run(Phase::Batch) {
+    // 2.-4. Saturation through Hookline: single events (fan-out 1), batches of 100 (fan-out 1) and
+    // single events into ten subscriptions; delivered events per second until the last arrived.
+    let batch: Publisher = {
         let (c, base, ns) = (client.clone(), args.ingest.clone(), args.ns1.clone());
         let item = serde_json::from_str::<Value>(&body)?;
-        let start = Instant::now();
-        let (batches, fail) = saturate(&client, args.concurrency.min(8), args.seconds, move |n| {
+        Box::new(move |n| {
             let events: Vec<Value> = (0..100)
                 .map(|i| json!({"specversion": "1.0", "id": format!("b{}-{}", event_id(n * 100 + i, random_ids), now_us()), "source": "/bench", "type": "bench.event", "data": item}))
                 .collect();
@@ -406,21 +398,34 @@ async fn main() -> anyhow::Result<()> {
                 .header("content-type", "application/cloudevents-batch+json")
                 .body(Value::Array(events).to_string())
         })
-        .await?;
-        let (eps, delivered) =
-            delivered_rate(&recv, start, batches, fail, 100, Duration::from_secs(180)).await?;
-        result.insert("batch_eps".into(), eps.round().into());
-        (delivered_total, failures) = (delivered_total + delivered, failures + fail);
-    }
-
-    // 4. Fan-out 10: single-event ingest into a namespace with ten subscriptions.
-    if run(Phase::Fanout10) {
+    };
+    let saturation: [(Phase, &str, usize, u64, Duration, Publisher); 3] = [
+        (
+            Phase::Single,
+            "single",
+            args.concurrency,
+            1,
+            Duration::from_secs(120),
+            Box::new(publish(args.ns1.clone())),
+        ),
+        (Phase::Batch, "batch", args.concurrency.min(8), 100, Duration::from_secs(180), batch),
+        (
+            Phase::Fanout10,
+            "fanout10",
+            args.concurrency,
+            10,
+            Duration::from_secs(180),
+            Box::new(publish(args.ns10.clone())),
+        ),
+    ];
+    for (phase, name, concurrency, each, limit, publisher) in saturation {
+        if !run(phase) {
+            continue;
+        }
         let start = Instant::now();
-        let (published, fail) =
-            saturate(&client, args.concurrency, args.seconds, publish(args.ns10.clone())).await?;
-        let (eps, delivered) =
-            delivered_rate(&recv, start, published, fail, 10, Duration::from_secs(180)).await?;
-        result.insert("fanout10_eps".into(), eps.round().into());
+        let (rate, fail) = saturate(&client, concurrency, args.seconds, publisher).await?;
+        let (eps, delivered) = delivered_rate(&recv, start, rate, fail, each, limit).await?;
+        result.insert(format!("{name}_eps"), eps.round().into());
         (delivered_total, failures) = (delivered_total + delivered, failures + fail);
     }
 
