@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -68,8 +69,9 @@ struct RunArgs {
     /// e.g. `https://hookline.example.com`. Without it only synchronous validation answers work.
     #[arg(long, env = "HOOKLINE_PUBLIC_URL")]
     public_url: Option<url::Url>,
-    /// Largest accepted event in bytes.
-    #[arg(long, env = "HOOKLINE_MAX_EVENT_BYTES", default_value_t = 262_144)]
+    /// Largest accepted event in bytes (at most 1 MiB, so that a dead letter fits in etcd).
+    #[arg(long, env = "HOOKLINE_MAX_EVENT_BYTES", default_value_t = 262_144,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1024..=hookline::event::limits::DATA as u64))]
     max_event_bytes: usize,
     /// Least time between two delivery-status writes of one subscription.
     #[arg(long, env = "HOOKLINE_STATUS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]

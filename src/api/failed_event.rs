@@ -7,6 +7,11 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+use crate::event::limits;
+
+/// The longest error description kept in a FailedEvent (`spec.failure.lastError`), in bytes.
+pub const MAX_ERROR_LENGTH: usize = 1024;
+
 /// A dead letter: one event one subscription could not deliver. Created by the operator.
 // kube's printcolumn(...) repeats `type_`, which clippy mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
@@ -46,25 +51,33 @@ pub struct FailedEventSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct CloudEventRecord {
     /// CloudEvents spec version (`1.0`).
+    #[schemars(length(max = 8))]
     pub specversion: String,
     /// Event id, unique per source.
+    #[schemars(length(max = limits::ID))]
     pub id: String,
     /// Context in which the event happened.
+    #[schemars(length(max = limits::URI))]
     pub source: String,
     /// Event type.
     #[serde(rename = "type")]
+    #[schemars(length(max = limits::TYPE))]
     pub type_: String,
     /// Subject of the event in the context of the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::URI))]
     pub subject: Option<String>,
     /// When the event happened (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TIME))]
     pub time: Option<String>,
     /// Media type of `data`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MEDIA_TYPE))]
     pub datacontenttype: Option<String>,
     /// Schema that `data` adheres to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::URI))]
     pub dataschema: Option<String>,
     /// The payload, when it is JSON or text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,9 +85,11 @@ pub struct CloudEventRecord {
     pub data: Option<serde_json::Value>,
     /// The payload, base64-encoded, when it is binary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::DATA_BASE64))]
     pub data_base64: Option<String>,
     /// Extension attributes, as strings.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::EXTENSIONS), inner(length(max = limits::URI)))]
     pub extensions: BTreeMap<String, String>,
 }
 
@@ -118,6 +133,7 @@ pub struct FailureRecord {
     pub last_status_code: Option<u16>,
     /// Short description of the last failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ERROR_LENGTH))]
     pub last_error: Option<String>,
 }
 

@@ -4,10 +4,12 @@ mod conditions;
 mod failed_event;
 mod subscription;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 pub use conditions::{Reason, condition_type, conditions_schema, set_condition};
 pub use failed_event::{
     CloudEventRecord, FailedEvent, FailedEventSpec, FailedEventStatus, FailureReason, FailureRecord,
-    ReplayOutcome, ReplayStatus,
+    MAX_ERROR_LENGTH, ReplayOutcome, ReplayStatus,
 };
 pub use subscription::{
     DeadLetterSpec, DeadLetterStats, DeliveryMode, DeliverySpec, DeliveryStats, Endpoint, EventFilter,
@@ -43,13 +45,44 @@ pub mod annotations {
     pub const REPLAY: &str = "hookline.dev/replay";
 }
 
+/// Hookline's CRDs, as they are installed: the derived schemas with integer formats that
+/// Kubernetes knows.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    [WebhookSubscription::crd(), FailedEvent::crd()].map(with_kubernetes_formats).into()
+}
+
 /// Produce the CRDs as one multi-document YAML stream, the content of `crds/`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
-    use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [WebhookSubscription::crd(), FailedEvent::crd()] {
+    for crd in crds() {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
     Ok(out)
+}
+
+/// schemars names Rust's unsigned integers (`uint16`, `uint32`, `uint64`), formats an API server
+/// does not know and warns about at install. Each becomes the smallest signed format Kubernetes
+/// knows that holds all its values (`minimum: 0` stays).
+fn with_kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(format)) = map.get_mut("format") {
+                    match format.as_str() {
+                        "uint8" | "uint16" => *format = "int32".into(),
+                        "uint32" | "uint64" => *format = "int64".into(),
+                        _ => {}
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut json) = serde_json::to_value(&crd) else { return crd };
+    walk(&mut json);
+    serde_json::from_value(json).unwrap_or(crd)
 }

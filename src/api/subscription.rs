@@ -124,7 +124,7 @@ pub struct Endpoint {
 
     /// Static extra headers sent with every request. Not for secrets: use `headersFrom`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("maxProperties" = 32), inner(length(max = 4096)))]
     pub headers: BTreeMap<String, String>,
 
     /// A Secret whose keys become headers (API keys, bearer tokens).
@@ -247,15 +247,15 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Give up on an event this long after it was accepted (Go duration, 1m to 72h).
     #[serde(default = "default_event_ttl", rename = "eventTTL")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub event_ttl: String,
     /// Backoff before the second attempt (Go duration).
     #[serde(default = "default_initial_backoff")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub initial_backoff: String,
     /// Longest backoff between attempts; `Retry-After` is honoured up to this (Go duration).
     #[serde(default = "default_max_backoff")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub max_backoff: String,
 }
 

@@ -12,7 +12,7 @@ use super::Shared;
 use super::backoff::{Next, Outcome, next};
 use super::sender::{Target, send};
 use super::status::AttemptReport;
-use crate::api::{FailureReason, FailureRecord, LastDelivery};
+use crate::api::{FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
 use crate::controller::spec_check::retry_schedule;
 use crate::event::CloudEvent;
 use crate::registry::ActiveSubscription;
@@ -321,13 +321,23 @@ fn give_up(
         first_attempt_time: job.first_attempt_at.or((attempts > 0).then_some(now)).map(time),
         last_attempt_time: (attempts > 0).then(|| time(now)),
         last_status_code,
-        last_error,
+        last_error: last_error.map(|e| cut_to(e, MAX_ERROR_LENGTH)),
     };
     JobUpdate::DeadLetter(DeadLetter {
         namespace: sub.key.namespace.clone().unwrap_or_default(),
         subscription: sub.key.name.clone(),
         failure: serde_json::to_string(&failure).unwrap_or_default(),
     })
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary (the FailedEvent schema bounds it).
+fn cut_to(mut text: String, max: usize) -> String {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 /// Give up on a held job whose TTL passed without an attempt.
@@ -345,4 +355,16 @@ pub async fn expire(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) 
     let outcome = Outcome::Error("eventTTL passed while delivery was held".into());
     let event = job.event.as_deref().ok();
     finish(shared, sub, &state, event, outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_to;
+
+    #[test]
+    fn errors_are_cut_on_a_character_boundary() {
+        assert_eq!(cut_to("short".into(), 1024), "short");
+        assert_eq!(cut_to("aé".into(), 2), "a", "never in the middle of a character");
+        assert_eq!(cut_to("x".repeat(5000), 1024).len(), 1024);
+    }
 }

@@ -100,6 +100,29 @@ fn err(attribute: impl Into<String>, problem: impl Into<String>) -> EventError {
     EventError { attribute: attribute.into(), problem: problem.into() }
 }
 
+/// The longest value of each attribute, in bytes. A FailedEvent keeps the event whole, and its
+/// schema bounds every string (so that a current API server can estimate the cost of its CEL
+/// rules): an event that passes ingest always fits there.
+pub mod limits {
+    /// `id`.
+    pub const ID: usize = 1024;
+    /// `source`, `subject`, `dataschema` and each extension value.
+    pub const URI: usize = 2048;
+    /// `type`.
+    pub const TYPE: usize = 1024;
+    /// `time`.
+    pub const TIME: usize = 64;
+    /// `datacontenttype`.
+    pub const MEDIA_TYPE: usize = 256;
+    /// Extension attributes on one event.
+    pub const EXTENSIONS: usize = 64;
+    /// The largest payload, so that an event kept in a FailedEvent stays well under etcd's
+    /// 1.5 MiB object limit (`--max-event-bytes` may not exceed it).
+    pub const DATA: usize = 1024 * 1024;
+    /// `data_base64` of a [`DATA`]-byte payload.
+    pub const DATA_BASE64: usize = DATA.div_ceil(3) * 4;
+}
+
 const CONTEXT_ATTRIBUTES: &[&str] =
     &["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"];
 
@@ -132,6 +155,35 @@ fn check_extension_name(name: &str, attribute: &str) -> Result<(), EventError> {
     }
     if name == "data" || name == "data_base64" {
         return Err(err(attribute, "is a reserved name"));
+    }
+    Ok(())
+}
+
+/// Every attribute within [`limits`]; `name` turns an attribute into the name the publisher used.
+fn check_lengths(event: &CloudEvent, name: impl Fn(&str) -> String) -> Result<(), EventError> {
+    let too_long = |attribute: &str, max: usize| err(name(attribute), format!("must be at most {max} bytes"));
+    let optional = |value: &Option<String>| value.as_deref().map_or(0, str::len);
+    for (attribute, len, max) in [
+        ("id", event.id.len(), limits::ID),
+        ("source", event.source.len(), limits::URI),
+        ("type", event.type_.len(), limits::TYPE),
+        ("subject", optional(&event.subject), limits::URI),
+        ("time", optional(&event.time), limits::TIME),
+        ("datacontenttype", optional(&event.datacontenttype), limits::MEDIA_TYPE),
+        ("dataschema", optional(&event.dataschema), limits::URI),
+    ] {
+        if len > max {
+            return Err(too_long(attribute, max));
+        }
+    }
+    if event.extensions.len() > limits::EXTENSIONS {
+        return Err(err(
+            name("extensions"),
+            format!("at most {} extension attributes are allowed", limits::EXTENSIONS),
+        ));
+    }
+    if let Some((key, _)) = event.extensions.iter().find(|(_, v)| v.as_header().len() > limits::URI) {
+        return Err(too_long(key, limits::URI));
     }
     Ok(())
 }
@@ -183,6 +235,9 @@ impl CloudEvent {
             data: (!body.is_empty()).then_some(body),
         };
         check_time(&event.time, "", "ce-time")?;
+        check_lengths(&event, |a| {
+            if a == "datacontenttype" { "content-type".into() } else { format!("ce-{a}") }
+        })?;
         Ok(event)
     }
 
@@ -267,7 +322,10 @@ impl CloudEvent {
             };
             extensions.insert(key, value);
         }
-        Ok(CloudEvent { id, source, type_, subject, time, datacontenttype, dataschema, extensions, data })
+        let event =
+            CloudEvent { id, source, type_, subject, time, datacontenttype, dataschema, extensions, data };
+        check_lengths(&event, name)?;
+        Ok(event)
     }
 
     /// Parse a structured-mode body.

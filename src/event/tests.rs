@@ -220,3 +220,35 @@ fn json_data_is_kept_as_published_and_whitespace_around_the_event_is_fine() {
     assert_eq!(CloudEvent::from_batch(batch.as_bytes()).expect("valid batch")[0], ev);
     assert_eq!(CloudEvent::from_structured(b" [1]").expect_err("array").attribute, "body");
 }
+
+#[test]
+fn attributes_longer_than_a_failed_event_can_hold_are_refused_by_name() {
+    let long = |n: usize| "x".repeat(n);
+    let mut pairs = BINARY.to_vec();
+    let id = long(limits::ID + 1);
+    pairs[1] = ("ce-id", &id);
+    let e = CloudEvent::from_binary(&headers(&pairs), Bytes::new()).expect_err("id too long");
+    assert_eq!((e.attribute.as_str(), e.problem.as_str()), ("ce-id", "must be at most 1024 bytes"));
+
+    let at_limit =
+        serde_json::json!({"specversion": "1.0", "id": long(limits::ID), "source": "/s", "type": "t"});
+    assert!(CloudEvent::from_json_value(at_limit, "").is_ok(), "the limit itself is allowed");
+    for (attribute, value) in [
+        ("source", long(limits::URI + 1)),
+        ("subject", long(limits::URI + 1)),
+        ("type", long(limits::TYPE + 1)),
+        ("datacontenttype", format!("application/{}", long(limits::MEDIA_TYPE))),
+        ("dataschema", long(limits::URI + 1)),
+        ("partitionkey", long(limits::URI + 1)),
+    ] {
+        let mut event = serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        event[attribute] = value.into();
+        let e = CloudEvent::from_json_value(event, "batch[2].").expect_err(attribute);
+        assert_eq!(e.attribute, format!("batch[2].{attribute}"));
+    }
+    let mut many = serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+    for i in 0..=limits::EXTENSIONS {
+        many[format!("ext{i}")] = "v".into();
+    }
+    assert!(CloudEvent::from_json_value(many, "").is_err(), "more extensions than a FailedEvent keeps");
+}
