@@ -2,20 +2,29 @@
 # Local Kubernetes control plane for Hookline development and tests.
 #
 #   hack/cluster.sh up      build (first use only) and start etcd + kube-apiserver +
-#                           kube-controller-manager on free loopback ports; the last line
-#                           printed is `export KUBECONFIG=…`
+#                           kube-controller-manager (1.20) with the CEL-enforcing CRD server
+#                           (1.36) behind it, on free loopback ports; the last line printed is
+#                           `export KUBECONFIG=…`
 #   hack/cluster.sh down    stop exactly what `up` started and remove its state
 #   hack/cluster.sh status  say whether the control plane is running
 #   hack/cluster.sh env     print the `export KUBECONFIG=…` line of a running control plane
 #   hack/cluster.sh apiserver-stop | apiserver-start
 #                           stop / start only kube-apiserver (same port; etcd keeps the data)
 #
-# Kubernetes 1.20.2 is built from Debian's `kubernetes` source package (see shared/TESTING.md):
-# no container engine or binary download is needed. The binaries are cached in
-# $HOOKLINE_CACHE_DIR (default ~/.cache/hookline) so only the first run pays for the build.
+# One cluster, two API servers (see README "Tested against"): Kubernetes 1.20.2, built from
+# Debian's `kubernetes` source package, serves the core APIs, RBAC, TokenReview and
+# SubjectAccessReview, and runs garbage collection and namespace deletion; behind it, as an
+# aggregated API, k8s.io/apiextensions-apiserver 1.36 (hack/build-crd-server.sh, from Debian
+# sid's Go packages) serves `apiextensions.k8s.io` and every custom resource, and so enforces the
+# CRDs' CEL rules as a current cluster does. No container engine or binary download is needed.
+# The binaries are cached in $HOOKLINE_CACHE_DIR (default ~/.cache/hookline): only the first run
+# pays for the builds. HOOKLINE_CRD_SERVER_EMULATED_VERSION (e.g. 1.33) makes the CRD server
+# judge CRDs as that older release does.
 set -euo pipefail
 
 K8S_VERSION=1.20.2
+# The Service (kube-system) through which the 1.20 aggregator reaches the CRD server.
+CRD_SERVICE=hookline-crd-server
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE_DIR=${HOOKLINE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hookline}
 BIN_DIR="$CACHE_DIR/k8s-$K8S_VERSION"
@@ -87,6 +96,11 @@ build_k8s() {
   log "cached binaries in $BIN_DIR"
 }
 
+build_crd_server() {
+  "$ROOT/hack/build-crd-server.sh" | tail -n 1
+  [ "${PIPESTATUS[0]}" -eq 0 ] || die "the CEL-enforcing CRD server could not be built (see above)"
+}
+
 # --- processes ------------------------------------------------------------------------------
 
 free_port() {
@@ -139,6 +153,7 @@ up() {
   [ -d "$STATE_DIR" ] && down_quiet
   install_packages
   build_k8s
+  CRD_SERVER=$(build_crd_server)
   mkdir -p "$STATE_DIR/certs"
   chmod 700 "$STATE_DIR"
 
@@ -148,10 +163,13 @@ up() {
   else etcd_data="$STATE_DIR/etcd"; mkdir -p "$etcd_data"; fi
   echo "$etcd_data" >"$STATE_DIR/etcd-data-dir"
 
-  local etcd_port etcd_peer api_port
-  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  local etcd_port etcd_peer api_port crd_port
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); crd_port=$(free_port)
   while [ "$etcd_peer" = "$etcd_port" ]; do etcd_peer=$(free_port); done
   while [ "$api_port" = "$etcd_port" ] || [ "$api_port" = "$etcd_peer" ]; do api_port=$(free_port); done
+  while [ "$crd_port" = "$etcd_port" ] || [ "$crd_port" = "$etcd_peer" ] || [ "$crd_port" = "$api_port" ]; do
+    crd_port=$(free_port)
+  done
 
   # Keys: a throwaway CA, a serving certificate it signs for 127.0.0.1 (rustls refuses a CA
   # certificate used as the server's own), and a service-account signing key.
@@ -164,6 +182,23 @@ up() {
     openssl x509 -req -in "$c/apiserver.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial -days 30 \
       -extfile "$c/ext.cnf" -out "$c/apiserver.crt"
   } >/dev/null 2>&1 || die "openssl could not create the serving certificate"
+  # The front proxies requests for aggregated APIs with a client certificate from a CA of its
+  # own; the CRD server serves a certificate for the Service name the aggregator verifies.
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=hookline-front-proxy-ca \
+      -keyout "$c/front-proxy-ca.key" -out "$c/front-proxy-ca.crt" &&
+    openssl req -newkey rsa:2048 -nodes -subj /CN=front-proxy-client \
+      -keyout "$c/front-proxy-client.key" -out "$c/front-proxy-client.csr" &&
+    printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' >"$c/client.cnf" &&
+    openssl x509 -req -in "$c/front-proxy-client.csr" -CA "$c/front-proxy-ca.crt" -CAkey "$c/front-proxy-ca.key" \
+      -CAcreateserial -days 30 -extfile "$c/client.cnf" -out "$c/front-proxy-client.crt" &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$CRD_SERVICE.kube-system.svc" \
+      -keyout "$c/crd-server.key" -out "$c/crd-server.csr" &&
+    printf 'subjectAltName=DNS:%s.kube-system.svc,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+      "$CRD_SERVICE" >"$c/crd-server.cnf" &&
+    openssl x509 -req -in "$c/crd-server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial -days 30 \
+      -extfile "$c/crd-server.cnf" -out "$c/crd-server.crt"
+  } >/dev/null 2>&1 || die "openssl could not create the front-proxy and CRD server certificates"
   openssl genrsa -out "$STATE_DIR/certs/sa.key" 2048 2>/dev/null
   openssl rsa -in "$STATE_DIR/certs/sa.key" -pubout -out "$STATE_DIR/certs/sa.pub" 2>/dev/null
   local token
@@ -179,10 +214,14 @@ up() {
 
   echo "$etcd_port" >"$STATE_DIR/etcd-port"
   echo "$api_port" >"$STATE_DIR/api-port"
+  echo "$crd_port" >"$STATE_DIR/crd-port"
   start_apiserver
 
   write_kubeconfig "https://127.0.0.1:$api_port" "$token" "$STATE_DIR/kubeconfig"
   chmod 600 "$STATE_DIR/kubeconfig"
+
+  start_crd_server "$etcd_port" "$crd_port"
+  wire_crd_server "$crd_port"
 
   log "starting kube-controller-manager (garbagecollector, namespace)"
   start_bg kube-controller-manager "$BIN_DIR/kube-controller-manager" \
@@ -193,7 +232,7 @@ up() {
     "$STATE_DIR/kube-controller-manager.log" grep -q "Started garbage collector\|Starting namespace controller\|Started \"namespace\"" \
     "$STATE_DIR/kube-controller-manager.log"
 
-  log "control plane ready (state: $STATE_DIR)"
+  log "control plane ready: Kubernetes $K8S_VERSION, CRDs served by $(basename "$(dirname "$CRD_SERVER")") (state: $STATE_DIR)"
   echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
 }
 
@@ -212,10 +251,127 @@ start_apiserver() {
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$STATE_DIR/certs/sa.pub" \
     --service-account-signing-key-file "$STATE_DIR/certs/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --requestheader-client-ca-file "$STATE_DIR/certs/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$STATE_DIR/certs/front-proxy-client.crt" \
+    --proxy-client-key-file "$STATE_DIR/certs/front-proxy-client.key" \
+    --runtime-config apiextensions.k8s.io/v1beta1=false
   wait_for kube-apiserver 90 "$STATE_DIR/kube-apiserver.pid" "$STATE_DIR/kube-apiserver.log" \
     curl -fsS --cacert "$STATE_DIR/certs/ca.crt" -H "Authorization: Bearer $token" \
     "https://127.0.0.1:$api_port/readyz"
+}
+
+# The CRD server: k8s.io/apiextensions-apiserver 1.36 on the same etcd under a prefix of its own
+# (with the shared prefix, 1.20 would serve the CRDs itself, without CEL), authenticating and
+# authorizing every request against the 1.20 front (delegated, as an aggregated API server does).
+start_crd_server() { # etcd_port crd_port
+  local kc="$STATE_DIR/kubeconfig" c="$STATE_DIR/certs" token emulated=()
+  token=$(cut -d, -f1 "$STATE_DIR/tokens.csv")
+  if [ -n "${HOOKLINE_CRD_SERVER_EMULATED_VERSION:-}" ]; then
+    emulated=(--emulated-version "$HOOKLINE_CRD_SERVER_EMULATED_VERSION"
+      --min-compatibility-version "$HOOKLINE_CRD_SERVER_EMULATED_VERSION")
+    log "the CRD server emulates Kubernetes $HOOKLINE_CRD_SERVER_EMULATED_VERSION"
+  fi
+  log "starting the CRD server on https://127.0.0.1:$2"
+  start_bg crd-server "$CRD_SERVER" \
+    --etcd-servers "http://127.0.0.1:$1" --etcd-prefix /registry-cel \
+    --bind-address 127.0.0.1 --secure-port "$2" \
+    --tls-cert-file "$c/crd-server.crt" --tls-private-key-file "$c/crd-server.key" \
+    --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
+    --enable-priority-and-fairness=false \
+    --disable-admission-plugins MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,MutatingAdmissionPolicy \
+    "${emulated[@]}"
+  wait_for "CRD server" 60 "$STATE_DIR/crd-server.pid" "$STATE_DIR/crd-server.log" \
+    curl -fsS --cacert "$c/ca.crt" -H "Authorization: Bearer $token" "https://127.0.0.1:$2/readyz"
+}
+
+# An APIService sending group/version to the CRD server.
+apiservice() { # group version
+  local ca
+  ca=$(base64 -w0 "$STATE_DIR/certs/ca.crt")
+  cat <<YAML
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: $2.$1
+  labels: {app.kubernetes.io/managed-by: hookline-cluster}
+spec:
+  group: $1
+  version: $2
+  service: {namespace: kube-system, name: $CRD_SERVICE, port: $(cat "$STATE_DIR/crd-port")}
+  caBundle: $ca
+  groupPriorityMinimum: 1000
+  versionPriority: 15
+YAML
+}
+
+kc() { kubectl --kubeconfig "$STATE_DIR/kubeconfig" "$@"; }
+
+available() { # APIService name
+  [ "$(kc get apiservice "$1" -o jsonpath='{.status.conditions[?(@.type=="Available")].status}' </dev/null 2>/dev/null)" = True ]
+}
+
+# Point the front's `apiextensions.k8s.io/v1` at the CRD server (the built-in APIService loses
+# its automanaged label, so the front's own registration leaves it alone from then on), then
+# route custom resources as their CRDs appear.
+wire_crd_server() { # crd_port
+  kc apply -f - >/dev/null <<YAML || die "cannot create the Service kube-system/$CRD_SERVICE"
+apiVersion: v1
+kind: Service
+metadata: {name: $CRD_SERVICE, namespace: kube-system}
+spec:
+  type: ExternalName
+  externalName: 127.0.0.1
+  ports: [{name: https, port: $1}]
+YAML
+  # One replace: the automanaged label goes in the same write that points it elsewhere.
+  apiservice apiextensions.k8s.io v1 | kc replace -f - >/dev/null \
+    || die "cannot point the APIService v1.apiextensions.k8s.io at the CRD server"
+  local deadline=$((SECONDS + 30))
+  until available v1.apiextensions.k8s.io && kc get crd >/dev/null 2>&1; do
+    pid_alive "$STATE_DIR/crd-server.pid" || die "the CRD server exited; its log ends with: $(tail -n 5 "$STATE_DIR/crd-server.log" | tr '\n' ' ')"
+    [ $SECONDS -lt $deadline ] || die "apiextensions.k8s.io is not served through the CRD server after 30s: $(kc get apiservice v1.apiextensions.k8s.io -o jsonpath='{.status.conditions}')"
+    sleep 0.2
+  done
+  log "routing custom resources to the CRD server as their CRDs appear"
+  setsid "$ROOT/hack/cluster.sh" route-crds >"$STATE_DIR/crd-router.log" 2>&1 < /dev/null &
+  echo $! >"$STATE_DIR/crd-router.pid"
+}
+
+# kube-apiserver registers an APIService for each CRD's group/version itself; with the CRDs in the
+# server behind it, this loop does that job. A version is routed once the CRD server lists it:
+# routed earlier, the aggregator would call it unavailable until its next check, 30 s later.
+route_crds() {
+  local token crd_port
+  token=$(cut -d, -f1 "$STATE_DIR/tokens.csv"); crd_port=$(cat "$STATE_DIR/crd-port")
+  while true; do
+    # go-template: kubectl's jsonpath printer fails on the second object of a watch.
+    kc get crd --watch -o go-template='{{.spec.group}}{{range .spec.versions}} {{.name}}{{end}}{{"\n"}}' 2>/dev/null |
+      while read -r group versions; do
+        for version in $versions; do
+          available "$version.$group" && continue
+          for _ in $(seq 1 150); do
+            curl -fs --cacert "$STATE_DIR/certs/ca.crt" -H "Authorization: Bearer $token" \
+              "https://127.0.0.1:$crd_port/apis/$group/$version" </dev/null >/dev/null && break
+            sleep 0.1
+          done
+          # Created anew, so that the aggregator checks it at once.
+          kc delete apiservice "$version.$group" --ignore-not-found </dev/null >/dev/null 2>&1
+          apiservice "$group" "$version" | kc apply -f - >/dev/null && echo "routed $group/$version"
+        done
+      done
+    sleep 1  # the front restarted or the watch ended: watch again
+  done
+}
+
+# A process group started with setsid: the router and the kubectl it runs.
+stop_group() { # name
+  local pidfile="$STATE_DIR/$1.pid"
+  pid_alive "$pidfile" && kill -- "-$(cat "$pidfile")" 2>/dev/null
+  rm -f "$pidfile"
 }
 
 stop_pid() { # name
@@ -232,7 +388,9 @@ stop_pid() { # name
 }
 
 down_quiet() {
+  stop_group crd-router
   stop_pid kube-controller-manager
+  stop_pid crd-server
   stop_pid kube-apiserver
   stop_pid etcd
   if [ -f "$STATE_DIR/etcd-data-dir" ]; then rm -rf "$(cat "$STATE_DIR/etcd-data-dir")"; fi
@@ -248,7 +406,8 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  build) install_packages; build_k8s ;;
+  build) install_packages; build_k8s; build_crd_server >/dev/null ;;
+  route-crds) route_crds ;;  # internal: the router that `up` starts
   # Stop and start only the API server (etcd and its data stay): for tests of API-server outages.
   apiserver-stop) stop_pid kube-apiserver ;;
   apiserver-start)

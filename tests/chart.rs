@@ -23,7 +23,7 @@ const ALL_FEATURES: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline/ci/all-features-values.yaml");
 
 fn helm(env: &TestEnv, args: &[&str]) -> String {
-    support::hack("helm.sh", args, ("KUBECONFIG", env.kubeconfig.as_os_str()))
+    support::hack("helm.sh", args, &[("KUBECONFIG", env.kubeconfig.as_os_str())])
 }
 
 fn kubectl_stdin(env: &TestEnv, args: &[&str], input: &str) -> std::process::Output {
@@ -60,6 +60,7 @@ async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
         "crd/servicemonitors.monitoring.coreos.com",
         "--timeout=30s",
     ]);
+    support::wait_until_served(&env.client, "monitoring.coreos.com/v1", &["servicemonitors"]).await;
     helm(&env, &["lint", "--strict", CHART]);
     helm(&env, &["lint", "--strict", CHART, "-f", ALL_FEATURES]);
     for values in [None, Some(ALL_FEATURES)] {

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use support::{TestEnv, wait_until};
 
-/// A throwaway resource for exercising the API server, without CEL so it can be server-side applied.
+/// A throwaway resource for exercising the API server.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(group = "test.hookline.dev", version = "v1", kind = "Widget", namespaced, status = "WidgetStatus")]
 struct WidgetSpec {
@@ -47,6 +47,7 @@ async fn apply_widget_crd(env: &TestEnv) {
     .await
     .expect("CRD Established within 30s")
     .expect("watch CRD");
+    support::wait_until_served(&env.client, "test.hookline.dev/v1", &["widgets"]).await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! `hookline` binary as a child process, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod cel_cases;
 pub mod receiver;
 
 use std::future::Future;
@@ -14,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, Config, CustomResourceExt};
+use kube::{Api, Client, Config};
 
 /// Flags for a Hookline that delivers to receivers on loopback over plain HTTP, without the
 /// ownership handshake and with fast status writes.
@@ -47,6 +48,11 @@ impl PrivateControlPlane {
     /// Start one (`None`, after saying why, where the shared control plane is missing and tests
     /// are skipped).
     pub fn start(name: &str) -> Option<PrivateControlPlane> {
+        PrivateControlPlane::start_with(name, &[])
+    }
+
+    /// [`PrivateControlPlane::start`], with extra environment for `hack/cluster.sh up`.
+    pub fn start_with(name: &str, vars: &[(&str, &str)]) -> Option<PrivateControlPlane> {
         if !kubeconfig_path().exists() {
             if std::env::var_os("CI").is_some() || std::env::var_os("HOOKLINE_REQUIRE_CLUSTER").is_some() {
                 panic!("no control plane at {}: run hack/cluster.sh up", kubeconfig_path().display());
@@ -56,7 +62,9 @@ impl PrivateControlPlane {
         }
         let plane =
             PrivateControlPlane { dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp").join(name) };
-        plane.cluster(&["up"]);
+        let mut env = vec![("HOOKLINE_CLUSTER_DIR", plane.dir.as_os_str())];
+        env.extend(vars.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        hack("cluster.sh", &["up"], &env);
         Some(plane)
     }
 
@@ -75,7 +83,7 @@ impl PrivateControlPlane {
     }
 
     fn cluster(&self, args: &[&str]) {
-        hack("cluster.sh", args, ("HOOKLINE_CLUSTER_DIR", self.dir.as_os_str()));
+        hack("cluster.sh", args, &[("HOOKLINE_CLUSTER_DIR", self.dir.as_os_str())]);
     }
 }
 
@@ -88,12 +96,12 @@ impl Drop for PrivateControlPlane {
     }
 }
 
-/// Run `hack/<script>` with `args` and one extra environment variable; fails the test, showing
-/// the script's output, unless it succeeds. Returns what it printed on stdout.
-pub fn hack(script: &str, args: &[&str], var: (&str, &std::ffi::OsStr)) -> String {
+/// Run `hack/<script>` with `args` and extra environment variables; fails the test, showing the
+/// script's output, unless it succeeds. Returns what it printed on stdout.
+pub fn hack(script: &str, args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> String {
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script))
         .args(args)
-        .env(var.0, var.1)
+        .envs(vars.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("running hack/{script}: {e}"));
     assert!(
@@ -402,31 +410,15 @@ impl Hookline {
     }
 }
 
-/// Install (or update) Hookline's CRDs and wait until they are Established.
-///
-/// Uses plain create/replace: a CRD carrying CEL rules cannot be server-side applied on 1.20.
+/// Install (or update) Hookline's CRDs, as `hookline crds` prints them, with server-side apply;
+/// return once they are Established and the API server serves their group.
 pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [hookline::api::WebhookSubscription::crd(), hookline::api::FailedEvent::crd()] {
+    for crd in hookline::api::crds() {
         let name = crd.metadata.name.clone().expect("crd name");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let result = match api.get_opt(&name).await.expect("get crd") {
-                None => api.create(&PostParams::default(), &crd).await.map(|_| ()),
-                Some(existing) if existing.spec == crd.spec => Ok(()),
-                Some(existing) => {
-                    let mut updated = crd.clone();
-                    updated.metadata.resource_version = existing.metadata.resource_version;
-                    api.replace(&name, &PostParams::default(), &updated).await.map(|_| ())
-                }
-            };
-            match result {
-                Ok(()) => break,
-                // Another test installed or updated it concurrently: look again.
-                Err(kube::Error::Api(s)) if s.code == 409 && Instant::now() < deadline => continue,
-                Err(e) => panic!("installing CRD {name}: {e}"),
-            }
-        }
+        api.patch(&name, &PatchParams::apply("hookline-tests").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
         tokio::time::timeout(
             Duration::from_secs(30),
             await_condition(api.clone(), &name, conditions::is_crd_established()),
@@ -435,6 +427,18 @@ pub async fn install_crds(client: &Client) {
         .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
         .expect("watch crd");
     }
+    wait_until_served(client, "hookline.dev/v1alpha1", &["webhooksubscriptions", "failedevents"]).await;
+}
+
+/// Wait until discovery of `api_version` lists `resources`: on the local control plane the CRD
+/// server behind the front serves custom resources, and the front routes a new group to it
+/// moments after its CRD appears.
+pub async fn wait_until_served(client: &Client, api_version: &str, resources: &[&str]) {
+    wait_until(&format!("{api_version} serves {resources:?}"), Duration::from_secs(30), || async {
+        let list = client.list_api_group_resources(api_version).await.ok()?;
+        resources.iter().all(|r| list.resources.iter().any(|have| have.name == *r)).then_some(())
+    })
+    .await
 }
 
 /// Poll `probe` every 100 ms until it yields a value or `timeout` passes (then panic naming `what`).
