@@ -61,6 +61,8 @@ pub struct Metrics {
     queue_depth: Family<QueueLabels, Gauge>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     api_requests: Family<MethodLabels, Counter>,
+    event_cache_bytes: Gauge,
+    store_free_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,8 +122,23 @@ impl Default for Metrics {
             "Requests this process sent to the Kubernetes API server, by HTTP method",
             api_requests.clone(),
         );
+        let event_cache_bytes = Gauge::default();
+        registry.register(
+            "event_cache_bytes",
+            "Bytes of events held in memory for queued jobs (bounded by --event-cache-bytes)",
+            event_cache_bytes.clone(),
+        );
+        let store_free_bytes = Gauge::default();
+        registry.register(
+            "store_free_bytes",
+            "Bytes the event store can still write, as last checked at publish (free on its volume, \
+             plus reusable space inside its files when short)",
+            store_free_bytes.clone(),
+        );
         Self {
             api_requests,
+            event_cache_bytes,
+            store_free_bytes,
             registry,
             reconciles,
             reconcile_errors,
@@ -138,6 +155,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The gauge of cached event bytes, for the budget that keeps it.
+    pub fn event_cache_bytes(&self) -> Gauge {
+        self.event_cache_bytes.clone()
+    }
+
+    /// The store's free space, as ingest last read it.
+    pub fn set_store_free_bytes(&self, bytes: u64) {
+        self.store_free_bytes.set(bytes.min(i64::MAX as u64) as i64);
+    }
+
     /// Count one request to the Kubernetes API server (the kube client's request layer calls it).
     pub fn api_request(&self, method: &http::Method) {
         self.api_requests.get_or_create(&MethodLabels { method: method.as_str().to_string() }).inc();

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::fixtures::subscription;
 use super::{Context, FINALIZER, Policy, reconcile};
 use crate::api::WebhookSubscription;
+use crate::delivery::budget::EventBudget;
 use crate::delivery::clients::Clients;
 use crate::delivery::secrets::SecretCache;
 use crate::delivery::ssrf::Guard;
@@ -81,6 +82,7 @@ fn context(client: Client, policy: Policy) -> Fixture {
         secrets: secrets.clone(),
         board: StatusBoard::default(),
         metrics: metrics.clone(),
+        budget: EventBudget::new(1 << 20, metrics.event_cache_bytes()),
         dead_letters_waiting: Default::default(),
     });
     let verifier = Verifier { store, clients, guard, secrets, public_url: None };

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::attempt::{Finished, JobState, LOCAL_RETRY, Loaded, attempt, expire, read_ahead, unreadable};
+use super::budget::{Account, footprint};
 use super::{NewJob, Shared};
 use crate::event::CloudEvent;
 use crate::registry::{ActiveSubscription, Gate};
@@ -52,13 +53,85 @@ pub struct Dispatcher {
     pub(super) stop: CancellationToken,
 }
 
-/// Events of fresh jobs kept in memory at most (beyond that, attempts read them from the store).
-const MAX_CACHED_EVENTS: usize = 10_000;
-
-/// Jobs read back from the store in one read. While the previous read came back full, the next
-/// starts as soon as fewer than this many are waiting in memory, so a backlog in the store is
-/// read in large batches ahead of its attempts instead of one read per freed concurrency slot.
+/// Most jobs read back from the store in one read. While the previous read came back full, the
+/// next starts as soon as the budget has room, so a backlog in the store is read in large batches
+/// ahead of its attempts instead of one read per freed concurrency slot.
 const READ_AHEAD: usize = 256;
+
+/// A first guess at a cached event's footprint, before any was seen: sizes the first read.
+const TYPICAL_FOOTPRINT: usize = 4096;
+
+/// A cached event: fresh as published, or read back from the store with the job's bookkeeping.
+enum Cached {
+    Fresh(Arc<CloudEvent>),
+    Loaded(Loaded),
+}
+
+/// The events of queued jobs held in memory, within this dispatcher's account of the
+/// [`EventBudget`](super::budget::EventBudget). Jobs without a cached event are read from the
+/// store when due.
+struct Cache {
+    entries: HashMap<i64, (Cached, usize)>,
+    /// How many of `entries` were read back from the store.
+    loaded: usize,
+    account: Account,
+    /// Running estimate of one event's footprint, to size reads to the room in the budget.
+    typical: usize,
+}
+
+impl Cache {
+    fn new(account: Account) -> Self {
+        Cache { entries: HashMap::new(), loaded: 0, account, typical: TYPICAL_FOOTPRINT }
+    }
+
+    fn contains(&self, job_id: i64) -> bool {
+        self.entries.contains_key(&job_id)
+    }
+
+    /// Keep `cached` for `job_id` if the budget allows (always, when `forced`: it is attempted next).
+    fn keep(&mut self, job_id: i64, cached: Cached, forced: bool) -> bool {
+        let (bytes, loaded) = match &cached {
+            Cached::Fresh(event) => (footprint(event), 0),
+            Cached::Loaded(job) => (job.event.as_deref().map_or(0, footprint), 1),
+        };
+        self.typical = (self.typical * 7 + bytes) / 8;
+        if forced {
+            self.account.force(bytes);
+        } else if !self.account.try_take(bytes) {
+            return false;
+        }
+        self.take(job_id);
+        self.entries.insert(job_id, (cached, bytes));
+        self.loaded += loaded;
+        true
+    }
+
+    /// Take the cached event of `job_id` out (for its attempt, or because the job left the queue).
+    fn take(&mut self, job_id: i64) -> Option<Cached> {
+        let (cached, bytes) = self.entries.remove(&job_id)?;
+        self.account.release(bytes);
+        if matches!(cached, Cached::Loaded(_)) {
+            self.loaded -= 1;
+        }
+        Some(cached)
+    }
+
+    /// How many due jobs to read next: what the budget has room for, plus `needed` that are
+    /// attempted as soon as they arrive.
+    fn read_size(&self, needed: usize) -> usize {
+        (needed + self.account.room() / self.typical.max(1)).min(READ_AHEAD)
+    }
+
+    /// Drop cached events of the jobs due last until this dispatcher is within its share again.
+    fn shed(&mut self, queue: &BTreeSet<JobRef>) {
+        for job in queue.iter().rev() {
+            if self.account.excess() == 0 {
+                break;
+            }
+            self.take(job.job_id);
+        }
+    }
+}
 
 /// How often jobs held behind a closed gate are checked against their TTL.
 const HELD_SWEEP: Duration = Duration::from_secs(15);
@@ -71,8 +144,7 @@ impl Dispatcher {
             (first.uid.clone(), first.key.namespace.clone().unwrap_or_default(), first.key.name.clone());
         let mut queue = BTreeSet::new();
         // Events of queued jobs in memory: fresh ones as published, others read ahead.
-        let mut events: HashMap<i64, Arc<CloudEvent>> = HashMap::new();
-        let mut loaded: HashMap<i64, Loaded> = HashMap::new();
+        let mut cache = Cache::new(self.shared.budget.account());
         let (mut reading, mut more_to_read) = (false, false);
         // Attempts hold a concurrency slot while their request is out (`in_flight`) and count as
         // outstanding until their outcome is recorded (`outstanding`).
@@ -102,6 +174,8 @@ impl Dispatcher {
             let sub = self.sub.borrow().clone();
             let open = sub.gate == Gate::Open && gone_generation.is_none_or(|g| g < sub.generation);
             let now = now_ms();
+            cache.account.set_active(!queue.is_empty() || in_flight > 0);
+            cache.shed(&queue);
             let mut wake: Option<Duration> = None;
             let mut head_unread = false;
             while open && in_flight < sub.spec.delivery.max_concurrency as usize {
@@ -110,7 +184,7 @@ impl Dispatcher {
                     wake = Some(Duration::from_millis((head.due_at - now) as u64));
                     break;
                 }
-                if !events.contains_key(&head.job_id) && !loaded.contains_key(&head.job_id) {
+                if !cache.contains(head.job_id) {
                     // Its event is on its way from the store, or a read starts below.
                     head_unread = true;
                     break;
@@ -123,25 +197,33 @@ impl Dispatcher {
                 in_flight += 1;
                 outstanding += 1;
                 let (shared, sub, done) = (self.shared.clone(), sub.clone(), done_tx.clone());
-                if let Some(event) = events.remove(&head.job_id) {
-                    tokio::spawn(attempt(shared, sub, JobState::fresh(head), event, done));
-                } else if let Some(job) = loaded.remove(&head.job_id) {
-                    let state = JobState::loaded(head, &job);
-                    match job.event {
-                        Ok(event) => tokio::spawn(attempt(shared, sub, state, event, done)),
-                        Err(e) => tokio::spawn(unreadable(shared, sub, state, e, done)),
-                    };
+                match cache.take(head.job_id) {
+                    Some(Cached::Fresh(event)) => {
+                        tokio::spawn(attempt(shared, sub, JobState::fresh(head), event, done));
+                    }
+                    Some(Cached::Loaded(job)) => {
+                        let state = JobState::loaded(head, &job);
+                        match job.event {
+                            Ok(event) => tokio::spawn(attempt(shared, sub, state, event, done)),
+                            Err(e) => tokio::spawn(unreadable(shared, sub, state, e, done)),
+                        };
+                    }
+                    None => {}
                 }
             }
-            if open && !reading && (head_unread || (more_to_read && loaded.len() < READ_AHEAD)) {
+            // Read due jobs whose events are not in memory: as many as the budget has room for, and
+            // at least those that free concurrency slots would attempt at once.
+            if open && !reading && (head_unread || (more_to_read && cache.loaded < READ_AHEAD)) {
+                let free_slots = (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight);
+                let size = cache.read_size(if head_unread { free_slots.max(1) } else { 0 });
                 let unread: Vec<JobRef> = queue
                     .iter()
                     .take_while(|j| j.due_at <= now)
-                    .filter(|j| !events.contains_key(&j.job_id) && !loaded.contains_key(&j.job_id))
-                    .take(READ_AHEAD)
+                    .filter(|j| !cache.contains(j.job_id))
+                    .take(size)
                     .copied()
                     .collect();
-                more_to_read = unread.len() == READ_AHEAD;
+                more_to_read = unread.len() == size;
                 if !unread.is_empty() {
                     reading = true;
                     tokio::spawn(read_ahead(self.shared.clone(), unread, done_tx.clone()));
@@ -155,8 +237,8 @@ impl Dispatcher {
                 _ = self.stop.cancelled() => break,
                 job = self.jobs.recv() => match job {
                     Some(NewJob { job, event }) => {
-                        if let Some(event) = event.filter(|_| events.len() < MAX_CACHED_EVENTS) {
-                            events.insert(job.job_id, event);
+                        if let Some(event) = event {
+                            cache.keep(job.job_id, Cached::Fresh(event), false);
                         }
                         queue.insert(job);
                     }
@@ -176,9 +258,11 @@ impl Dispatcher {
                     }
                     Finished::Read(asked, found) => {
                         reading = false;
-                        read_back(&name, &mut queue, &mut loaded, asked, found);
+                        let free_slots = (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight);
+                        read_back(&name, &mut queue, &mut cache, asked, found, free_slots);
                     }
                 },
+                _ = cache.account.share_changed() => {}
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
                 _ = sweep.tick(), if !open => {
                     let ttl = crate::controller::spec_check::retry_schedule(&sub.spec)
@@ -188,8 +272,7 @@ impl Dispatcher {
                         queue.iter().copied().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
                     for job in expired {
                         queue.remove(&job);
-                        events.remove(&job.job_id);
-                        loaded.remove(&job.job_id);
+                        cache.take(job.job_id);
                         expire(&self.shared, &sub, job).await;
                     }
                 }
@@ -209,14 +292,16 @@ impl Dispatcher {
     }
 }
 
-/// Keep what a read-ahead found for the jobs still queued; drop the jobs the store no longer has
+/// Keep what a read-ahead found for the jobs still queued, as far as the budget allows (the first
+/// `attempt_now`, which go out at once, in any case); drop the jobs the store no longer has
 /// (their subscription was dropped meanwhile); if the read failed, try those jobs again later.
 fn read_back(
     name: &str,
     queue: &mut BTreeSet<JobRef>,
-    loaded: &mut HashMap<i64, Loaded>,
+    cache: &mut Cache,
     asked: Vec<JobRef>,
     found: Result<Vec<Loaded>, String>,
+    attempt_now: usize,
 ) {
     let found = match found {
         Ok(found) => found,
@@ -232,11 +317,15 @@ fn read_back(
         }
     };
     let mut found: HashMap<i64, Loaded> = found.into_iter().map(|j| (j.job_id, j)).collect();
+    let mut kept = 0;
     for job in asked {
         match found.remove(&job.job_id) {
-            // Still queued (the TTL sweep may have taken it meanwhile): keep it for its attempt.
+            // Still queued (the TTL sweep may have taken it meanwhile): keep it for its attempt,
+            // unless the budget has no room (it is read again when due).
             Some(l) if queue.contains(&job) => {
-                loaded.insert(job.job_id, l);
+                if cache.keep(job.job_id, Cached::Loaded(l), kept < attempt_now) {
+                    kept += 1;
+                }
             }
             Some(_) => {}
             None => {
@@ -252,6 +341,9 @@ fn time(ms: Millis) -> Option<Time> {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::gauge::Gauge;
+
+    use super::super::budget::EventBudget;
     use super::*;
 
     #[test]
@@ -276,24 +368,92 @@ mod tests {
         }
     }
 
+    fn cache(limit: usize) -> Cache {
+        let mut account = EventBudget::new(limit, Gauge::default()).account();
+        account.set_active(true);
+        Cache::new(account)
+    }
+
+    fn fresh(id: &str, bytes: usize) -> Cached {
+        let event = CloudEvent::from_structured(
+            format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"t","data":"{}"}}"#,
+                "x".repeat(bytes)
+            )
+            .as_bytes(),
+        )
+        .expect("event");
+        Cached::Fresh(Arc::new(event))
+    }
+
     #[test]
     fn a_read_ahead_keeps_queued_jobs_and_drops_those_the_store_lost() {
         let mut queue: BTreeSet<JobRef> = [job(1), job(2)].into();
-        let mut kept = HashMap::new();
+        let mut kept = cache(1 << 20);
         // Job 3 was taken by the TTL sweep while the read was out; job 2 is gone from the store.
-        read_back("s", &mut queue, &mut kept, vec![job(1), job(2), job(3)], Ok(vec![loaded(1), loaded(3)]));
+        let found = Ok(vec![loaded(1), loaded(3)]);
+        read_back("s", &mut queue, &mut kept, vec![job(1), job(2), job(3)], found, 1);
         assert_eq!(queue.iter().map(|j| j.job_id).collect::<Vec<_>>(), [1]);
-        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), [1]);
-        assert_eq!(kept[&1].attempts, 2, "the stored bookkeeping comes along");
+        assert_eq!(kept.entries.keys().copied().collect::<Vec<_>>(), [1]);
+        let Some(Cached::Loaded(one)) = kept.take(1) else { panic!("job 1 read back") };
+        assert_eq!(one.attempts, 2, "the stored bookkeeping comes along");
     }
 
     #[test]
     fn a_failed_read_ahead_retries_its_jobs_later() {
         let mut queue: BTreeSet<JobRef> = [job(1), job(2)].into();
-        let mut kept = HashMap::new();
-        read_back("s", &mut queue, &mut kept, vec![job(1)], Err("disk I/O error".into()));
-        assert!(kept.is_empty());
+        let mut kept = cache(1 << 20);
+        read_back("s", &mut queue, &mut kept, vec![job(1)], Err("disk I/O error".into()), 1);
+        assert!(kept.entries.is_empty());
         let due: Vec<(i64, bool)> = queue.iter().map(|j| (j.job_id, j.due_at > now_ms())).collect();
         assert_eq!(due, [(2, false), (1, true)], "job 1 waits; job 2 was not part of the read");
+    }
+
+    #[test]
+    fn fresh_events_are_cached_only_within_the_budget() {
+        let one = footprint(
+            &CloudEvent::from_structured(
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"xxxxxxxxxx"}"#,
+            )
+            .expect("event"),
+        );
+        let mut c = cache(one * 2);
+        assert!(c.keep(1, fresh("1", 10), false));
+        assert!(c.keep(2, fresh("2", 10), false));
+        assert!(!c.keep(3, fresh("3", 10), false), "a third does not fit: its job reads it back later");
+        assert!(c.keep(3, fresh("3", 10), true), "unless it is attempted at once");
+        assert_eq!(c.account.held(), one * 3);
+        c.take(3);
+        assert_eq!(c.account.held(), one * 2, "taking it out gives its bytes back");
+    }
+
+    #[test]
+    fn a_dispatcher_over_its_share_drops_the_events_due_last() {
+        let budget = EventBudget::new(1 << 20, Gauge::default());
+        let mut account = budget.account();
+        account.set_active(true);
+        let mut c = Cache::new(account);
+        let queue: BTreeSet<JobRef> =
+            (1..=4).map(|i| JobRef { due_at: i, job_id: i, accepted_at: i }).collect();
+        for i in 1..=4 {
+            assert!(c.keep(i, fresh(&i.to_string(), 200 * 1024), false));
+        }
+        let mut other = budget.account();
+        other.set_active(true);
+        c.shed(&queue);
+        let mut left: Vec<i64> = c.entries.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, [1, 2], "the two due first stay, within half the budget");
+        assert_eq!(c.account.excess(), 0);
+    }
+
+    #[test]
+    fn reads_are_sized_to_the_room_in_the_budget() {
+        let mut c = cache(100 * TYPICAL_FOOTPRINT);
+        assert_eq!(c.read_size(0), 100);
+        assert_eq!(c.read_size(8), 108, "jobs attempted at once come on top");
+        assert!(c.keep(1, fresh("1", 100 * TYPICAL_FOOTPRINT - 1000), true));
+        assert_eq!(c.read_size(0), 0, "no room: no read ahead");
+        assert_eq!(cache(1 << 30).read_size(0), READ_AHEAD);
     }
 }

@@ -3,6 +3,7 @@
 
 mod attempt;
 pub mod backoff;
+pub mod budget;
 pub mod clients;
 mod dispatcher;
 pub mod matching;
@@ -40,6 +41,8 @@ pub struct Shared {
     pub secrets: SecretCache,
     pub board: StatusBoard,
     pub metrics: Arc<Metrics>,
+    /// Memory for the events of queued jobs, shared by every dispatcher.
+    pub budget: Arc<budget::EventBudget>,
     /// Woken when a dead letter is queued for the FailedEvent writer.
     pub dead_letters_waiting: Arc<Notify>,
 }
