@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use hookline::controller::{self, Policy};
 use hookline::deadletter::{self, FailedEventContext, Limits};
+use hookline::delivery::budget::EventBudget;
 use hookline::delivery::clients::Clients;
 use hookline::delivery::secrets::SecretCache;
 use hookline::delivery::ssrf::Guard;
@@ -73,6 +74,14 @@ struct RunArgs {
     #[arg(long, env = "HOOKLINE_MAX_EVENT_BYTES", default_value_t = 262_144,
           value_parser = RangedU64ValueParser::<usize>::new().range(1024..=hookline::event::limits::DATA as u64))]
     max_event_bytes: usize,
+    /// Memory for the events of queued jobs, in bytes, shared fairly by all subscriptions; past
+    /// it, attempts read their events from the store.
+    #[arg(long, env = "HOOKLINE_EVENT_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    event_cache_bytes: usize,
+    /// Bytes kept free for the store (on its volume, or reusable inside its files): below it,
+    /// publishing is refused with 507 so that what is queued can still be delivered and recorded.
+    #[arg(long, env = "HOOKLINE_MIN_FREE_DISK", default_value_t = 128 * 1024 * 1024)]
+    min_free_disk: u64,
     /// Least time between two delivery-status writes of one subscription.
     #[arg(long, env = "HOOKLINE_STATUS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
@@ -190,6 +199,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         secrets: secrets.clone(),
         board: board.clone(),
         metrics: metrics.clone(),
+        budget: EventBudget::new(args.event_cache_bytes, metrics.event_cache_bytes()),
         dead_letters_waiting: Arc::new(Notify::new()),
     });
     let dispatchers = Dispatchers::new(shared);
@@ -204,12 +214,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let ingest = Ingest {
-        config: IngestConfig { max_event_bytes: args.max_event_bytes },
+        config: IngestConfig { max_event_bytes: args.max_event_bytes, min_free_disk: args.min_free_disk },
         auth,
         registry: registry.clone(),
         dispatchers: dispatchers.clone(),
         readiness: readiness.clone(),
         client: client.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
     };
     let (ingest_addr, ingest_server) = ingest::bind(args.ingest_addr, ingest, shutdown.clone())
         .await

@@ -27,8 +27,10 @@ use tracing::warn;
 use crate::api::WebhookSubscription;
 use crate::delivery::{Dispatchers, Incoming};
 use crate::event::{BATCH, CloudEvent, EventError, STRUCTURED};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::server::Readiness;
+use crate::store::{Store, StoreError};
 use auth::{Action, Auth, PUBLISH, READ_LOG, SEND_TEST};
 
 /// A refusal: HTTP status plus a JSON body naming the problem.
@@ -37,11 +39,20 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub attribute: Option<String>,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
+
+/// What a publisher refused for want of space is told to wait before trying again.
+const FULL_RETRY_AFTER_SECS: u64 = 10;
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), attribute: None }
+        Self { status, message: message.into(), attribute: None, retry_after: None }
+    }
+    /// 507: the store has no room; nothing was accepted, and a retry later may succeed.
+    fn insufficient_storage(m: impl Into<String>) -> Self {
+        Self { retry_after: Some(FULL_RETRY_AFTER_SECS), ..Self::new(StatusCode::INSUFFICIENT_STORAGE, m) }
     }
     pub fn unauthorized(m: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, m)
@@ -53,7 +64,7 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, m)
     }
     fn bad_event(e: EventError) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: e.to_string(), attribute: Some(e.attribute) }
+        Self { attribute: Some(e.attribute.clone()), ..Self::new(StatusCode::BAD_REQUEST, e.to_string()) }
     }
 }
 
@@ -63,7 +74,11 @@ impl IntoResponse for ApiError {
         if let Some(a) = self.attribute {
             body["attribute"] = a.into();
         }
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -72,6 +87,9 @@ impl IntoResponse for ApiError {
 pub struct IngestConfig {
     /// Largest accepted event (a single-event body, or one event of a batch).
     pub max_event_bytes: usize,
+    /// Below this many bytes free for the store, publishing is refused with 507, keeping the
+    /// room the store needs to record deliveries and free space (`--min-free-disk`).
+    pub min_free_disk: u64,
 }
 
 /// What the ingest server works with.
@@ -83,6 +101,9 @@ pub struct Ingest {
     pub dispatchers: Arc<Dispatchers>,
     pub readiness: Readiness,
     pub client: Client,
+    /// The store, asked for free space before events are accepted.
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Clone)]
@@ -93,6 +114,8 @@ struct IngestState {
     dispatchers: Arc<Dispatchers>,
     readiness: Readiness,
     client: Client,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     namespaces: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -109,9 +132,18 @@ pub async fn bind(
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let Ingest { config, auth, registry, dispatchers, readiness, client } = ingest;
-    let state =
-        IngestState { config, auth, registry, dispatchers, readiness, client, namespaces: Arc::default() };
+    let Ingest { config, auth, registry, dispatchers, readiness, client, store, metrics } = ingest;
+    let state = IngestState {
+        config,
+        auth,
+        registry,
+        dispatchers,
+        readiness,
+        client,
+        store,
+        metrics,
+        namespaces: Arc::default(),
+    };
     let app = Router::new()
         .route("/v1/namespaces/{ns}/events", post(publish))
         .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries", get(deliveries))
@@ -132,6 +164,26 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 impl IngestState {
+    /// Refuse new events (507) while the store is short of space, so what it holds can still be
+    /// delivered and recorded; publishing resumes as delivered events free their space.
+    async fn check_room(&self) -> Result<(), ApiError> {
+        let min = self.config.min_free_disk;
+        let free = self.store.free_bytes(min).await.map_err(|e| {
+            warn!(error = %e, "reading the store's free space failed");
+            ApiError::unavailable("the event store is unavailable; nothing was accepted, retry later")
+        })?;
+        self.metrics.set_store_free_bytes(free);
+        if free < min {
+            return Err(ApiError::insufficient_storage(format!(
+                "the event store is short of space: {} MiB free, below the {} MiB kept for delivering \
+                 what is queued (--min-free-disk); nothing was accepted, retry later",
+                free >> 20,
+                min >> 20
+            )));
+        }
+        Ok(())
+    }
+
     /// The checks every request passes: ready, a valid namespace, an allowed caller, and the
     /// namespace exists.
     async fn admit(&self, headers: &HeaderMap, ns: &str, action: Action) -> Result<(), ApiError> {
@@ -208,9 +260,11 @@ async fn publish(
             .collect();
         if let Some(i) = events.iter().position(|e| e.json.len() > max) {
             return Err(ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                message: format!("batch[{i}] exceeds the per-event limit of {max} bytes"),
                 attribute: Some(format!("batch[{i}]")),
+                ..ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("batch[{i}] exceeds the per-event limit of {max} bytes"),
+                )
             });
         }
         events
@@ -226,9 +280,15 @@ async fn publish(
             ),
         ));
     };
-    let routed = state.dispatchers.route(&state.registry, &ns, events).await.map_err(|e| {
-        warn!(namespace = %ns, error = %e, "storing events failed");
-        ApiError::unavailable("the event could not be stored; nothing was accepted, retry later")
+    state.check_room().await?;
+    let routed = state.dispatchers.route(&state.registry, &ns, events).await.map_err(|e| match e {
+        StoreError::Full => ApiError::insufficient_storage(
+            "the event store's disk is full; nothing was accepted, retry later (delivered events free space)",
+        ),
+        e => {
+            warn!(namespace = %ns, error = %e, "storing events failed");
+            ApiError::unavailable("the event could not be stored; nothing was accepted, retry later")
+        }
     })?;
     let body: Vec<_> = routed
         .into_iter()

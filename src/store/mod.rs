@@ -22,7 +22,10 @@ pub fn now_ms() -> Millis {
 pub enum StoreError {
     /// SQLite failed.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(#[source] rusqlite::Error),
+    /// The store's disk is full: nothing was written.
+    #[error("the store's disk is full")]
+    Full,
     /// The shared transaction a request was part of failed to commit.
     #[error("commit failed: {0}")]
     Commit(String),
@@ -43,10 +46,22 @@ impl StoreError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             StoreError::Sqlite(_) | StoreError::Commit(_) => "sqlite",
+            StoreError::Full => "full",
             StoreError::DataDir { .. } => "data_dir",
             StoreError::Closed => "closed",
         }
     }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if is_full(&e) { StoreError::Full } else { StoreError::Sqlite(e) }
+    }
+}
+
+/// Whether SQLite failed because the disk is full.
+fn is_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 /// An event to store, with the subscriptions (by UID) it must be delivered to.
@@ -261,4 +276,22 @@ pub trait Store: Send + Sync + 'static {
         events_before: Millis,
         limit: u32,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Bytes the store can still write: free space on its volume, plus space it can reuse inside
+    /// its files. The count may stop at `enough` (the caller only asks whether there is that much).
+    fn free_bytes(&self, enough: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_its_own_error() {
+        let full =
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        assert!(matches!(StoreError::from(full), StoreError::Full));
+        let busy =
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+        assert!(matches!(StoreError::from(busy), StoreError::Sqlite(_)));
+    }
 }

@@ -78,7 +78,8 @@ where
 
     fn answer(self: Box<Self>, commit_error: Option<&rusqlite::Error>) {
         let answer = match (self.result, commit_error) {
-            (Some(Err(e)), _) => Err(StoreError::Sqlite(e)),
+            (Some(Err(e)), _) => Err(StoreError::from(e)),
+            (_, Some(e)) if super::is_full(e) => Err(StoreError::Full),
             (_, Some(e)) => Err(StoreError::Commit(e.to_string())),
             (Some(Ok(v)), None) => Ok(v),
             // Unreachable: a commit succeeds only after every request of its group ran.
@@ -94,6 +95,7 @@ type Writes = Vec<Box<dyn Write>>;
 /// SQLite-backed [`Store`] under a data directory.
 #[derive(Clone)]
 pub struct SqliteStore {
+    dir: Arc<Path>,
     writer: mpsc::Sender<Writes>,
     records: mpsc::UnboundedSender<(Attempt, Reply<()>)>,
     reader: Arc<Mutex<Connection>>,
@@ -137,7 +139,7 @@ impl SqliteStore {
             .map_err(|source| StoreError::DataDir { path: path.display().to_string(), source })?;
         let (records, records_rx) = mpsc::unbounded_channel();
         tokio::spawn(gather_records(records_rx, tx.clone()));
-        Ok(SqliteStore { writer: tx, records, reader: Arc::new(Mutex::new(reader)) })
+        Ok(SqliteStore { dir: data_dir.into(), writer: tx, records, reader: Arc::new(Mutex::new(reader)) })
     }
 
     /// Run `work` on the writer thread, in the next group commit; resolves once it is durable.
@@ -298,7 +300,8 @@ fn replay(tx: &Connection, r: &Replay) -> Result<Option<JobRef>, rusqlite::Error
         .prepare_cached(
             "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (namespace, source, event_id) DO UPDATE SET accepted_at_ms = excluded.accepted_at_ms
+             ON CONFLICT (namespace, source, event_id)
+               DO UPDATE SET accepted_at_ms = excluded.accepted_at_ms, body = excluded.body
              RETURNING seq",
         )?
         .query_row(
@@ -311,14 +314,69 @@ fn replay(tx: &Connection, r: &Replay) -> Result<Option<JobRef>, rusqlite::Error
     Ok(Some(JobRef { due_at: ev.accepted_at, job_id: tx.last_insert_rowid(), accepted_at: ev.accepted_at }))
 }
 
+/// Empty the payload of an event once nothing needs it any more (no job, no queued dead letter):
+/// its row stays for deduplication until pruned, its pages are free for new events at once. So
+/// the store's disk holds the backlog, not everything accepted within the dedup window.
+const FORGET_BODY: &str = "UPDATE events SET body = x'' WHERE seq = ?1 AND length(body) > 0
+     AND NOT EXISTS (SELECT 1 FROM jobs WHERE event_seq = ?1)
+     AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE event_seq = ?1)";
+
 fn record(tx: &Connection, a: &Attempt) -> Result<(), rusqlite::Error> {
     let finished = !matches!(a.update, JobUpdate::Retry { .. });
     let delivered = matches!(a.update, JobUpdate::Delivered);
-    let replay_of: Option<String> = tx
-        .prepare_cached("SELECT replay_of FROM jobs WHERE id = ?1")?
-        .query_row([a.job_id], |row| row.get(0))
+    let Some((replay_of, event_seq)) = tx
+        .prepare_cached("SELECT replay_of, event_seq FROM jobs WHERE id = ?1")?
+        .query_row([a.job_id], |row| Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?)))
         .optional()?
-        .flatten();
+    else {
+        // The job is gone (its subscription was dropped meanwhile): log the attempt only.
+        return log_attempt(tx, a);
+    };
+    log_attempt(tx, a)?;
+    match &a.update {
+        JobUpdate::Retry { due_at } => {
+            tx.prepare_cached(
+                "UPDATE jobs SET due_at_ms = ?2, attempts = ?3, first_attempt_ms = COALESCE(first_attempt_ms, ?4)
+                 WHERE id = ?1",
+            )?
+            .execute(params![a.job_id, due_at, a.attempt, a.at])?;
+        }
+        JobUpdate::DeadLetter(DeadLetter { namespace, subscription, failure }) if replay_of.is_none() => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO dead_letters (job_id, sub_uid, namespace, subscription, event_seq, failure)
+                 SELECT id, sub_uid, ?2, ?3, event_seq, ?4 FROM jobs WHERE id = ?1",
+            )?
+            .execute(params![a.job_id, namespace, subscription, failure])?;
+            tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([a.job_id])?;
+        }
+        JobUpdate::Delivered | JobUpdate::Dropped | JobUpdate::DeadLetter(_) => {
+            tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([a.job_id])?;
+        }
+    }
+    if finished {
+        tx.prepare_cached(FORGET_BODY)?.execute([event_seq])?;
+    }
+    // A finished replay: its FailedEvent is deleted (delivered) or updated (failed again).
+    if let (Some(replay_of), true) = (replay_of, finished) {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO replay_outcomes (job_id, replay_of, delivered, attempts, status, error, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            a.job_id,
+            replay_of,
+            delivered,
+            a.attempt,
+            a.status,
+            a.error,
+            a.at
+        ])?;
+    }
+    Ok(())
+}
+
+/// Add an attempt to the delivery log.
+fn log_attempt(tx: &Connection, a: &Attempt) -> Result<(), rusqlite::Error> {
     let (outcome, next_retry) = match &a.update {
         JobUpdate::Delivered => ("delivered", None),
         JobUpdate::Retry { due_at } => ("retry", Some(*due_at)),
@@ -341,42 +399,6 @@ fn record(tx: &Connection, a: &Attempt) -> Result<(), rusqlite::Error> {
         outcome,
         next_retry
     ])?;
-    match &a.update {
-        JobUpdate::Retry { due_at } => {
-            tx.prepare_cached(
-                "UPDATE jobs SET due_at_ms = ?2, attempts = ?3, first_attempt_ms = COALESCE(first_attempt_ms, ?4)
-                 WHERE id = ?1",
-            )?
-            .execute(params![a.job_id, due_at, a.attempt, a.at])?;
-        }
-        JobUpdate::DeadLetter(DeadLetter { namespace, subscription, failure }) if replay_of.is_none() => {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO dead_letters (job_id, sub_uid, namespace, subscription, event_seq, failure)
-                 SELECT id, sub_uid, ?2, ?3, event_seq, ?4 FROM jobs WHERE id = ?1",
-            )?
-            .execute(params![a.job_id, namespace, subscription, failure])?;
-            tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([a.job_id])?;
-        }
-        JobUpdate::Delivered | JobUpdate::Dropped | JobUpdate::DeadLetter(_) => {
-            tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([a.job_id])?;
-        }
-    }
-    // A finished replay: its FailedEvent is deleted (delivered) or updated (failed again).
-    if let (Some(replay_of), true) = (replay_of, finished) {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO replay_outcomes (job_id, replay_of, delivered, attempts, status, error, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            a.job_id,
-            replay_of,
-            delivered,
-            a.attempt,
-            a.status,
-            a.error,
-            a.at
-        ])?;
-    }
     Ok(())
 }
 
@@ -445,6 +467,14 @@ impl Store for SqliteStore {
         let uid = sub_uid.to_string();
         self.write(move |t| {
             t.execute("DELETE FROM verifications WHERE sub_uid = ?1", [&uid])?;
+            // The payloads only this subscription still needed (see FORGET_BODY).
+            t.execute(
+                "UPDATE events SET body = x'' WHERE length(body) > 0
+                   AND seq IN (SELECT event_seq FROM jobs WHERE sub_uid = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = events.seq AND j.sub_uid != ?1)
+                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = events.seq)",
+                [&uid],
+            )?;
             t.execute("DELETE FROM jobs WHERE sub_uid = ?1", [&uid]).map(|n| n as u64)
         })
         .boxed()
@@ -501,8 +531,17 @@ impl Store for SqliteStore {
     }
 
     fn dead_letter_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.write(move |t| t.execute("DELETE FROM dead_letters WHERE job_id = ?1", [job_id]).map(|_| ()))
-            .boxed()
+        self.write(move |t| {
+            let seq: Option<i64> = t
+                .prepare_cached("DELETE FROM dead_letters WHERE job_id = ?1 RETURNING event_seq")?
+                .query_row([job_id], |r| r.get(0))
+                .optional()?;
+            if let Some(seq) = seq {
+                t.prepare_cached(FORGET_BODY)?.execute([seq])?;
+            }
+            Ok(())
+        })
+        .boxed()
     }
 
     fn replay(&self, replay: Replay) -> BoxFuture<'_, Result<Option<JobRef>, StoreError>> {
@@ -605,6 +644,31 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         self.write(move |t| prune(t, log_before, events_before, limit)).boxed()
+    }
+
+    fn free_bytes(&self, enough: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let stat = rustix::fs::statvfs(&*self.dir).map_err(|e| StoreError::DataDir {
+                path: self.dir.display().to_string(),
+                source: e.into(),
+            })?;
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            if free >= enough {
+                return Ok(free);
+            }
+            // Short of space: pages freed by delivered events are reused before the file grows.
+            let reusable: i64 = self
+                .read(|c| {
+                    c.query_row(
+                        "SELECT f.freelist_count * p.page_size FROM pragma_freelist_count() f, pragma_page_size() p",
+                        [],
+                        |r| r.get(0),
+                    )
+                })
+                .await?;
+            Ok(free.saturating_add(reusable.max(0) as u64))
+        }
+        .boxed()
     }
 }
 
