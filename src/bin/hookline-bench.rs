@@ -246,6 +246,7 @@ async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<
     const SUB: &str = "4f1c8a52-6c1e-4b8e-9d51-0d6c3b1e2a77";
     let store = Arc::new(SqliteStore::open(std::path::Path::new(dir))?);
     let body = payload().into_bytes();
+    let payload_bytes = body.len();
     let batches = events.div_ceil(100);
     let (cpu, wall) = (cpu_seconds(), Instant::now());
     let next = Arc::new(AtomicU64::new(0));
@@ -300,6 +301,7 @@ async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<
                         duration_ms: 1,
                         error: None,
                         update,
+                        payload_bytes,
                     })
                     .await?;
                 recorded += 1;

@@ -256,6 +256,7 @@ async fn finish(
         duration_ms,
         error: error.clone(),
         update: update.clone(),
+        payload_bytes: event.map_or(0, CloudEvent::size),
     };
     if let Err(e) = shared.store.record(record).await {
         // Not recorded means not done: the job stays queued and is attempted again (at-least-once).

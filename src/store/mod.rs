@@ -190,6 +190,8 @@ pub struct Attempt {
     pub duration_ms: u64,
     pub error: Option<String>,
     pub update: JobUpdate,
+    /// Size of the event in bytes (0 when unknown): a finished job frees a large event's space.
+    pub payload_bytes: usize,
 }
 
 /// One row of the delivery log.

@@ -31,6 +31,7 @@ fn attempt(job_id: i64, n: u32, update: JobUpdate) -> Attempt {
         duration_ms: 3,
         error: None,
         update,
+        payload_bytes: 2000,
     }
 }
 
@@ -277,46 +278,58 @@ fn pruning_finds_old_rows_by_index_not_by_scanning() {
     }
 }
 
-/// The stored payload of an event, by source + id.
+/// The stored payload of an event, by id.
 fn body_of(store: &SqliteStore, id: &str) -> Vec<u8> {
     let reader = store.reader.lock().expect("reader");
     reader.query_row("SELECT body FROM events WHERE event_id = ?1", [id], |r| r.get(0)).expect("event row")
 }
 
+/// An event whose payload is large enough to be forgotten once nothing needs it.
+fn large(id: &str, targets: &[&str]) -> NewEvent {
+    NewEvent {
+        body: format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(2000)).into_bytes(),
+        ..event(id, targets)
+    }
+}
+
 #[tokio::test]
-async fn a_payload_is_forgotten_once_no_job_needs_it_but_deduplication_remembers_the_event() {
+async fn a_large_payload_is_forgotten_once_no_job_needs_it_but_deduplication_remembers_the_event() {
     let (_dir, store) = store();
-    let out = store.accept(vec![event("e1", &["a", "b"])]).await.expect("accept");
+    let out = store.accept(vec![large("e1", &["a", "b"]), event("small", &["a"])]).await.expect("accept");
     let (job_a, job_b) = (out[0].jobs[0].1, out[0].jobs[1].1);
     store.record(attempt(job_a, 1, JobUpdate::Delivered)).await.expect("record");
-    assert_eq!(body_of(&store, "e1"), br#"{"id":"e1"}"#, "subscription b still needs it");
+    assert_eq!(body_of(&store, "e1"), large("e1", &[]).body, "subscription b still needs it");
     let letter = DeadLetter { namespace: "ns".into(), subscription: "orders".into(), failure: "{}".into() };
     store.record(attempt(job_b, 1, JobUpdate::DeadLetter(letter))).await.expect("record");
-    assert_eq!(body_of(&store, "e1"), br#"{"id":"e1"}"#, "the FailedEvent writer still needs it");
-    assert_eq!(store.dead_letters(10).await.expect("outbox")[0].event, br#"{"id":"e1"}"#);
+    assert_eq!(body_of(&store, "e1"), large("e1", &[]).body, "the FailedEvent writer still needs it");
+    assert_eq!(store.dead_letters(10).await.expect("outbox")[0].event, large("e1", &[]).body);
     store.dead_letter_done(job_b).await.expect("done");
     assert!(body_of(&store, "e1").is_empty(), "nothing needs the payload any more");
     assert!(
-        store.accept(vec![event("e1", &["a"])]).await.expect("accept")[0].duplicate,
+        store.accept(vec![large("e1", &["a"])]).await.expect("accept")[0].duplicate,
         "still deduplicated"
     );
+
+    let small = Attempt { payload_bytes: 14, ..attempt(out[1].jobs[0].1, 1, JobUpdate::Delivered) };
+    store.record(small).await.expect("record");
+    assert_eq!(body_of(&store, "small"), br#"{"id":"small"}"#, "a small payload goes with its row");
 }
 
 #[tokio::test]
 async fn a_replay_brings_a_forgotten_payload_back_and_a_dropped_subscription_frees_its_payloads() {
     let (_dir, store) = store();
-    let out = store.accept(vec![event("e1", &["a"]), event("e2", &["a", "b"])]).await.expect("accept");
+    let out = store.accept(vec![large("e1", &["a"]), large("e2", &["a", "b"])]).await.expect("accept");
     store.record(attempt(out[0].jobs[0].1, 1, JobUpdate::Delivered)).await.expect("record");
     assert!(body_of(&store, "e1").is_empty());
     let job = store
-        .replay(Replay { event: event("e1", &["a"]), replay_of: "ns/fev-1".into() })
+        .replay(Replay { event: large("e1", &["a"]), replay_of: "ns/fev-1".into() })
         .await
         .expect("replay")
         .expect("queued");
-    assert_eq!(store.job(job.job_id).await.expect("read").expect("job").event, br#"{"id":"e1"}"#);
+    assert_eq!(store.job(job.job_id).await.expect("read").expect("job").event, large("e1", &[]).body);
 
     store.drop_subscription("b").await.expect("drop");
-    assert_eq!(body_of(&store, "e2"), br#"{"id":"e2"}"#, "subscription a still needs e2");
+    assert_eq!(body_of(&store, "e2"), large("e2", &[]).body, "subscription a still needs e2");
     store.drop_subscription("a").await.expect("drop");
     assert!(body_of(&store, "e2").is_empty() && body_of(&store, "e1").is_empty());
 }
