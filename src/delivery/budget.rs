@@ -3,14 +3,16 @@
 //!
 //! Every dispatcher with work queued is *active* and may hold up to `limit / active` bytes, and
 //! all of them together never more than `limit`. When another dispatcher becomes active the
-//! share shrinks, and a dispatcher above it drops cached events (newest first) until it fits
-//! again: their jobs stay queued and their events are read back from the store when due. So an
-//! endpoint that hangs with a large backlog keeps at most its share, never everyone's memory.
+//! share shrinks, and a dispatcher above it drops cached events (due last first) the next time it
+//! runs (a new job, a finished attempt or a timer: within the longest attempt timeout) until it
+//! fits again; their jobs stay queued and their events are read back from the store when due. So
+//! an endpoint that hangs with a large backlog keeps at most its share, never everyone's memory.
+//! No dispatcher is woken for a change of share: with thousands of subscriptions, each one going
+//! busy or idle would wake all the others.
 
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::watch;
 
 use crate::event::CloudEvent;
 
@@ -27,8 +29,6 @@ pub fn footprint(event: &CloudEvent) -> usize {
 pub struct EventBudget {
     limit: usize,
     inner: Mutex<Inner>,
-    /// The current share (`limit / active`), for dispatchers to notice when it shrinks.
-    share: watch::Sender<usize>,
     used_gauge: Gauge,
 }
 
@@ -41,12 +41,12 @@ struct Inner {
 impl EventBudget {
     /// A budget of `limit` bytes; `used_gauge` follows the bytes held.
     pub fn new(limit: usize, used_gauge: Gauge) -> Arc<Self> {
-        Arc::new(EventBudget { limit, inner: Mutex::default(), share: watch::channel(limit).0, used_gauge })
+        Arc::new(EventBudget { limit, inner: Mutex::default(), used_gauge })
     }
 
     /// A new dispatcher's account, inactive and empty.
     pub fn account(self: &Arc<Self>) -> Account {
-        Account { budget: self.clone(), held: 0, active: false, share: self.share.subscribe() }
+        Account { budget: self.clone(), held: 0, active: false }
     }
 
     /// Bytes held by all dispatchers.
@@ -63,12 +63,8 @@ impl EventBudget {
     }
 
     fn set_active(&self, delta: isize) {
-        let share = {
-            let mut inner = self.lock();
-            inner.active = inner.active.saturating_add_signed(delta);
-            self.share_of(inner.active)
-        };
-        self.share.send_if_modified(|s| std::mem::replace(s, share) != share);
+        let mut inner = self.lock();
+        inner.active = inner.active.saturating_add_signed(delta);
     }
 }
 
@@ -77,7 +73,6 @@ pub struct Account {
     budget: Arc<EventBudget>,
     held: usize,
     active: bool,
-    share: watch::Receiver<usize>,
 }
 
 impl Account {
@@ -137,13 +132,6 @@ impl Account {
     pub fn held(&self) -> usize {
         self.held
     }
-
-    /// Resolves when the share changes (another dispatcher became active or idle).
-    pub async fn share_changed(&mut self) {
-        if self.share.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 impl Drop for Account {
@@ -162,11 +150,17 @@ mod tests {
         EventBudget::new(limit, Gauge::default())
     }
 
+    /// A dispatcher's account, with work queued.
+    fn active(b: &Arc<EventBudget>) -> Account {
+        let mut a = b.account();
+        a.set_active(true);
+        a
+    }
+
     #[test]
     fn one_active_dispatcher_may_use_the_whole_budget_and_no_more() {
         let b = budget(1000);
-        let mut a = b.account();
-        a.set_active(true);
+        let mut a = active(&b);
         assert!(a.try_take(600));
         assert!(a.try_take(400));
         assert!(!a.try_take(1), "the budget is spent");
@@ -178,11 +172,9 @@ mod tests {
     #[test]
     fn a_new_active_dispatcher_shrinks_the_share_of_one_that_holds_everything() {
         let b = budget(1000);
-        let mut stalled = b.account();
-        stalled.set_active(true);
+        let mut stalled = active(&b);
         assert!(stalled.try_take(1000));
-        let mut busy = b.account();
-        busy.set_active(true);
+        let mut busy = active(&b);
         assert_eq!(stalled.excess(), 500, "the stalled one must drop half");
         assert!(!busy.try_take(100), "nothing is free until it does");
         stalled.release(stalled.excess());
@@ -202,18 +194,7 @@ mod tests {
         assert_eq!((b.used(), a.excess(), a.room()), (1200, 200, 0));
         drop(a);
         assert_eq!(b.used(), 0, "a dropped account gives everything back");
-        let mut c = b.account();
-        c.set_active(true);
+        let c = active(&b);
         assert_eq!(c.room(), 1000, "the dropped account no longer counts as active");
-    }
-
-    #[tokio::test]
-    async fn the_share_changing_wakes_a_dispatcher() {
-        let b = budget(1000);
-        let mut a = b.account();
-        a.set_active(true);
-        let mut other = b.account();
-        other.set_active(true);
-        tokio::time::timeout(std::time::Duration::from_secs(1), a.share_changed()).await.expect("woken");
     }
 }

@@ -262,7 +262,6 @@ impl Dispatcher {
                         read_back(&name, &mut queue, &mut cache, asked, found, free_slots);
                     }
                 },
-                _ = cache.account.share_changed() => {}
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
                 _ = sweep.tick(), if !open => {
                     let ttl = crate::controller::spec_check::retry_schedule(&sub.spec)
