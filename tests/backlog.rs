@@ -23,28 +23,6 @@ const BUDGET: usize = 8 * 1024 * 1024;
 /// the allocator keeps. Without the budget, the cached events alone would be 160 MB.
 const BASE: usize = 64 * 1024 * 1024;
 
-fn peak_rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM");
-    kb * 1024
-}
-
-fn rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
 /// Publish `EVENTS_EACH` distinct events of `EVENT_BYTES` to each subscription (type `t<i>`).
 async fn publish_backlog(h: &Hookline, ns: &str) {
     let data = "x".repeat(EVENT_BYTES);
@@ -81,7 +59,7 @@ async fn hung_endpoints_keep_memory_within_the_budget_and_get_everything_later()
                           "delivery": {"maxConcurrency": 1}, "retryPolicy": {"initialBackoff": "1s", "maxBackoff": "2s"}});
         env.subscribe(&format!("hung-{sub}"), &receiver.url, spec, ("True", "Active")).await;
     }
-    let before = rss_bytes(pid);
+    let before = support::process_memory(pid, "VmRSS") as usize;
     publish_backlog(&h, &env.namespace).await;
     // Every dispatcher has its backlog queued, each with one request hanging.
     wait_until("every subscription has its backlog queued", Duration::from_secs(60), || async {
@@ -90,7 +68,7 @@ async fn hung_endpoints_keep_memory_within_the_budget_and_get_everything_later()
     })
     .await;
     let cached = h.metric("hookline_event_cache_bytes").await.expect("cache gauge");
-    let peak = peak_rss_bytes(pid);
+    let peak = support::process_memory(pid, "VmHWM") as usize;
     eprintln!(
         "resident before {} MB, peak {} MB, cached events {} MB (budget {} MB)",
         before >> 20,

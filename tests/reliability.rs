@@ -26,13 +26,7 @@ async fn log(h: &Hookline, ns: &str, sub: &str) -> Vec<Value> {
 }
 
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    support::process_memory(pid, "VmHWM") / 1024
 }
 
 // Multi-threaded: receivers that stall must not stall the test itself.
