@@ -1,7 +1,7 @@
 //! One dispatcher per subscription: it keeps the subscription's due jobs in time order and sends
 //! them, at most `maxConcurrency` at once and within the rate limit, while the gate is open.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,8 @@ enum Cached {
 /// [`EventBudget`](super::budget::EventBudget). Jobs without a cached event are read from the
 /// store when due.
 struct Cache {
-    entries: HashMap<i64, (Cached, usize)>,
+    /// In the queue's order (due first), so that shedding drops the events needed last.
+    entries: BTreeMap<JobRef, (Cached, usize)>,
     /// How many of `entries` were read back from the store.
     loaded: usize,
     account: Account,
@@ -81,15 +82,15 @@ struct Cache {
 
 impl Cache {
     fn new(account: Account) -> Self {
-        Cache { entries: HashMap::new(), loaded: 0, account, typical: TYPICAL_FOOTPRINT }
+        Cache { entries: BTreeMap::new(), loaded: 0, account, typical: TYPICAL_FOOTPRINT }
     }
 
-    fn contains(&self, job_id: i64) -> bool {
-        self.entries.contains_key(&job_id)
+    fn contains(&self, job: &JobRef) -> bool {
+        self.entries.contains_key(job)
     }
 
     /// Keep `cached` for `job_id` if the budget allows (always, when `forced`: it is attempted next).
-    fn keep(&mut self, job_id: i64, cached: Cached, forced: bool) -> bool {
+    fn keep(&mut self, job: JobRef, cached: Cached, forced: bool) -> bool {
         let (bytes, loaded) = match &cached {
             Cached::Fresh(event) => (footprint(event), 0),
             Cached::Loaded(job) => (job.event.as_deref().map_or(0, footprint), 1),
@@ -100,20 +101,24 @@ impl Cache {
         } else if !self.account.try_take(bytes) {
             return false;
         }
-        self.take(job_id);
-        self.entries.insert(job_id, (cached, bytes));
+        self.take(&job);
+        self.entries.insert(job, (cached, bytes));
         self.loaded += loaded;
         true
     }
 
     /// Take the cached event of `job_id` out (for its attempt, or because the job left the queue).
-    fn take(&mut self, job_id: i64) -> Option<Cached> {
-        let (cached, bytes) = self.entries.remove(&job_id)?;
+    fn take(&mut self, job: &JobRef) -> Option<Cached> {
+        let (cached, bytes) = self.entries.remove(job)?;
+        Some(self.forget(cached, bytes))
+    }
+
+    fn forget(&mut self, cached: Cached, bytes: usize) -> Cached {
         self.account.release(bytes);
         if matches!(cached, Cached::Loaded(_)) {
             self.loaded -= 1;
         }
-        Some(cached)
+        cached
     }
 
     /// How many due jobs to read next: what the budget has room for, plus `needed` that are
@@ -122,13 +127,13 @@ impl Cache {
         (needed + self.account.room() / self.typical.max(1)).min(READ_AHEAD)
     }
 
-    /// Drop cached events of the jobs due last until this dispatcher is within its share again.
-    fn shed(&mut self, queue: &BTreeSet<JobRef>) {
-        for job in queue.iter().rev() {
-            if self.account.excess() == 0 {
-                break;
+    /// Drop cached events of the jobs due last until this dispatcher is within its share again,
+    /// keeping the first `keep_first` (they go out as soon as their slot or rate allows).
+    fn shed(&mut self, keep_first: usize) {
+        while self.entries.len() > keep_first && self.account.excess() > 0 {
+            if let Some((_, (cached, bytes))) = self.entries.pop_last() {
+                self.forget(cached, bytes);
             }
-            self.take(job.job_id);
         }
     }
 }
@@ -175,7 +180,6 @@ impl Dispatcher {
             let open = sub.gate == Gate::Open && gone_generation.is_none_or(|g| g < sub.generation);
             let now = now_ms();
             cache.account.set_active(!queue.is_empty() || in_flight > 0);
-            cache.shed(&queue);
             let mut wake: Option<Duration> = None;
             let mut head_unread = false;
             while open && in_flight < sub.spec.delivery.max_concurrency as usize {
@@ -184,7 +188,7 @@ impl Dispatcher {
                     wake = Some(Duration::from_millis((head.due_at - now) as u64));
                     break;
                 }
-                if !cache.contains(head.job_id) {
+                if !cache.contains(&head) {
                     // Its event is on its way from the store, or a read starts below.
                     head_unread = true;
                     break;
@@ -197,7 +201,7 @@ impl Dispatcher {
                 in_flight += 1;
                 outstanding += 1;
                 let (shared, sub, done) = (self.shared.clone(), sub.clone(), done_tx.clone());
-                match cache.take(head.job_id) {
+                match cache.take(&head) {
                     Some(Cached::Fresh(event)) => {
                         tokio::spawn(attempt(shared, sub, JobState::fresh(head), event, done));
                     }
@@ -211,15 +215,16 @@ impl Dispatcher {
                     None => {}
                 }
             }
+            let free_slots = (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight);
+            cache.shed(if open { free_slots } else { 0 });
             // Read due jobs whose events are not in memory: as many as the budget has room for, and
             // at least those that free concurrency slots would attempt at once.
             if open && !reading && (head_unread || (more_to_read && cache.loaded < READ_AHEAD)) {
-                let free_slots = (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight);
                 let size = cache.read_size(if head_unread { free_slots.max(1) } else { 0 });
                 let unread: Vec<JobRef> = queue
                     .iter()
                     .take_while(|j| j.due_at <= now)
-                    .filter(|j| !cache.contains(j.job_id))
+                    .filter(|j| !cache.contains(j))
                     .take(size)
                     .copied()
                     .collect();
@@ -238,7 +243,7 @@ impl Dispatcher {
                 job = self.jobs.recv() => match job {
                     Some(NewJob { job, event }) => {
                         if let Some(event) = event {
-                            cache.keep(job.job_id, Cached::Fresh(event), false);
+                            cache.keep(job, Cached::Fresh(event), false);
                         }
                         queue.insert(job);
                     }
@@ -271,7 +276,7 @@ impl Dispatcher {
                         queue.iter().copied().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
                     for job in expired {
                         queue.remove(&job);
-                        cache.take(job.job_id);
+                        cache.take(&job);
                         expire(&self.shared, &sub, job).await;
                     }
                 }
@@ -322,7 +327,7 @@ fn read_back(
             // Still queued (the TTL sweep may have taken it meanwhile): keep it for its attempt,
             // unless the budget has no room (it is read again when due).
             Some(l) if queue.contains(&job) => {
-                if cache.keep(job.job_id, Cached::Loaded(l), kept < attempt_now) {
+                if cache.keep(job, Cached::Loaded(l), kept < attempt_now) {
                     kept += 1;
                 }
             }
@@ -393,8 +398,8 @@ mod tests {
         let found = Ok(vec![loaded(1), loaded(3)]);
         read_back("s", &mut queue, &mut kept, vec![job(1), job(2), job(3)], found, 1);
         assert_eq!(queue.iter().map(|j| j.job_id).collect::<Vec<_>>(), [1]);
-        assert_eq!(kept.entries.keys().copied().collect::<Vec<_>>(), [1]);
-        let Some(Cached::Loaded(one)) = kept.take(1) else { panic!("job 1 read back") };
+        assert_eq!(kept.entries.keys().map(|j| j.job_id).collect::<Vec<_>>(), [1]);
+        let Some(Cached::Loaded(one)) = kept.take(&job(1)) else { panic!("job 1 read back") };
         assert_eq!(one.attempts, 2, "the stored bookkeeping comes along");
     }
 
@@ -417,12 +422,12 @@ mod tests {
             .expect("event"),
         );
         let mut c = cache(one * 2);
-        assert!(c.keep(1, fresh("1", 10), false));
-        assert!(c.keep(2, fresh("2", 10), false));
-        assert!(!c.keep(3, fresh("3", 10), false), "a third does not fit: its job reads it back later");
-        assert!(c.keep(3, fresh("3", 10), true), "unless it is attempted at once");
+        assert!(c.keep(job(1), fresh("1", 10), false));
+        assert!(c.keep(job(2), fresh("2", 10), false));
+        assert!(!c.keep(job(3), fresh("3", 10), false), "a third does not fit: its job reads it back later");
+        assert!(c.keep(job(3), fresh("3", 10), true), "unless it is attempted at once");
         assert_eq!(c.account.held(), one * 3);
-        c.take(3);
+        c.take(&job(3));
         assert_eq!(c.account.held(), one * 2, "taking it out gives its bytes back");
     }
 
@@ -432,18 +437,32 @@ mod tests {
         let mut account = budget.account();
         account.set_active(true);
         let mut c = Cache::new(account);
-        let queue: BTreeSet<JobRef> =
-            (1..=4).map(|i| JobRef { due_at: i, job_id: i, accepted_at: i }).collect();
+        let due = |i: i64| JobRef { due_at: 10 - i, job_id: i, accepted_at: 0 };
         for i in 1..=4 {
-            assert!(c.keep(i, fresh(&i.to_string(), 200 * 1024), false));
+            assert!(c.keep(due(i), fresh(&i.to_string(), 200 * 1024), false));
         }
         let mut other = budget.account();
         other.set_active(true);
-        c.shed(&queue);
-        let mut left: Vec<i64> = c.entries.keys().copied().collect();
-        left.sort();
-        assert_eq!(left, [1, 2], "the two due first stay, within half the budget");
+        c.shed(0);
+        let left: Vec<i64> = c.entries.keys().map(|j| j.job_id).collect();
+        assert_eq!(left, [4, 3], "the two due first stay, within half the budget");
         assert_eq!(c.account.excess(), 0);
+    }
+
+    #[test]
+    fn shedding_keeps_the_events_about_to_go_out() {
+        let budget = EventBudget::new(1 << 20, Gauge::default());
+        let mut c = Cache::new(budget.account());
+        c.account.set_active(true);
+        c.keep(job(1), fresh("1", 700 * 1024), true);
+        c.keep(job(2), fresh("2", 700 * 1024), true);
+        assert!(c.account.excess() > 0, "forced past the budget");
+        c.shed(1);
+        assert_eq!(
+            c.entries.keys().map(|j| j.job_id).collect::<Vec<_>>(),
+            [1],
+            "the first stays for its slot"
+        );
     }
 
     #[test]
@@ -451,7 +470,7 @@ mod tests {
         let mut c = cache(100 * TYPICAL_FOOTPRINT);
         assert_eq!(c.read_size(0), 100);
         assert_eq!(c.read_size(8), 108, "jobs attempted at once come on top");
-        assert!(c.keep(1, fresh("1", 100 * TYPICAL_FOOTPRINT - 1000), true));
+        assert!(c.keep(job(1), fresh("1", 100 * TYPICAL_FOOTPRINT - 1000), true));
         assert_eq!(c.read_size(0), 0, "no room: no read ahead");
         assert_eq!(cache(1 << 30).read_size(0), READ_AHEAD);
     }
