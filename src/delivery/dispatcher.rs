@@ -89,7 +89,8 @@ impl Cache {
         self.entries.contains_key(job)
     }
 
-    /// Keep `cached` for `job_id` if the budget allows (always, when `forced`: it is attempted next).
+    /// Keep `cached` for `job` if the budget allows, making room by dropping the events of jobs
+    /// due after it (always, when `forced`: it is attempted next).
     fn keep(&mut self, job: JobRef, cached: Cached, forced: bool) -> bool {
         let (bytes, loaded) = match &cached {
             Cached::Fresh(event) => (footprint(event), 0),
@@ -98,8 +99,15 @@ impl Cache {
         self.typical = (self.typical * 7 + bytes) / 8;
         if forced {
             self.account.force(bytes);
-        } else if !self.account.try_take(bytes) {
-            return false;
+        } else {
+            while !self.account.try_take(bytes) {
+                if self.entries.last_key_value().is_none_or(|(last, _)| *last <= job) {
+                    return false;
+                }
+                if let Some((_, (cached, bytes))) = self.entries.pop_last() {
+                    self.forget(cached, bytes);
+                }
+            }
         }
         self.take(&job);
         self.entries.insert(job, (cached, bytes));
@@ -121,10 +129,12 @@ impl Cache {
         cached
     }
 
-    /// How many due jobs to read next: what the budget has room for, plus `needed` that are
-    /// attempted as soon as they arrive.
-    fn read_size(&self, needed: usize) -> usize {
-        (needed + self.account.room() / self.typical.max(1)).min(READ_AHEAD)
+    /// How many due jobs to read next: what the budget has room for (counting, when the head of
+    /// the queue is unread, what is cached behind it, which the read displaces), plus `needed`
+    /// that are attempted as soon as they arrive.
+    fn read_size(&self, needed: usize, head_unread: bool) -> usize {
+        let behind = if head_unread { self.account.held() } else { 0 };
+        (needed + (self.account.room() + behind) / self.typical.max(1)).min(READ_AHEAD)
     }
 
     /// Drop cached events of the jobs due last until this dispatcher is within its share again,
@@ -220,7 +230,7 @@ impl Dispatcher {
             // Read due jobs whose events are not in memory: as many as the budget has room for, and
             // at least those that free concurrency slots would attempt at once.
             if open && !reading && (head_unread || (more_to_read && cache.loaded < READ_AHEAD)) {
-                let size = cache.read_size(if head_unread { free_slots.max(1) } else { 0 });
+                let size = cache.read_size(if head_unread { free_slots.max(1) } else { 0 }, head_unread);
                 let unread: Vec<JobRef> = queue
                     .iter()
                     .take_while(|j| j.due_at <= now)
@@ -468,10 +478,28 @@ mod tests {
     #[test]
     fn reads_are_sized_to_the_room_in_the_budget() {
         let mut c = cache(100 * TYPICAL_FOOTPRINT);
-        assert_eq!(c.read_size(0), 100);
-        assert_eq!(c.read_size(8), 108, "jobs attempted at once come on top");
+        assert_eq!(c.read_size(0, false), 100);
+        assert_eq!(c.read_size(8, false), 108, "jobs attempted at once come on top");
         assert!(c.keep(job(1), fresh("1", 100 * TYPICAL_FOOTPRINT - 1000), true));
-        assert_eq!(c.read_size(0), 0, "no room: no read ahead");
-        assert_eq!(cache(1 << 30).read_size(0), READ_AHEAD);
+        assert_eq!(c.read_size(0, false), 0, "no room: no read ahead");
+        assert!(c.read_size(0, true) > 0, "but an unread head displaces what is cached behind it");
+        assert_eq!(cache(1 << 30).read_size(0, false), READ_AHEAD);
+    }
+
+    #[test]
+    fn events_due_sooner_displace_events_due_later() {
+        let one = footprint(
+            &CloudEvent::from_structured(
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"xxxxxxxxxx"}"#,
+            )
+            .expect("event"),
+        );
+        let mut c = cache(one * 2);
+        let due = |at: i64| JobRef { due_at: at, job_id: at, accepted_at: 0 };
+        assert!(c.keep(due(20), fresh("1", 10), false));
+        assert!(c.keep(due(30), fresh("2", 10), false));
+        assert!(!c.keep(due(40), fresh("3", 10), false), "due last, and no room: not kept");
+        assert!(c.keep(due(10), fresh("4", 10), false), "due first: the one due last makes room");
+        assert_eq!(c.entries.keys().map(|j| j.due_at).collect::<Vec<_>>(), [10, 20]);
     }
 }
