@@ -78,15 +78,26 @@ struct Cache {
     account: Account,
     /// Running estimate of one event's footprint, to size reads to the room in the budget.
     typical: usize,
+    /// Fresh jobs were queued without their events (no room): later fresh events are not kept
+    /// either until the reads have caught up, since those reads would evict them to make room
+    /// for the jobs due before them, and they would be read again.
+    behind: bool,
 }
 
 impl Cache {
     fn new(account: Account) -> Self {
-        Cache { entries: BTreeMap::new(), loaded: 0, account, typical: TYPICAL_FOOTPRINT }
+        Cache { entries: BTreeMap::new(), loaded: 0, account, typical: TYPICAL_FOOTPRINT, behind: false }
     }
 
     fn contains(&self, job: &JobRef) -> bool {
         self.entries.contains_key(job)
+    }
+
+    /// Keep the event of a job just published, unless earlier ones had to be left in the store.
+    fn offer_fresh(&mut self, job: JobRef, event: Arc<CloudEvent>) {
+        if !self.behind && !self.keep(job, Cached::Fresh(event), false) {
+            self.behind = true;
+        }
     }
 
     /// Keep `cached` for `job` if the budget allows, making room by dropping the events of jobs
@@ -239,6 +250,8 @@ impl Dispatcher {
                     .copied()
                     .collect();
                 more_to_read = unread.len() == size;
+                // This read takes every due job left in the store: fresh events may be kept again.
+                cache.behind &= more_to_read;
                 if !unread.is_empty() {
                     reading = true;
                     tokio::spawn(read_ahead(self.shared.clone(), unread, done_tx.clone()));
@@ -253,7 +266,8 @@ impl Dispatcher {
                 job = self.jobs.recv() => match job {
                     Some(NewJob { job, event }) => {
                         if let Some(event) = event {
-                            cache.keep(job, Cached::Fresh(event), false);
+                            cache.behind &= !queue.is_empty();
+                            cache.offer_fresh(job, event);
                         }
                         queue.insert(job);
                     }
@@ -484,6 +498,34 @@ mod tests {
         assert_eq!(c.read_size(0, false), 0, "no room: no read ahead");
         assert!(c.read_size(0, true) > 0, "but an unread head displaces what is cached behind it");
         assert_eq!(cache(1 << 30).read_size(0, false), READ_AHEAD);
+    }
+
+    #[test]
+    fn once_a_fresh_event_is_left_in_the_store_later_ones_are_too() {
+        let one = footprint(
+            &CloudEvent::from_structured(
+                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"xxxxxxxxxx"}"#,
+            )
+            .expect("event"),
+        );
+        let mut c = cache(one * 2);
+        let event = |id: &str| match fresh(id, 10) {
+            Cached::Fresh(e) => e,
+            Cached::Loaded(_) => unreachable!(),
+        };
+        c.offer_fresh(job(1), event("1"));
+        c.offer_fresh(job(2), event("2"));
+        c.offer_fresh(job(3), event("3"));
+        c.take(&job(1));
+        c.offer_fresh(job(4), event("4"));
+        assert_eq!(
+            c.entries.keys().map(|j| j.job_id).collect::<Vec<_>>(),
+            [2],
+            "4 waits for 3, read with it"
+        );
+        c.behind = false;
+        c.offer_fresh(job(5), event("5"));
+        assert_eq!(c.entries.len(), 2, "caught up: kept again");
     }
 
     #[test]
