@@ -58,6 +58,11 @@ pub struct Dispatcher {
 /// ahead of its attempts instead of one read per freed concurrency slot.
 const READ_AHEAD: usize = 256;
 
+/// Most events one dispatcher caches, however small: finding the unread jobs for a read walks past
+/// the cached ones, so a larger cache costs more per read than it saves (measured: with 64 MiB of
+/// small events, ~130,000 per subscription, single-event throughput fell by a fifth).
+const MAX_CACHED: usize = 10_000;
+
 /// A first guess at a cached event's footprint, before any was seen: sizes the first read.
 const TYPICAL_FOOTPRINT: usize = 4096;
 
@@ -111,7 +116,7 @@ impl Cache {
         if forced {
             self.account.force(bytes);
         } else {
-            while !self.account.try_take(bytes) {
+            while self.entries.len() >= MAX_CACHED || !self.account.try_take(bytes) {
                 if self.entries.last_key_value().is_none_or(|(last, _)| *last <= job) {
                     return false;
                 }
