@@ -59,8 +59,9 @@ pub struct Dispatcher {
 const READ_AHEAD: usize = 256;
 
 /// Most events one dispatcher caches, however small: finding the unread jobs for a read walks past
-/// the cached ones, so a larger cache costs more per read than it saves (measured: with 64 MiB of
-/// small events, ~130,000 per subscription, single-event throughput fell by a fifth).
+/// the cached ones, so a larger cache costs more per read than it saves (without this cap the
+/// benchmark's backlog cached ~130,000 small events per subscription and delivered 10–20% less;
+/// BENCHMARKS.md change 13).
 const MAX_CACHED: usize = 10_000;
 
 /// A first guess at a cached event's footprint, before any was seen: sizes the first read.
