@@ -408,16 +408,17 @@ mod tests {
         Cache::new(account)
     }
 
+    /// An event with `bytes` of text data.
+    fn event(id: &str, bytes: usize) -> Arc<CloudEvent> {
+        let json = format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"t","data":"{}"}}"#,
+            "x".repeat(bytes)
+        );
+        Arc::new(CloudEvent::from_structured(json.as_bytes()).expect("event"))
+    }
+
     fn fresh(id: &str, bytes: usize) -> Cached {
-        let event = CloudEvent::from_structured(
-            format!(
-                r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"t","data":"{}"}}"#,
-                "x".repeat(bytes)
-            )
-            .as_bytes(),
-        )
-        .expect("event");
-        Cached::Fresh(Arc::new(event))
+        Cached::Fresh(event(id, bytes))
     }
 
     #[test]
@@ -445,12 +446,7 @@ mod tests {
 
     #[test]
     fn fresh_events_are_cached_only_within_the_budget() {
-        let one = footprint(
-            &CloudEvent::from_structured(
-                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"xxxxxxxxxx"}"#,
-            )
-            .expect("event"),
-        );
+        let one = footprint(&event("1", 10));
         let mut c = cache(one * 2);
         assert!(c.keep(job(1), fresh("1", 10), false));
         assert!(c.keep(job(2), fresh("2", 10), false));
@@ -508,40 +504,26 @@ mod tests {
 
     #[test]
     fn once_a_fresh_event_is_left_in_the_store_later_ones_are_too() {
-        let one = footprint(
-            &CloudEvent::from_structured(
-                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"xxxxxxxxxx"}"#,
-            )
-            .expect("event"),
-        );
+        let one = footprint(&event("1", 10));
         let mut c = cache(one * 2);
-        let event = |id: &str| match fresh(id, 10) {
-            Cached::Fresh(e) => e,
-            Cached::Loaded(_) => unreachable!(),
-        };
-        c.offer_fresh(job(1), event("1"));
-        c.offer_fresh(job(2), event("2"));
-        c.offer_fresh(job(3), event("3"));
+        c.offer_fresh(job(1), event("1", 10));
+        c.offer_fresh(job(2), event("2", 10));
+        c.offer_fresh(job(3), event("3", 10));
         c.take(&job(1));
-        c.offer_fresh(job(4), event("4"));
+        c.offer_fresh(job(4), event("4", 10));
         assert_eq!(
             c.entries.keys().map(|j| j.job_id).collect::<Vec<_>>(),
             [2],
             "4 waits for 3, read with it"
         );
         c.behind = false;
-        c.offer_fresh(job(5), event("5"));
+        c.offer_fresh(job(5), event("5", 10));
         assert_eq!(c.entries.len(), 2, "caught up: kept again");
     }
 
     #[test]
     fn events_due_sooner_displace_events_due_later() {
-        let one = footprint(
-            &CloudEvent::from_structured(
-                br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"xxxxxxxxxx"}"#,
-            )
-            .expect("event"),
-        );
+        let one = footprint(&event("1", 10));
         let mut c = cache(one * 2);
         let due = |at: i64| JobRef { due_at: at, job_id: at, accepted_at: 0 };
         assert!(c.keep(due(20), fresh("1", 10), false));
