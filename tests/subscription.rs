@@ -161,7 +161,7 @@ async fn a_manifest_breaking_the_crd_rules_is_refused_at_apply() {
         "spec":{"eventTypes":["*"],"validation":{"method":"None"},
                 "endpoint":{"url":"https://e.example.com/","headers":{"Webhook-Signature":"forged"}},
                 "retryPolicy":{"initialBackoff":"10m","maxBackoff":"1m"}}}"#;
-    let path = std::env::temp_dir().join(format!("{}-bad.json", env.namespace));
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-bad.json", env.namespace));
     std::fs::write(&path, manifest).expect("write manifest");
     let out = env.kubectl_output(&["apply", "-f", path.to_str().expect("path")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
