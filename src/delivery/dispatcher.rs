@@ -45,6 +45,11 @@ fn spacing(sub: &ActiveSubscription) -> Option<Duration> {
     from_spec.max(from_endpoint)
 }
 
+/// Concurrency slots free for new attempts.
+fn free_slots(sub: &ActiveSubscription, in_flight: usize) -> usize {
+    (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight)
+}
+
 /// A subscription's dispatcher; see the module docs.
 pub struct Dispatcher {
     pub(super) shared: Arc<Shared>,
@@ -121,9 +126,7 @@ impl Cache {
                 if self.entries.last_key_value().is_none_or(|(last, _)| *last <= job) {
                     return false;
                 }
-                if let Some((_, (cached, bytes))) = self.entries.pop_last() {
-                    self.forget(cached, bytes);
-                }
+                self.drop_last();
             }
         }
         self.take(&job);
@@ -136,6 +139,13 @@ impl Cache {
     fn take(&mut self, job: &JobRef) -> Option<Cached> {
         let (cached, bytes) = self.entries.remove(job)?;
         Some(self.forget(cached, bytes))
+    }
+
+    /// Drop the cached event of the job due last.
+    fn drop_last(&mut self) {
+        if let Some((_, (cached, bytes))) = self.entries.pop_last() {
+            self.forget(cached, bytes);
+        }
     }
 
     fn forget(&mut self, cached: Cached, bytes: usize) -> Cached {
@@ -158,9 +168,7 @@ impl Cache {
     /// keeping the first `keep_first` (they go out as soon as their slot or rate allows).
     fn shed(&mut self, keep_first: usize) {
         while self.entries.len() > keep_first && self.account.excess() > 0 {
-            if let Some((_, (cached, bytes))) = self.entries.pop_last() {
-                self.forget(cached, bytes);
-            }
+            self.drop_last();
         }
     }
 }
@@ -209,7 +217,7 @@ impl Dispatcher {
             cache.account.set_active(!queue.is_empty() || in_flight > 0);
             let mut wake: Option<Duration> = None;
             let mut head_unread = false;
-            while open && in_flight < sub.spec.delivery.max_concurrency as usize {
+            while open && free_slots(&sub, in_flight) > 0 {
                 let Some(&head) = queue.first() else { break };
                 if head.due_at > now {
                     wake = Some(Duration::from_millis((head.due_at - now) as u64));
@@ -242,12 +250,12 @@ impl Dispatcher {
                     None => {}
                 }
             }
-            let free_slots = (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight);
-            cache.shed(if open { free_slots } else { 0 });
+            let slots = free_slots(&sub, in_flight);
+            cache.shed(if open { slots } else { 0 });
             // Read due jobs whose events are not in memory: as many as the budget has room for, and
             // at least those that free concurrency slots would attempt at once.
             if open && !reading && (head_unread || (more_to_read && cache.loaded < READ_AHEAD)) {
-                let size = cache.read_size(if head_unread { free_slots.max(1) } else { 0 }, head_unread);
+                let size = cache.read_size(if head_unread { slots.max(1) } else { 0 }, head_unread);
                 let unread: Vec<JobRef> = queue
                     .iter()
                     .take_while(|j| j.due_at <= now)
@@ -293,8 +301,7 @@ impl Dispatcher {
                     }
                     Finished::Read(asked, found) => {
                         reading = false;
-                        let free_slots = (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight);
-                        read_back(&name, &mut queue, &mut cache, asked, found, free_slots);
+                        read_back(&name, &mut queue, &mut cache, asked, found, free_slots(&sub, in_flight));
                     }
                 },
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
