@@ -33,6 +33,14 @@ impl ExtValue {
             ExtValue::Boolean(b) => b.to_string(),
         }
     }
+
+    /// The length of [`ExtValue::as_header`], without building it for a string.
+    pub fn header_len(&self) -> usize {
+        match self {
+            ExtValue::String(s) => s.len(),
+            other => other.as_header().len(),
+        }
+    }
 }
 
 impl Serialize for ExtValue {
@@ -182,7 +190,7 @@ fn check_lengths(event: &CloudEvent, name: impl Fn(&str) -> String) -> Result<()
             format!("at most {} extension attributes are allowed", limits::EXTENSIONS),
         ));
     }
-    if let Some((key, _)) = event.extensions.iter().find(|(_, v)| v.as_header().len() > limits::URI) {
+    if let Some((key, _)) = event.extensions.iter().find(|(_, v)| v.header_len() > limits::URI) {
         return Err(too_long(key, limits::URI));
     }
     Ok(())
@@ -398,7 +406,7 @@ impl CloudEvent {
             + self.id.len()
             + self.source.len()
             + self.type_.len()
-            + self.extensions.iter().map(|(k, v)| k.len() + v.as_header().len()).sum::<usize>()
+            + self.extensions.iter().map(|(k, v)| k.len() + v.header_len()).sum::<usize>()
     }
 }
 
