@@ -10,7 +10,7 @@ pub mod record;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
@@ -51,17 +51,41 @@ pub struct Writer {
     pub recorder: kube::runtime::events::Recorder,
 }
 
-/// How many FailedEvents each subscription (by UID) owns, from the watch cache.
-fn counts(cache: &Cache<FailedEvent>) -> HashMap<String, u64> {
-    let mut counts = HashMap::new();
-    for fev in cache.state() {
-        for owner in fev.owner_references() {
-            if owner.kind == "WebhookSubscription" {
-                *counts.entry(owner.uid.clone()).or_insert(0) += 1;
+/// How long a FailedEvent this writer created is counted before the watch cache shows it. The
+/// watch lags by milliseconds to seconds; one created and deleted before the cache saw it counts
+/// against the cap until then, which drops rather than exceeds.
+const UNSEEN_FOR: Duration = Duration::from_secs(60);
+
+/// FailedEvents this writer created that the watch cache may not show yet, by subscription UID.
+/// Counting only the cache let a burst of dead letters, written in several drains, pass the cap.
+#[derive(Default)]
+struct Unseen(Vec<(String, ObjectRef<FailedEvent>, Instant)>);
+
+impl Unseen {
+    fn created(&mut self, sub_uid: &str, fev: ObjectRef<FailedEvent>) {
+        self.0.push((sub_uid.to_string(), fev, Instant::now()));
+    }
+
+    /// How many FailedEvents each subscription (by UID) owns: the watch cache's, and those created
+    /// here that it does not show yet. Entries the cache shows, or too old to matter, are dropped.
+    fn counts(&mut self, cache: &Cache<FailedEvent>) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for fev in cache.state() {
+            for owner in fev.owner_references() {
+                if owner.kind == "WebhookSubscription" {
+                    *counts.entry(owner.uid.clone()).or_insert(0) += 1;
+                }
             }
         }
+        self.0.retain(|(uid, fev, at)| {
+            let unseen = at.elapsed() < UNSEEN_FOR && cache.get(fev).is_none();
+            if unseen {
+                *counts.entry(uid.clone()).or_insert(0) += 1;
+            }
+            unseen
+        });
+        counts
     }
-    counts
 }
 
 impl Writer {
@@ -74,19 +98,20 @@ impl Writer {
             ready = crate::controller::cache_ready(&self.cache) => if !ready { return },
         }
         let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut unseen = Unseen::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = shared.dead_letters_waiting.notified() => {}
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.drain_dead_letters().await {
+            if let Err(e) = self.drain_dead_letters(&mut unseen).await {
                 warn!(error = %e, "turning dead letters into FailedEvents; will retry");
             }
             if let Err(e) = self.drain_replays().await {
                 warn!(error = %e, "applying replay results; will retry");
             }
-            let counts = counts(&self.cache);
+            let counts = unseen.counts(&self.cache);
             for sub in self.registry.all() {
                 let n = counts.get(&sub.uid).copied().unwrap_or(0);
                 shared.board.dead_letters(
@@ -99,16 +124,20 @@ impl Writer {
         }
     }
 
-    async fn drain_dead_letters(&self) -> Result<(), crate::store::StoreError> {
+    async fn drain_dead_letters(&self, unseen: &mut Unseen) -> Result<(), crate::store::StoreError> {
         let store = &self.dispatchers.shared().store;
         let letters = store.dead_letters(100).await?;
         if letters.is_empty() {
             return Ok(());
         }
-        let mut counts = counts(&self.cache);
+        let mut counts = unseen.counts(&self.cache);
         for letter in letters {
             match self.create(&letter, &mut counts).await {
-                Ok(()) => store.dead_letter_done(letter.job_id).await?,
+                Ok(Some(created)) => {
+                    unseen.created(&letter.sub_uid, created);
+                    store.dead_letter_done(letter.job_id).await?
+                }
+                Ok(None) => store.dead_letter_done(letter.job_id).await?,
                 Err(e) => {
                     warn!(subscription = %letter.letter.subscription, error = %e, "creating a FailedEvent; will retry")
                 }
@@ -117,11 +146,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Create the FailedEvent for one dead letter, or drop it at the cap. Returns the FailedEvent
+    /// that now exists for it (created here, or before a crash), `None` when none does.
     async fn create(
         &self,
         letter: &QueuedDeadLetter,
         counts: &mut HashMap<String, u64>,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<Option<ObjectRef<FailedEvent>>, kube::Error> {
         let ns = &letter.letter.namespace;
         let name = &letter.letter.subscription;
         let shared = self.dispatchers.shared();
@@ -132,7 +163,7 @@ impl Writer {
             // The subscription is gone: its FailedEvents would be garbage-collected anyway.
             debug!(subscription = %name, "dropping a dead letter of a deleted subscription");
             shared.metrics.dead_lettered("orphaned");
-            return Ok(());
+            return Ok(None);
         };
         let count = counts.entry(letter.sub_uid.clone()).or_insert(0);
         if *count >= self.limits.cap {
@@ -152,7 +183,7 @@ impl Writer {
             if let Err(e) = self.recorder.publish(&event, &sub.object_ref(&())).await {
                 warn!(subscription = %name, error = %e, "could not record a Kubernetes Event");
             }
-            return Ok(());
+            return Ok(None);
         }
         let event = serde_json::from_slice(&letter.event)
             .ok()
@@ -194,10 +225,10 @@ impl Writer {
                 *count += 1;
                 shared.metrics.dead_lettered("created");
                 info!(subscription = %name, failed_event = %fev_name, "FailedEvent created");
-                Ok(())
+                Ok(Some(ObjectRef::new(&fev_name).within(ns)))
             }
             // Created before a crash: the same name means the same event; nothing to do.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(ObjectRef::new(&fev_name).within(ns))),
             Err(e) => Err(e),
         }
     }
@@ -262,4 +293,40 @@ pub fn replay_key(fev: &FailedEvent) -> String {
 /// The subscription a FailedEvent belongs to.
 pub fn subscription_ref(fev: &FailedEvent) -> ObjectRef<WebhookSubscription> {
     ObjectRef::new(&fev.spec.subscription).within(&fev.namespace().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher;
+
+    use super::*;
+
+    fn failed_event(name: &str, sub_uid: &str) -> FailedEvent {
+        serde_json::from_value(json!({
+            "apiVersion": "hookline.dev/v1alpha1", "kind": "FailedEvent",
+            "metadata": {"name": name, "namespace": "ns", "ownerReferences": [
+                {"apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "name": "s", "uid": sub_uid}
+            ]},
+            "spec": {
+                "subscription": "s",
+                "event": {"specversion": "1.0", "id": name, "source": "/t", "type": "t"},
+                "failure": {"reason": "MaxAttemptsExceeded", "attempts": 1}
+            }
+        }))
+        .expect("a FailedEvent")
+    }
+
+    #[test]
+    fn a_created_failed_event_counts_once_before_and_after_the_cache_shows_it() {
+        let (cache, mut writer) = kube::runtime::reflector::store::<FailedEvent>();
+        let mut unseen = Unseen::default();
+        writer.apply_watcher_event(&watcher::Event::Apply(failed_event("a", "u1")));
+        unseen.created("u1", ObjectRef::new("b").within("ns"));
+        assert_eq!(unseen.counts(&cache).get("u1"), Some(&2), "the cache's one and the unseen one");
+
+        writer.apply_watcher_event(&watcher::Event::Apply(failed_event("b", "u1")));
+        assert_eq!(unseen.counts(&cache).get("u1"), Some(&2), "seen now: counted once");
+        writer.apply_watcher_event(&watcher::Event::Delete(failed_event("b", "u1")));
+        assert_eq!(unseen.counts(&cache).get("u1"), Some(&1), "deleted after it was seen");
+    }
 }
