@@ -10,16 +10,8 @@ use std::sync::{Arc, RwLock};
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
-use crate::api::{Reason, WebhookSubscription, WebhookSubscriptionSpec};
-
-/// Whether a subscription's dispatcher may send events now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Gate {
-    /// Deliver.
-    Open,
-    /// Keep events queued; the reason says why (Suspended, Expired, AwaitingValidation, …).
-    Held(Reason),
-}
+use crate::api::{WebhookSubscription, WebhookSubscriptionSpec};
+use crate::policy::conditions::Gate;
 
 /// What the delivery side needs to know about one subscription.
 #[derive(Clone, Debug, PartialEq)]
@@ -114,6 +106,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::api::Endpoint;
+    use crate::api::Reason;
 
     fn sub(ns: &str, name: &str, gate: Gate) -> ActiveSubscription {
         let spec = WebhookSubscriptionSpec {

@@ -3,8 +3,6 @@
 
 mod reconcile;
 pub mod signing;
-pub mod spec_check;
-pub mod status;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -27,11 +25,11 @@ use tracing::{info, warn};
 use crate::api::{WebhookSubscription, labels};
 use crate::delivery::Dispatchers;
 use crate::metrics::Metrics;
+pub use crate::policy::spec::Policy;
 use crate::registry::Registry;
 use crate::server::Readiness;
 use crate::verify::Verifier;
 pub use reconcile::reconcile;
-pub use spec_check::Policy;
 
 /// The finalizer that lets Hookline drop a subscription's queued deliveries before it goes away.
 pub const FINALIZER: &str = "hookline.dev/cleanup";

@@ -15,10 +15,12 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::signing::generated_secret;
-use super::spec_check::check;
-use super::status::{Decision, Facts, Signing, Verification, changed, decide, generated_secret_name, owned};
 use super::{Context, Error, FINALIZER};
 use crate::api::{FIELD_MANAGER, Reason, WebhookSubscription, annotations, condition_type};
+use crate::policy::conditions::{
+    Decision, Facts, Signing, Verification, changed, decide, generated_secret_name, owned,
+};
+use crate::policy::spec::check;
 use crate::registry::ActiveSubscription;
 use crate::verify::Outcome;
 

@@ -17,7 +17,8 @@ use super::record::from_record;
 use super::{Limits, replay_key, subscription_ref};
 use crate::api::{FIELD_MANAGER, FailedEvent, Reason, ReplayOutcome, annotations};
 use crate::delivery::Dispatchers;
-use crate::registry::{Gate, Registry};
+use crate::policy::conditions::Gate;
+use crate::registry::Registry;
 use crate::store::{NewEvent, Replay, now_ms};
 
 /// What the FailedEvent controller works with.

@@ -9,12 +9,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Shared;
-use super::backoff::{Next, Outcome, next};
 use super::sender::{Target, send};
 use super::status::AttemptReport;
 use crate::api::{FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
-use crate::controller::spec_check::retry_schedule;
 use crate::event::CloudEvent;
+use crate::policy::retry::{Next, Outcome, next};
+use crate::policy::spec::retry_schedule;
 use crate::registry::ActiveSubscription;
 use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, now_ms};
 

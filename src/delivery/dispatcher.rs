@@ -14,7 +14,8 @@ use super::attempt::{Finished, JobState, LOCAL_RETRY, Loaded, attempt, expire, r
 use super::budget::{Account, footprint};
 use super::{NewJob, Shared};
 use crate::event::CloudEvent;
-use crate::registry::{ActiveSubscription, Gate};
+use crate::policy::conditions::Gate;
+use crate::registry::ActiveSubscription;
 use crate::store::{JobRef, Millis, now_ms};
 
 /// Spaces sends at least `1/rate` apart.
@@ -306,7 +307,7 @@ impl Dispatcher {
                 },
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
                 _ = sweep.tick(), if !open => {
-                    let ttl = crate::controller::spec_check::retry_schedule(&sub.spec)
+                    let ttl = crate::policy::spec::retry_schedule(&sub.spec)
                         .map(|s| s.event_ttl.as_millis() as Millis)
                         .unwrap_or(Millis::MAX);
                     let expired: Vec<JobRef> =

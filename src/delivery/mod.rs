@@ -2,11 +2,9 @@
 //! retry decisions, and the status the dispatchers report.
 
 mod attempt;
-pub mod backoff;
 pub mod budget;
 pub mod clients;
 mod dispatcher;
-pub mod matching;
 pub mod secrets;
 pub mod sender;
 pub mod signing;
@@ -121,7 +119,7 @@ impl Dispatchers {
                 body: json,
                 targets: subs
                     .iter()
-                    .filter(|s| matching::wants(&s.spec, &ev))
+                    .filter(|s| crate::policy::matching::wants(&s.spec, &ev))
                     .map(|s| s.uid.clone())
                     .collect(),
                 accepted_at,

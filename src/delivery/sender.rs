@@ -8,11 +8,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use reqwest::Client;
 
-use super::backoff::{Outcome, parse_retry_after};
 use super::signing::{SigningKey, signature_header};
 use super::ssrf::{Guard, GuardedResolver};
 use crate::api::DeliveryMode;
 use crate::event::{CloudEvent, STRUCTURED, percent_encode};
+use crate::policy::retry::{Outcome, parse_retry_after};
 
 /// At most this much of a response body is read; the rest is discarded with the connection.
 pub const MAX_RESPONSE_BYTES: usize = 4096;

@@ -6,11 +6,19 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::spec_check::{Problem, describe};
+use super::spec::{Problem, describe};
 use crate::api::{
     Reason, SecretRef, WebhookSubscription, WebhookSubscriptionStatus, condition_type, set_condition,
 };
-use crate::registry::Gate;
+
+/// Whether a subscription's dispatcher may send events now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Deliver.
+    Open,
+    /// Keep events queued; the reason says why (Suspended, Expired, AwaitingValidation, …).
+    Held(Reason),
+}
 
 /// Where the endpoint stands in the ownership handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use super::spec::RetrySchedule;
 use crate::api::FailureReason;
-use crate::controller::spec_check::RetrySchedule;
 
 /// The result of one delivery attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
