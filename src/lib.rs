@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod registry;
 pub mod server;

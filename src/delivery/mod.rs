@@ -3,12 +3,8 @@
 
 mod attempt;
 pub mod budget;
-pub mod clients;
 mod dispatcher;
-pub mod secrets;
 pub mod sender;
-pub mod signing;
-pub mod ssrf;
 pub mod status;
 
 use std::collections::HashMap;
@@ -20,11 +16,11 @@ use tracing::info;
 
 use crate::event::CloudEvent;
 use crate::metrics::Metrics;
+use crate::outbound::clients::Clients;
+use crate::outbound::secrets::SecretCache;
 use crate::registry::{ActiveSubscription, Registry};
 use crate::store::{Accepted, JobRef, NewEvent, Store, StoreError, now_ms};
-use clients::Clients;
 use dispatcher::Dispatcher;
-use secrets::SecretCache;
 use status::StatusBoard;
 
 /// The `type` of test events.

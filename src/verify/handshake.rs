@@ -11,8 +11,9 @@ use serde_json::json;
 use super::plan::retry_delay;
 use super::{CODE_TTL, VALIDATION_EVENT_TYPE, Verifier};
 use crate::api::{ValidationMethod, WebhookSubscription};
-use crate::delivery::sender::{describe, read_capped, render};
 use crate::event::CloudEvent;
+use crate::outbound::http::{describe, read_capped};
+use crate::outbound::webhook::render;
 use crate::store::{Millis, Verification};
 
 /// How long one handshake request may take.

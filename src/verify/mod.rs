@@ -12,9 +12,9 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use crate::api::{ValidationMethod, WebhookSubscription, annotations};
-use crate::delivery::clients::Clients;
-use crate::delivery::secrets::SecretCache;
-use crate::delivery::ssrf::{Guard, GuardError};
+use crate::outbound::clients::Clients;
+use crate::outbound::secrets::SecretCache;
+use crate::outbound::ssrf::{Guard, GuardError};
 use crate::policy::conditions::Verification as State;
 use crate::store::{Store, now_ms};
 use plan::{Plan, plan};

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use reqwest::{Certificate, Client};
 use sha2::{Digest, Sha256};
 
+use super::http::{self, ClientError};
 use super::secrets::{SecretCache, SecretError};
-use super::sender::{self, ClientError};
 use super::ssrf::Guard;
 use crate::api::Endpoint;
 
@@ -41,7 +41,7 @@ pub struct Clients {
 
 impl Clients {
     pub fn new(guard: Arc<Guard>, secrets: SecretCache) -> Result<Self, ClientError> {
-        let default = sender::client(guard.clone())?;
+        let default = http::client(guard.clone())?;
         Ok(Clients { default, guard, secrets, by_bundle: Arc::default() })
     }
 
@@ -62,7 +62,7 @@ impl Clients {
             .ok()
             .filter(|certs| !certs.is_empty())
             .ok_or_else(|| BundleError::NoCertificates { secret: secret.clone(), key: from.key.clone() })?;
-        let client = sender::client_trusting(self.guard.clone(), roots)?;
+        let client = http::client_trusting(self.guard.clone(), roots)?;
         let mut clients = self.by_bundle.lock().unwrap_or_else(|e| e.into_inner());
         if clients.len() >= MAX_BUNDLES {
             clients.clear();
