@@ -6,6 +6,7 @@ pub mod deadletter;
 pub mod delivery;
 pub mod event;
 pub mod ingest;
+pub mod k8s;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

@@ -21,12 +21,12 @@ use hookline::metrics::Metrics;
 use hookline::outbound::clients::Clients;
 use hookline::outbound::secrets::SecretCache;
 use hookline::outbound::ssrf::Guard;
-use hookline::registry::Registry;
-use hookline::server::{self, Readiness};
+use hookline::registry::{Readiness, Registry};
+use hookline::server;
 use hookline::store::{SqliteStore, Store, now_ms};
 use hookline::verify::Verifier;
 use ipnet::IpNet;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use tokio::sync::Notify;
 
 /// mimalloc instead of glibc's malloc: per-thread free lists instead of arena locks, which the
@@ -251,14 +251,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (fev_cache, fev_controller) =
         deadletter::run_controller(fev_ctx, args.watch_namespace.clone(), shutdown.clone().cancelled_owned());
     let fev_task = tokio::spawn(fev_controller);
-    let reporter = Reporter { controller: "hookline".into(), instance: std::env::var("POD_NAME").ok() };
     let dead_letter_writer = deadletter::Writer {
         client: client.clone(),
         registry: registry.clone(),
         dispatchers: dispatchers.clone(),
         cache: fev_cache,
         limits,
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), hookline::k8s::reporter()),
     };
     let writer_task = tokio::spawn(dead_letter_writer.run(shutdown.clone()));
 

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,37 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-
-/// The parts that must be up before the operator reports ready.
-#[derive(Clone, Default)]
-pub struct Readiness {
-    watches_synced: Arc<AtomicBool>,
-    subscriptions_loaded: Arc<AtomicBool>,
-}
-
-impl Readiness {
-    /// Mark the controller's watches as having completed their initial list.
-    pub fn set_watches_synced(&self) {
-        self.watches_synced.store(true, Ordering::Release);
-    }
-
-    /// Mark every subscription that existed at start as reconciled once, so events are routed to
-    /// all of them.
-    pub fn set_subscriptions_loaded(&self) {
-        self.subscriptions_loaded.store(true, Ordering::Release);
-    }
-
-    /// What is not ready yet, or `None` when everything is.
-    pub fn missing(&self) -> Option<&'static str> {
-        if !self.watches_synced.load(Ordering::Acquire) {
-            Some("watches have not synced yet")
-        } else if !self.subscriptions_loaded.load(Ordering::Acquire) {
-            Some("existing subscriptions are still being loaded")
-        } else {
-            None
-        }
-    }
-}
+use crate::registry::Readiness;
 
 #[derive(Clone)]
 struct OpsState {

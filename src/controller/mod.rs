@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -26,8 +26,8 @@ use crate::api::{WebhookSubscription, labels};
 use crate::delivery::Dispatchers;
 use crate::metrics::Metrics;
 pub use crate::policy::spec::Policy;
+use crate::registry::Readiness;
 use crate::registry::Registry;
-use crate::server::Readiness;
 use crate::verify::Verifier;
 pub use reconcile::reconcile;
 
@@ -109,11 +109,7 @@ impl Context {
         dispatchers: Arc<Dispatchers>,
         verifier: Verifier,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "hookline".into(),
-            instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
-        };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let recorder = Recorder::new(client.clone(), crate::k8s::reporter());
         Self {
             client,
             policy,
@@ -165,24 +161,6 @@ pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
     Action::requeue(delay)
 }
 
-/// Wait until a controller's watch cache has its initial list; `false` if it never will.
-pub async fn cache_ready<K: kube::Resource + Clone + 'static>(
-    cache: &kube::runtime::reflector::Store<K>,
-) -> bool
-where
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    // The cache's readiness signal wakes only its most recent waiter, and the controller's own
-    // runner waits on it too; re-polling on a short interval sees the retained value instead.
-    loop {
-        match tokio::time::timeout(Duration::from_millis(250), cache.wait_until_ready()).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_) => continue,
-        }
-    }
-}
-
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -203,7 +181,7 @@ pub async fn run(
     let store = controller.store();
     let loading = ctx.clone();
     tokio::spawn(async move {
-        if !cache_ready(&store).await {
+        if !crate::k8s::cache_ready(&store).await {
             return;
         }
         info!("subscription watch synced");

@@ -4,19 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::signing::generated_secret;
 use super::{Context, Error, FINALIZER};
 use crate::api::{FIELD_MANAGER, Reason, WebhookSubscription, annotations, condition_type};
+use crate::k8s::apply_status;
 use crate::policy::conditions::{
     Decision, Facts, Signing, Verification, changed, decide, generated_secret_name, owned,
 };
@@ -170,12 +170,7 @@ async fn write_status(
     ctx: &Context,
     api: &Api<WebhookSubscription>,
 ) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": WebhookSubscription::api_version(&()),
-        "kind": WebhookSubscription::kind(&()),
-        "status": owned(&decision.status),
-    });
-    api.patch_status(&sub.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    apply_status(api, &sub.name_any(), FIELD_MANAGER, owned(&decision.status))
         .await
         .map_err(Error::kube("writing the subscription status"))?;
     ctx.metrics.status_written();

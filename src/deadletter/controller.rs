@@ -9,7 +9,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store as Cache;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -17,6 +17,7 @@ use super::record::from_record;
 use super::{Limits, replay_key, subscription_ref};
 use crate::api::{FIELD_MANAGER, FailedEvent, Reason, ReplayOutcome, annotations};
 use crate::delivery::Dispatchers;
+use crate::k8s::apply_status;
 use crate::policy::conditions::Gate;
 use crate::registry::Registry;
 use crate::store::{NewEvent, Replay, now_ms};
@@ -160,10 +161,9 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
         }
     };
     let status = json!({
-        "apiVersion": FailedEvent::api_version(&()), "kind": FailedEvent::kind(&()),
-        "status": {"replay": {"outcome": outcome, "time": jiff::Timestamp::now(), "attempts": 0, "message": message}}
+        "replay": {"outcome": outcome, "time": jiff::Timestamp::now(), "attempts": 0, "message": message}
     });
-    api.patch_status(&fev.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+    apply_status(api, &fev.name_any(), FIELD_MANAGER, status)
         .await
         .map_err(|source| Error::Kube { action: "writing the replay status", source })?;
     info!(failed_event = %fev.name_any(), ?outcome, "replay requested");

@@ -12,8 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -28,6 +27,7 @@ use crate::api::{
 };
 use crate::delivery::Dispatchers;
 use crate::event::CloudEvent;
+use crate::k8s::apply_status;
 use crate::registry::Registry;
 use crate::store::{QueuedDeadLetter, ReplayResult};
 use record::{failed_event_name, label_value, to_record};
@@ -95,7 +95,7 @@ impl Writer {
         // Counting against the cap needs the existing FailedEvents first.
         tokio::select! {
             _ = stop.cancelled() => return,
-            ready = crate::controller::cache_ready(&self.cache) => if !ready { return },
+            ready = crate::k8s::cache_ready(&self.cache) => if !ready { return },
         }
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         let mut unseen = Unseen::default();
@@ -192,19 +192,11 @@ impl Writer {
         let failure: FailureRecord = serde_json::from_str(&letter.letter.failure)
             .map_err(|e| kube::Error::Service(format!("stored failure record unreadable: {e}").into()))?;
         let fev_name = failed_event_name(name, &letter.sub_uid, &event.source, &event.id);
-        let owner = OwnerReference {
-            api_version: WebhookSubscription::api_version(&()).to_string(),
-            kind: WebhookSubscription::kind(&()).to_string(),
-            name: name.clone(),
-            uid: letter.sub_uid.clone(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        };
         let fev = FailedEvent {
             metadata: ObjectMeta {
                 name: Some(fev_name.clone()),
                 namespace: Some(ns.clone()),
-                owner_references: Some(vec![owner]),
+                owner_references: sub.controller_owner_ref(&()).map(|owner| vec![owner]),
                 labels: Some(
                     [
                         (labels::MANAGED_BY.to_string(), labels::MANAGED_BY_VALUE.to_string()),
@@ -260,18 +252,15 @@ impl Writer {
             api.delete(name, &params).await.map(|_| ())
         } else {
             let status = json!({
-                "apiVersion": FailedEvent::api_version(&()), "kind": FailedEvent::kind(&()),
-                "status": {"replay": {
+                "replay": {
                     "outcome": ReplayOutcome::Failed,
                     "time": jiff::Timestamp::from_millisecond(result.at).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
                     "attempts": result.attempts,
                     "lastStatusCode": result.status,
                     "message": result.error.clone().unwrap_or_else(|| "the replay failed again".into()),
-                }}
+                }
             });
-            api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
-                .await
-                .map(|_| ())
+            apply_status(&api, name, FIELD_MANAGER, status).await.map(|_| ())
         };
         match outcome {
             Ok(()) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::api::{
     DeadLetterStats, DeliveryStats, LastDelivery, Reason, WebhookSubscription, condition_type, set_condition,
 };
+use crate::k8s::status_envelope;
 use crate::metrics::Metrics;
 
 /// The field manager of delivery results in status.
@@ -239,11 +240,7 @@ fn status_patch(t: &Tracker) -> serde_json::Value {
     if let Some(next) = &t.next_retry_at {
         status["nextRetryAt"] = json!(next);
     }
-    json!({
-        "apiVersion": WebhookSubscription::api_version(&()),
-        "kind": WebhookSubscription::kind(&()),
-        "status": status,
-    })
+    status_envelope::<WebhookSubscription>(status)
 }
 
 /// Write dirty trackers every `interval` until cancelled (then once more, to flush).

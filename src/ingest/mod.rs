@@ -28,8 +28,8 @@ use crate::api::WebhookSubscription;
 use crate::delivery::{Dispatchers, Incoming};
 use crate::event::{BATCH, CloudEvent, EventError, STRUCTURED};
 use crate::metrics::Metrics;
+use crate::registry::Readiness;
 use crate::registry::Registry;
-use crate::server::Readiness;
 use crate::store::{Store, StoreError};
 use auth::{Action, Auth, PUBLISH, READ_LOG, SEND_TEST};
 
