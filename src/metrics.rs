@@ -9,8 +9,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::policy::retry::Outcome;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
@@ -211,11 +209,11 @@ impl Metrics {
         self.events_accepted.get_or_create(&AcceptLabels { duplicate }).inc();
     }
 
-    /// Count a finished delivery attempt.
-    pub fn attempt_finished(&self, outcome: &Outcome, duration: std::time::Duration) {
-        let labels = match outcome {
-            Outcome::Status { code, .. } => OutcomeLabels {
-                outcome: if (200..300).contains(code) { "success" } else { "failure" },
+    /// Count a finished delivery attempt by the endpoint's HTTP status (`None`: no answer).
+    pub fn attempt_finished(&self, status: Option<u16>, duration: std::time::Duration) {
+        let labels = match status {
+            Some(code) => OutcomeLabels {
+                outcome: if (200..300).contains(&code) { "success" } else { "failure" },
                 class: match code {
                     200..=299 => "2xx",
                     300..=399 => "3xx",
@@ -223,7 +221,7 @@ impl Metrics {
                     _ => "5xx",
                 },
             },
-            Outcome::Error(_) => OutcomeLabels { outcome: "failure", class: "none" },
+            None => OutcomeLabels { outcome: "failure", class: "none" },
         };
         self.deliveries.get_or_create(&labels).inc();
         self.attempt_duration.observe(duration.as_secs_f64());

@@ -2,6 +2,8 @@
 
 mod conditions;
 mod failed_event;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod subscription;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

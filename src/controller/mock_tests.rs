@@ -10,9 +10,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::fixtures::subscription;
 use super::{Context, FINALIZER, Policy, reconcile};
 use crate::api::WebhookSubscription;
+use crate::api::fixtures::subscription;
 use crate::delivery::budget::EventBudget;
 use crate::delivery::status::StatusBoard;
 use crate::delivery::{Dispatchers, Shared};

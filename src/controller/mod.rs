@@ -5,8 +5,6 @@ mod reconcile;
 pub mod signing;
 
 #[cfg(test)]
-pub(crate) mod fixtures;
-#[cfg(test)]
 mod mock_tests;
 
 use std::collections::{HashMap, HashSet};

@@ -44,7 +44,7 @@ pub fn generated_secret(sub: &WebhookSubscription, name: &str) -> Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::fixtures::subscription;
+    use crate::api::fixtures::subscription;
 
     #[test]
     fn signing_secrets_are_whsec_with_32_random_bytes() {

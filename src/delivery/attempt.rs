@@ -13,7 +13,7 @@ use super::sender::{Target, send};
 use super::status::AttemptReport;
 use crate::api::{FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
 use crate::event::CloudEvent;
-use crate::policy::retry::{Next, Outcome, next};
+use crate::policy::retry::{Answer, Next, next};
 use crate::policy::spec::retry_schedule;
 use crate::registry::ActiveSubscription;
 use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, now_ms};
@@ -125,7 +125,7 @@ pub async fn unreadable(
 ) {
     warn!(subscription = %sub.key.name, job = job.job.job_id, error = %error, "stored event unreadable; dropping");
     let _ = done.send(Finished::Sent);
-    let outcome = Outcome::Error(format!("stored event unreadable: {error}"));
+    let outcome = Answer::NoAnswer(format!("stored event unreadable: {error}"));
     let next = Next::GiveUp(FailureReason::NonRetryableResponse);
     let _ = done.send(finish(&shared, &sub, &job, None, outcome, next, None).await);
 }
@@ -160,7 +160,7 @@ async fn run(
     let now = now_ms();
     let age = Duration::from_millis(now.saturating_sub(job.job.accepted_at).max(0) as u64);
     if age >= schedule.event_ttl {
-        let outcome = Outcome::Error("eventTTL passed before delivery".into());
+        let outcome = Answer::NoAnswer("eventTTL passed before delivery".into());
         return finish(
             shared,
             sub,
@@ -213,7 +213,7 @@ async fn run(
     slot.release();
     let attempt_no = job.attempts + 1;
     let decision = next(&sent.outcome, attempt_no, age, &schedule, rand::rng().random());
-    shared.metrics.attempt_finished(&sent.outcome, sent.duration);
+    shared.metrics.attempt_finished(sent.outcome.status_code(), sent.duration);
     finish(shared, sub, &job, Some(event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
         .await
 }
@@ -224,7 +224,7 @@ async fn finish(
     sub: &ActiveSubscription,
     job: &JobState,
     event: Option<&CloudEvent>,
-    outcome: Outcome,
+    outcome: Answer,
     decision: Next,
     sent: Option<u64>,
 ) -> Finished {
@@ -234,8 +234,8 @@ async fn finish(
     let duration_ms = sent.unwrap_or(0);
     let attempt_no = if attempted { job.attempts + 1 } else { job.attempts };
     let (status_code, error) = match &outcome {
-        Outcome::Status { code, .. } => (Some(*code), None),
-        Outcome::Error(e) => (None, Some(e.clone())),
+        Answer::Status { code, .. } => (Some(*code), None),
+        Answer::NoAnswer(e) => (None, Some(e.clone())),
     };
     let update = match &decision {
         Next::Done => JobUpdate::Delivered,
@@ -353,7 +353,7 @@ pub async fn expire(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) 
     };
     let job = Loaded::from(job);
     let state = JobState::loaded(job_ref, &job);
-    let outcome = Outcome::Error("eventTTL passed while delivery was held".into());
+    let outcome = Answer::NoAnswer("eventTTL passed while delivery was held".into());
     let event = job.event.as_deref().ok();
     finish(shared, sub, &state, event, outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
 }

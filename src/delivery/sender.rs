@@ -11,7 +11,7 @@ use crate::event::CloudEvent;
 use crate::outbound::http::{describe, read_capped};
 use crate::outbound::signing::SigningKey;
 use crate::outbound::webhook::render;
-use crate::policy::retry::{Outcome, parse_retry_after};
+use crate::policy::retry::{Answer, parse_retry_after};
 
 /// The parts of a request that do not depend on the event.
 pub struct Target<'a> {
@@ -25,11 +25,11 @@ pub struct Target<'a> {
 /// The result of one attempt.
 #[derive(Clone, Debug)]
 pub struct Sent {
-    pub outcome: Outcome,
+    pub outcome: Answer,
     pub duration: Duration,
 }
 
-/// POST one event and classify the answer. Never fails: every problem is an [`Outcome`].
+/// POST one event and classify the answer. Never fails: every problem is an [`Answer`].
 pub async fn send(client: &Client, target: &Target<'_>, event: &CloudEvent) -> Sent {
     let start = Instant::now();
     let timestamp = jiff::Timestamp::now().as_second();
@@ -48,9 +48,9 @@ pub async fn send(client: &Client, target: &Target<'_>, event: &CloudEvent) -> S
                 .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
             // Read a little so a small answer leaves the connection reusable; never more.
             read_capped(&mut resp, target.timeout).await;
-            Outcome::Status { code, retry_after }
+            Answer::Status { code, retry_after }
         }
-        Err(e) => Outcome::Error(describe(&e)),
+        Err(e) => Answer::NoAnswer(describe(&e)),
     };
     Sent { outcome, duration: start.elapsed() }
 }

@@ -170,7 +170,7 @@ pub fn generated_secret_name(sub: &WebhookSubscription) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::fixtures::subscription;
+    use crate::api::fixtures::subscription;
 
     fn at(secs: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(secs).expect("valid")

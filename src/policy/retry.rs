@@ -5,13 +5,28 @@ use std::time::Duration;
 use super::spec::RetrySchedule;
 use crate::api::FailureReason;
 
-/// The result of one delivery attempt.
+/// What the endpoint answered to one delivery attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Answer {
     /// The endpoint answered with this status code.
-    Status { code: u16, retry_after: Option<Duration> },
+    Status {
+        /// The HTTP status.
+        code: u16,
+        /// The delay its `Retry-After` header asked for.
+        retry_after: Option<Duration>,
+    },
     /// No answer: timeout, refused, reset, TLS failure… (short description, no secrets).
-    Error(String),
+    NoAnswer(String),
+}
+
+impl Answer {
+    /// The HTTP status, when the endpoint answered.
+    pub fn status_code(&self) -> Option<u16> {
+        match self {
+            Answer::Status { code, .. } => Some(*code),
+            Answer::NoAnswer(_) => None,
+        }
+    }
 }
 
 /// What to do after an attempt.
@@ -40,13 +55,13 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> D
 /// Decide what follows attempt number `attempt` (from 1) that ended with `outcome`.
 ///
 /// `age` is how long ago the event was accepted.
-pub fn next(outcome: &Outcome, attempt: u32, age: Duration, schedule: &RetrySchedule, jitter: f64) -> Next {
+pub fn next(outcome: &Answer, attempt: u32, age: Duration, schedule: &RetrySchedule, jitter: f64) -> Next {
     let retry_after = match outcome {
-        Outcome::Status { code: 200..=299, .. } => return Next::Done,
-        Outcome::Status { code: 410, .. } => return Next::Gone,
-        Outcome::Status { code: 400 | 413, .. } => return Next::GiveUp(FailureReason::NonRetryableResponse),
-        Outcome::Status { retry_after, .. } => *retry_after,
-        Outcome::Error(_) => None,
+        Answer::Status { code: 200..=299, .. } => return Next::Done,
+        Answer::Status { code: 410, .. } => return Next::Gone,
+        Answer::Status { code: 400 | 413, .. } => return Next::GiveUp(FailureReason::NonRetryableResponse),
+        Answer::Status { retry_after, .. } => *retry_after,
+        Answer::NoAnswer(_) => None,
     };
     if attempt >= schedule.max_attempts {
         return Next::GiveUp(FailureReason::MaxAttemptsExceeded);
@@ -99,7 +114,7 @@ mod tests {
     #[test]
     fn outcomes_map_to_the_design_rules() {
         let s = schedule();
-        let status = |code| Outcome::Status { code, retry_after: None };
+        let status = |code| Answer::Status { code, retry_after: None };
         let age = Duration::ZERO;
         assert_eq!(next(&status(200), 1, age, &s, 0.5), Next::Done);
         assert_eq!(next(&status(204), 1, age, &s, 0.5), Next::Done);
@@ -110,7 +125,7 @@ mod tests {
             assert_eq!(next(&status(code), 1, age, &s, 0.5), Next::Retry(Duration::from_secs(5)), "{code}");
         }
         assert_eq!(
-            next(&Outcome::Error("timeout".into()), 2, age, &s, 0.5),
+            next(&Answer::NoAnswer("timeout".into()), 2, age, &s, 0.5),
             Next::Retry(Duration::from_secs(10))
         );
     }
@@ -118,7 +133,7 @@ mod tests {
     #[test]
     fn attempts_and_ttl_end_retries() {
         let s = schedule();
-        let fail = Outcome::Status { code: 500, retry_after: None };
+        let fail = Answer::Status { code: 500, retry_after: None };
         assert_eq!(next(&fail, 5, Duration::ZERO, &s, 0.5), Next::GiveUp(FailureReason::MaxAttemptsExceeded));
         assert_eq!(
             next(&fail, 1, Duration::from_secs(3598), &s, 0.5),
@@ -129,7 +144,7 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_up_to_max_backoff() {
         let s = schedule();
-        let ra = |secs| Outcome::Status { code: 429, retry_after: Some(Duration::from_secs(secs)) };
+        let ra = |secs| Answer::Status { code: 429, retry_after: Some(Duration::from_secs(secs)) };
         assert_eq!(next(&ra(30), 1, Duration::ZERO, &s, 0.5), Next::Retry(Duration::from_secs(30)));
         assert_eq!(next(&ra(600), 1, Duration::ZERO, &s, 0.5), Next::Retry(Duration::from_secs(60)));
     }
@@ -177,7 +192,7 @@ mod properties {
                 max_backoff: Duration::from_secs(3600),
             };
             let age = Duration::from_secs(age_s);
-            match next(&Outcome::Status { code, retry_after: None }, attempt, age, &s, 0.5) {
+            match next(&Answer::Status { code, retry_after: None }, attempt, age, &s, 0.5) {
                 Next::Retry(d) => {
                     prop_assert!(attempt < s.max_attempts);
                     prop_assert!(age + d < s.event_ttl);
