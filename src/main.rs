@@ -13,9 +13,9 @@ use tracing::{info, warn};
 
 use hookline::controller::{self, Policy};
 use hookline::deadletter::{self, FailedEventContext, Limits};
+use hookline::delivery::Dispatchers;
 use hookline::delivery::budget::EventBudget;
 use hookline::delivery::status::{StatusBoard, run_writer};
-use hookline::delivery::{Dispatchers, Shared};
 use hookline::ingest::{self, Ingest, IngestConfig, auth::Auth};
 use hookline::metrics::Metrics;
 use hookline::outbound::clients::Clients;
@@ -23,7 +23,7 @@ use hookline::outbound::secrets::SecretCache;
 use hookline::outbound::ssrf::Guard;
 use hookline::registry::{Readiness, Registry};
 use hookline::server;
-use hookline::store::{SqliteStore, Store, now_ms};
+use hookline::store::{SqliteStore, Store};
 use hookline::verify::Verifier;
 use ipnet::IpNet;
 use kube::runtime::events::Recorder;
@@ -193,16 +193,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!(cidrs = ?args.allow_cidr, "the SSRF guard lets these extra networks through");
     }
     let board = StatusBoard::default();
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        clients: clients.clone(),
-        secrets: secrets.clone(),
-        board: board.clone(),
-        metrics: metrics.clone(),
-        budget: EventBudget::new(args.event_cache_bytes, metrics.event_cache_bytes()),
-        dead_letters_waiting: Arc::new(Notify::new()),
-    });
-    let dispatchers = Dispatchers::new(shared);
+    let dead_letters_waiting = Arc::new(Notify::new());
+    let dispatchers = Dispatchers::new(
+        store.clone(),
+        clients.clone(),
+        secrets.clone(),
+        board.clone(),
+        metrics.clone(),
+        EventBudget::new(args.event_cache_bytes, metrics.event_cache_bytes()),
+        dead_letters_waiting.clone(),
+    );
 
     let auth = match args.ingest_auth {
         IngestAuth::Kubernetes => Auth::kubernetes(client.clone()),
@@ -233,18 +233,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let dispatch = tokio::spawn(dispatchers.clone().run(registry.clone(), dispatch_stop.clone()));
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(run_writer(
-        board,
+        board.clone(),
         client.clone(),
         metrics.clone(),
         args.status_interval,
         writer_stop.clone(),
     ));
-    tokio::spawn(prune(store, args.delivery_log_retention, args.dedup_window, shutdown.clone()));
+    tokio::spawn(hookline::store::prune(
+        store.clone(),
+        args.delivery_log_retention,
+        args.dedup_window,
+        shutdown.clone(),
+    ));
 
     let limits = Limits { cap: args.failed_event_cap, ttl: args.failed_event_ttl };
     let fev_ctx = Arc::new(FailedEventContext {
         client: client.clone(),
         registry: registry.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
         dispatchers: dispatchers.clone(),
         limits,
     });
@@ -254,7 +261,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let dead_letter_writer = deadletter::Writer {
         client: client.clone(),
         registry: registry.clone(),
-        dispatchers: dispatchers.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        board,
+        dead_letters_waiting,
         cache: fev_cache,
         limits,
         recorder: Recorder::new(client.clone(), hookline::k8s::reporter()),
@@ -262,7 +272,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let writer_task = tokio::spawn(dead_letter_writer.run(shutdown.clone()));
 
     let verifier = Verifier {
-        store: dispatchers.shared().store.clone(),
+        store: store.clone(),
         clients,
         guard,
         secrets,
@@ -273,7 +283,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no --public-url: validation events carry no validationUrl, so endpoints must answer synchronously"
         );
     }
-    let ctx = Arc::new(controller::Context::new(client, policy, registry, metrics, dispatchers, verifier));
+    let ctx =
+        Arc::new(controller::Context::new(client, policy, registry, metrics, store, dispatchers, verifier));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
     controller::run(ctx, args.watch_namespace.as_deref(), readiness, shutdown.clone().cancelled_owned())
@@ -291,32 +302,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ops.await.context("operations server task")?.context("operations server")?;
     info!("stopped");
     Ok(())
-}
-
-/// Forget old delivery-log entries and finished events past the dedup window, every minute.
-async fn prune(store: Arc<dyn Store>, retention: Duration, dedup: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // In bounded rounds, so publishes and attempt records interleave with a large prune.
-        const ROUND: u32 = 2_000;
-        let now = now_ms();
-        let (log_before, events_before) =
-            (now - retention.as_millis() as i64, now - dedup.as_millis() as i64);
-        loop {
-            match store.prune(log_before, events_before, ROUND).await {
-                Ok(n) if n >= u64::from(ROUND) && !stop.is_cancelled() => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    warn!(error = %e, "pruning the store");
-                    break;
-                }
-            }
-        }
-    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

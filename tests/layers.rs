@@ -126,13 +126,19 @@ fn every_part_uses_only_the_parts_below_it() {
     for file in &files {
         let Some(part) = part_of(&src, file) else { continue };
         let Some(uses) = allowed.get(part.as_str()) else {
-            wrong.push(format!("{}: part `{part}` is not in the PARTS table of tests/layers.rs", file.display()));
+            wrong.push(format!(
+                "{}: part `{part}` is not in the PARTS table of tests/layers.rs",
+                file.display()
+            ));
             continue;
         };
         let source = std::fs::read_to_string(file).expect("readable source");
         for used in parts_used(&source) {
             if used != part && !uses.contains(&used.as_str()) {
-                wrong.push(format!("{}: `{part}` uses `crate::{used}`, which is not below it", file.display()));
+                wrong.push(format!(
+                    "{}: `{part}` uses `crate::{used}`, which is not below it",
+                    file.display()
+                ));
             }
         }
     }
@@ -152,7 +158,8 @@ fn the_table_points_only_down() {
 
 #[test]
 fn every_module_of_the_library_is_in_the_table() {
-    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).expect("lib.rs");
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).expect("lib.rs");
     let modules: BTreeSet<&str> =
         lib.lines().filter_map(|l| l.trim().strip_prefix("pub mod ")?.strip_suffix(';')).collect();
     let table: BTreeSet<&str> = PARTS.iter().map(|(part, _, _)| *part).collect();

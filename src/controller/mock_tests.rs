@@ -15,7 +15,7 @@ use crate::api::WebhookSubscription;
 use crate::api::fixtures::subscription;
 use crate::delivery::budget::EventBudget;
 use crate::delivery::status::StatusBoard;
-use crate::delivery::{Dispatchers, Shared};
+use crate::delivery::Dispatchers;
 use crate::metrics::Metrics;
 use crate::outbound::clients::Clients;
 use crate::outbound::secrets::SecretCache;
@@ -76,17 +76,17 @@ fn context(client: Client, policy: Policy) -> Fixture {
     let secrets = SecretCache::new(client.clone());
     let clients = Clients::new(guard.clone(), secrets.clone()).expect("http client");
     let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        clients: clients.clone(),
-        secrets: secrets.clone(),
-        board: StatusBoard::default(),
-        metrics: metrics.clone(),
-        budget: EventBudget::new(1 << 20, metrics.event_cache_bytes()),
-        dead_letters_waiting: Default::default(),
-    });
-    let verifier = Verifier { store, clients, guard, secrets, public_url: None };
-    let ctx = Context::new(client, policy, Registry::default(), metrics, Dispatchers::new(shared), verifier);
+    let dispatchers = Dispatchers::new(
+        store.clone(),
+        clients.clone(),
+        secrets.clone(),
+        StatusBoard::default(),
+        metrics.clone(),
+        EventBudget::new(1 << 20, metrics.event_cache_bytes()),
+        Default::default(),
+    );
+    let verifier = Verifier { store: store.clone(), clients, guard, secrets, public_url: None };
+    let ctx = Context::new(client, policy, Registry::default(), metrics, store, dispatchers, verifier);
     Fixture { ctx: Arc::new(ctx), _dir: dir }
 }
 
@@ -217,7 +217,7 @@ async fn a_deleted_subscription_drops_its_queue_and_releases_the_finalizer() {
         })],
     );
     let f = context(client, Policy::default());
-    let store = f.ctx.dispatchers.shared().store.clone();
+    let store = f.ctx.store.clone();
     let uid = sub.uid().expect("uid");
     let event = crate::store::NewEvent {
         namespace: "shop".into(),

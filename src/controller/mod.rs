@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 pub use crate::policy::spec::Policy;
 use crate::registry::Readiness;
 use crate::registry::Registry;
+use crate::store::Store;
 use crate::verify::Verifier;
 pub use reconcile::reconcile;
 
@@ -87,9 +88,11 @@ pub struct Context {
     pub registry: Registry,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The delivery store: a deleted subscription's jobs are dropped from it.
+    pub store: Arc<dyn Store>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
-    /// The delivery side: drops a deleted subscription's jobs and sends test events.
+    /// The delivery side: sends test events.
     pub dispatchers: Arc<Dispatchers>,
     /// Runs endpoint handshakes.
     pub verifier: Verifier,
@@ -104,6 +107,7 @@ impl Context {
         policy: Policy,
         registry: Registry,
         metrics: Arc<Metrics>,
+        store: Arc<dyn Store>,
         dispatchers: Arc<Dispatchers>,
         verifier: Verifier,
     ) -> Self {
@@ -113,6 +117,7 @@ impl Context {
             policy,
             registry,
             metrics,
+            store,
             recorder,
             dispatchers,
             verifier,

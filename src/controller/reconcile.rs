@@ -112,8 +112,6 @@ async fn apply(
 async fn cleanup(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {
     ctx.registry.remove(&ObjectRef::from_obj(sub));
     let dropped = ctx
-        .dispatchers
-        .shared()
         .store
         .drop_subscription(&sub.uid().unwrap_or_default())
         .await

@@ -18,14 +18,17 @@ use super::{Limits, replay_key, subscription_ref};
 use crate::api::{FIELD_MANAGER, FailedEvent, Reason, ReplayOutcome, annotations};
 use crate::delivery::Dispatchers;
 use crate::k8s::apply_status;
+use crate::metrics::Metrics;
 use crate::policy::conditions::Gate;
 use crate::registry::Registry;
-use crate::store::{NewEvent, Replay, now_ms};
+use crate::store::{NewEvent, Replay, Store, now_ms};
 
 /// What the FailedEvent controller works with.
 pub struct FailedEventContext {
     pub client: Client,
     pub registry: Registry,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
     pub dispatchers: Arc<Dispatchers>,
     pub limits: Limits,
 }
@@ -65,7 +68,7 @@ pub fn run(
     let controller =
         Controller::new(api, watcher::Config::default().any_semantic()).graceful_shutdown_on(shutdown);
     let cache = controller.store();
-    let metrics = ctx.dispatchers.shared().metrics.clone();
+    let metrics = ctx.metrics.clone();
     let fut = async move {
         controller
             .run(reconcile, error_policy, ctx)
@@ -140,7 +143,7 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
                 targets: vec![sub.uid.clone()],
                 accepted_at: now,
             };
-            let store = &ctx.dispatchers.shared().store;
+            let store = &ctx.store;
             if let Some(job) =
                 store.replay(Replay { event: new, replay_of: replay_key(fev) }).await.map_err(Error::Store)?
             {

@@ -17,6 +17,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -25,11 +26,12 @@ pub use controller::{FailedEventContext, run as run_controller};
 use crate::api::{
     FIELD_MANAGER, FailedEvent, FailedEventSpec, FailureRecord, ReplayOutcome, WebhookSubscription, labels,
 };
-use crate::delivery::Dispatchers;
+use crate::delivery::status::StatusBoard;
 use crate::event::CloudEvent;
 use crate::k8s::apply_status;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{QueuedDeadLetter, ReplayResult};
+use crate::store::{QueuedDeadLetter, ReplayResult, Store};
 use record::{failed_event_name, label_value, to_record};
 
 /// Bounds on FailedEvents.
@@ -45,7 +47,12 @@ pub struct Limits {
 pub struct Writer {
     pub client: Client,
     pub registry: Registry,
-    pub dispatchers: Arc<Dispatchers>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// Where the dead-letter counts and drops are reported with the delivery status.
+    pub board: StatusBoard,
+    /// Woken when a dead letter is queued.
+    pub dead_letters_waiting: Arc<Notify>,
     pub cache: Cache<FailedEvent>,
     pub limits: Limits,
     pub recorder: kube::runtime::events::Recorder,
@@ -91,7 +98,6 @@ impl Unseen {
 impl Writer {
     /// Work the outboxes whenever a dead letter is queued, and every few seconds, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        let shared = self.dispatchers.shared().clone();
         // Counting against the cap needs the existing FailedEvents first.
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -102,7 +108,7 @@ impl Writer {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = shared.dead_letters_waiting.notified() => {}
+                _ = self.dead_letters_waiting.notified() => {}
                 _ = tick.tick() => {}
             }
             if let Err(e) = self.drain_dead_letters(&mut unseen).await {
@@ -114,7 +120,7 @@ impl Writer {
             let counts = unseen.counts(&self.cache);
             for sub in self.registry.all() {
                 let n = counts.get(&sub.uid).copied().unwrap_or(0);
-                shared.board.dead_letters(
+                self.board.dead_letters(
                     &sub.uid,
                     sub.key.namespace.as_deref().unwrap_or_default(),
                     &sub.key.name,
@@ -125,7 +131,7 @@ impl Writer {
     }
 
     async fn drain_dead_letters(&self, unseen: &mut Unseen) -> Result<(), crate::store::StoreError> {
-        let store = &self.dispatchers.shared().store;
+        let store = &self.store;
         let letters = store.dead_letters(100).await?;
         if letters.is_empty() {
             return Ok(());
@@ -155,20 +161,19 @@ impl Writer {
     ) -> Result<Option<ObjectRef<FailedEvent>>, kube::Error> {
         let ns = &letter.letter.namespace;
         let name = &letter.letter.subscription;
-        let shared = self.dispatchers.shared();
         let subs: Api<WebhookSubscription> = Api::namespaced(self.client.clone(), ns);
         let Some(sub) =
             subs.get_opt(name).await?.filter(|s| s.uid().as_deref() == Some(letter.sub_uid.as_str()))
         else {
             // The subscription is gone: its FailedEvents would be garbage-collected anyway.
             debug!(subscription = %name, "dropping a dead letter of a deleted subscription");
-            shared.metrics.dead_lettered("orphaned");
+            self.metrics.dead_lettered("orphaned");
             return Ok(None);
         };
         let count = counts.entry(letter.sub_uid.clone()).or_insert(0);
         if *count >= self.limits.cap {
-            shared.board.dead_letter_dropped(&letter.sub_uid, ns, name);
-            shared.metrics.dead_lettered("capped");
+            self.board.dead_letter_dropped(&letter.sub_uid, ns, name);
+            self.metrics.dead_lettered("capped");
             let note = format!(
                 "{} FailedEvents exist (the cap): an undeliverable event was dropped; delete or replay FailedEvents",
                 self.limits.cap
@@ -215,7 +220,7 @@ impl Writer {
         match api.create(&params, &fev).await {
             Ok(_) => {
                 *count += 1;
-                shared.metrics.dead_lettered("created");
+                self.metrics.dead_lettered("created");
                 info!(subscription = %name, failed_event = %fev_name, "FailedEvent created");
                 Ok(Some(ObjectRef::new(&fev_name).within(ns)))
             }
@@ -226,7 +231,7 @@ impl Writer {
     }
 
     async fn drain_replays(&self) -> Result<(), crate::store::StoreError> {
-        let store = &self.dispatchers.shared().store;
+        let store = &self.store;
         for result in store.replay_results(100).await? {
             match self.apply_replay(&result).await {
                 Ok(()) => store.replay_result_done(result.job_id).await?,

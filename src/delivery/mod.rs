@@ -28,17 +28,17 @@ pub const TEST_EVENT_TYPE: &str = "dev.hookline.test";
 /// The `source` of test events.
 pub const TEST_EVENT_SOURCE: &str = "/hookline";
 
-/// What every dispatcher shares.
-pub struct Shared {
-    pub store: Arc<dyn Store>,
-    pub clients: Clients,
-    pub secrets: SecretCache,
-    pub board: StatusBoard,
-    pub metrics: Arc<Metrics>,
+/// What every dispatcher shares; private to delivery, each field handed in by [`Dispatchers::new`].
+struct Shared {
+    store: Arc<dyn Store>,
+    clients: Clients,
+    secrets: SecretCache,
+    board: StatusBoard,
+    metrics: Arc<Metrics>,
     /// Memory for the events of queued jobs, shared by every dispatcher.
-    pub budget: Arc<budget::EventBudget>,
+    budget: Arc<budget::EventBudget>,
     /// Woken when a dead letter is queued for the FailedEvent writer.
-    pub dead_letters_waiting: Arc<Notify>,
+    dead_letters_waiting: Arc<Notify>,
 }
 
 /// A job handed to a dispatcher, with the event when the caller has it at hand (fresh jobs), so
@@ -85,13 +85,21 @@ pub struct Routed {
 }
 
 impl Dispatchers {
-    pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+    /// The dispatchers' shared parts: the store jobs come from, HTTP clients and Secrets to send
+    /// with, the board delivery status is reported on, the event memory budget, and the signal
+    /// the FailedEvent writer waits on.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clients: Clients,
+        secrets: SecretCache,
+        board: StatusBoard,
+        metrics: Arc<Metrics>,
+        budget: Arc<budget::EventBudget>,
+        dead_letters_waiting: Arc<Notify>,
+    ) -> Arc<Self> {
+        let shared =
+            Arc::new(Shared { store, clients, secrets, board, metrics, budget, dead_letters_waiting });
         Arc::new(Self { shared, handles: Mutex::default() })
-    }
-
-    /// The shared state.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 
     /// Store events for every subscription in `namespace` that wants them, durably, then hand the

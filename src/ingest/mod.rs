@@ -339,8 +339,6 @@ async fn deliveries(
         ),
     };
     let entries = state
-        .dispatchers
-        .shared()
         .store
         .deliveries(&uid, limit, before)
         .await
@@ -370,7 +368,7 @@ async fn test_event(
 /// The validation URL of the `Event` handshake: whoever controls the endpoint opens it (GET)
 /// within 10 minutes to prove ownership asynchronously. The token is the secret; it works once.
 async fn validate(State(state): State<IngestState>, Path(token): Path<String>) -> Result<Response, ApiError> {
-    let store = &state.dispatchers.shared().store;
+    let store = &state.store;
     match store.confirm_validation(&token, crate::store::now_ms()).await {
         Ok(Some(_)) => Ok(axum::Json(json!({"verified": true})).into_response()),
         Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown, used or expired validation URL")),

@@ -2,11 +2,13 @@
 //! outbox. The SQLite implementation is the default; the [`Store`] trait is what a distributed
 //! backend (e.g. NATS JetStream) would implement instead.
 
+mod maintenance;
 mod migrations;
 mod sqlite;
 
 use futures::future::BoxFuture;
 
+pub use maintenance::prune;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch.
