@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::api::{WebhookSubscription, WebhookSubscriptionSpec};
 use crate::policy::conditions::Gate;
+use crate::policy::spec::RetrySchedule;
 
 /// What the delivery side needs to know about one subscription.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +26,8 @@ pub struct ActiveSubscription {
     pub generation: i64,
     /// The validated spec.
     pub spec: Arc<WebhookSubscriptionSpec>,
+    /// The spec's retry policy, parsed when the controller checked the spec.
+    pub schedule: RetrySchedule,
     /// The Secret the signing keys are read from.
     pub signing_secret: String,
     /// The rate the endpoint allowed in an Options handshake, requests per minute.
@@ -163,6 +166,7 @@ mod tests {
             key: ObjectRef::new(name).within(ns),
             uid: format!("uid-{name}"),
             generation: 1,
+            schedule: crate::policy::spec::retry_schedule(&spec).expect("the default schedule"),
             spec: Arc::new(spec),
             signing_secret: format!("{name}-signing"),
             rate_per_minute: None,

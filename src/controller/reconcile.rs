@@ -20,7 +20,7 @@ use crate::k8s::apply_status;
 use crate::policy::conditions::{
     Decision, Facts, Signing, Verification, changed, decide, generated_secret_name, owned,
 };
-use crate::policy::spec::check;
+use crate::policy::spec::parse;
 use crate::registry::ActiveSubscription;
 use crate::verify::Outcome;
 
@@ -52,7 +52,10 @@ async fn apply(
     ctx: &Context,
     api: &Api<WebhookSubscription>,
 ) -> Result<Action, Error> {
-    let problems = check(&sub.spec, ctx.policy);
+    let (schedule, problems) = match parse(&sub.spec, ctx.policy) {
+        Ok(schedule) => (Some(schedule), Vec::new()),
+        Err(problems) => (None, problems),
+    };
     let signing = if problems.is_empty() { Some(ensure_signing_secret(sub, ctx).await?) } else { None };
     let secret_name = match &signing {
         Some(Signing::Present(name)) => Some(name.as_str()),
@@ -78,12 +81,13 @@ async fn apply(
         write_status(sub, &decision, ctx, api).await?;
     }
     let key = ObjectRef::from_obj(sub);
-    match decision.gate {
-        Some(gate) => ctx.registry.upsert(ActiveSubscription {
+    match decision.gate.zip(schedule) {
+        Some((gate, schedule)) => ctx.registry.upsert(ActiveSubscription {
             key,
             uid: sub.uid().unwrap_or_default(),
             generation: sub.metadata.generation.unwrap_or_default(),
             spec: Arc::new(sub.spec.clone()),
+            schedule,
             signing_secret: decision
                 .status
                 .signing_secret_ref

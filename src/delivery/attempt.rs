@@ -14,7 +14,6 @@ use super::status::AttemptReport;
 use crate::api::{FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
 use crate::event::CloudEvent;
 use crate::policy::retry::{Answer, Next, next};
-use crate::policy::spec::retry_schedule;
 use crate::registry::ActiveSubscription;
 use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, now_ms};
 
@@ -156,7 +155,7 @@ async fn run(
 ) -> Finished {
     let mut slot = Slot(Some(done));
     let ns = sub.key.namespace.as_deref().unwrap_or_default();
-    let Ok(schedule) = retry_schedule(&sub.spec) else { return requeue_in(job.job, LOCAL_RETRY) };
+    let schedule = &sub.schedule;
     let now = now_ms();
     let age = Duration::from_millis(now.saturating_sub(job.job.accepted_at).max(0) as u64);
     if age >= schedule.event_ttl {

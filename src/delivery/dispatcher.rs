@@ -307,9 +307,7 @@ impl Dispatcher {
                 },
                 _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
                 _ = sweep.tick(), if !open => {
-                    let ttl = crate::policy::spec::retry_schedule(&sub.spec)
-                        .map(|s| s.event_ttl.as_millis() as Millis)
-                        .unwrap_or(Millis::MAX);
+                    let ttl = sub.schedule.event_ttl.as_millis() as Millis;
                     let expired: Vec<JobRef> =
                         queue.iter().copied().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
                     for job in expired {

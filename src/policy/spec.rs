@@ -38,9 +38,13 @@ const RESERVED_HEADER_PREFIXES: &[&str] = &["ce-", "webhook-"];
 /// The retry schedule of a valid spec, as durations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetrySchedule {
+    /// Attempts before the event is given up.
     pub max_attempts: u32,
+    /// How long after acceptance the event is given up.
     pub event_ttl: Duration,
+    /// Backoff after the first failed attempt.
     pub initial_backoff: Duration,
+    /// Longest backoff.
     pub max_backoff: Duration,
 }
 
@@ -96,6 +100,16 @@ pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// A spec parsed once for the delivery side: the retry schedule of a spec [`check`] accepts, or
+/// every problem [`check`] finds. Nothing downstream parses the spec's strings again.
+pub fn parse(spec: &WebhookSubscriptionSpec, policy: Policy) -> Result<RetrySchedule, Vec<Problem>> {
+    let problems = check(spec, policy);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    retry_schedule(spec)
 }
 
 /// The retry schedule, or the problems that prevent one.
