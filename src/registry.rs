@@ -138,16 +138,13 @@ impl Readiness {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::Endpoint;
-    use crate::api::Reason;
-
-    fn sub(ns: &str, name: &str, gate: Gate) -> ActiveSubscription {
+impl ActiveSubscription {
+    /// A subscription `name` in `ns` with a minimal valid spec, for unit tests.
+    pub(crate) fn test(ns: &str, name: &str, gate: Gate) -> Self {
         let spec = WebhookSubscriptionSpec {
             event_types: vec!["*".into()],
             filter: None,
-            endpoint: Endpoint {
+            endpoint: crate::api::Endpoint {
                 url: "https://example.com/hook".into(),
                 headers: Default::default(),
                 headers_from: None,
@@ -173,16 +170,22 @@ mod tests {
             gate,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Reason;
 
     #[test]
     fn readers_are_woken_only_on_real_changes() {
         let registry = Registry::default();
         let rx = registry.subscribe();
-        registry.upsert(sub("a", "one", Gate::Open));
+        registry.upsert(ActiveSubscription::test("a", "one", Gate::Open));
         assert_eq!(*rx.borrow(), 1);
-        registry.upsert(sub("a", "one", Gate::Open));
+        registry.upsert(ActiveSubscription::test("a", "one", Gate::Open));
         assert_eq!(*rx.borrow(), 1, "an identical upsert is not a change");
-        registry.upsert(sub("a", "one", Gate::Held(Reason::Suspended)));
+        registry.upsert(ActiveSubscription::test("a", "one", Gate::Held(Reason::Suspended)));
         assert_eq!(*rx.borrow(), 2);
         registry.remove(&ObjectRef::new("one").within("a"));
         registry.remove(&ObjectRef::new("one").within("a"));
@@ -193,8 +196,8 @@ mod tests {
     #[test]
     fn namespaces_are_kept_apart() {
         let registry = Registry::default();
-        registry.upsert(sub("a", "one", Gate::Open));
-        registry.upsert(sub("b", "two", Gate::Open));
+        registry.upsert(ActiveSubscription::test("a", "one", Gate::Open));
+        registry.upsert(ActiveSubscription::test("b", "two", Gate::Open));
         let names: Vec<_> = registry.in_namespace("a").iter().map(|s| s.key.name.clone()).collect();
         assert_eq!(names, ["one"]);
     }

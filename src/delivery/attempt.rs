@@ -1,5 +1,6 @@
 //! One delivery attempt of one job, from the store to the wire and back into the store.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +16,14 @@ use crate::api::{FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
 use crate::event::CloudEvent;
 use crate::policy::retry::{Answer, Next, next};
 use crate::registry::ActiveSubscription;
-use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, now_ms};
+use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, StoreError, now_ms};
 
 /// What the dispatcher hears back from the tasks it spawned: what to do with a job after its
 /// attempt, or the jobs it asked the store for.
 #[derive(Debug)]
 pub enum Finished {
     /// The request is done (or none was made): its concurrency slot is free. Always sent first.
-    Sent,
+    SlotFree,
     /// Nothing: delivered, given up, or gone from the store.
     Done,
     /// Put back in the queue.
@@ -31,7 +32,7 @@ pub enum Finished {
     Gone(i64),
     /// A read-ahead ([`read_ahead`]) is back: the jobs asked for, and those the store still has
     /// (or why it could not be read).
-    Read(Vec<JobRef>, Result<Vec<Loaded>, String>),
+    Read(Vec<JobRef>, Result<Vec<Loaded>, StoreError>),
 }
 
 /// A queued job read back from the store, ready to attempt.
@@ -92,7 +93,7 @@ fn parse_stored(body: &[u8]) -> Result<CloudEvent, String> {
     CloudEvent::from_structured(body).map_err(|e| e.to_string())
 }
 
-/// Attempt `job` for `sub` and report back on `done`: first [`Finished::Sent`] when the
+/// Attempt `job` for `sub` and report back on `done`: first [`Finished::SlotFree`] when the
 /// concurrency slot is free, then the outcome once it is recorded.
 pub async fn attempt(
     shared: Arc<Shared>,
@@ -109,7 +110,7 @@ pub async fn attempt(
 /// events here rather than on the dispatcher; reports back with [`Finished::Read`].
 pub async fn read_ahead(shared: Arc<Shared>, jobs: Vec<JobRef>, done: mpsc::UnboundedSender<Finished>) {
     let found = shared.store.jobs(jobs.iter().map(|j| j.job_id).collect()).await;
-    let loaded = found.map_err(|e| e.to_string()).map(|found| found.into_iter().map(Loaded::from).collect());
+    let loaded = found.map(|found| found.into_iter().map(Loaded::from).collect());
     let _ = done.send(Finished::Read(jobs, loaded));
 }
 
@@ -123,7 +124,7 @@ pub async fn unreadable(
     done: mpsc::UnboundedSender<Finished>,
 ) {
     warn!(subscription = %sub.key.name, job = job.job.job_id, error = %error, "stored event unreadable; dropping");
-    let _ = done.send(Finished::Sent);
+    let _ = done.send(Finished::SlotFree);
     let outcome = Answer::NoAnswer(format!("stored event unreadable: {error}"));
     let next = Next::GiveUp(FailureReason::NonRetryableResponse);
     let _ = done.send(finish(&shared, &sub, &job, None, outcome, next, None).await);
@@ -135,7 +136,7 @@ struct Slot<'a>(Option<&'a mpsc::UnboundedSender<Finished>>);
 impl Slot<'_> {
     fn release(&mut self) {
         if let Some(done) = self.0.take() {
-            let _ = done.send(Finished::Sent);
+            let _ = done.send(Finished::SlotFree);
         }
     }
 }
@@ -211,7 +212,7 @@ async fn run(
     let sent = send(&http, &target, event).await;
     slot.release();
     let attempt_no = job.attempts + 1;
-    let decision = next(&sent.outcome, attempt_no, age, &schedule, rand::rng().random());
+    let decision = next(&sent.outcome, attempt_no, age, schedule, rand::rng().random());
     shared.metrics.attempt_finished(sent.outcome.status_code(), sent.duration);
     finish(shared, sub, &job, Some(event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
         .await
@@ -340,21 +341,39 @@ fn cut_to(mut text: String, max: usize) -> String {
     text
 }
 
-/// Give up on a held job whose TTL passed without an attempt.
-pub async fn expire(shared: &Shared, sub: &ActiveSubscription, job_ref: JobRef) {
-    let job = match shared.store.job(job_ref.job_id).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return,
+/// Give up on held jobs whose TTL passed without an attempt: one read for all of them, then each
+/// recorded and reported back like an attempt ([`Finished::Done`], or [`Finished::Requeue`] when
+/// it could not be read or recorded, for the next sweep).
+pub async fn expire(
+    shared: Arc<Shared>,
+    sub: Arc<ActiveSubscription>,
+    jobs: Vec<JobRef>,
+    done: mpsc::UnboundedSender<Finished>,
+) {
+    let mut found: HashMap<i64, Job> = match shared.store.jobs(jobs.iter().map(|j| j.job_id).collect()).await
+    {
+        Ok(found) => found.into_iter().map(|j| (j.job_id, j)).collect(),
         Err(e) => {
-            warn!(subscription = %sub.key.name, error = %e, "reading an expired job");
+            warn!(subscription = %sub.key.name, error = %e, jobs = jobs.len(), "reading expired jobs; will retry");
+            for job in jobs {
+                let _ = done.send(requeue_in(job, LOCAL_RETRY));
+            }
             return;
         }
     };
-    let job = Loaded::from(job);
-    let state = JobState::loaded(job_ref, &job);
-    let outcome = Answer::NoAnswer("eventTTL passed while delivery was held".into());
-    let event = job.event.as_deref().ok();
-    finish(shared, sub, &state, event, outcome, Next::GiveUp(FailureReason::TtlExpired), None).await;
+    for job_ref in jobs {
+        let Some(job) = found.remove(&job_ref.job_id) else {
+            // Gone from the store meanwhile (its subscription was dropped).
+            let _ = done.send(Finished::Done);
+            continue;
+        };
+        let job = Loaded::from(job);
+        let state = JobState::loaded(job_ref, &job);
+        let outcome = Answer::NoAnswer("eventTTL passed while delivery was held".into());
+        let event = job.event.as_deref().ok();
+        let next = Next::GiveUp(FailureReason::TtlExpired);
+        let _ = done.send(finish(&shared, &sub, &state, event, outcome, next, None).await);
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 
 mod attempt;
 pub mod budget;
+mod cache;
 mod dispatcher;
+mod queue;
 pub mod sender;
 pub mod status;
 

@@ -1,0 +1,277 @@
+//! A dispatcher's state and its transitions, without IO: which jobs are queued and in what order,
+//! which events are in memory, what is in flight, and from these, what to start next. The
+//! dispatcher ([`super::dispatcher`]) only carries out what [`Queue::plan`] returns and feeds the
+//! results back through [`Queue::admit`], [`Queue::finished`] and [`Queue::expired`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::NewJob;
+use super::attempt::{Finished, JobState, LOCAL_RETRY, Loaded};
+use super::budget::Account;
+use super::cache::{Cache, Cached, READ_AHEAD};
+use crate::event::CloudEvent;
+use crate::policy::conditions::Gate;
+use crate::registry::ActiveSubscription;
+use crate::store::{JobRef, Millis};
+
+/// Spaces sends at least `1/rate` apart.
+struct RateLimiter {
+    next: Instant,
+}
+
+impl RateLimiter {
+    /// `Ok` when a send may go at `now`; otherwise how long to wait. `spacing` is the least time
+    /// between two sends (none: unlimited).
+    fn take(&mut self, spacing: Option<Duration>, now: Instant) -> Result<(), Duration> {
+        let Some(spacing) = spacing else { return Ok(()) };
+        if now < self.next {
+            return Err(self.next - now);
+        }
+        self.next = now + spacing;
+        Ok(())
+    }
+}
+
+/// The least time between two sends: the stricter of `rateLimitPerSecond` and the rate the
+/// endpoint allowed in an Options handshake.
+fn spacing(sub: &ActiveSubscription) -> Option<Duration> {
+    let from_spec =
+        sub.spec.delivery.rate_limit_per_second.filter(|r| *r > 0).map(|r| Duration::from_secs(1) / r);
+    let from_endpoint = sub.rate_per_minute.filter(|r| *r > 0).map(|r| Duration::from_secs(60) / r);
+    from_spec.max(from_endpoint)
+}
+
+/// Concurrency slots free for new attempts.
+fn free_slots(sub: &ActiveSubscription, in_flight: usize) -> usize {
+    (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight)
+}
+
+/// A job to start now, with its event or why its stored event could not be read.
+#[derive(Debug)]
+pub(super) enum Start {
+    /// Send it.
+    Attempt(JobState, Arc<CloudEvent>),
+    /// Give it up: its stored event does not parse.
+    Unreadable(JobState, String),
+}
+
+/// What the dispatcher does next, as [`Queue::plan`] decided it.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// Attempts to start now.
+    pub start: Vec<Start>,
+    /// Due jobs whose events to read from the store, in one read.
+    pub read: Vec<JobRef>,
+    /// When to plan again although nothing was heard: the next job falls due, or the rate
+    /// limit lets the next send go.
+    pub wake: Option<Duration>,
+}
+
+/// See the module docs.
+pub(super) struct Queue {
+    /// Jobs waiting for an attempt, due first.
+    jobs: BTreeSet<JobRef>,
+    /// Their events in memory, where the budget allows.
+    cache: Cache,
+    /// A read of events from the store is out.
+    reading: bool,
+    /// The last read came back full: more due jobs wait in the store.
+    more_to_read: bool,
+    /// Attempts holding a concurrency slot (their request is out).
+    in_flight: usize,
+    /// Attempts and expiries whose outcome is not recorded yet (shutdown waits for them).
+    outstanding: usize,
+    /// The subscription generation that the endpoint answered 410 Gone to.
+    gone_generation: Option<i64>,
+    limiter: RateLimiter,
+}
+
+impl Queue {
+    /// A queue of the jobs the store has for a subscription, with `account` for their events.
+    pub fn new(jobs: Vec<JobRef>, account: Account, now: Instant) -> Self {
+        Queue {
+            jobs: jobs.into_iter().collect(),
+            cache: Cache::new(account),
+            reading: false,
+            more_to_read: false,
+            in_flight: 0,
+            outstanding: 0,
+            gone_generation: None,
+            limiter: RateLimiter { next: now },
+        }
+    }
+
+    /// Whether events may be sent to `sub` now: its gate is open, and the endpoint has not
+    /// answered 410 Gone to this generation of it.
+    pub fn is_open(&self, sub: &ActiveSubscription) -> bool {
+        sub.gate == Gate::Open && self.gone_generation.is_none_or(|g| g < sub.generation)
+    }
+
+    /// Queue a new job, keeping its event in memory if it came along and the budget allows.
+    pub fn admit(&mut self, NewJob { job, event }: NewJob) {
+        if let Some(event) = event {
+            self.cache.behind &= !self.jobs.is_empty();
+            self.cache.offer_fresh(job, event);
+        }
+        self.jobs.insert(job);
+    }
+
+    /// Decide what to start at `now` (`clock` for the rate limit): the due jobs that free slots,
+    /// the rate limit and the events in memory allow, and a read of the due events that are not.
+    pub fn plan(&mut self, sub: &ActiveSubscription, now: Millis, clock: Instant) -> Plan {
+        let open = self.is_open(sub);
+        self.cache.account.set_active(!self.jobs.is_empty() || self.in_flight > 0);
+        let mut plan = Plan::default();
+        let mut head_unread = false;
+        while open && free_slots(sub, self.in_flight) > 0 {
+            let Some(&head) = self.jobs.first() else { break };
+            if head.due_at > now {
+                plan.wake = Some(Duration::from_millis((head.due_at - now) as u64));
+                break;
+            }
+            if !self.cache.contains(&head) {
+                // Its event is on its way from the store, or a read starts below.
+                head_unread = true;
+                break;
+            }
+            if let Err(wait) = self.limiter.take(spacing(sub), clock) {
+                plan.wake = Some(wait);
+                break;
+            }
+            self.jobs.pop_first();
+            self.in_flight += 1;
+            self.outstanding += 1;
+            match self.cache.take(&head) {
+                Some(Cached::Fresh(event)) => plan.start.push(Start::Attempt(JobState::fresh(head), event)),
+                Some(Cached::Loaded(job)) => {
+                    let state = JobState::loaded(head, &job);
+                    plan.start.push(match job.event {
+                        Ok(event) => Start::Attempt(state, event),
+                        Err(e) => Start::Unreadable(state, e),
+                    });
+                }
+                None => {}
+            }
+        }
+        let slots = free_slots(sub, self.in_flight);
+        self.cache.shed(if open { slots } else { 0 });
+        // Read due jobs whose events are not in memory: as many as the budget has room for, and
+        // at least those that free concurrency slots would attempt at once.
+        let read_ahead = self.more_to_read && self.cache.loaded < READ_AHEAD;
+        if open && !self.reading && (head_unread || read_ahead) {
+            let size = self.cache.read_size(if head_unread { slots.max(1) } else { 0 }, head_unread);
+            plan.read = self
+                .jobs
+                .iter()
+                .take_while(|j| j.due_at <= now)
+                .filter(|j| !self.cache.contains(j))
+                .take(size)
+                .copied()
+                .collect();
+            self.more_to_read = plan.read.len() == size;
+            // This read takes every due job left in the store: fresh events may be kept again.
+            self.cache.behind &= self.more_to_read;
+            self.reading = !plan.read.is_empty();
+        }
+        plan
+    }
+
+    /// Take in what a task reported back (see [`Finished`]).
+    pub fn finished(&mut self, sub: &ActiveSubscription, finished: Finished) {
+        match finished {
+            Finished::SlotFree => self.in_flight -= 1,
+            Finished::Done => self.outstanding -= 1,
+            Finished::Requeue(job) => {
+                self.outstanding -= 1;
+                self.jobs.insert(job);
+            }
+            Finished::Gone(generation) => {
+                self.outstanding -= 1;
+                self.gone_generation = Some(generation);
+            }
+            Finished::Read(asked, found) => {
+                self.reading = false;
+                let attempt_now = free_slots(sub, self.in_flight);
+                self.read_back(&sub.key.name, asked, found, attempt_now);
+            }
+        }
+    }
+
+    /// Take the jobs whose event TTL passed by `now` out of the queue, to be given up in one
+    /// batch; each reports back like an attempt.
+    pub fn expired(&mut self, ttl: Duration, now: Millis) -> Vec<JobRef> {
+        let ttl = ttl.as_millis() as Millis;
+        let expired: Vec<JobRef> =
+            self.jobs.iter().copied().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
+        for job in &expired {
+            self.jobs.remove(job);
+            self.cache.take(job);
+        }
+        self.outstanding += expired.len();
+        expired
+    }
+
+    /// Jobs queued or in flight.
+    pub fn depth(&self) -> usize {
+        self.jobs.len() + self.in_flight
+    }
+
+    /// When the first queued job falls due, if that is after `now`.
+    pub fn next_retry(&self, now: Millis) -> Option<Millis> {
+        self.jobs.first().map(|j| j.due_at).filter(|due| *due > now)
+    }
+
+    /// Attempts and expiries whose outcome is not recorded yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Keep what a read found for the jobs still queued, as far as the budget allows (the first
+    /// `attempt_now`, which go out at once, in any case); drop the jobs the store no longer has
+    /// (their subscription was dropped meanwhile); if the read failed, try those jobs again later.
+    fn read_back(
+        &mut self,
+        name: &str,
+        asked: Vec<JobRef>,
+        found: Result<Vec<Loaded>, crate::store::StoreError>,
+        attempt_now: usize,
+    ) {
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(subscription = %name, error = %e, jobs = asked.len(), "reading jobs; will retry");
+                let later = crate::store::now_ms() + LOCAL_RETRY.as_millis() as Millis;
+                for job in asked {
+                    if self.jobs.remove(&job) {
+                        self.jobs.insert(JobRef { due_at: later, ..job });
+                    }
+                }
+                return;
+            }
+        };
+        let mut found: HashMap<i64, Loaded> = found.into_iter().map(|j| (j.job_id, j)).collect();
+        let mut kept = 0;
+        for job in asked {
+            match found.remove(&job.job_id) {
+                // Still queued (the TTL sweep may have taken it meanwhile): keep it for its
+                // attempt, unless the budget has no room (it is read again when due).
+                Some(l) if self.jobs.contains(&job) => {
+                    if self.cache.keep(job, Cached::Loaded(l), kept < attempt_now) {
+                        kept += 1;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.jobs.remove(&job);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::super::budget::EventBudget;
+use super::super::cache::tests::{event, job};
+use super::*;
+use crate::api::Reason;
+use crate::store::{StoreError, now_ms};
+
+fn loaded(job_id: i64) -> Loaded {
+    Loaded { job_id, attempts: 2, first_attempt_at: Some(900), event: Err("not parsed in this test".into()) }
+}
+
+fn subscription(max_concurrency: u32) -> ActiveSubscription {
+    let mut sub = ActiveSubscription::test("ns", "s", Gate::Open);
+    Arc::make_mut(&mut sub.spec).delivery.max_concurrency = max_concurrency;
+    sub
+}
+
+fn queue(jobs: &[JobRef]) -> Queue {
+    let budget = EventBudget::new(1 << 20, Gauge::default());
+    Queue::new(jobs.to_vec(), budget.account(), Instant::now())
+}
+
+fn due(job_id: i64, due_at: Millis) -> JobRef {
+    JobRef { due_at, job_id, accepted_at: 0 }
+}
+
+fn fresh(job: JobRef) -> NewJob {
+    NewJob { job, event: Some(event(&job.job_id.to_string(), 10)) }
+}
+
+fn started(plan: &Plan) -> Vec<i64> {
+    plan.start
+        .iter()
+        .map(|s| match s {
+            Start::Attempt(state, _) | Start::Unreadable(state, _) => state.job.job_id,
+        })
+        .collect()
+}
+
+#[test]
+fn the_rate_limiter_spaces_sends() {
+    let start = Instant::now();
+    let mut l = RateLimiter { next: start };
+    assert!(l.take(None, start).is_ok());
+    assert!(l.take(Some(Duration::from_millis(100)), start).is_ok());
+    let wait =
+        l.take(Some(Duration::from_millis(100)), start + Duration::from_millis(30)).expect_err("too soon");
+    assert_eq!(wait, Duration::from_millis(70));
+    assert!(l.take(Some(Duration::from_millis(100)), start + Duration::from_millis(100)).is_ok());
+}
+
+#[test]
+fn due_jobs_with_their_events_start_up_to_the_concurrency() {
+    let sub = subscription(2);
+    let mut q = queue(&[]);
+    for id in 1..=3 {
+        q.admit(fresh(due(id, 10)));
+    }
+    q.admit(fresh(due(4, 500)));
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert_eq!(started(&plan), [1, 2], "two slots");
+    assert!(plan.read.is_empty(), "their events are in memory");
+    assert_eq!(q.depth(), 4, "two queued, two in flight");
+
+    q.finished(&sub, Finished::SlotFree);
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert_eq!(started(&plan), [3], "a slot freed");
+    assert_eq!(plan.wake, None, "no slot left to wake for");
+    q.finished(&sub, Finished::SlotFree);
+    q.finished(&sub, Finished::SlotFree);
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert!(plan.start.is_empty());
+    assert_eq!(plan.wake, Some(Duration::from_millis(400)), "woken when job 4 falls due");
+    assert_eq!(q.next_retry(100), Some(500));
+    assert_eq!(q.outstanding(), 3, "three attempts not recorded yet");
+}
+
+#[test]
+fn jobs_without_events_in_memory_are_read_in_one_read_then_started() {
+    let sub = subscription(8);
+    let mut q = queue(&[due(1, 10), due(2, 10), due(3, 900)]);
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert!(plan.start.is_empty());
+    assert_eq!(plan.read.iter().map(|j| j.job_id).collect::<Vec<_>>(), [1, 2], "the due ones");
+    assert!(q.plan(&sub, 100, Instant::now()).read.is_empty(), "one read at a time");
+
+    q.finished(&sub, Finished::Read(plan.read, Ok(vec![loaded(1), loaded(2)])));
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert_eq!(started(&plan), [1, 2]);
+    assert!(matches!(plan.start[0], Start::Unreadable(..)), "a stored event that does not parse is given up");
+}
+
+#[test]
+fn a_closed_gate_or_a_gone_endpoint_starts_nothing() {
+    let mut q = queue(&[]);
+    q.admit(fresh(due(1, 0)));
+    q.admit(fresh(due(2, 0)));
+    let held = ActiveSubscription::test("ns", "s", Gate::Held(Reason::Suspended));
+    assert!(q.plan(&held, 100, Instant::now()).start.is_empty());
+
+    let sub = subscription(1);
+    assert_eq!(started(&q.plan(&sub, 100, Instant::now())), [1]);
+    q.finished(&sub, Finished::SlotFree);
+    q.finished(&sub, Finished::Gone(sub.generation));
+    assert!(!q.is_open(&sub));
+    assert!(q.plan(&sub, 100, Instant::now()).start.is_empty(), "410 for this generation");
+    let mut next = sub.clone();
+    next.generation += 1;
+    assert_eq!(started(&q.plan(&next, 100, Instant::now())), [2], "a new generation tries again");
+}
+
+#[test]
+fn a_requeued_job_waits_for_its_new_due_time() {
+    let sub = subscription(1);
+    let mut q = queue(&[]);
+    q.admit(fresh(due(1, 0)));
+    assert_eq!(started(&q.plan(&sub, 100, Instant::now())), [1]);
+    q.finished(&sub, Finished::SlotFree);
+    q.finished(&sub, Finished::Requeue(due(1, 300)));
+    assert_eq!(q.outstanding(), 0);
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert_eq!(plan.wake, Some(Duration::from_millis(200)));
+}
+
+#[test]
+fn expiry_takes_only_the_jobs_past_their_ttl_and_waits_for_their_records() {
+    let mut q = queue(&[]);
+    for (id, accepted_at) in [(1, 0), (2, 50), (3, 90)] {
+        q.admit(fresh(JobRef { due_at: accepted_at, job_id: id, accepted_at }));
+    }
+    let expired = q.expired(Duration::from_millis(50), 100);
+    assert_eq!(expired.iter().map(|j| j.job_id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(q.depth(), 1);
+    assert_eq!(q.outstanding(), 2, "each expiry reports back like an attempt");
+    q.finished(&subscription(1), Finished::Done);
+    q.finished(&subscription(1), Finished::Done);
+    assert_eq!(q.outstanding(), 0);
+}
+
+#[test]
+fn a_read_ahead_keeps_queued_jobs_and_drops_those_the_store_lost() {
+    let mut q = queue(&[job(1), job(2)]);
+    // Job 3 was taken by the TTL sweep while the read was out; job 2 is gone from the store.
+    let found = Ok(vec![loaded(1), loaded(3)]);
+    q.read_back("s", vec![job(1), job(2), job(3)], found, 1);
+    assert_eq!(q.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(), [1]);
+    let Some(Cached::Loaded(one)) = q.cache.take(&job(1)) else { panic!("job 1 read back") };
+    assert_eq!(one.attempts, 2, "the stored bookkeeping comes along");
+}
+
+#[test]
+fn a_failed_read_ahead_retries_its_jobs_later() {
+    let mut q = queue(&[job(1), job(2)]);
+    q.read_back("s", vec![job(1)], Err(StoreError::Closed), 1);
+    assert!(!q.cache.contains(&job(1)) && !q.cache.contains(&job(2)));
+    let due: Vec<(i64, bool)> = q.jobs.iter().map(|j| (j.job_id, j.due_at > now_ms())).collect();
+    assert_eq!(due, [(2, false), (1, true)], "job 1 waits; job 2 was not part of the read");
+}
