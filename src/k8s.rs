@@ -1,11 +1,14 @@
 //! Small Kubernetes helpers the controllers and writers share: waiting for a watch cache, the
-//! server-side-apply status write, and the identity Kubernetes Events are reported under.
+//! server-side-apply status write, the identity Kubernetes Events are reported under, and the
+//! per-object backoff after failed reconciliations.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -52,5 +55,56 @@ pub fn reporter() -> Reporter {
     Reporter {
         controller: "hookline".into(),
         instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
+    }
+}
+
+/// Per-object backoff after failed reconciliations: 1 s, 2 s, 4 s, … up to 256 s, and back to 1 s
+/// once the object reconciles cleanly.
+pub struct FailureBackoff<K: Resource<DynamicType = ()>> {
+    failures: Mutex<HashMap<ObjectRef<K>, u32>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for FailureBackoff<K> {
+    fn default() -> Self {
+        Self { failures: Mutex::default() }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> FailureBackoff<K> {
+    /// Longest wait between two attempts.
+    pub const MAX: Duration = Duration::from_secs(256);
+
+    /// Count one more failure of `key`; returns how long to wait before the next attempt.
+    pub fn failed(&self, key: ObjectRef<K>) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8))
+    }
+
+    /// `key` reconciled cleanly: its next failure waits 1 s again.
+    pub fn succeeded(&self, key: &ObjectRef<K>) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::FailedEvent;
+
+    #[test]
+    fn failures_back_off_per_object_and_clear_on_success() {
+        let backoff = FailureBackoff::<FailedEvent>::default();
+        let (a, b) = (ObjectRef::new("a").within("ns"), ObjectRef::new("b").within("ns"));
+        let waits: Vec<u64> = (0..4).map(|_| backoff.failed(a.clone()).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8]);
+        assert_eq!(backoff.failed(b.clone()).as_secs(), 1, "another object starts at 1 s");
+        assert_eq!(
+            (0..20).map(|_| backoff.failed(a.clone())).last(),
+            Some(FailureBackoff::<FailedEvent>::MAX)
+        );
+        backoff.succeeded(&a);
+        assert_eq!(backoff.failed(a).as_secs(), 1);
     }
 }

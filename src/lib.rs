@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod registry;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod verify;

@@ -22,6 +22,7 @@ use hookline::outbound::clients::Clients;
 use hookline::outbound::secrets::SecretCache;
 use hookline::outbound::ssrf::Guard;
 use hookline::registry::{Readiness, Registry};
+use hookline::report::Chain;
 use hookline::server;
 use hookline::store::{SqliteStore, Store};
 use hookline::verify::Verifier;
@@ -254,6 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         dispatchers: dispatchers.clone(),
         limits,
+        backoff: Default::default(),
     });
     let (fev_cache, fev_controller) =
         deadletter::run_controller(fev_ctx, args.watch_namespace.clone(), shutdown.clone().cancelled_owned());
@@ -308,7 +310,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM");
+            warn!(error = %Chain(&e), "cannot listen for SIGTERM");
             return;
         }
     };

@@ -13,36 +13,45 @@ use std::path::{Path, PathBuf};
 /// Floor 1 first; each later row may name only rows above it.
 const PARTS: &[(&str, &[&str], &str)] = &[
     // Floor 1: values, no IO.
+    ("report", &[], "an error and its sources on one line; used by every part that reports errors"),
     ("event", &[], "CloudEvents and their wire formats; knows nothing of Kubernetes"),
     ("api", &["event"], "the CRD types; a FailedEvent holds an event within the event limits"),
     ("policy", &["api", "event"], "what a spec means: limits, retry schedule, matching, conditions"),
     // Floor 2: the resources everything above shares.
     ("metrics", &[], "a leaf: its labels are plain strings, so anything may count"),
-    ("store", &[], "the durable queue; knows its rows, not the CRDs"),
+    ("store", &["report"], "the durable queue; knows its rows, not the CRDs"),
     ("registry", &["api", "policy"], "the active subscriptions, parsed once, and readiness"),
-    ("k8s", &["api"], "small Kubernetes helpers: cache readiness, status apply, Event reporter"),
-    ("outbound", &["api", "event", "policy"], "guarded HTTP clients, Secret-held keys, the signed request"),
+    ("k8s", &["api"], "small Kubernetes helpers: cache readiness, status apply, Event reporter, backoff"),
+    (
+        "outbound",
+        &["report", "api", "event", "policy"],
+        "guarded HTTP clients, Secret-held keys, the signed request",
+    ),
     // Floor 3: the engines, side by side.
     (
         "delivery",
-        &["api", "event", "policy", "metrics", "store", "registry", "k8s", "outbound"],
+        &["report", "api", "event", "policy", "metrics", "store", "registry", "k8s", "outbound"],
         "dispatchers, attempts and delivery status",
     ),
-    ("verify", &["api", "event", "policy", "store", "outbound"], "the endpoint ownership handshakes"),
+    (
+        "verify",
+        &["report", "api", "event", "policy", "store", "outbound"],
+        "the endpoint ownership handshakes",
+    ),
     // Floor 4: the parts facing Kubernetes and publishers.
     (
         "controller",
-        &["api", "policy", "metrics", "store", "registry", "k8s", "outbound", "delivery", "verify"],
+        &["report", "api", "policy", "metrics", "store", "registry", "k8s", "outbound", "delivery", "verify"],
         "reconciles WebhookSubscriptions",
     ),
     (
         "deadletter",
-        &["api", "event", "policy", "metrics", "store", "registry", "k8s", "delivery"],
+        &["report", "api", "event", "policy", "metrics", "store", "registry", "k8s", "delivery"],
         "FailedEvents: creation, cap, TTL and replay",
     ),
     (
         "ingest",
-        &["api", "event", "policy", "metrics", "store", "registry", "delivery"],
+        &["report", "api", "event", "policy", "metrics", "store", "registry", "delivery"],
         "the publish and delivery-log HTTP API",
     ),
     ("server", &["metrics", "registry"], "the operations server: probes and metrics"),

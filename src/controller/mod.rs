@@ -7,7 +7,7 @@ pub mod signing;
 #[cfg(test)]
 mod mock_tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,10 +22,12 @@ use tracing::{info, warn};
 
 use crate::api::{WebhookSubscription, labels};
 use crate::delivery::Dispatchers;
+use crate::k8s::FailureBackoff;
 use crate::metrics::Metrics;
 pub use crate::policy::spec::Policy;
 use crate::registry::Readiness;
 use crate::registry::Registry;
+use crate::report::Chain;
 use crate::store::Store;
 use crate::verify::Verifier;
 pub use reconcile::reconcile;
@@ -37,19 +39,23 @@ pub const FINALIZER: &str = "hookline.dev/cleanup";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API call failed.
-    #[error("{action} failed: {source}")]
+    #[error("{action} failed")]
     Kube {
+        /// What was being done.
         action: &'static str,
+        /// What the API server (or the client) said.
         #[source]
         source: kube::Error,
     },
     /// The finalizer helper failed to add or remove the finalizer.
-    #[error("finalizer: {0}")]
+    #[error("finalizer")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// The delivery store failed.
-    #[error("{action} failed: {source}")]
+    #[error("{action} failed")]
     Store {
+        /// What was being done.
         action: &'static str,
+        /// What the store said.
         #[source]
         source: crate::store::StoreError,
     },
@@ -96,7 +102,7 @@ pub struct Context {
     pub dispatchers: Arc<Dispatchers>,
     /// Runs endpoint handshakes.
     pub verifier: Verifier,
-    failures: Mutex<HashMap<ObjectRef<WebhookSubscription>, u32>>,
+    backoff: FailureBackoff<WebhookSubscription>,
     reconciled: Mutex<HashSet<ObjectRef<WebhookSubscription>>>,
 }
 
@@ -121,17 +127,9 @@ impl Context {
             recorder,
             dispatchers,
             verifier,
-            failures: Mutex::default(),
+            backoff: FailureBackoff::default(),
             reconciled: Mutex::default(),
         }
-    }
-
-    /// Requeue delay after the n-th consecutive failure: 1s, 2s, 4s, … capped at 5 minutes.
-    fn failure_backoff(&self, key: ObjectRef<WebhookSubscription>) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
 
     /// Remember that a subscription was reconciled at least once (for readiness).
@@ -143,10 +141,6 @@ impl Context {
         let seen = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
         keys.iter().all(|k| seen.contains(k))
     }
-
-    fn clear_failures(&self, key: &ObjectRef<WebhookSubscription>) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
-    }
 }
 
 /// Decide what to do after a failed reconciliation: count it, log it, retry with backoff.
@@ -154,10 +148,10 @@ impl Context {
 /// Invalid specs never get here: they are a `Ready=False/InvalidSpec` condition, not an error.
 pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
-    let delay = ctx.failure_backoff(ObjectRef::from_obj(sub.as_ref()));
+    let delay = ctx.backoff.failed(ObjectRef::from_obj(sub.as_ref()));
     warn!(
         subscription = %ObjectRef::from_obj(sub.as_ref()),
-        error = %error,
+        error = %Chain(error),
         retry_in = ?delay,
         "reconcile failed"
     );
@@ -205,7 +199,7 @@ pub async fn run(
             let ctx = ctx.clone();
             async move {
                 if let Ok((obj, _)) = result {
-                    ctx.clear_failures(&obj);
+                    ctx.backoff.succeeded(&obj);
                 }
             }
         })

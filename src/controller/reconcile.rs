@@ -22,6 +22,7 @@ use crate::policy::conditions::{
 };
 use crate::policy::spec::parse;
 use crate::registry::ActiveSubscription;
+use crate::report::Chain;
 use crate::verify::Outcome;
 
 /// How often a healthy subscription is looked at even when nothing changed.
@@ -215,7 +216,7 @@ async fn publish_transition(sub: &WebhookSubscription, decision: &Decision, ctx:
 async fn publish(ctx: &Context, sub: &WebhookSubscription, event: Event) {
     // An Event is a courtesy to humans: failing to record one must not fail the reconcile.
     if let Err(e) = ctx.recorder.publish(&event, &sub.object_ref(&())).await {
-        warn!(subscription = %ObjectRef::from_obj(sub), error = %e, "could not record a Kubernetes Event");
+        warn!(subscription = %ObjectRef::from_obj(sub), error = %Chain(&e), "could not record a Kubernetes Event");
     }
 }
 
@@ -225,7 +226,7 @@ async fn send_requested_test_event(sub: &WebhookSubscription, ctx: &Context) -> 
     let Some(value) = sub.annotations().get(annotations::TEST_EVENT) else { return Ok(()) };
     let uid = sub.uid().unwrap_or_default();
     let digest = Sha256::digest(format!("{uid}/{value}").as_bytes());
-    let id = format!("test-{}", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>());
+    let id = format!("test-{}", hex::encode(&digest[..12]));
     let ns = sub.namespace().unwrap_or_default();
     let queued = ctx
         .dispatchers

@@ -7,52 +7,39 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store as Cache;
+use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::record::from_record;
-use super::{Limits, replay_key, subscription_ref};
+use super::{Error, Limits, ReplayKey, subscription_ref};
 use crate::api::{FIELD_MANAGER, FailedEvent, Reason, ReplayOutcome, annotations};
-use crate::delivery::Dispatchers;
-use crate::k8s::apply_status;
+use crate::delivery::{Dispatchers, to_store};
+use crate::k8s::{FailureBackoff, apply_status};
 use crate::metrics::Metrics;
 use crate::policy::conditions::Gate;
 use crate::registry::Registry;
-use crate::store::{NewEvent, Replay, Store, now_ms};
+use crate::report::Chain;
+use crate::store::{Replay, Store, now_ms};
 
 /// What the FailedEvent controller works with.
 pub struct FailedEventContext {
+    /// Kubernetes client.
     pub client: Client,
+    /// The active subscriptions, which replays go to.
     pub registry: Registry,
+    /// Where replayed events are queued.
     pub store: Arc<dyn Store>,
+    /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Hands a replay to its subscription's dispatcher.
     pub dispatchers: Arc<Dispatchers>,
+    /// The TTL FailedEvents are deleted after.
     pub limits: Limits,
-}
-
-/// Errors of one FailedEvent reconciliation.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{action} failed: {source}")]
-    Kube {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("queueing the replay failed: {0}")]
-    Store(#[source] crate::store::StoreError),
-}
-
-impl Error {
-    fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube { .. } => "kube_api",
-            Error::Store(_) => "store",
-        }
-    }
+    /// Per-FailedEvent backoff after failed reconciliations.
+    pub backoff: FailureBackoff<FailedEvent>,
 }
 
 /// Build the controller; returns its watch cache (for counting) and the future that runs it.
@@ -68,14 +55,12 @@ pub fn run(
     let controller =
         Controller::new(api, watcher::Config::default().any_semantic()).graceful_shutdown_on(shutdown);
     let cache = controller.store();
-    let metrics = ctx.metrics.clone();
     let fut = async move {
         controller
-            .run(reconcile, error_policy, ctx)
-            .for_each(|r| {
-                if let Err(e) = &r {
-                    metrics.reconcile_failed("failed_event");
-                    tracing::debug!(error = %e, "FailedEvent reconcile");
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| {
+                if let Ok((fev, _)) = result {
+                    ctx.backoff.succeeded(&fev);
                 }
                 async {}
             })
@@ -84,9 +69,12 @@ pub fn run(
     (cache, fut)
 }
 
-fn error_policy(fev: Arc<FailedEvent>, error: &Error, _ctx: Arc<FailedEventContext>) -> Action {
-    warn!(failed_event = %fev.name_any(), error = %error, label = error.metric_label(), "FailedEvent reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+/// Count a failed reconciliation and retry it with the FailedEvent's own backoff.
+fn error_policy(fev: Arc<FailedEvent>, error: &Error, ctx: Arc<FailedEventContext>) -> Action {
+    ctx.metrics.reconcile_failed(error.metric_label());
+    let delay = ctx.backoff.failed(ObjectRef::from_obj(fev.as_ref()));
+    warn!(failed_event = %fev.name_any(), error = %Chain(error), retry_in = ?delay, "FailedEvent reconcile failed");
+    Action::requeue(delay)
 }
 
 async fn reconcile(fev: Arc<FailedEvent>, ctx: Arc<FailedEventContext>) -> Result<Action, Error> {
@@ -128,40 +116,26 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
             ReplayOutcome::SubscriptionGone,
             "the subscription no longer exists (or is invalid); nothing was sent".to_string(),
         ),
-        Some(sub) => {
-            let event = from_record(&fev.spec.event).map_err(|e| Error::Kube {
-                action: "reading the recorded event",
-                source: kube::Error::Service(e.to_string().into()),
-            })?;
-            let now = now_ms();
-            let new = NewEvent {
-                namespace: fev.namespace().unwrap_or_default(),
-                source: event.source.clone(),
-                event_id: event.id.clone(),
-                event_type: event.type_.clone(),
-                body: event.to_json_bytes(),
-                targets: vec![sub.uid.clone()],
-                accepted_at: now,
-            };
-            let store = &ctx.store;
-            if let Some(job) =
-                store.replay(Replay { event: new, replay_of: replay_key(fev) }).await.map_err(Error::Store)?
-            {
-                ctx.dispatchers.notify(&sub.uid, job);
+        Some(sub) => match from_record(&fev.spec.event) {
+            // The request is taken, so retrying would not replay it: say why, once.
+            Err(e) => {
+                (ReplayOutcome::Failed, format!("the recorded event cannot be sent again: {}", Chain(&e)))
             }
-            match sub.gate {
-                Gate::Held(Reason::Suspended) => (
-                    ReplayOutcome::SubscriptionSuspended,
-                    "queued; the subscription is suspended, so it is delivered when it is resumed"
-                        .to_string(),
-                ),
-                Gate::Held(reason) => (
-                    ReplayOutcome::Pending,
-                    format!("queued; delivery is held ({}) and resumes when it clears", reason.as_str()),
-                ),
-                Gate::Open => (ReplayOutcome::Pending, "queued for redelivery".to_string()),
+            Ok(event) => {
+                let new = to_store(
+                    &fev.namespace().unwrap_or_default(),
+                    &event,
+                    event.to_json_bytes(),
+                    vec![sub.uid.clone()],
+                    now_ms(),
+                );
+                let replay = Replay { event: new, replay_of: ReplayKey::of(fev).to_string() };
+                if let Some(job) = ctx.store.replay(replay).await? {
+                    ctx.dispatchers.notify(&sub.uid, job);
+                }
+                queued(sub.gate)
             }
-        }
+        },
     };
     let status = json!({
         "replay": {"outcome": outcome, "time": jiff::Timestamp::now(), "attempts": 0, "message": message}
@@ -171,4 +145,19 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
         .map_err(|source| Error::Kube { action: "writing the replay status", source })?;
     info!(failed_event = %fev.name_any(), ?outcome, "replay requested");
     Ok(())
+}
+
+/// The replay status of an event queued again for a subscription behind `gate`.
+fn queued(gate: Gate) -> (ReplayOutcome, String) {
+    match gate {
+        Gate::Held(Reason::Suspended) => (
+            ReplayOutcome::SubscriptionSuspended,
+            "queued; the subscription is suspended, so it is delivered when it is resumed".to_string(),
+        ),
+        Gate::Held(reason) => (
+            ReplayOutcome::Pending,
+            format!("queued; delivery is held ({}) and resumes when it clears", reason.as_str()),
+        ),
+        Gate::Open => (ReplayOutcome::Pending, "queued for redelivery".to_string()),
+    }
 }

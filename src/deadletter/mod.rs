@@ -7,32 +7,21 @@
 
 mod controller;
 pub mod record;
+mod writer;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
 
-use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{ObjectRef, Store as Cache};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 
 pub use controller::{FailedEventContext, run as run_controller};
+pub use writer::Writer;
 
-use crate::api::{
-    FIELD_MANAGER, FailedEvent, FailedEventSpec, FailureRecord, ReplayOutcome, WebhookSubscription, labels,
-};
-use crate::delivery::status::StatusBoard;
-use crate::event::CloudEvent;
-use crate::k8s::apply_status;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::store::{QueuedDeadLetter, ReplayResult, Store};
-use record::{failed_event_name, label_value, to_record};
+use crate::api::{FailedEvent, WebhookSubscription};
+use crate::event::EventError;
+use crate::store::StoreError;
 
 /// Bounds on FailedEvents.
 #[derive(Clone, Copy, Debug)]
@@ -43,245 +32,94 @@ pub struct Limits {
     pub ttl: Duration,
 }
 
-/// Turns the store's dead-letter and replay outboxes into FailedEvent changes.
-pub struct Writer {
-    pub client: Client,
-    pub registry: Registry,
-    pub store: Arc<dyn Store>,
-    pub metrics: Arc<Metrics>,
-    /// Where the dead-letter counts and drops are reported with the delivery status.
-    pub board: StatusBoard,
-    /// Woken when a dead letter is queued.
-    pub dead_letters_waiting: Arc<Notify>,
-    pub cache: Cache<FailedEvent>,
-    pub limits: Limits,
-    pub recorder: kube::runtime::events::Recorder,
+/// Why a dead letter, a replay request or a replay result could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action} failed")]
+    Kube {
+        /// What was being done.
+        action: &'static str,
+        /// What the API server (or the client) said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The store failed.
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    /// The event kept with a dead letter does not parse (the store was damaged).
+    #[error("the stored event is unreadable")]
+    UnreadableEvent(#[source] EventError),
+    /// The failure record kept with a dead letter does not parse (the store was damaged).
+    #[error("the stored failure record is unreadable")]
+    UnreadableFailure(#[source] serde_json::Error),
+    /// A replay result names its FailedEvent with a key that is not `namespace/name/uid`.
+    #[error("{0:?} is not a replay key (namespace/name/uid)")]
+    ReplayKey(String),
 }
 
-/// How long a FailedEvent this writer created is counted before the watch cache shows it. The
-/// watch lags by milliseconds to seconds; one created and deleted before the cache saw it counts
-/// against the cap until then, which drops rather than exceeds.
-const UNSEEN_FOR: Duration = Duration::from_secs(60);
-
-/// FailedEvents this writer created that the watch cache may not show yet, by subscription UID.
-/// Counting only the cache let a burst of dead letters, written in several drains, pass the cap.
-#[derive(Default)]
-struct Unseen(Vec<(String, ObjectRef<FailedEvent>, Instant)>);
-
-impl Unseen {
-    fn created(&mut self, sub_uid: &str, fev: ObjectRef<FailedEvent>) {
-        self.0.push((sub_uid.to_string(), fev, Instant::now()));
+impl Error {
+    /// A stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "failed_event_kube_api",
+            Error::Store(_) => "failed_event_store",
+            Error::UnreadableEvent(_) | Error::UnreadableFailure(_) => "failed_event_unreadable",
+            Error::ReplayKey(_) => "failed_event_replay_key",
+        }
     }
 
-    /// How many FailedEvents each subscription (by UID) owns: the watch cache's, and those created
-    /// here that it does not show yet. Entries the cache shows, or too old to matter, are dropped.
-    fn counts(&mut self, cache: &Cache<FailedEvent>) -> HashMap<String, u64> {
-        let mut counts = HashMap::new();
-        for fev in cache.state() {
-            for owner in fev.owner_references() {
-                if owner.kind == "WebhookSubscription" {
-                    *counts.entry(owner.uid.clone()).or_insert(0) += 1;
-                }
-            }
-        }
-        self.0.retain(|(uid, fev, at)| {
-            let unseen = at.elapsed() < UNSEEN_FOR && cache.get(fev).is_none();
-            if unseen {
-                *counts.entry(uid.clone()).or_insert(0) += 1;
-            }
-            unseen
-        });
-        counts
+    /// Whether trying again can help: damaged data stays damaged.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::UnreadableEvent(_) | Error::UnreadableFailure(_) | Error::ReplayKey(_))
+    }
+
+    fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
     }
 }
 
-impl Writer {
-    /// Work the outboxes whenever a dead letter is queued, and every few seconds, until `stop`.
-    pub async fn run(self, stop: CancellationToken) {
-        // Counting against the cap needs the existing FailedEvents first.
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            ready = crate::k8s::cache_ready(&self.cache) => if !ready { return },
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        let mut unseen = Unseen::default();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.dead_letters_waiting.notified() => {}
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.drain_dead_letters(&mut unseen).await {
-                warn!(error = %e, "turning dead letters into FailedEvents; will retry");
-            }
-            if let Err(e) = self.drain_replays().await {
-                warn!(error = %e, "applying replay results; will retry");
-            }
-            let counts = unseen.counts(&self.cache);
-            for sub in self.registry.all() {
-                let n = counts.get(&sub.uid).copied().unwrap_or(0);
-                self.board.dead_letters(
-                    &sub.uid,
-                    sub.key.namespace.as_deref().unwrap_or_default(),
-                    &sub.key.name,
-                    n,
-                );
-            }
-        }
-    }
+/// The key a replay job carries to find its FailedEvent again: the UID tells a FailedEvent
+/// deleted and re-created under the same name from the one replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayKey {
+    /// The FailedEvent's namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID.
+    pub uid: String,
+}
 
-    async fn drain_dead_letters(&self, unseen: &mut Unseen) -> Result<(), crate::store::StoreError> {
-        let store = &self.store;
-        let letters = store.dead_letters(100).await?;
-        if letters.is_empty() {
-            return Ok(());
-        }
-        let mut counts = unseen.counts(&self.cache);
-        for letter in letters {
-            match self.create(&letter, &mut counts).await {
-                Ok(Some(created)) => {
-                    unseen.created(&letter.sub_uid, created);
-                    store.dead_letter_done(letter.job_id).await?
-                }
-                Ok(None) => store.dead_letter_done(letter.job_id).await?,
-                Err(e) => {
-                    warn!(subscription = %letter.letter.subscription, error = %e, "creating a FailedEvent; will retry")
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Create the FailedEvent for one dead letter, or drop it at the cap. Returns the FailedEvent
-    /// that now exists for it (created here, or before a crash), `None` when none does.
-    async fn create(
-        &self,
-        letter: &QueuedDeadLetter,
-        counts: &mut HashMap<String, u64>,
-    ) -> Result<Option<ObjectRef<FailedEvent>>, kube::Error> {
-        let ns = &letter.letter.namespace;
-        let name = &letter.letter.subscription;
-        let subs: Api<WebhookSubscription> = Api::namespaced(self.client.clone(), ns);
-        let Some(sub) =
-            subs.get_opt(name).await?.filter(|s| s.uid().as_deref() == Some(letter.sub_uid.as_str()))
-        else {
-            // The subscription is gone: its FailedEvents would be garbage-collected anyway.
-            debug!(subscription = %name, "dropping a dead letter of a deleted subscription");
-            self.metrics.dead_lettered("orphaned");
-            return Ok(None);
-        };
-        let count = counts.entry(letter.sub_uid.clone()).or_insert(0);
-        if *count >= self.limits.cap {
-            self.board.dead_letter_dropped(&letter.sub_uid, ns, name);
-            self.metrics.dead_lettered("capped");
-            let note = format!(
-                "{} FailedEvents exist (the cap): an undeliverable event was dropped; delete or replay FailedEvents",
-                self.limits.cap
-            );
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "DeadLetterDropped".into(),
-                note: Some(note),
-                action: "DeadLetter".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&event, &sub.object_ref(&())).await {
-                warn!(subscription = %name, error = %e, "could not record a Kubernetes Event");
-            }
-            return Ok(None);
-        }
-        let event = serde_json::from_slice(&letter.event)
-            .ok()
-            .and_then(|v| CloudEvent::from_json_value(v, "").ok())
-            .ok_or_else(|| kube::Error::Service("stored event unreadable".into()))?;
-        let failure: FailureRecord = serde_json::from_str(&letter.letter.failure)
-            .map_err(|e| kube::Error::Service(format!("stored failure record unreadable: {e}").into()))?;
-        let fev_name = failed_event_name(name, &letter.sub_uid, &event.source, &event.id);
-        let fev = FailedEvent {
-            metadata: ObjectMeta {
-                name: Some(fev_name.clone()),
-                namespace: Some(ns.clone()),
-                owner_references: sub.controller_owner_ref(&()).map(|owner| vec![owner]),
-                labels: Some(
-                    [
-                        (labels::MANAGED_BY.to_string(), labels::MANAGED_BY_VALUE.to_string()),
-                        (labels::SUBSCRIPTION.to_string(), label_value(name)),
-                        (labels::EVENT_TYPE.to_string(), label_value(&event.type_)),
-                    ]
-                    .into(),
-                ),
-                ..ObjectMeta::default()
-            },
-            spec: FailedEventSpec { subscription: name.clone(), event: to_record(&event), failure },
-            status: None,
-        };
-        let api: Api<FailedEvent> = Api::namespaced(self.client.clone(), ns);
-        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-        match api.create(&params, &fev).await {
-            Ok(_) => {
-                *count += 1;
-                self.metrics.dead_lettered("created");
-                info!(subscription = %name, failed_event = %fev_name, "FailedEvent created");
-                Ok(Some(ObjectRef::new(&fev_name).within(ns)))
-            }
-            // Created before a crash: the same name means the same event; nothing to do.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(ObjectRef::new(&fev_name).within(ns))),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn drain_replays(&self) -> Result<(), crate::store::StoreError> {
-        let store = &self.store;
-        for result in store.replay_results(100).await? {
-            match self.apply_replay(&result).await {
-                Ok(()) => store.replay_result_done(result.job_id).await?,
-                Err(e) => {
-                    warn!(failed_event = %result.replay_of, error = %e, "applying a replay result; will retry")
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn apply_replay(&self, result: &ReplayResult) -> Result<(), kube::Error> {
-        let mut parts = result.replay_of.splitn(3, '/');
-        let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
-            return Ok(());
-        };
-        let api: Api<FailedEvent> = Api::namespaced(self.client.clone(), ns);
-        let outcome = if result.delivered {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
-                ..DeleteParams::default()
-            };
-            api.delete(name, &params).await.map(|_| ())
-        } else {
-            let status = json!({
-                "replay": {
-                    "outcome": ReplayOutcome::Failed,
-                    "time": jiff::Timestamp::from_millisecond(result.at).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-                    "attempts": result.attempts,
-                    "lastStatusCode": result.status,
-                    "message": result.error.clone().unwrap_or_else(|| "the replay failed again".into()),
-                }
-            });
-            apply_status(&api, name, FIELD_MANAGER, status).await.map(|_| ())
-        };
-        match outcome {
-            Ok(()) => {
-                info!(failed_event = %name, delivered = result.delivered, "replay finished");
-                Ok(())
-            }
-            // Deleted meanwhile (or re-created under the same name): nothing left to update.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-            Err(e) => Err(e),
+impl ReplayKey {
+    /// The key of `fev`.
+    pub fn of(fev: &FailedEvent) -> Self {
+        ReplayKey {
+            namespace: fev.namespace().unwrap_or_default(),
+            name: fev.name_any(),
+            uid: fev.uid().unwrap_or_default(),
         }
     }
 }
 
-/// The key a replay job carries to find its FailedEvent again.
-pub fn replay_key(fev: &FailedEvent) -> String {
-    format!("{}/{}/{}", fev.namespace().unwrap_or_default(), fev.name_any(), fev.uid().unwrap_or_default())
+impl fmt::Display for ReplayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.name, self.uid)
+    }
+}
+
+impl FromStr for ReplayKey {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        // Namespaces, names and UIDs never hold a `/`.
+        match s.split('/').collect::<Vec<_>>()[..] {
+            [namespace, name, uid] if !namespace.is_empty() && !name.is_empty() && !uid.is_empty() => {
+                Ok(ReplayKey { namespace: namespace.into(), name: name.into(), uid: uid.into() })
+            }
+            _ => Err(Error::ReplayKey(s.to_string())),
+        }
+    }
 }
 
 /// The subscription a FailedEvent belongs to.
@@ -291,36 +129,14 @@ pub fn subscription_ref(fev: &FailedEvent) -> ObjectRef<WebhookSubscription> {
 
 #[cfg(test)]
 mod tests {
-    use kube::runtime::watcher;
-
     use super::*;
 
-    fn failed_event(name: &str, sub_uid: &str) -> FailedEvent {
-        serde_json::from_value(json!({
-            "apiVersion": "hookline.dev/v1alpha1", "kind": "FailedEvent",
-            "metadata": {"name": name, "namespace": "ns", "ownerReferences": [
-                {"apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "name": "s", "uid": sub_uid}
-            ]},
-            "spec": {
-                "subscription": "s",
-                "event": {"specversion": "1.0", "id": name, "source": "/t", "type": "t"},
-                "failure": {"reason": "MaxAttemptsExceeded", "attempts": 1}
-            }
-        }))
-        .expect("a FailedEvent")
-    }
-
     #[test]
-    fn a_created_failed_event_counts_once_before_and_after_the_cache_shows_it() {
-        let (cache, mut writer) = kube::runtime::reflector::store::<FailedEvent>();
-        let mut unseen = Unseen::default();
-        writer.apply_watcher_event(&watcher::Event::Apply(failed_event("a", "u1")));
-        unseen.created("u1", ObjectRef::new("b").within("ns"));
-        assert_eq!(unseen.counts(&cache).get("u1"), Some(&2), "the cache's one and the unseen one");
-
-        writer.apply_watcher_event(&watcher::Event::Apply(failed_event("b", "u1")));
-        assert_eq!(unseen.counts(&cache).get("u1"), Some(&2), "seen now: counted once");
-        writer.apply_watcher_event(&watcher::Event::Delete(failed_event("b", "u1")));
-        assert_eq!(unseen.counts(&cache).get("u1"), Some(&1), "deleted after it was seen");
+    fn replay_keys_round_trip_and_malformed_ones_are_refused() {
+        let key = ReplayKey { namespace: "shop".into(), name: "orders-1a2b".into(), uid: "u-1".into() };
+        assert_eq!(key.to_string().parse::<ReplayKey>().expect("parses"), key);
+        for bad in ["", "shop/orders", "shop//u-1", "a/b/c/d"] {
+            assert!(matches!(bad.parse::<ReplayKey>(), Err(Error::ReplayKey(_))), "{bad:?}");
+        }
     }
 }

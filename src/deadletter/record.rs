@@ -12,7 +12,7 @@ use crate::event::{CloudEvent, EventError, ExtValue};
 /// crash) finds the first one instead of making a duplicate.
 pub fn failed_event_name(subscription: &str, sub_uid: &str, source: &str, id: &str) -> String {
     let digest = Sha256::digest(format!("{sub_uid}\n{source}\n{id}").as_bytes());
-    let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hash = hex::encode(&digest[..6]);
     let prefix: String = subscription.chars().take(200).collect();
     format!("{}-{hash}", prefix.trim_end_matches(['-', '.']))
 }

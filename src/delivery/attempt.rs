@@ -13,9 +13,10 @@ use super::Shared;
 use super::sender::{Target, send};
 use super::status::AttemptReport;
 use crate::api::{FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
-use crate::event::CloudEvent;
+use crate::event::{CloudEvent, EventError};
 use crate::policy::retry::{Answer, Next, next};
 use crate::registry::ActiveSubscription;
+use crate::report::Chain;
 use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, StoreError, now_ms};
 
 /// What the dispatcher hears back from the tasks it spawned: what to do with a job after its
@@ -42,7 +43,7 @@ pub struct Loaded {
     pub attempts: u32,
     pub first_attempt_at: Option<Millis>,
     /// The parsed event, or why the stored event could not be parsed.
-    pub event: Result<Arc<CloudEvent>, String>,
+    pub event: Result<Arc<CloudEvent>, EventError>,
 }
 
 impl From<Job> for Loaded {
@@ -51,7 +52,7 @@ impl From<Job> for Loaded {
             job_id: job.job_id,
             attempts: job.attempts,
             first_attempt_at: job.first_attempt_at,
-            event: parse_stored(&job.event).map(Arc::new),
+            event: CloudEvent::from_structured(&job.event).map(Arc::new),
         }
     }
 }
@@ -88,11 +89,6 @@ impl JobState {
     }
 }
 
-/// Parse an event as the store keeps it (the CloudEvents JSON format).
-fn parse_stored(body: &[u8]) -> Result<CloudEvent, String> {
-    CloudEvent::from_structured(body).map_err(|e| e.to_string())
-}
-
 /// Attempt `job` for `sub` and report back on `done`: first [`Finished::SlotFree`] when the
 /// concurrency slot is free, then the outcome once it is recorded.
 pub async fn attempt(
@@ -120,13 +116,13 @@ pub async fn unreadable(
     shared: Arc<Shared>,
     sub: Arc<ActiveSubscription>,
     job: JobState,
-    error: String,
+    error: EventError,
     done: mpsc::UnboundedSender<Finished>,
 ) {
     warn!(subscription = %sub.key.name, job = job.job.job_id, error = %error, "stored event unreadable; dropping");
     let _ = done.send(Finished::SlotFree);
     let outcome = Answer::NoAnswer(format!("stored event unreadable: {error}"));
-    let next = Next::GiveUp(FailureReason::NonRetryableResponse);
+    let next = Next::Drop;
     let _ = done.send(finish(&shared, &sub, &job, None, outcome, next, None).await);
 }
 
@@ -176,7 +172,7 @@ async fn run(
     let keys = match shared.secrets.signing_keys(ns, &sub.signing_secret).await {
         Ok(keys) => keys,
         Err(e) => {
-            warn!(subscription = %sub.key.name, error = %e, "no signing key; delivery waits");
+            warn!(subscription = %sub.key.name, error = %Chain(&e), "no signing key; delivery waits");
             return requeue_in(job.job, LOCAL_RETRY);
         }
     };
@@ -190,7 +186,7 @@ async fn run(
         match shared.secrets.headers(ns, &from.secret_ref.name).await {
             Ok(h) => headers.extend(h),
             Err(e) => {
-                warn!(subscription = %sub.key.name, error = %e, "secret headers unavailable; delivery waits");
+                warn!(subscription = %sub.key.name, error = %Chain(&e), "secret headers unavailable; delivery waits");
                 return requeue_in(job.job, LOCAL_RETRY);
             }
         }
@@ -198,7 +194,7 @@ async fn run(
     let http = match shared.clients.for_endpoint(ns, &sub.spec.endpoint).await {
         Ok(http) => http,
         Err(e) => {
-            warn!(subscription = %sub.key.name, error = %e, "no HTTP client for the endpoint; delivery waits");
+            warn!(subscription = %sub.key.name, error = %Chain(&e), "no HTTP client for the endpoint; delivery waits");
             return requeue_in(job.job, LOCAL_RETRY);
         }
     };
@@ -244,6 +240,7 @@ async fn finish(
         Next::Gone => {
             give_up(sub, job, FailureReason::EndpointGone, attempt_no, status_code, error.clone(), now)
         }
+        Next::Drop => JobUpdate::Dropped,
     };
     let record = Attempt {
         job_id: job.job.job_id,
@@ -260,7 +257,7 @@ async fn finish(
     };
     if let Err(e) = shared.store.record(record).await {
         // Not recorded means not done: the job stays queued and is attempted again (at-least-once).
-        warn!(subscription = %sub.key.name, error = %e, "recording an attempt failed; the event will be retried");
+        warn!(subscription = %sub.key.name, error = %Chain(&e), "recording an attempt failed; the event will be retried");
         return requeue_in(job.job, LOCAL_RETRY);
     }
     let gave_up = matches!(update, JobUpdate::DeadLetter(_) | JobUpdate::Dropped);
@@ -354,7 +351,7 @@ pub async fn expire(
     {
         Ok(found) => found.into_iter().map(|j| (j.job_id, j)).collect(),
         Err(e) => {
-            warn!(subscription = %sub.key.name, error = %e, jobs = jobs.len(), "reading expired jobs; will retry");
+            warn!(subscription = %sub.key.name, error = %Chain(&e), jobs = jobs.len(), "reading expired jobs; will retry");
             for job in jobs {
                 let _ = done.send(requeue_in(job, LOCAL_RETRY));
             }

@@ -14,6 +14,7 @@ use super::attempt::{Finished, attempt, expire, read_ahead, unreadable};
 use super::queue::{Queue, Start};
 use super::{NewJob, Shared};
 use crate::registry::ActiveSubscription;
+use crate::report::Chain;
 use crate::store::{Millis, now_ms};
 
 /// A subscription's dispatcher; see the module docs.
@@ -95,7 +96,7 @@ impl Dispatcher {
                     return Some(Queue::new(jobs, self.shared.budget.account(), Instant::now()));
                 }
                 Err(e) => {
-                    warn!(subscription = %name, error = %e, "loading queued jobs; retrying");
+                    warn!(subscription = %name, error = %Chain(&e), "loading queued jobs; retrying");
                     tokio::select! {
                         _ = self.stop.cancelled() => return None,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -21,14 +21,12 @@ use crate::metrics::Metrics;
 use crate::outbound::clients::Clients;
 use crate::outbound::secrets::SecretCache;
 use crate::registry::{ActiveSubscription, Registry};
-use crate::store::{Accepted, JobRef, NewEvent, Store, StoreError, now_ms};
+use crate::store::{Accepted, JobRef, Millis, NewEvent, Store, StoreError, now_ms};
 use dispatcher::Dispatcher;
 use status::StatusBoard;
 
 /// The `type` of test events.
 pub const TEST_EVENT_TYPE: &str = "dev.hookline.test";
-/// The `source` of test events.
-pub const TEST_EVENT_SOURCE: &str = "/hookline";
 
 /// What every dispatcher shares; private to delivery, each field handed in by [`Dispatchers::new`].
 struct Shared {
@@ -41,6 +39,26 @@ struct Shared {
     budget: Arc<budget::EventBudget>,
     /// Woken when a dead letter is queued for the FailedEvent writer.
     dead_letters_waiting: Arc<Notify>,
+}
+
+/// What the store keeps of `event` published in `namespace`: its stored form (`body`, the JSON
+/// format) and the subscriptions (by UID) it is to be delivered to.
+pub fn to_store(
+    namespace: &str,
+    event: &CloudEvent,
+    body: Vec<u8>,
+    targets: Vec<String>,
+    accepted_at: Millis,
+) -> NewEvent {
+    NewEvent {
+        namespace: namespace.to_string(),
+        source: event.source.clone(),
+        event_id: event.id.clone(),
+        event_type: event.type_.clone(),
+        body,
+        targets,
+        accepted_at,
+    }
 }
 
 /// A job handed to a dispatcher, with the event when the caller has it at hand (fresh jobs), so
@@ -117,19 +135,12 @@ impl Dispatchers {
         let mut parsed = Vec::with_capacity(events.len());
         let mut new = Vec::with_capacity(events.len());
         for Incoming { event: ev, json } in events {
-            new.push(NewEvent {
-                namespace: namespace.to_string(),
-                source: ev.source.clone(),
-                event_id: ev.id.clone(),
-                event_type: ev.type_.clone(),
-                body: json,
-                targets: subs
-                    .iter()
-                    .filter(|s| crate::policy::matching::wants(&s.spec, &ev))
-                    .map(|s| s.uid.clone())
-                    .collect(),
-                accepted_at,
-            });
+            let targets = subs
+                .iter()
+                .filter(|s| crate::policy::matching::wants(&s.spec, &ev))
+                .map(|s| s.uid.clone())
+                .collect();
+            new.push(to_store(namespace, &ev, json, targets, accepted_at));
             parsed.push(ev);
         }
         let accepted: Vec<Accepted> = self.shared.store.accept(new).await?;
@@ -160,30 +171,11 @@ impl Dispatchers {
         uid: &str,
         id: &str,
     ) -> Result<usize, StoreError> {
-        let event = CloudEvent {
-            id: id.to_string(),
-            source: TEST_EVENT_SOURCE.to_string(),
-            type_: TEST_EVENT_TYPE.to_string(),
-            subject: Some(format!("webhooksubscriptions/{namespace}/{name}")),
-            time: Some(jiff::Timestamp::now().to_string()),
-            datacontenttype: Some("application/json".into()),
-            dataschema: None,
-            extensions: Default::default(),
-            data: Some(bytes::Bytes::from(
-                serde_json::json!({"message": "A test event sent by Hookline", "subscription": name})
-                    .to_string(),
-            )),
-        };
+        let data = serde_json::json!({"message": "A test event sent by Hookline", "subscription": name});
+        let event = CloudEvent::from_hookline(id.to_string(), TEST_EVENT_TYPE, namespace, name, &data);
         let accepted_at = now_ms();
-        let new = NewEvent {
-            namespace: namespace.to_string(),
-            source: event.source.clone(),
-            event_id: event.id.clone(),
-            event_type: event.type_.clone(),
-            body: event.to_json_bytes(),
-            targets: vec![uid.to_string()],
-            accepted_at,
-        };
+        let body = event.to_json_bytes();
+        let new = to_store(namespace, &event, body, vec![uid.to_string()], accepted_at);
         let accepted = self.shared.store.accept(vec![new]).await?;
         let jobs = accepted.into_iter().flat_map(|a| a.jobs).collect::<Vec<_>>();
         for (uid, job_id) in &jobs {

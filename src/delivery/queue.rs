@@ -13,9 +13,10 @@ use super::NewJob;
 use super::attempt::{Finished, JobState, LOCAL_RETRY, Loaded};
 use super::budget::Account;
 use super::cache::{Cache, Cached, READ_AHEAD};
-use crate::event::CloudEvent;
+use crate::event::{CloudEvent, EventError};
 use crate::policy::conditions::Gate;
 use crate::registry::ActiveSubscription;
+use crate::report::Chain;
 use crate::store::{JobRef, Millis};
 
 /// Spaces sends at least `1/rate` apart.
@@ -56,7 +57,7 @@ pub(super) enum Start {
     /// Send it.
     Attempt(JobState, Arc<CloudEvent>),
     /// Give it up: its stored event does not parse.
-    Unreadable(JobState, String),
+    Unreadable(JobState, EventError),
 }
 
 /// What the dispatcher does next, as [`Queue::plan`] decided it.
@@ -243,7 +244,7 @@ impl Queue {
         let found = match found {
             Ok(found) => found,
             Err(e) => {
-                warn!(subscription = %name, error = %e, jobs = asked.len(), "reading jobs; will retry");
+                warn!(subscription = %name, error = %Chain(&e), jobs = asked.len(), "reading jobs; will retry");
                 let later = crate::store::now_ms() + LOCAL_RETRY.as_millis() as Millis;
                 for job in asked {
                     if self.jobs.remove(&job) {

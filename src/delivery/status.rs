@@ -19,6 +19,7 @@ use crate::api::{
 };
 use crate::k8s::status_envelope;
 use crate::metrics::Metrics;
+use crate::report::Chain;
 
 /// The field manager of delivery results in status.
 pub const DELIVERY_FIELD_MANAGER: &str = "hookline-delivery";
@@ -274,7 +275,7 @@ pub async fn run_writer(
                     }
                     Ok(None) => continue,
                     Err(e) => {
-                        warn!(subscription = %tracker.name, error = %e, "reading status before the first write");
+                        warn!(subscription = %tracker.name, error = %Chain(&e), "reading status before the first write");
                         board.mark_dirty(&uid);
                         continue;
                     }
@@ -290,7 +291,7 @@ pub async fn run_writer(
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => board.remove(&uid),
                 Err(e) => {
-                    warn!(subscription = %tracker.name, error = %e, "writing delivery status; will retry");
+                    warn!(subscription = %tracker.name, error = %Chain(&e), "writing delivery status; will retry");
                     board.mark_dirty(&uid);
                 }
             }

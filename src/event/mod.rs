@@ -15,6 +15,8 @@ use serde_json::value::RawValue;
 pub const STRUCTURED: &str = "application/cloudevents+json";
 /// Media type of a batch of events.
 pub const BATCH: &str = "application/cloudevents-batch+json";
+/// The `source` of the events Hookline itself sends (test and validation events).
+pub const HOOKLINE_SOURCE: &str = "/hookline";
 
 /// An extension attribute value (CloudEvents types String, Integer, Boolean).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +208,22 @@ fn check_time(time: &Option<String>, at: &str, attribute: &str) -> Result<(), Ev
 }
 
 impl CloudEvent {
+    /// An event Hookline itself sends about the subscription `namespace/name`: sent now, with
+    /// JSON `data`.
+    pub fn from_hookline(id: String, type_: &str, namespace: &str, name: &str, data: &Value) -> Self {
+        CloudEvent {
+            id,
+            source: HOOKLINE_SOURCE.to_string(),
+            type_: type_.to_string(),
+            subject: Some(format!("webhooksubscriptions/{namespace}/{name}")),
+            time: Some(jiff::Timestamp::now().to_string()),
+            datacontenttype: Some("application/json".into()),
+            dataschema: None,
+            extensions: BTreeMap::new(),
+            data: Some(Bytes::from(data.to_string())),
+        }
+    }
+
     /// Parse a binary-mode request: attributes in `ce-*` headers, the body is the data.
     pub fn from_binary(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, EventError> {
         let header = |name: &str| -> Result<Option<String>, EventError> {

@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
 use super::ApiError;
+use crate::report::Chain;
 
 /// How long an allow or deny decision is reused.
 const CACHE_TTL: Duration = Duration::from_secs(10);
@@ -97,7 +98,7 @@ async fn review(client: &Client, token: &str, namespace: &str, action: Action) -
     let reviewed = Api::<TokenReview>::all(client.clone())
         .create(&PostParams::default(), &tr)
         .await
-        .map_err(|e| ApiError::unavailable(format!("TokenReview failed: {e}")))?;
+        .map_err(|e| ApiError::unavailable(format!("TokenReview failed: {}", Chain(&e))))?;
     let status = reviewed.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         return Err(ApiError::unauthorized("the bearer token is not valid (TokenReview rejected it)"));
@@ -123,7 +124,7 @@ async fn review(client: &Client, token: &str, namespace: &str, action: Action) -
     let reviewed = Api::<SubjectAccessReview>::all(client.clone())
         .create(&PostParams::default(), &sar)
         .await
-        .map_err(|e| ApiError::unavailable(format!("SubjectAccessReview failed: {e}")))?;
+        .map_err(|e| ApiError::unavailable(format!("SubjectAccessReview failed: {}", Chain(&e))))?;
     if reviewed.status.is_some_and(|s| s.allowed) {
         Ok(())
     } else {

@@ -30,6 +30,7 @@ use crate::event::{BATCH, CloudEvent, EventError, STRUCTURED};
 use crate::metrics::Metrics;
 use crate::registry::Readiness;
 use crate::registry::Registry;
+use crate::report::Chain;
 use crate::store::{Store, StoreError};
 use auth::{Action, Auth, PUBLISH, READ_LOG, SEND_TEST};
 
@@ -169,7 +170,7 @@ impl IngestState {
     async fn check_room(&self) -> Result<(), ApiError> {
         let min = self.config.min_free_disk;
         let free = self.store.free_bytes(min).await.map_err(|e| {
-            warn!(error = %e, "reading the store's free space failed");
+            warn!(error = %Chain(&e), "reading the store's free space failed");
             ApiError::unavailable("the event store is unavailable; nothing was accepted, retry later")
         })?;
         self.metrics.set_store_free_bytes(free);
@@ -219,7 +220,7 @@ impl IngestState {
                 Ok(())
             }
             Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("namespace {ns} not found"))),
-            Err(e) => Err(ApiError::unavailable(format!("checking namespace {ns}: {e}"))),
+            Err(e) => Err(ApiError::unavailable(format!("checking namespace {ns}: {}", Chain(&e)))),
         }
     }
 }
@@ -286,7 +287,7 @@ async fn publish(
             "the event store's disk is full; nothing was accepted, retry later (delivered events free space)",
         ),
         e => {
-            warn!(namespace = %ns, error = %e, "storing events failed");
+            warn!(namespace = %ns, error = %Chain(&e), "storing events failed");
             ApiError::unavailable("the event could not be stored; nothing was accepted, retry later")
         }
     })?;
@@ -312,7 +313,9 @@ async fn subscription_uid(state: &IngestState, ns: &str, name: &str) -> Result<S
         Ok(None) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, format!("webhooksubscription {ns}/{name} not found")))
         }
-        Err(e) => Err(ApiError::unavailable(format!("reading webhooksubscription {ns}/{name}: {e}"))),
+        Err(e) => {
+            Err(ApiError::unavailable(format!("reading webhooksubscription {ns}/{name}: {}", Chain(&e))))
+        }
     }
 }
 
@@ -342,7 +345,7 @@ async fn deliveries(
         .store
         .deliveries(&uid, limit, before)
         .await
-        .map_err(|e| ApiError::unavailable(format!("reading the delivery log: {e}")))?;
+        .map_err(|e| ApiError::unavailable(format!("reading the delivery log: {}", Chain(&e))))?;
     let next = (entries.len() as u32 == limit)
         .then(|| entries.last().map(|e| URL_SAFE_NO_PAD.encode(e.seq.to_string())))
         .flatten();
@@ -361,7 +364,7 @@ async fn test_event(
         .dispatchers
         .send_test(&ns, &name, &uid, &id)
         .await
-        .map_err(|e| ApiError::unavailable(format!("storing the test event: {e}")))?;
+        .map_err(|e| ApiError::unavailable(format!("storing the test event: {}", Chain(&e))))?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "matched": routed }))).into_response())
 }
 
@@ -372,6 +375,6 @@ async fn validate(State(state): State<IngestState>, Path(token): Path<String>) -
     match store.confirm_validation(&token, crate::store::now_ms()).await {
         Ok(Some(_)) => Ok(axum::Json(json!({"verified": true})).into_response()),
         Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown, used or expired validation URL")),
-        Err(e) => Err(ApiError::unavailable(format!("checking the validation URL: {e}"))),
+        Err(e) => Err(ApiError::unavailable(format!("checking the validation URL: {}", Chain(&e)))),
     }
 }

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use reqwest::Client;
 
-use super::ssrf::{Guard, GuardedResolver};
+use super::ssrf::{Guard, GuardError, GuardedResolver};
+use crate::report::Chain;
 
 /// At most this much of a response body is read; the rest is discarded with the connection.
 pub const MAX_RESPONSE_BYTES: usize = 4096;
 
 /// Errors building the shared HTTP client.
 #[derive(Debug, thiserror::Error)]
-#[error("building the HTTP client: {0}")]
+#[error("building the HTTP client")]
 pub struct ClientError(#[from] reqwest::Error);
 
 /// The shared, pooled HTTP client: keep-alive, never follows redirects, resolves only through the
@@ -58,7 +59,8 @@ pub async fn read_capped(resp: &mut reqwest::Response, timeout: Duration) -> Vec
     out
 }
 
-/// A short, secret-free description of a transport error.
+/// A short, secret-free description of a transport error: its kind and its deepest cause, or the
+/// SSRF guard's refusal with its reason when that is what stopped it.
 pub fn describe(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     if e.is_timeout() {
@@ -67,6 +69,10 @@ pub fn describe(e: &reqwest::Error) -> String {
     let mut source = e.source();
     let mut last = None;
     while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<GuardError>() {
+            last = Some(Chain(refused).to_string());
+            break;
+        }
         last = Some(s.to_string());
         source = s.source();
     }

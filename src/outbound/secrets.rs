@@ -11,6 +11,7 @@ use kube::{Api, Client};
 use tracing::warn;
 
 use super::signing::SigningKey;
+use crate::report::Chain;
 
 /// How long a Secret read is reused.
 const TTL: Duration = Duration::from_secs(5);
@@ -22,7 +23,7 @@ pub enum SecretError {
     NotFound(String),
     #[error("Secret {0} holds no signing secret (a value starting with whsec_)")]
     NoSigningKey(String),
-    #[error("reading Secret {name}: {source}")]
+    #[error("reading Secret {name}")]
     Kube {
         name: String,
         #[source]
@@ -67,7 +68,7 @@ impl SecretCache {
             Err(source) => match cached {
                 Some((_, data)) => {
                     // Try again after another TTL, not on every delivery meanwhile.
-                    warn!(namespace, secret = name, error = %source, "cannot re-read Secret; using the last value read");
+                    warn!(namespace, secret = name, error = %Chain(&source), "cannot re-read Secret; using the last value read");
                     self.put(key, data.clone());
                     return Ok(data);
                 }
@@ -129,7 +130,7 @@ fn signing_keys(data: &BTreeMap<String, Vec<u8>>, secret: &str) -> Vec<SigningKe
             match SigningKey::parse(text) {
                 Ok(key) => Some(key),
                 Err(e) => {
-                    warn!(secret, key = %k, error = %e, "ignoring an unusable signing secret");
+                    warn!(secret, key = %k, error = %Chain(&e), "ignoring an unusable signing secret");
                     None
                 }
             }

@@ -105,10 +105,10 @@ impl Guard {
         }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| GuardError::Resolve(format!("cannot resolve {host}: {e}")))?
+            .map_err(|source| GuardError::Resolve { host: host.to_string(), source })?
             .collect();
         if addrs.is_empty() {
-            return Err(GuardError::Resolve(format!("{host} has no addresses")));
+            return Err(GuardError::NoAddresses { host: host.to_string() });
         }
         self.check_all(&addrs)?;
         Ok(addrs)
@@ -116,12 +116,26 @@ impl Guard {
 }
 
 /// Why a destination cannot be reached.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("endpoint blocked: {0}")]
+    /// An address it resolves to is one Hookline never sends to.
+    #[error("endpoint blocked")]
     Blocked(#[from] Blocked),
-    #[error("{0}")]
-    Resolve(String),
+    /// The name could not be resolved.
+    #[error("cannot resolve {host}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// What the resolver said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolved to no address at all.
+    #[error("{host} has no addresses")]
+    NoAddresses {
+        /// The host name.
+        host: String,
+    },
 }
 
 /// The HTTP client's resolver: it hands out only addresses the guard accepted.

@@ -40,6 +40,9 @@ pub enum Next {
     GiveUp(FailureReason),
     /// The endpoint is gone (410): give up and disable the subscription.
     Gone,
+    /// Give up without a dead letter: nothing deliverable is left (the stored event does not
+    /// parse, so no FailedEvent could hold it). [`next`] never answers this.
+    Drop,
 }
 
 /// Exponential backoff before attempt `attempt + 1`, capped at `max`, with ±20% jitter.
@@ -201,6 +204,7 @@ mod properties {
                 Next::Done => prop_assert!((200..300).contains(&code)),
                 Next::Gone => prop_assert_eq!(code, 410),
                 Next::GiveUp(_) => {}
+                Next::Drop => prop_assert!(false, "an answer never drops the event"),
             }
         }
     }

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Store, now_ms};
+use crate::report::Chain;
 
 /// Forget old delivery-log entries and finished events past the dedup window, every minute.
 pub async fn prune(store: Arc<dyn Store>, retention: Duration, dedup: Duration, stop: CancellationToken) {
@@ -26,7 +27,7 @@ pub async fn prune(store: Arc<dyn Store>, retention: Duration, dedup: Duration, 
                 Ok(n) if n >= u64::from(ROUND) && !stop.is_cancelled() => continue,
                 Ok(_) => break,
                 Err(e) => {
-                    warn!(error = %e, "pruning the store");
+                    warn!(error = %Chain(&e), "pruning the store");
                     break;
                 }
             }

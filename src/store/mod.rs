@@ -23,18 +23,24 @@ pub fn now_ms() -> Millis {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite failed.
-    #[error("database: {0}")]
+    #[error("database")]
     Sqlite(#[source] rusqlite::Error),
     /// The store's disk is full: nothing was written.
     #[error("the store's disk is full")]
     Full,
-    /// The shared transaction a request was part of failed to commit.
-    #[error("commit failed: {0}")]
-    Commit(String),
+    /// The shared transaction a request was part of failed to commit (one error, shared by every
+    /// request of the transaction).
+    #[error("commit failed")]
+    Commit(#[source] std::sync::Arc<rusqlite::Error>),
+    /// The writer answered a request it had not run (a bug).
+    #[error("the store answered a request it had not run")]
+    NotRun,
     /// Opening the data directory failed.
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     DataDir {
+        /// The data directory, or the file in it.
         path: String,
+        /// What the file system said.
         #[source]
         source: std::io::Error,
     },
@@ -47,7 +53,7 @@ impl StoreError {
     /// A stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            StoreError::Sqlite(_) | StoreError::Commit(_) => "sqlite",
+            StoreError::Sqlite(_) | StoreError::Commit(_) | StoreError::NotRun => "sqlite",
             StoreError::Full => "full",
             StoreError::DataDir { .. } => "data_dir",
             StoreError::Closed => "closed",

@@ -46,7 +46,7 @@ trait Write: Send {
     /// The work ran but its savepoint could not be released: the request failed.
     fn fail(&mut self, e: rusqlite::Error);
     /// Answer with the last run's result, or with the error of the shared commit.
-    fn answer(self: Box<Self>, commit_error: Option<&rusqlite::Error>);
+    fn answer(self: Box<Self>, commit_error: Option<&Arc<rusqlite::Error>>);
 }
 
 struct Request<T, F> {
@@ -81,14 +81,14 @@ where
         self.result = Some(Err(e));
     }
 
-    fn answer(self: Box<Self>, commit_error: Option<&rusqlite::Error>) {
+    fn answer(self: Box<Self>, commit_error: Option<&Arc<rusqlite::Error>>) {
         let answer = match (self.result, commit_error) {
             (Some(Err(e)), _) => Err(StoreError::from(e)),
             (_, Some(e)) if super::is_full(e) => Err(StoreError::Full),
-            (_, Some(e)) => Err(StoreError::Commit(e.to_string())),
+            (_, Some(e)) => Err(StoreError::Commit(e.clone())),
             (Some(Ok(v)), None) => Ok(v),
             // Unreachable: a commit succeeds only after every request of its group ran.
-            (None, None) => Err(StoreError::Commit("the request did not run".into())),
+            (None, None) => Err(StoreError::NotRun),
         };
         let _ = self.reply.send(answer);
     }
@@ -201,7 +201,7 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Writes>) {
                 Err(_) => break,
             }
         }
-        let commit = write_group(&mut conn, &mut group);
+        let commit = write_group(&mut conn, &mut group).map_err(Arc::new);
         for request in group {
             request.answer(commit.as_ref().err());
         }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method};
 use kube::ResourceExt;
 use rand::RngCore;
@@ -14,6 +13,7 @@ use crate::api::{ValidationMethod, WebhookSubscription};
 use crate::event::CloudEvent;
 use crate::outbound::http::{describe, read_capped};
 use crate::outbound::webhook::render;
+use crate::report::Chain;
 use crate::store::{Millis, Verification};
 
 /// How long one handshake request may take.
@@ -22,7 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(buf)
 }
 
 /// Run one handshake attempt and return the updated record.
@@ -64,21 +64,9 @@ async fn event(
     if let Some(u) = &validation_url {
         data["validationUrl"] = u.clone().into();
     }
-    let event = CloudEvent {
-        id: format!("validation-{}", random_hex(8)),
-        source: "/hookline".into(),
-        type_: VALIDATION_EVENT_TYPE.into(),
-        subject: Some(format!(
-            "webhooksubscriptions/{}/{}",
-            sub.namespace().unwrap_or_default(),
-            sub.name_any()
-        )),
-        time: Some(jiff::Timestamp::now().to_string()),
-        datacontenttype: Some("application/json".into()),
-        dataschema: None,
-        extensions: Default::default(),
-        data: Some(Bytes::from(data.to_string())),
-    };
+    let id = format!("validation-{}", random_hex(8));
+    let namespace = sub.namespace().unwrap_or_default();
+    let event = CloudEvent::from_hookline(id, VALIDATION_EVENT_TYPE, &namespace, &sub.name_any(), &data);
     let keys = match secret {
         Some(name) => verifier
             .secrets
@@ -137,7 +125,7 @@ async fn client(
     match verifier.clients.for_endpoint(&sub.namespace().unwrap_or_default(), &sub.spec.endpoint).await {
         Ok(client) => Some(client),
         Err(e) => {
-            v.message = format!("Hookline cannot call {}: {e}", sub.spec.endpoint.url);
+            v.message = format!("Hookline cannot call {}: {}", sub.spec.endpoint.url, Chain(&e));
             None
         }
     }

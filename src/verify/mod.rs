@@ -16,6 +16,7 @@ use crate::outbound::clients::Clients;
 use crate::outbound::secrets::SecretCache;
 use crate::outbound::ssrf::{Guard, GuardError};
 use crate::policy::conditions::Verification as State;
+use crate::report::Chain;
 use crate::store::{Store, now_ms};
 use plan::{Plan, plan};
 
@@ -66,7 +67,7 @@ impl Verifier {
                     "{url} resolves to {b}, which Hookline never sends to; point the subscription at a public \
                      endpoint, or have the operator allow that network with --allow-cidr"
                 )),
-                GuardError::Resolve(msg) => State::Failed(format!("{msg}; retrying")),
+                e => State::Failed(format!("{}; retrying", Chain(&e))),
             };
             return Outcome { state, rate_per_minute: None, recheck_in: Some(BLOCKED_RECHECK) };
         }
@@ -76,7 +77,8 @@ impl Verifier {
         let existing = match self.store.verification(&uid).await {
             Ok(v) => v,
             Err(e) => {
-                let state = State::Pending(format!("cannot read the verification record ({e}); retrying"));
+                let state =
+                    State::Pending(format!("cannot read the verification record ({}); retrying", Chain(&e)));
                 return Outcome { state, rate_per_minute: None, recheck_in: Some(POLL_WHILE_PENDING) };
             }
         };
@@ -90,7 +92,7 @@ impl Verifier {
             Plan::Attempt(record) => {
                 let v = handshake::attempt(self, sub, record, signing_secret, now).await;
                 if let Err(e) = self.store.put_verification(v.clone()).await {
-                    tracing::warn!(subscription = %sub.name_any(), error = %e, "saving the verification record");
+                    tracing::warn!(subscription = %sub.name_any(), error = %Chain(&e), "saving the verification record");
                 }
                 if v.verified_at.is_some() {
                     let state = State::Verified(verified_message(&v.message, v.rate_per_minute));
@@ -102,11 +104,12 @@ impl Verifier {
         }
     }
 
+    /// Resolve the endpoint's host through the guard. The controller's spec check accepted the
+    /// URL, so it parses; a host it cannot find is an empty name, which does not resolve.
     async fn check_address(&self, url: &str) -> Result<(), GuardError> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| GuardError::Resolve(format!("{url} is not a URL: {e}")))?;
-        let host = parsed.host_str().unwrap_or_default();
-        let port = parsed.port_or_known_default().unwrap_or(443);
+        let parsed = url::Url::parse(url).ok();
+        let host = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or_default();
+        let port = parsed.as_ref().and_then(|u| u.port_or_known_default()).unwrap_or(443);
         self.guard.resolve(host, port).await.map(|_| ())
     }
 }

@@ -4,10 +4,12 @@ use super::super::budget::EventBudget;
 use super::super::cache::tests::{event, job};
 use super::*;
 use crate::api::Reason;
+use crate::event::EventError;
 use crate::store::{StoreError, now_ms};
 
 fn loaded(job_id: i64) -> Loaded {
-    Loaded { job_id, attempts: 2, first_attempt_at: Some(900), event: Err("not parsed in this test".into()) }
+    let unparsed = EventError { attribute: "body".into(), problem: "not parsed in this test".into() };
+    Loaded { job_id, attempts: 2, first_attempt_at: Some(900), event: Err(unparsed) }
 }
 
 fn subscription(max_concurrency: u32) -> ActiveSubscription {

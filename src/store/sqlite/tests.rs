@@ -232,7 +232,7 @@ fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
         ),
         Request::boxed(insert(3), third),
     ];
-    let commit = write_group(&mut conn, &mut group);
+    let commit = write_group(&mut conn, &mut group).map_err(std::sync::Arc::new);
     for request in group {
         request.answer(commit.as_ref().err());
     }
