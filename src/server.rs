@@ -1,4 +1,5 @@
-//! The operations HTTP server: `/healthz`, `/readyz` and `/metrics` on `--metrics-addr`.
+//! The operations HTTP server (`/healthz`, `/readyz` and `/metrics` on `--metrics-addr`), and the
+//! binding every HTTP server of Hookline shares.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,20 @@ struct OpsState {
     readiness: Readiness,
 }
 
+/// Bind `app` to `addr`; returns the bound address (the port, when `addr` asked for any) and a
+/// future that serves until `shutdown`, then lets open requests finish.
+pub async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let serve =
+        async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
+    Ok((local, serve))
+}
+
 /// Bind the operations server; returns the bound address and a future that serves until cancelled.
 pub async fn bind(
     addr: SocketAddr,
@@ -27,16 +42,12 @@ pub async fn bind(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(OpsState { metrics, readiness });
-    let serve =
-        async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
-    Ok((local, serve))
+    serve(addr, app, shutdown).await
 }
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {

@@ -50,11 +50,15 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         "FailedEvents: creation, cap, TTL and replay",
     ),
     (
+        "server",
+        &["metrics", "registry"],
+        "binding HTTP servers, and the operations server: probes and metrics",
+    ),
+    (
         "ingest",
-        &["report", "api", "event", "policy", "metrics", "store", "registry", "delivery"],
+        &["report", "api", "event", "policy", "metrics", "store", "registry", "delivery", "server"],
         "the publish and delivery-log HTTP API",
     ),
-    ("server", &["metrics", "registry"], "the operations server: probes and metrics"),
 ];
 
 /// The parts named after `crate::` in `source`: `use crate::a::…`, `crate::{a, b::…}` and inline

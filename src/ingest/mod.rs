@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -131,8 +130,6 @@ pub async fn bind(
     ingest: Ingest,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
     let Ingest { config, auth, registry, dispatchers, readiness, client, store, metrics } = ingest;
     let state = IngestState {
         config,
@@ -151,9 +148,7 @@ pub async fn bind(
         .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/test", post(test_event))
         .route("/v1/validate/{token}", get(validate))
         .with_state(state);
-    let serve =
-        async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
-    Ok((local, serve))
+    crate::server::serve(addr, app, shutdown).await
 }
 
 fn is_dns_label(s: &str) -> bool {
