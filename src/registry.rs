@@ -12,7 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
 use crate::api::{WebhookSubscription, WebhookSubscriptionSpec};
-use crate::policy::conditions::Gate;
+use crate::policy::decision::Gate;
 use crate::policy::spec::RetrySchedule;
 
 /// What the delivery side needs to know about one subscription.

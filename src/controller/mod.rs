@@ -2,7 +2,7 @@
 //! conditions, and keeps the [`Registry`] the delivery side reads from.
 
 mod reconcile;
-pub mod signing;
+pub mod signing_secret;
 
 #[cfg(test)]
 mod mock_tests;

@@ -13,12 +13,12 @@ use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::signing::generated_secret;
+use super::signing_secret::generated_secret;
 use super::{Context, Error, FINALIZER};
 use crate::api::{FIELD_MANAGER, Reason, WebhookSubscription, annotations, condition_type};
 use crate::k8s::apply_status;
-use crate::policy::conditions::{
-    Decision, Facts, Signing, Verification, changed, decide, generated_secret_name, owned,
+use crate::policy::decision::{
+    Decision, EndpointState, Facts, Signing, changed, decide, generated_secret_name, owned,
 };
 use crate::policy::spec::parse;
 use crate::registry::ActiveSubscription;
@@ -66,7 +66,7 @@ async fn apply(
         ctx.verifier.verify(sub, secret_name).await
     } else {
         Outcome {
-            state: Verification::Pending("the spec is invalid".into()),
+            state: EndpointState::Pending("the spec is invalid".into()),
             rate_per_minute: None,
             recheck_in: None,
         }

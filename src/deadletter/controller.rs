@@ -19,7 +19,7 @@ use crate::api::{FIELD_MANAGER, FailedEvent, Reason, ReplayOutcome, annotations}
 use crate::delivery::{Dispatchers, to_store};
 use crate::k8s::{FailureBackoff, apply_status};
 use crate::metrics::Metrics;
-use crate::policy::conditions::Gate;
+use crate::policy::decision::Gate;
 use crate::registry::Registry;
 use crate::report::Chain;
 use crate::store::{Replay, Store, now_ms};

@@ -14,7 +14,7 @@ use super::attempt::{Finished, JobState, LOCAL_RETRY, Loaded};
 use super::budget::Account;
 use super::cache::{Cache, Cached, READ_AHEAD};
 use crate::event::{CloudEvent, EventError};
-use crate::policy::conditions::Gate;
+use crate::policy::decision::Gate;
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
 use crate::store::{JobRef, Millis};

@@ -2,7 +2,7 @@
 //! controller's check, the parsed retry schedule and backoff, event-type matching, and the
 //! decisions behind the status conditions. Nothing here does IO.
 
-pub mod conditions;
+pub mod decision;
 pub mod matching;
 pub mod retry;
 pub mod spec;

@@ -15,7 +15,7 @@ use crate::api::{ValidationMethod, WebhookSubscription, annotations};
 use crate::outbound::clients::Clients;
 use crate::outbound::secrets::SecretCache;
 use crate::outbound::ssrf::{Guard, GuardError};
-use crate::policy::conditions::Verification as State;
+use crate::policy::decision::EndpointState as State;
 use crate::report::Chain;
 use crate::store::{Store, now_ms};
 use plan::{Plan, plan};

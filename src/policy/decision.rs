@@ -22,7 +22,7 @@ pub enum Gate {
 
 /// Where the endpoint stands in the ownership handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verification {
+pub enum EndpointState {
     /// The endpoint proved it wants the traffic (or verification is off).
     Verified(String),
     /// Waiting for the endpoint to answer.
@@ -50,7 +50,7 @@ pub struct Facts {
     /// Signing Secret state (absent when the spec is invalid and nothing was looked up).
     pub signing: Option<Signing>,
     /// Endpoint verification state.
-    pub verification: Verification,
+    pub verification: EndpointState,
     /// The time of this reconciliation.
     pub now: jiff::Timestamp,
 }
@@ -83,10 +83,10 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
     }
 
     let (verified, v_reason, v_message) = match &facts.verification {
-        Verification::Verified(m) => (true, Reason::Verified, m.clone()),
-        Verification::Pending(m) => (false, Reason::Pending, m.clone()),
-        Verification::Failed(m) => (false, Reason::ValidationFailed, m.clone()),
-        Verification::Blocked(m) => (false, Reason::EndpointBlocked, m.clone()),
+        EndpointState::Verified(m) => (true, Reason::Verified, m.clone()),
+        EndpointState::Pending(m) => (false, Reason::Pending, m.clone()),
+        EndpointState::Failed(m) => (false, Reason::ValidationFailed, m.clone()),
+        EndpointState::Blocked(m) => (false, Reason::EndpointBlocked, m.clone()),
     };
     set_condition(conds, condition_type::ENDPOINT_VERIFIED, verified, v_reason, v_message, generation, &now);
     let endpoint_gone = conds.iter().any(|c| {
@@ -176,7 +176,7 @@ mod tests {
         jiff::Timestamp::from_second(secs).expect("valid")
     }
 
-    fn facts(verification: Verification) -> Facts {
+    fn facts(verification: EndpointState) -> Facts {
         Facts { problems: vec![], signing: Some(Signing::Present("s".into())), verification, now: at(1_000) }
     }
 
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn verified_subscription_is_ready_and_open() {
         let sub = subscription("minimal.yaml");
-        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         assert_eq!(ready(&d), ("True".into(), "Active".into()));
         assert_eq!(d.gate, Some(Gate::Open));
         assert_eq!(d.status.observed_generation, Some(1));
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn unverified_subscription_awaits_validation() {
         let sub = subscription("minimal.yaml");
-        let d = decide(&sub, &facts(Verification::Pending("waiting".into())));
+        let d = decide(&sub, &facts(EndpointState::Pending("waiting".into())));
         assert_eq!(ready(&d), ("False".into(), "AwaitingValidation".into()));
         assert_eq!(d.gate, Some(Gate::Held(Reason::AwaitingValidation)));
     }
@@ -209,7 +209,7 @@ mod tests {
     fn suspended_subscription_holds_events() {
         let mut sub = subscription("minimal.yaml");
         sub.spec.suspend = true;
-        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         assert_eq!(ready(&d), ("False".into(), "Suspended".into()));
         assert_eq!(d.gate, Some(Gate::Held(Reason::Suspended)));
     }
@@ -218,11 +218,11 @@ mod tests {
     fn expiry_is_requeued_for_the_exact_instant_then_fires() {
         let mut sub = subscription("minimal.yaml");
         sub.spec.expires_at = Some(Time(at(1_090)));
-        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         assert_eq!(ready(&d).1, "Active");
         assert_eq!(d.requeue_after, Some(Duration::from_secs(90)));
 
-        let mut later = facts(Verification::Verified("ok".into()));
+        let mut later = facts(EndpointState::Verified("ok".into()));
         later.now = at(1_090);
         let d = decide(&sub, &later);
         assert_eq!(ready(&d), ("False".into(), "Expired".into()));
@@ -235,14 +235,14 @@ mod tests {
         let mut sub = subscription("minimal.yaml");
         sub.spec.suspend = true;
         sub.spec.expires_at = Some(Time(at(10)));
-        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         assert_eq!(ready(&d).1, "Expired");
     }
 
     #[test]
     fn invalid_spec_is_reported_and_not_registered() {
         let sub = subscription("minimal.yaml");
-        let mut f = facts(Verification::Verified("ok".into()));
+        let mut f = facts(EndpointState::Verified("ok".into()));
         f.problems = vec![Problem { field: "spec.endpoint.url".into(), message: "bad".into() }];
         let d = decide(&sub, &f);
         assert_eq!(ready(&d), ("False".into(), "InvalidSpec".into()));
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn missing_signing_secret_holds_events() {
         let sub = subscription("minimal.yaml");
-        let mut f = facts(Verification::Verified("ok".into()));
+        let mut f = facts(EndpointState::Verified("ok".into()));
         f.signing = Some(Signing::Missing("mine".into()));
         let d = decide(&sub, &f);
         assert_eq!(ready(&d), ("False".into(), "SigningSecretMissing".into()));
@@ -274,20 +274,20 @@ mod tests {
             &Time(at(1)),
         );
         sub.status = Some(status);
-        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         assert_eq!(ready(&d).1, "Disabled");
         sub.metadata.generation = Some(2);
-        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         assert_eq!(ready(&d).1, "Active");
     }
 
     #[test]
     fn deciding_twice_changes_nothing() {
         let sub = subscription("minimal.yaml");
-        let first = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let first = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         let mut again = sub.clone();
         again.status = Some(first.status.clone());
-        let mut later = facts(Verification::Verified("ok".into()));
+        let mut later = facts(EndpointState::Verified("ok".into()));
         later.now = at(5_000);
         let second = decide(&again, &later);
         assert!(!changed(Some(&first.status), &second.status), "a steady state must not cause a write");
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn delivery_fields_do_not_count_as_a_controller_change() {
         let sub = subscription("minimal.yaml");
-        let d = decide(&sub, &facts(Verification::Verified("ok".into())));
+        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
         let mut with_delivery = d.status.clone();
         with_delivery.delivery_stats = Some(Default::default());
         set_condition(
