@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hookline::api::WebhookSubscription;
 use serde_json::{Value, json};
+use support::builder::TestSubscription;
 use support::receiver::Receiver;
 use support::{LOCAL, PrivateControlPlane, TestEnv, install_crds, wait_until};
 
@@ -19,12 +20,12 @@ fn event(id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_goes_on_while_the_api_server_is_down_and_status_catches_up() {
-    let Some(plane) = PrivateControlPlane::start("api-outage-cluster") else { return };
+    let plane = PrivateControlPlane::start("api-outage-cluster");
     let env = TestEnv::start_on("api-outage", plane.kubeconfig()).await;
     install_crds(&env.client).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
-    env.subscribe("s", &rx.url, json!({}), ("True", "Active")).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url)).await;
     h.publish_json(&env.namespace, event("before")).await;
     rx.wait_for(1, WAIT).await;
     let requests_before = h.metric_sum("hookline_api_requests_total").await.expect("metrics");

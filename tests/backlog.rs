@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hookline::api::WebhookSubscription;
 use serde_json::{Value, json};
+use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
 use support::{Hookline, LOCAL, TestEnv, wait_until};
 
@@ -46,7 +47,7 @@ async fn publish_backlog(h: &Hookline, ns: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_endpoints_keep_memory_within_the_budget_and_get_everything_later() {
-    let Some(env) = TestEnv::with_crds("backlog-memory").await else { return };
+    let env = TestEnv::with_crds("backlog-memory").await;
     let budget = format!("--event-cache-bytes={BUDGET}");
     let mut flags = LOCAL.to_vec();
     flags.push(&budget);
@@ -55,9 +56,9 @@ async fn hung_endpoints_keep_memory_within_the_budget_and_get_everything_later()
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::Delay(Duration::from_secs(3600)));
     for sub in 0..SUBSCRIPTIONS {
-        let spec = json!({"eventTypes": [format!("t{sub}")], "endpoint": {"timeoutSeconds": 5},
-                          "delivery": {"maxConcurrency": 1}, "retryPolicy": {"initialBackoff": "1s", "maxBackoff": "2s"}});
-        env.subscribe(&format!("hung-{sub}"), &receiver.url, spec, ("True", "Active")).await;
+        let hung = WebhookSubscription::test(&format!("hung-{sub}"), &receiver.url);
+        let hung = hung.for_types(&[&format!("t{sub}")]).timeout(5).concurrency(1).backoff("1s", "2s");
+        env.create_active(hung).await;
     }
     let before = support::process_memory(pid, "VmRSS") as usize;
     publish_backlog(&h, &env.namespace).await;
@@ -162,15 +163,14 @@ async fn delivered(subs: &kube::Api<WebhookSubscription>, name: &str) -> Option<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_events_with_507_and_accepts_again_once_delivered() {
-    let Some(env) = TestEnv::with_crds("backlog-disk").await else { return };
+    let env = TestEnv::with_crds("backlog-disk").await;
     let disk = SmallDisk::mount("hookline-small-disk", 40);
     let mut flags = LOCAL.to_vec();
     flags.push("--min-free-disk=8388608");
     let h = env.start_hookline_in(&disk.dir, &flags).await;
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::Status(503));
-    let spec = json!({"retryPolicy": {"initialBackoff": "1s", "maxBackoff": "2s"}});
-    env.subscribe("disk", &receiver.url, spec, ("True", "Active")).await;
+    env.create_active(WebhookSubscription::test("disk", &receiver.url).backoff("1s", "2s")).await;
 
     // Publish until the store is short of space; nothing refused may be lost, nothing accepted
     // may be missing later.

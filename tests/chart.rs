@@ -38,7 +38,7 @@ fn kubectl_stdin(env: &TestEnv, args: &[&str], input: &str) -> std::process::Out
         .spawn()
         .expect("kubectl");
     child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
-    child.wait_with_output().expect("kubectl output")
+    support::blocking(|| child.wait_with_output()).expect("kubectl output")
 }
 
 /// A ServiceMonitor CRD stand-in, so the optional ServiceMonitor can be dry-run here.
@@ -49,9 +49,9 @@ const SERVICE_MONITOR_CRD: &str = r#"{"apiVersion":"apiextensions.k8s.io/v1","ki
   "versions":[{"name":"v1","served":true,"storage":true,
    "schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
-    let Some(env) = TestEnv::start("chart-render").await else { return };
+    let env = TestEnv::start("chart-render").await;
     install_crds(&env.client).await;
     let _ = kubectl_stdin(&env, &["apply", "-f", "-"], SERVICE_MONITOR_CRD);
     env.kubectl(&[
@@ -110,9 +110,9 @@ fn assert_rbac_is_minimal(rendered: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn install_upgrade_and_uninstall_produce_the_expected_objects() {
-    let Some(env) = TestEnv::start("chart-lifecycle").await else { return };
+    let env = TestEnv::start("chart-lifecycle").await;
     install_crds(&env.client).await;
     let release = format!("hl{}", &env.namespace[env.namespace.len() - 8..]);
     let ns = env.namespace.clone();
@@ -177,7 +177,7 @@ async fn install_upgrade_and_uninstall_produce_the_expected_objects() {
 // Multi-threaded: the receivers must answer the handshake while `kubectl wait` blocks this thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_rbac_is_enough_to_deliver_and_dead_letter() {
-    let Some(env) = TestEnv::start("chart-rbac").await else { return };
+    let env = TestEnv::start("chart-rbac").await;
     install_crds(&env.client).await;
     let release = format!("hl{}", &env.namespace[env.namespace.len() - 8..]);
     let ns = env.namespace.clone();

@@ -50,9 +50,9 @@ async fn apply_widget_crd(env: &TestEnv) {
     support::wait_until_served(&env.client, "test.hookline.dev/v1", &["widgets"]).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_custom_resource_round_trips_with_defaults_and_status() {
-    let Some(env) = TestEnv::start("crd-round-trip").await else { return };
+    let env = TestEnv::start("crd-round-trip").await;
     apply_widget_crd(&env).await;
     let widgets: Api<Widget> = env.api();
     let raw: Widget = serde_json::from_value(serde_json::json!({
@@ -92,9 +92,9 @@ async fn a_custom_resource_round_trips_with_defaults_and_status() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_kube_runtime_watcher_sees_objects_appear_and_change() {
-    let Some(env) = TestEnv::start("watcher").await else { return };
+    let env = TestEnv::start("watcher").await;
     let cms: Api<ConfigMap> = env.api();
     let mut stream = watcher(cms.clone(), watcher::Config::default()).applied_objects().boxed();
     let cm = ConfigMap {
@@ -130,9 +130,9 @@ async fn a_kube_runtime_watcher_sees_objects_appear_and_change() {
     assert_eq!(changed.name_any(), "watched");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn deleting_an_owner_garbage_collects_its_dependents() {
-    let Some(env) = TestEnv::start("gc").await else { return };
+    let env = TestEnv::start("gc").await;
     let cms: Api<ConfigMap> = env.api();
     let owner = cms
         .create(

@@ -8,16 +8,11 @@ use hookline::api::{FailedEvent, WebhookSubscription};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
+use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
 use support::{Hookline, LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
-/// Fail fast: two attempts, 100 ms apart.
-const FAST: &str = r#"{"retryPolicy": {"maxAttempts": 2, "initialBackoff": "100ms", "maxBackoff": "200ms"}}"#;
-
-async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: &str) {
-    env.subscribe(name, url, serde_json::from_str(spec).expect("spec json"), ("True", "Active")).await;
-}
 
 /// Hookline started with `flags`, and subscription `s` (two fast attempts) to a receiver that
 /// answers 500 to everything.
@@ -25,7 +20,7 @@ async fn failing_subscription(env: &TestEnv, flags: &[&str]) -> (Hookline, Recei
     let h = env.start_hookline(flags).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
-    subscribe(env, "s", &rx.url, FAST).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).failing_fast()).await;
     (h, rx)
 }
 
@@ -42,9 +37,9 @@ async fn failed_events(env: &TestEnv, n: usize) -> Vec<FailedEvent> {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
-    let Some(env) = TestEnv::with_crds("dead-letter-500").await else { return };
+    let env = TestEnv::with_crds("dead-letter-500").await;
     let (h, rx) = failing_subscription(&env, LOCAL).await;
     for id in ["a", "b"] {
         h.publish_json(&env.namespace, event(id)).await;
@@ -77,15 +72,16 @@ async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
     assert_eq!(rx.received().len(), 4, "two attempts per event, no more");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reason() {
-    let Some(env) = TestEnv::with_crds("dead-letter-reasons").await else { return };
+    let env = TestEnv::with_crds("dead-letter-reasons").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(400));
-    subscribe(&env, "bad-request", &rx.url, r#"{"eventTypes": ["order.*"]}"#).await;
+    env.create_active(WebhookSubscription::test("bad-request", &rx.url).for_types(&["order.*"])).await;
     let closed = format!("http://127.0.0.1:{}/nothing-listens", support::free_port());
-    subscribe(&env, "refused", &closed, &FAST.replace('{', r#"{"eventTypes": ["order.*"], "#)).await;
+    env.create_active(WebhookSubscription::test("refused", &closed).for_types(&["order.*"]).failing_fast())
+        .await;
     h.publish_json(&env.namespace, event("x")).await;
     let fevs = failed_events(&env, 2).await;
     let by = |sub: &str| fevs.iter().find(|f| f.spec.subscription == sub).expect("fev").spec.failure.clone();
@@ -99,9 +95,9 @@ async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reas
     assert!(refused.last_error.as_deref().unwrap_or("").contains("connection"), "{refused:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
-    let Some(env) = TestEnv::with_crds("replay").await else { return };
+    let env = TestEnv::with_crds("replay").await;
     let (h, rx) = failing_subscription(&env, LOCAL).await;
     for id in ["r1", "r2", "r3"] {
         h.publish_json(&env.namespace, event(id)).await;
@@ -141,9 +137,9 @@ async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
     assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_cap_drops_and_counts() {
-    let Some(env) = TestEnv::with_crds("dead-letter-cap").await else { return };
+    let env = TestEnv::with_crds("dead-letter-cap").await;
     let mut flags = LOCAL.to_vec();
     flags.push("--failed-event-cap=2");
     let (h, _rx) = failing_subscription(&env, &flags).await;
@@ -163,9 +159,9 @@ async fn the_cap_drops_and_counts() {
 
 // Separate from the cap test: a short TTL there could expire a FailedEvent before the cap is
 // reached on a slow machine, and the cap would (rightly) not drop.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_ttl_deletes_failed_events() {
-    let Some(env) = TestEnv::with_crds("dead-letter-ttl").await else { return };
+    let env = TestEnv::with_crds("dead-letter-ttl").await;
     let mut flags = LOCAL.to_vec();
     flags.push("--failed-event-ttl=6s");
     let (h, _rx) = failing_subscription(&env, &flags).await;
@@ -174,13 +170,13 @@ async fn the_ttl_deletes_failed_events() {
     failed_events(&env, 0).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn dead_lettering_off_drops_and_counts() {
-    let Some(env) = TestEnv::with_crds("dead-letter-off").await else { return };
+    let env = TestEnv::with_crds("dead-letter-off").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
-    subscribe(&env, "s", &rx.url, &FAST.replace('{', r#"{"deadLetter": {"enabled": false}, "#)).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).failing_fast().without_dead_letters()).await;
     h.publish_json(&env.namespace, event("d1")).await;
     let subs: Api<WebhookSubscription> = env.api();
     wait_until("the drop is counted", WAIT, || async {
@@ -190,14 +186,14 @@ async fn dead_lettering_off_drops_and_counts() {
     assert!(env.api::<FailedEvent>().list(&ListParams::default()).await.expect("list").items.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
-    let Some(env) = TestEnv::with_crds("dead-letter-kill").await else { return };
+    let env = TestEnv::with_crds("dead-letter-kill").await;
     let data = env.data_dir();
     let h = env.start_hookline_in(&data, LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
-    subscribe(&env, "s", &rx.url, FAST).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).failing_fast()).await;
     h.publish_json(&env.namespace, event("k1")).await;
     rx.wait_for(2, WAIT).await;
     h.kill().await;
@@ -213,9 +209,9 @@ async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
     assert_eq!(env.api::<FailedEvent>().list(&ListParams::default()).await.expect("list").items.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_subscription_garbage_collects_its_failed_events() {
-    let Some(env) = TestEnv::with_crds("dead-letter-gc").await else { return };
+    let env = TestEnv::with_crds("dead-letter-gc").await;
     let (h, _rx) = failing_subscription(&env, LOCAL).await;
     h.publish_json(&env.namespace, event("g1")).await;
     failed_events(&env, 1).await;

@@ -11,14 +11,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
+use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
 use support::{Hookline, LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: Value) -> WebhookSubscription {
-    env.subscribe(name, url, spec, ("True", "Active")).await
-}
 
 async fn wait_for_ready(
     api: &Api<WebhookSubscription>,
@@ -65,7 +62,7 @@ fn verify_with_reference_libraries(
         .expect("python3 with standardwebhooks and cloudevents (hack/test.sh installs them)");
     use std::io::Write;
     child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("verify.py");
+    let out = support::blocking(|| child.wait_with_output()).expect("verify.py");
     assert!(out.status.success(), "reference verification failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -83,16 +80,17 @@ async fn delivery_log(h: &Hookline, ns: &str, sub: &str, query: &str) -> Value {
     reqwest::get(url).await.expect("log request").json().await.expect("log json")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn events_in_all_three_modes_reach_matching_subscriptions_only() {
-    let Some(env) = TestEnv::with_crds("three-modes").await else { return };
+    let env = TestEnv::with_crds("three-modes").await;
     let h = env.start_hookline(LOCAL).await;
     let orders = Receiver::start().await;
     let filtered = Receiver::start().await;
     let invoices = Receiver::start().await;
-    subscribe(&env, "orders", &orders.url, json!({"eventTypes": ["order.*"]})).await;
-    subscribe(&env, "eu-shop", &filtered.url, json!({"eventTypes": ["order.created"], "filter": {"source": "/shop", "subjectPrefix": "eu/"}, "delivery": {"mode": "Structured"}})).await;
-    subscribe(&env, "invoices", &invoices.url, json!({"eventTypes": ["invoice.*"]})).await;
+    env.create_active(WebhookSubscription::test("orders", &orders.url).for_types(&["order.*"])).await;
+    let eu_shop = WebhookSubscription::test("eu-shop", &filtered.url).for_types(&["order.created"]);
+    env.create_active(eu_shop.filtered("/shop", "eu/").structured()).await;
+    env.create_active(WebhookSubscription::test("invoices", &invoices.url).for_types(&["invoice.*"])).await;
     let ns = env.namespace.as_str();
 
     // Binary mode.
@@ -159,13 +157,13 @@ async fn events_in_all_three_modes_reach_matching_subscriptions_only() {
     assert_eq!((orders.received().len(), filtered.received().len(), invoices.received().len()), (3, 1, 1));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn failed_attempts_are_retried_on_the_backoff_schedule() {
-    let Some(env) = TestEnv::with_crds("retry-schedule").await else { return };
+    let env = TestEnv::with_crds("retry-schedule").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.script([Reply::Status(500), Reply::Status(503), Reply::Status(502)]);
-    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"initialBackoff": "1s", "maxBackoff": "4s"}})).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).backoff("1s", "4s")).await;
     h.publish_json(&env.namespace, event("r1", "order.created")).await;
     let got = rx.wait_for(4, WAIT).await;
     assert!(got.iter().all(|r| r.header("webhook-id") == "r1"), "the same webhook-id on every attempt");
@@ -183,27 +181,26 @@ async fn failed_attempts_are_retried_on_the_backoff_schedule() {
     assert_eq!(outcomes, ["delivered", "retry", "retry", "retry"], "newest first");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn retry_after_is_honoured() {
-    let Some(env) = TestEnv::with_crds("retry-after").await else { return };
+    let env = TestEnv::with_crds("retry-after").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.script([Reply::RetryAfter(429, 3)]);
-    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"initialBackoff": "100ms", "maxBackoff": "10s"}}))
-        .await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).backoff("100ms", "10s")).await;
     h.publish_json(&env.namespace, event("ra", "t")).await;
     let got = rx.wait_for(2, WAIT).await;
     let gap = (got[1].at - got[0].at).as_secs_f64();
     assert!(gap >= 2.9, "Retry-After: 3 was honoured, waited {gap:.2}s");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn gone_disables_the_subscription_and_holds_later_events() {
-    let Some(env) = TestEnv::with_crds("gone").await else { return };
+    let env = TestEnv::with_crds("gone").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(410));
-    subscribe(&env, "s", &rx.url, json!({})).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url)).await;
     h.publish_json(&env.namespace, event("g1", "t")).await;
     let subs: Api<WebhookSubscription> = env.api();
     let sub = wait_for_ready(&subs, "s", "False", "Disabled").await;
@@ -219,9 +216,9 @@ async fn gone_disables_the_subscription_and_holds_later_events() {
     assert_eq!(rx.received().len(), 1, "nothing is sent after 410");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn redirects_are_never_followed() {
-    let Some(env) = TestEnv::with_crds("no-redirects").await else { return };
+    let env = TestEnv::with_crds("no-redirects").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     // Redirects to the cloud metadata address and to the receiver itself: neither is followed.
@@ -229,8 +226,7 @@ async fn redirects_are_never_followed() {
     let elsewhere = rx.url.replace("/hook", "/elsewhere");
     rx.script([Reply::Redirect(301, metadata.clone()), Reply::Redirect(302, metadata)]);
     rx.set_default(Reply::Redirect(307, elsewhere));
-    subscribe(&env, "s", &rx.url, json!({"retryPolicy": {"maxAttempts": 3, "initialBackoff": "200ms"}}))
-        .await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).max_attempts(3).initial_backoff("200ms")).await;
     h.publish_json(&env.namespace, event("rd", "t")).await;
     let log = wait_until("three attempts in the log", WAIT, || async {
         let log = delivery_log(&h, &env.namespace, "s", "").await;
@@ -244,12 +240,12 @@ async fn redirects_are_never_followed() {
     assert!(rx.received().iter().all(|r| r.path == "/hook"), "no redirect target was ever requested");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn suspend_holds_events_and_resume_delivers_them() {
-    let Some(env) = TestEnv::with_crds("suspend-delivery").await else { return };
+    let env = TestEnv::with_crds("suspend-delivery").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
-    env.subscribe("s", &rx.url, json!({"suspend": true}), ("False", "Suspended")).await;
+    env.create(WebhookSubscription::test("s", &rx.url).suspended(), ("False", "Suspended")).await;
     h.publish_json(&env.namespace, event("h1", "t")).await;
     let subs: Api<WebhookSubscription> = env.api();
     wait_until("the held event is counted as pending", WAIT, || async {
@@ -263,15 +259,15 @@ async fn suspend_holds_events_and_resume_delivers_them() {
     assert_eq!(rx.wait_for(1, WAIT).await[0].header("ce-id"), "h1");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_secret_yields_two_signatures_that_both_verify() {
-    let Some(env) = TestEnv::with_crds("rotation").await else { return };
+    let env = TestEnv::with_crds("rotation").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3Wv1bHmSEsk=";
     let new = "whsec_dXNlci1vd25lZC1zZWNyZXQtdGhhdC1tdXN0LXN0YXk=";
     env.kubectl(&["create", "secret", "generic", "keys", &format!("--from-literal=a-current={old}")]);
-    subscribe(&env, "s", &rx.url, json!({"signing": {"secretRef": {"name": "keys"}}})).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).signed_with("keys")).await;
     h.publish_json(&env.namespace, event("one", "t")).await;
     let first = rx.wait_for(1, WAIT).await;
     assert_eq!(first[0].header("webhook-signature").split(' ').count(), 1);
@@ -294,9 +290,9 @@ async fn a_rotated_secret_yields_two_signatures_that_both_verify() {
     assert_eq!(parsed[0]["signatures"], 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn status_writes_are_coalesced_under_load() {
-    let Some(env) = TestEnv::with_crds("coalescing").await else { return };
+    let env = TestEnv::with_crds("coalescing").await;
     let flags: Vec<&str> = LOCAL
         .iter()
         .copied()
@@ -305,7 +301,7 @@ async fn status_writes_are_coalesced_under_load() {
         .collect();
     let h = env.start_hookline(&flags).await;
     let rx = Receiver::start().await;
-    subscribe(&env, "s", &rx.url, json!({})).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url)).await;
     let subs: Api<WebhookSubscription> = env.api();
     let rv_before = subs.get("s").await.expect("get").resource_version().expect("rv");
     let writes_before = h.metric("hookline_status_writes_total").await.expect("metric");
@@ -342,12 +338,12 @@ async fn status_writes_are_coalesced_under_load() {
     assert_ne!(sub.resource_version().expect("rv"), rv_before);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn test_events_are_sent_on_request_and_by_annotation() {
-    let Some(env) = TestEnv::with_crds("test-events").await else { return };
+    let env = TestEnv::with_crds("test-events").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
-    subscribe(&env, "s", &rx.url, json!({"eventTypes": ["never.matches"]})).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).for_types(&["never.matches"])).await;
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/namespaces/{}/webhooksubscriptions/s/test", h.ingest, env.namespace))
         .send()
@@ -363,12 +359,12 @@ async fn test_events_are_sent_on_request_and_by_annotation() {
     assert_eq!(got.len(), 3, "one test event per annotation value, not per reconcile");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_delivery_log_pages_newest_first() {
-    let Some(env) = TestEnv::with_crds("delivery-log").await else { return };
+    let env = TestEnv::with_crds("delivery-log").await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
-    subscribe(&env, "s", &rx.url, json!({})).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url)).await;
     for i in 0..5 {
         h.publish_json(&env.namespace, event(&format!("l{i}"), "t")).await;
         rx.wait_for(i + 1, WAIT).await;

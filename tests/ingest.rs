@@ -10,15 +10,9 @@ use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use serde_json::json;
 use support::receiver::{Receiver, Reply};
-use support::{TestEnv, install_crds, wait_until};
+use support::{TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn env(test: &str) -> Option<TestEnv> {
-    let env = TestEnv::start(test).await?;
-    install_crds(&env.client).await;
-    Some(env)
-}
 
 fn event(id: &str) -> String {
     json!({"specversion": "1.0", "id": id, "source": "/test", "type": "t"}).to_string()
@@ -34,9 +28,9 @@ fn apply_yaml(env: &TestEnv, yaml: &str) {
     env.kubectl(&["apply", "-f", path.to_str().expect("path")]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn rbac_decides_who_may_publish_where() {
-    let Some(env) = env("ingest-rbac").await else { return };
+    let env = TestEnv::with_crds("ingest-rbac").await;
     let h = env.start_hookline(&[]).await;
     let ns = env.namespace.clone();
     env.kubectl(&["create", "serviceaccount", "producer"]);
@@ -76,9 +70,9 @@ async fn rbac_decides_who_may_publish_where() {
     assert_eq!(status, 403, "allowed in {ns} only");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
-    let Some(env) = env("ingest-bad-input").await else { return };
+    let env = TestEnv::with_crds("ingest-bad-input").await;
     let h = env.start_hookline(&["--ingest-auth=none", "--max-event-bytes=2048"]).await;
     let ns = env.namespace.clone();
     // (what, headers, body, expected status, attribute named in the answer)
@@ -261,7 +255,7 @@ async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
 
 async fn survive(kill: bool) {
     let test = if kill { "restart-kill" } else { "restart-term" };
-    let Some(env) = env(test).await else { return };
+    let env = TestEnv::with_crds(test).await;
     let flags =
         ["--ingest-auth=none", "--allow-http", "--allow-cidr=127.0.0.0/8", "--allow-unverified-endpoints"];
     let data = env.data_dir();
@@ -300,12 +294,12 @@ async fn survive(kill: bool) {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn accepted_events_survive_kill_9() {
     survive(true).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn accepted_events_survive_a_graceful_restart() {
     survive(false).await;
 }

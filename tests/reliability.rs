@@ -8,16 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use hookline::api::WebhookSubscription;
 use serde_json::{Value, json};
+use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
 use support::{Hookline, LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PATCHES: &str = r#"hookline_api_requests_total{method="PATCH"}"#;
-
-async fn subscribe(env: &TestEnv, name: &str, url: &str, spec: Value) {
-    env.subscribe(name, url, spec, ("True", "Active")).await;
-}
 
 async fn log(h: &Hookline, ns: &str, sub: &str) -> Vec<Value> {
     let url = format!("{}/v1/namespaces/{ns}/webhooksubscriptions/{sub}/deliveries?limit=500", h.ingest);
@@ -32,7 +30,7 @@ fn rss_kb(pid: u32) -> u64 {
 // Multi-threaded: receivers that stall must not stall the test itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_receivers_get_the_exact_outcome() {
-    let Some(env) = TestEnv::with_crds("receiver-faults").await else { return };
+    let env = TestEnv::with_crds("receiver-faults").await;
     let h = env.start_hookline(LOCAL).await;
     let slow = Receiver::start().await;
     slow.set_default(Reply::Delay(Duration::from_secs(5)));
@@ -44,26 +42,15 @@ async fn misbehaving_receivers_get_the_exact_outcome() {
     failing.set_default(Reply::Status(503));
     let closed = format!("http://127.0.0.1:{}/closed", support::free_port());
     let reset = support::receiver::resetting_endpoint().await;
-    let one_try = json!({"retryPolicy": {"maxAttempts": 1}});
-    let two_tries = json!({"retryPolicy": {"maxAttempts": 2, "initialBackoff": "100ms"}});
-    subscribe(
-        &env,
-        "timeout",
-        &slow.url,
-        json!({"endpoint": {"url": slow.url, "timeoutSeconds": 1}, "retryPolicy": {"maxAttempts": 1}}),
-    )
-    .await;
-    subscribe(
-        &env,
-        "drip",
-        &drip.url,
-        json!({"endpoint": {"url": drip.url, "timeoutSeconds": 2}, "retryPolicy": {"maxAttempts": 1}}),
-    )
-    .await;
-    subscribe(&env, "huge", &huge.url, one_try.clone()).await;
-    subscribe(&env, "failing", &failing.url, two_tries.clone()).await;
-    subscribe(&env, "refused", &closed, two_tries.clone()).await;
-    subscribe(&env, "reset", &reset, two_tries).await;
+    let one_try = |name, url: &str| WebhookSubscription::test(name, url).max_attempts(1);
+    let two_tries =
+        |name, url: &str| WebhookSubscription::test(name, url).max_attempts(2).initial_backoff("100ms");
+    env.create_active(one_try("timeout", &slow.url).timeout(1)).await;
+    env.create_active(one_try("drip", &drip.url).timeout(2)).await;
+    env.create_active(one_try("huge", &huge.url)).await;
+    env.create_active(two_tries("failing", &failing.url)).await;
+    env.create_active(two_tries("refused", &closed)).await;
+    env.create_active(two_tries("reset", &reset)).await;
     let rss_before = rss_kb(h.child.id().expect("pid"));
     h.publish_json(&env.namespace, json!({"specversion": "1.0", "id": "f1", "source": "/s", "type": "t"}))
         .await;
@@ -158,12 +145,12 @@ async fn publish_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() {
-    let Some(env) = TestEnv::with_crds("crash-recovery").await else { return };
+    let env = TestEnv::with_crds("crash-recovery").await;
     let data = env.data_dir();
     let rx = Receiver::start().await;
     rx.set_default(Reply::Delay(Duration::from_millis(2)));
     let mut h = env.start_hookline_in(&data, LOCAL).await;
-    subscribe(&env, "s", &rx.url, json!({"delivery": {"maxConcurrency": 4}, "retryPolicy": {"initialBackoff": "200ms", "maxBackoff": "1s"}})).await;
+    env.create_active(WebhookSubscription::test("s", &rx.url).concurrency(4).backoff("200ms", "1s")).await;
     let (mut sent, mut accepted): (HashSet<String>, HashSet<String>) = (HashSet::new(), HashSet::new());
     // Three rounds: kill -9 while a publisher is mid-request, the receiver is draining, and a
     // status write has just been sent.

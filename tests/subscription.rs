@@ -9,16 +9,10 @@ use hookline::api::{WebhookSubscription, WebhookSubscriptionStatus};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use support::{TestEnv, install_crds, wait_until};
+use support::{TestEnv, wait_until};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn env(test: &str) -> Option<TestEnv> {
-    let env = TestEnv::start(test).await?;
-    install_crds(&env.client).await;
-    Some(env)
-}
 
 /// The (status, reason, message) of one condition.
 fn condition(status: &WebhookSubscriptionStatus, type_: &str) -> Option<(String, String, String)> {
@@ -50,9 +44,9 @@ fn apply(env: &TestEnv, file: &str) {
     env.kubectl(&["apply", "-f", &format!("{EXAMPLES}/{file}")]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn minimal_example_gets_a_signing_secret_and_waits_for_verification() {
-    let Some(env) = env("minimal-example").await else { return };
+    let env = TestEnv::with_crds("minimal-example").await;
     let _hookline = env.start_hookline(&[]).await;
     apply(&env, "minimal.yaml");
     let subs: Api<WebhookSubscription> = env.api();
@@ -76,9 +70,9 @@ async fn minimal_example_gets_a_signing_secret_and_waits_for_verification() {
     assert!(String::from_utf8(key).expect("utf8").starts_with("whsec_"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn full_example_uses_the_named_secret_and_creates_none() {
-    let Some(env) = env("full-example").await else { return };
+    let env = TestEnv::with_crds("full-example").await;
     let _hookline = env.start_hookline(&[]).await;
     apply(&env, "secrets.yaml");
     apply(&env, "full.yaml");
@@ -91,9 +85,9 @@ async fn full_example_uses_the_named_secret_and_creates_none() {
     assert_eq!(generated.trim(), "", "no Secret is generated when spec.signing names one");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn kubectl_wait_for_ready_works_for_an_unverified_endpoint_when_allowed() {
-    let Some(env) = env("wait-ready").await else { return };
+    let env = TestEnv::with_crds("wait-ready").await;
     let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
     apply(&env, "unverified.yaml");
     env.kubectl(&["wait", "--for=condition=Ready", "webhooksubscription/dev-sink", "--timeout=30s"]);
@@ -101,9 +95,9 @@ async fn kubectl_wait_for_ready_works_for_an_unverified_endpoint_when_allowed() 
     assert!(row.contains("True") && row.contains("Active"), "printer columns show readiness: {row}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn unverified_endpoint_without_the_operator_flag_is_an_invalid_spec() {
-    let Some(env) = env("unverified-refused").await else { return };
+    let env = TestEnv::with_crds("unverified-refused").await;
     let _hookline = env.start_hookline(&[]).await;
     apply(&env, "unverified.yaml");
     let subs: Api<WebhookSubscription> = env.api();
@@ -117,9 +111,9 @@ async fn unverified_endpoint_without_the_operator_flag_is_an_invalid_spec() {
     assert!(described.contains("InvalidSpec"), "a Warning Event explains it:\n{described}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn suspend_holds_and_resume_reactivates() {
-    let Some(env) = env("suspend").await else { return };
+    let env = TestEnv::with_crds("suspend").await;
     let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
     apply(&env, "unverified.yaml");
     let subs: Api<WebhookSubscription> = env.api();
@@ -130,9 +124,9 @@ async fn suspend_holds_and_resume_reactivates() {
     wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn expiry_fires_at_expires_at() {
-    let Some(env) = env("expiry").await else { return };
+    let env = TestEnv::with_crds("expiry").await;
     let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
     apply(&env, "unverified.yaml");
     let subs: Api<WebhookSubscription> = env.api();
@@ -150,9 +144,9 @@ async fn expiry_fires_at_expires_at() {
     assert!(fired >= expires_second, "expired at {fired}, before expiresAt {expires_second}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_manifest_breaking_the_crd_rules_is_refused_at_apply() {
-    let Some(env) = env("refused-at-apply").await else { return };
+    let env = TestEnv::with_crds("refused-at-apply").await;
     // The API server enforces the CRD's CEL rules (tests/cel_server.rs covers each one); the
     // operator's own check of the same rules, for servers without CEL, is unit-tested in
     // controller::spec_check.
@@ -175,9 +169,9 @@ async fn a_manifest_breaking_the_crd_rules_is_refused_at_apply() {
     assert!(subs.get_opt("bad").await.expect("get").is_none(), "nothing was stored");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_spec_is_reported_and_recovers_when_fixed() {
-    let Some(env) = env("invalid-spec").await else { return };
+    let env = TestEnv::with_crds("invalid-spec").await;
     // `validation.method: None` is valid to the API server; only an operator started with
     // --allow-unverified-endpoints accepts it.
     let _hookline = env.start_hookline(&[]).await;
@@ -192,9 +186,9 @@ async fn an_invalid_spec_is_reported_and_recovers_when_fixed() {
     wait_for_condition(&subs, "dev-sink", "Ready", "False", "AwaitingValidation").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn an_existing_signing_secret_is_never_overwritten() {
-    let Some(env) = env("keep-secret").await else { return };
+    let env = TestEnv::with_crds("keep-secret").await;
     env.kubectl(&[
         "create",
         "secret",
@@ -211,9 +205,9 @@ async fn an_existing_signing_secret_is_never_overwritten() {
     assert_eq!(data.keys().collect::<Vec<_>>(), ["mine"], "the user's Secret is left as it was");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn deletion_removes_the_finalizer_and_the_generated_secret() {
-    let Some(env) = env("deletion").await else { return };
+    let env = TestEnv::with_crds("deletion").await;
     let _hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
     apply(&env, "unverified.yaml");
     let subs: Api<WebhookSubscription> = env.api();
@@ -231,9 +225,9 @@ async fn deletion_removes_the_finalizer_and_the_generated_secret() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_steady_subscription_causes_no_status_writes() {
-    let Some(env) = env("steady").await else { return };
+    let env = TestEnv::with_crds("steady").await;
     let hookline = env.start_hookline(&["--allow-unverified-endpoints"]).await;
     apply(&env, "unverified.yaml");
     let subs: Api<WebhookSubscription> = env.api();
@@ -242,11 +236,14 @@ async fn a_steady_subscription_causes_no_status_writes() {
         hookline.metric("hookline_status_writes_total").await.filter(|n| *n >= 1.0)
     })
     .await;
-    let reconciles_before = hookline.metric("hookline_reconciles_total").await.expect("metric");
+    // Reconciles counted as finished (the duration is observed when one ends, after any write it
+    // made; hookline_reconciles_total moves when one starts).
+    const FINISHED: &str = "hookline_reconcile_duration_seconds_count";
+    let reconciles_before = hookline.metric(FINISHED).await.expect("metric");
     // Touch the object without changing its spec: a reconcile runs, and nothing needs writing.
     env.kubectl(&["annotate", "whsub", "dev-sink", "example.com/touched=1"]);
-    wait_until("the annotation triggers a reconcile", WAIT, || async {
-        let n = hookline.metric("hookline_reconciles_total").await?;
+    wait_until("the reconcile the annotation triggers has finished", WAIT, || async {
+        let n = hookline.metric(FINISHED).await?;
         (n > reconciles_before).then_some(())
     })
     .await;

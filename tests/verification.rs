@@ -50,9 +50,9 @@ fn event(id: &str) -> Value {
     json!({"specversion": "1.0", "id": id, "source": "/s", "type": "t"})
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_synchronous_answer_verifies_and_events_flow() {
-    let Some(env) = TestEnv::with_crds("verify-sync").await else { return };
+    let env = TestEnv::with_crds("verify-sync").await;
     let h = env.start_hookline(FLAGS).await;
     let rx = Receiver::start().await;
     create(&env, "s", &rx.url, json!({})).await;
@@ -68,9 +68,9 @@ async fn a_synchronous_answer_verifies_and_events_flow() {
     assert_eq!(rx.wait_for(1, WAIT).await[0].header("ce-id"), "e1");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn opening_the_validation_url_verifies_later_and_only_once() {
-    let Some(env) = TestEnv::with_crds("verify-async").await else { return };
+    let env = TestEnv::with_crds("verify-async").await;
     let _h = env.start_hookline(FLAGS).await;
     let rx = Receiver::start().await;
     rx.handshake(Handshake::Ignore);
@@ -89,9 +89,9 @@ async fn opening_the_validation_url_verifies_later_and_only_once() {
     assert_eq!(reqwest::get(&bogus).await.expect("GET bogus").status().as_u16(), 404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_that_ignores_the_handshake_gets_no_events() {
-    let Some(env) = TestEnv::with_crds("verify-ignored").await else { return };
+    let env = TestEnv::with_crds("verify-ignored").await;
     let h = env.start_hookline(FLAGS).await;
     let rx = Receiver::start().await;
     rx.handshake(Handshake::Ignore);
@@ -111,9 +111,9 @@ async fn an_endpoint_that_ignores_the_handshake_gets_no_events() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_url_change_re_verifies_and_holds_events_meanwhile() {
-    let Some(env) = TestEnv::with_crds("verify-url-change").await else { return };
+    let env = TestEnv::with_crds("verify-url-change").await;
     let h = env.start_hookline(FLAGS).await;
     let first = Receiver::start().await;
     let second = Receiver::start().await;
@@ -141,9 +141,9 @@ async fn a_url_change_re_verifies_and_holds_events_meanwhile() {
     assert!(first.received().is_empty(), "the old URL never gets the event");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_options_handshake_verifies_and_its_rate_is_honoured() {
-    let Some(env) = TestEnv::with_crds("verify-options").await else { return };
+    let env = TestEnv::with_crds("verify-options").await;
     let _h = env.start_hookline(FLAGS).await;
     let plain = Receiver::start().await;
     let limited = Receiver::start().await;
@@ -156,9 +156,9 @@ async fn the_options_handshake_verifies_and_its_rate_is_honoured() {
     assert!(msg.contains("60 requests per minute"), "the allowed rate is shown: {msg}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn private_addresses_are_blocked_unless_allowed() {
-    let Some(env) = TestEnv::with_crds("verify-ssrf").await else { return };
+    let env = TestEnv::with_crds("verify-ssrf").await;
     let strict = ["--ingest-auth=none", "--allow-http", "--status-interval=1s"];
     let _h = env.start_hookline(&strict).await;
     let rx = Receiver::start().await;
@@ -173,9 +173,9 @@ async fn private_addresses_are_blocked_unless_allowed() {
     assert!(rx.validations().is_empty(), "nothing was sent to a blocked address");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn allowed_networks_pass_the_guard() {
-    let Some(env) = TestEnv::with_crds("verify-ssrf-allowed").await else { return };
+    let env = TestEnv::with_crds("verify-ssrf-allowed").await;
     let allowed = ["--ingest-auth=none", "--allow-http", "--allow-cidr=127.0.0.0/8", "--allow-cidr=::1/128"];
     let _h = env.start_hookline(&allowed).await;
     let rx = Receiver::start().await;
@@ -205,7 +205,7 @@ async fn ca_secret(env: &TestEnv, name: &str, pem: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_refused_until_the_subscription_names_its_ca() {
-    let Some(env) = TestEnv::with_crds("verify-tls").await else { return };
+    let env = TestEnv::with_crds("verify-tls").await;
     let h = env.start_hookline(FLAGS).await;
     let ca = TestCa::new("Hookline test CA");
     let rx = Receiver::start_tls(&ca).await;

@@ -374,10 +374,45 @@ mod tests {
         assert!(msg.contains("spec.eventTypes") && msg.contains("spec.endpoint.url"), "{msg}");
     }
 
+    /// The event-type pattern of the generated CRD schema, compiled as the API server would.
+    fn schema_pattern() -> regex::Regex {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(WebhookSubscription::crd()).expect("crd serializes");
+        let pattern = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["eventTypes"]["items"]["pattern"]
+            .as_str()
+            .expect("spec.eventTypes[] has a pattern");
+        regex::Regex::new(pattern).expect("the pattern compiles")
+    }
+
     #[test]
     fn the_crd_schema_pattern_agrees_with_the_rust_check() {
-        use kube::CustomResourceExt;
-        let crd = serde_json::to_string(&WebhookSubscription::crd()).expect("crd serializes");
-        assert!(crd.contains(r#"^(\\*|[A-Za-z0-9][A-Za-z0-9._-]*(\\.\\*)?)$"#));
+        let schema = schema_pattern();
+        for t in [
+            "*",
+            "order.created",
+            "order.*",
+            "a",
+            "9.x-y_z.*",
+            "",
+            ".*",
+            "order.*.x",
+            "*.created",
+            "or der",
+            ".order",
+            "order*",
+            "**",
+            "a.**",
+            "é",
+        ] {
+            assert_eq!(schema.is_match(t), is_event_type_pattern(t), "{t:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_schema_and_the_check_agree_on_any_string(t in "[A-Za-z0-9._*é -]{0,12}") {
+            proptest::prop_assert_eq!(schema_pattern().is_match(&t), is_event_type_pattern(&t), "{:?}", t);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! `hookline` binary as a child process, and polling with a deadline.
 #![allow(dead_code)]
 
+pub mod builder;
 pub mod cel_cases;
 pub mod receiver;
 
@@ -37,6 +38,21 @@ fn kubeconfig_path() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cluster/kubeconfig"))
 }
 
+/// The shared control plane's kubeconfig. Without one, a test that needs it fails, saying how to
+/// start one: it never passes without having run.
+fn require_control_plane(test: &str) -> PathBuf {
+    let kubeconfig = kubeconfig_path();
+    assert!(
+        kubeconfig.exists(),
+        "{test} needs a Kubernetes control plane and found none at {}.\n\
+         Start one with `hack/cluster.sh up` (it writes .cluster/kubeconfig), or point \
+         HOOKLINE_TEST_KUBECONFIG at another; or run every test with `hack/test.sh`, which starts \
+         its own.",
+        kubeconfig.display()
+    );
+    kubeconfig
+}
+
 /// A control plane of one test's own (`hack/cluster.sh` with its own state directory), for tests
 /// that stop the API server, which would break every other test on the shared one. Torn down
 /// when dropped.
@@ -45,27 +61,21 @@ pub struct PrivateControlPlane {
 }
 
 impl PrivateControlPlane {
-    /// Start one (`None`, after saying why, where the shared control plane is missing and tests
-    /// are skipped).
-    pub fn start(name: &str) -> Option<PrivateControlPlane> {
+    /// Start one. Like every cluster test, it needs the shared control plane to be up (its binaries
+    /// and caches are the ones `hack/cluster.sh up` prepared).
+    pub fn start(name: &str) -> PrivateControlPlane {
         PrivateControlPlane::start_with(name, &[])
     }
 
     /// [`PrivateControlPlane::start`], with extra environment for `hack/cluster.sh up`.
-    pub fn start_with(name: &str, vars: &[(&str, &str)]) -> Option<PrivateControlPlane> {
-        if !kubeconfig_path().exists() {
-            if std::env::var_os("CI").is_some() || std::env::var_os("HOOKLINE_REQUIRE_CLUSTER").is_some() {
-                panic!("no control plane at {}: run hack/cluster.sh up", kubeconfig_path().display());
-            }
-            eprintln!("SKIPPED {name}: no local control plane (run hack/cluster.sh up)");
-            return None;
-        }
+    pub fn start_with(name: &str, vars: &[(&str, &str)]) -> PrivateControlPlane {
+        require_control_plane(name);
         let plane =
             PrivateControlPlane { dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp").join(name) };
         let mut env = vec![("HOOKLINE_CLUSTER_DIR", plane.dir.as_os_str())];
         env.extend(vars.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
         hack("cluster.sh", &["up"], &env);
-        Some(plane)
+        plane
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -96,14 +106,28 @@ impl Drop for PrivateControlPlane {
     }
 }
 
+/// Run a blocking call (a command, a file read) from a test without stalling the runtime: on the
+/// multi-threaded runtime every cluster test uses, the worker hands its tasks (the receivers, the
+/// test's own servers) to another worker meanwhile. Elsewhere it just runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Run `hack/<script>` with `args` and extra environment variables; fails the test, showing the
 /// script's output, unless it succeeds. Returns what it printed on stdout.
 pub fn hack(script: &str, args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> String {
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script))
-        .args(args)
-        .envs(vars.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("running hack/{script}: {e}"));
+    let out = blocking(|| {
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script))
+            .args(args)
+            .envs(vars.iter().copied())
+            .output()
+    })
+    .unwrap_or_else(|e| panic!("running hack/{script}: {e}"));
     assert!(
         out.status.success(),
         "hack/{script} {args:?} failed: {}{}",
@@ -124,23 +148,10 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Connect to the local control plane and create a fresh namespace for `test`.
-    ///
-    /// Returns `None` (after saying why) when no control plane runs and `CI` is unset; in CI a
-    /// missing control plane is a failure, never a silent skip.
-    pub async fn start(test: &str) -> Option<TestEnv> {
-        let kubeconfig = kubeconfig_path();
-        if !kubeconfig.exists() {
-            if std::env::var_os("CI").is_some() || std::env::var_os("HOOKLINE_REQUIRE_CLUSTER").is_some() {
-                panic!("no control plane at {}: run hack/cluster.sh up", kubeconfig.display());
-            }
-            eprintln!(
-                "SKIPPED {test}: no local control plane ({} missing; run hack/cluster.sh up)",
-                kubeconfig.display()
-            );
-            return None;
-        }
-        Some(TestEnv::start_on(test, kubeconfig).await)
+    /// Connect to the local control plane and create a fresh namespace for `test`; without a
+    /// control plane the test fails, saying how to start one.
+    pub async fn start(test: &str) -> TestEnv {
+        TestEnv::start_on(test, require_control_plane(test)).await
     }
 
     /// Like [`TestEnv::start`], on the control plane `kubeconfig` points at.
@@ -177,36 +188,37 @@ impl TestEnv {
     }
 
     /// [`TestEnv::start`], with Hookline's CRDs installed.
-    pub async fn with_crds(test: &str) -> Option<TestEnv> {
-        let env = TestEnv::start(test).await?;
+    pub async fn with_crds(test: &str) -> TestEnv {
+        let env = TestEnv::start(test).await;
         install_crds(&env.client).await;
-        Some(env)
+        env
     }
 
-    /// Create a subscription to `url` (validation `None`, every event type) with `spec` merged over
-    /// it, and wait until its `Ready` condition has `ready` (status, reason).
-    pub async fn subscribe(
+    /// Create `sub` (see [`builder::TestSubscription`]) and wait until its `Ready` condition has
+    /// `ready` (status, reason).
+    pub async fn create(
         &self,
-        name: &str,
-        url: &str,
-        spec: serde_json::Value,
+        sub: hookline::api::WebhookSubscription,
         ready: (&str, &str),
     ) -> hookline::api::WebhookSubscription {
         use hookline::api::WebhookSubscription;
-        let mut full = serde_json::json!({"eventTypes": ["*"], "endpoint": {"url": url}, "validation": {"method": "None"}});
-        merge(&mut full, spec);
-        let sub: WebhookSubscription = serde_json::from_value(serde_json::json!({
-            "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "metadata": {"name": name}, "spec": full,
-        }))
-        .expect("subscription");
+        let name = sub.metadata.name.clone().expect("a named subscription");
         let api: Api<WebhookSubscription> = self.api();
         api.create(&PostParams::default(), &sub).await.expect("create subscription");
         wait_until(&format!("{name}: Ready={}/{}", ready.0, ready.1), Duration::from_secs(40), || async {
-            let sub = api.get(name).await.ok()?;
+            let sub = api.get(&name).await.ok()?;
             let c = sub.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
             (c.status == ready.0 && c.reason == ready.1).then_some(sub)
         })
         .await
+    }
+
+    /// [`TestEnv::create`], waiting until the subscription is delivering (`Ready=True/Active`).
+    pub async fn create_active(
+        &self,
+        sub: hookline::api::WebhookSubscription,
+    ) -> hookline::api::WebhookSubscription {
+        self.create(sub, ("True", "Active")).await
     }
 
     /// A namespaced API for this test's namespace.
@@ -227,13 +239,15 @@ impl TestEnv {
 
     /// Run kubectl and return its raw output, whatever the exit code.
     pub fn kubectl_output(&self, args: &[&str]) -> std::process::Output {
-        Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .args(args)
-            .output()
-            .expect("kubectl runs")
+        blocking(|| {
+            Command::new("kubectl")
+                .env("KUBECONFIG", &self.kubeconfig)
+                .arg("--namespace")
+                .arg(&self.namespace)
+                .args(args)
+                .output()
+        })
+        .expect("kubectl runs")
     }
 
     /// A fresh data directory for a Hookline of this test.
