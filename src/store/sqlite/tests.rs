@@ -1,5 +1,7 @@
 use super::*;
-use crate::store::{DeadLetter, NewEvent, Replay};
+use super::group::write_group;
+use super::writes::{PRUNE_EVENTS, PRUNE_LOG};
+use crate::store::{DeadLetter, JobUpdate, NewEvent, Replay};
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,157 @@
+//! Group commit: one writer thread runs every write request. Concurrent requests share one
+//! transaction and one fsync; attempt records, which are not urgent, are gathered for a few
+//! milliseconds first. Each request answers once its group is durable.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::writes::record;
+use crate::store::{Attempt, StoreError};
+
+/// Most write requests folded into one transaction.
+const MAX_GROUP: usize = 512;
+
+/// Attempt records are not urgent (the HTTP answer is in; only the bookkeeping waits), so they are
+/// gathered for up to this long, or until [`MAX_RECORDS`] are waiting, and written in one request:
+/// one commit for hundreds of attempts instead of one each, which the commit cost (every dirty page
+/// written to the WAL, then an fsync) made the largest item in the delivery profile.
+const RECORD_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+/// Most attempt records gathered into one write request.
+const MAX_RECORDS: usize = 512;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A write request waiting for the writer thread. Its work borrows the request's data, so it can
+/// run again if the group it is in has to be retried with savepoints.
+pub(super) trait Write: Send {
+    /// Run the work and keep its result; false when it failed.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// The work ran but its savepoint could not be released: the request failed.
+    fn fail(&mut self, e: rusqlite::Error);
+    /// Answer with the last run's result, or with the error of the shared commit.
+    fn answer(self: Box<Self>, commit_error: Option<&Arc<rusqlite::Error>>);
+}
+
+pub(super) struct Request<T, F> {
+    work: F,
+    result: Option<Result<T, rusqlite::Error>>,
+    reply: Reply<T>,
+}
+
+impl<T, F> Request<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+{
+    pub(super) fn boxed(work: F, reply: Reply<T>) -> Box<dyn Write> {
+        Box::new(Request { work, result: None, reply })
+    }
+}
+
+impl<T, F> Write for Request<T, F>
+where
+    T: Send,
+    F: FnMut(&Connection) -> Result<T, rusqlite::Error> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.work)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn fail(&mut self, e: rusqlite::Error) {
+        self.result = Some(Err(e));
+    }
+
+    fn answer(self: Box<Self>, commit_error: Option<&Arc<rusqlite::Error>>) {
+        let answer = match (self.result, commit_error) {
+            (Some(Err(e)), _) => Err(StoreError::from(e)),
+            (_, Some(e)) if crate::store::is_full(e) => Err(StoreError::Full),
+            (_, Some(e)) => Err(StoreError::Commit(e.clone())),
+            (Some(Ok(v)), None) => Ok(v),
+            // Unreachable: a commit succeeds only after every request of its group ran.
+            (None, None) => Err(StoreError::NotRun),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// What the writer thread receives: one request, or a gathered group of attempt records.
+pub(super) type Writes = Vec<Box<dyn Write>>;
+
+/// Hand attempt records to the writer in groups: whatever arrives within [`RECORD_DELAY`] of the
+/// first one, up to [`MAX_RECORDS`]. Ends when every store handle is gone.
+pub(super) async fn gather_records(
+    mut rx: mpsc::UnboundedReceiver<(Attempt, Reply<()>)>,
+    writer: mpsc::Sender<Writes>,
+) {
+    let request =
+        |(attempt, reply): (Attempt, Reply<()>)| Request::boxed(move |t| record(t, &attempt), reply);
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![request(first)];
+        let due = tokio::time::Instant::now() + RECORD_DELAY;
+        while group.len() < MAX_RECORDS {
+            match tokio::time::timeout_at(due, rx.recv()).await {
+                Ok(Some(record)) => group.push(request(record)),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // If the writer is gone, the replies are dropped and each caller sees `Closed`.
+        if writer.send(group).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Take every queued request, run them in one transaction, commit once, then answer all.
+pub(super) fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Writes>) {
+    while let Some(mut group) = rx.blocking_recv() {
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(more) => group.extend(more),
+                Err(_) => break,
+            }
+        }
+        let commit = write_group(&mut conn, &mut group).map_err(Arc::new);
+        for request in group {
+            request.answer(commit.as_ref().err());
+        }
+    }
+}
+
+/// Run a group in one transaction and commit it: first all together; if a request fails, again
+/// from the start with each request in its own savepoint, so that it fails alone.
+pub(super) fn write_group(
+    conn: &mut Connection,
+    group: &mut [Box<dyn Write>],
+) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if group.iter_mut().all(|request| request.run(&tx)) {
+        return tx.commit();
+    }
+    tx.rollback()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for request in group.iter_mut() {
+        if let Err(e) = in_savepoint(&tx, |c| request.run(c)) {
+            request.fail(e);
+        }
+    }
+    tx.commit()
+}
+
+/// Run `run` inside a savepoint and keep its writes only if it returns true, so that a failing
+/// request undoes only its own writes and the shared transaction goes on for the others. Errs
+/// when the savepoint itself fails.
+fn in_savepoint(conn: &Connection, run: impl FnOnce(&Connection) -> bool) -> Result<(), rusqlite::Error> {
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
+    exec("SAVEPOINT request")?;
+    if run(conn) {
+        return exec("RELEASE request");
+    }
+    // ROLLBACK TO keeps the savepoint open; RELEASE then drops it (now empty).
+    exec("ROLLBACK TO request")?;
+    exec("RELEASE request")
+}
