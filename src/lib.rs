@@ -1,4 +1,5 @@
 #![doc = "Hookline: a Kubernetes operator that delivers webhooks."]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod controller;

@@ -16,19 +16,33 @@ pub mod condition_type {
 /// Machine-readable reasons of Hookline's conditions (CamelCase, as Kubernetes requires).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
+    /// The endpoint proved ownership (or validation is off).
     Verified,
+    /// The ownership handshake is waiting for the endpoint.
     Pending,
+    /// The ownership handshake failed.
     ValidationFailed,
+    /// The endpoint resolves to an address Hookline never sends to.
     EndpointBlocked,
+    /// Deliveries succeed.
     Delivering,
+    /// Deliveries fail in a row.
     DeliveryFailing,
+    /// `Healthy`: the endpoint answered 410 Gone.
     EndpointGone,
+    /// Events are delivered.
     Active,
+    /// Events wait until the endpoint is verified.
     AwaitingValidation,
+    /// `spec.suspend` holds events.
     Suspended,
+    /// `spec.expiresAt` has passed.
     Expired,
+    /// `Ready`: delivery stopped after a 410 Gone, until the spec changes.
     Disabled,
+    /// The spec breaks a rule the schema could not check.
     InvalidSpec,
+    /// The signing Secret the spec names does not exist or holds no key.
     SigningSecretMissing,
 }
 

@@ -29,16 +29,23 @@ use crate::store::{QueuedDeadLetter, ReplayResult, Store, StoreError};
 
 /// Turns the store's dead-letter and replay outboxes into FailedEvent changes.
 pub struct Writer {
+    /// Kubernetes client.
     pub client: Client,
+    /// The active subscriptions, whose dead-letter counts are reported.
     pub registry: Registry,
+    /// The store holding the dead-letter and replay-result outboxes.
     pub store: Arc<dyn Store>,
+    /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Where the dead-letter counts and drops are reported with the delivery status.
     pub board: StatusBoard,
     /// Woken when a dead letter is queued.
     pub dead_letters_waiting: Arc<Notify>,
+    /// The FailedEvent controller's watch cache, for counting against the cap.
     pub cache: Cache<FailedEvent>,
+    /// The cap.
     pub limits: Limits,
+    /// Publishes the Warning Event of a dropped dead letter.
     pub recorder: kube::runtime::events::Recorder,
 }
 

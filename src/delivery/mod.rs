@@ -65,7 +65,9 @@ pub fn to_store(
 /// the first attempt needs no read from the store.
 #[derive(Clone, Debug)]
 pub struct NewJob {
+    /// The job, as the dispatcher schedules it.
     pub job: JobRef,
+    /// The event, when the caller has it (fresh jobs).
     pub event: Option<Arc<CloudEvent>>,
 }
 
@@ -84,7 +86,9 @@ pub struct Dispatchers {
 
 /// A published event with its stored form (the CloudEvents JSON format), serialized once.
 pub struct Incoming {
+    /// The parsed event.
     pub event: CloudEvent,
+    /// Its stored form.
     pub json: Vec<u8>,
 }
 
@@ -98,9 +102,13 @@ impl From<CloudEvent> for Incoming {
 /// One event's routing result, for the ingest response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Routed {
+    /// The event's `id`.
     pub id: String,
+    /// The event's `source`.
     pub source: String,
+    /// How many subscriptions it was queued for.
     pub matched: usize,
+    /// It was accepted before (within the dedup window): nothing was queued.
     pub duplicate: bool,
 }
 

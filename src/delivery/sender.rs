@@ -15,17 +15,24 @@ use crate::policy::retry::{Answer, parse_retry_after};
 
 /// The parts of a request that do not depend on the event.
 pub struct Target<'a> {
+    /// The endpoint URL.
     pub url: &'a str,
+    /// Binary or structured mode.
     pub mode: DeliveryMode,
+    /// How long the request may take.
     pub timeout: Duration,
+    /// Headers from the spec and its Secret.
     pub static_headers: &'a [(HeaderName, HeaderValue)],
+    /// Keys to sign with (two during a rotation).
     pub keys: &'a [SigningKey],
 }
 
 /// The result of one attempt.
 #[derive(Clone, Debug)]
 pub struct Sent {
+    /// What the endpoint answered.
     pub outcome: Answer,
+    /// How long the request took.
     pub duration: Duration,
 }
 

@@ -49,11 +49,13 @@ struct Tracker {
 /// What one attempt changes in status.
 #[derive(Clone, Debug)]
 pub struct AttemptReport {
+    /// The attempt, as `status.lastDelivery` shows it.
     pub last: LastDelivery,
     /// The event was given up on (dead-lettered or dropped).
     pub gave_up: bool,
     /// The endpoint answered 410 Gone.
     pub gone: bool,
+    /// The subscription generation the attempt was made for.
     pub generation: i64,
 }
 

@@ -21,8 +21,11 @@ pub const HOOKLINE_SOURCE: &str = "/hookline";
 /// An extension attribute value (CloudEvents types String, Integer, Boolean).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExtValue {
+    /// A string.
     String(String),
+    /// An integer.
     Integer(i64),
+    /// A boolean.
     Boolean(bool),
 }
 
@@ -84,13 +87,21 @@ struct JsonFormat<'a> {
 /// A validated CloudEvent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloudEvent {
+    /// Identifies the event; unique per `source`.
     pub id: String,
+    /// The context in which the event happened (a URI reference).
     pub source: String,
+    /// The event type, e.g. `order.created`.
     pub type_: String,
+    /// The subject of the event in the context of the source.
     pub subject: Option<String>,
+    /// When the event happened (RFC 3339).
     pub time: Option<String>,
+    /// The media type of `data`.
     pub datacontenttype: Option<String>,
+    /// The schema `data` adheres to (a URI).
     pub dataschema: Option<String>,
+    /// Extension attributes by name.
     pub extensions: BTreeMap<String, ExtValue>,
     /// The payload bytes exactly as published.
     pub data: Option<Bytes>,

@@ -23,7 +23,9 @@ const CACHE_MAX: usize = 10_000;
 /// What a request wants to do, in RBAC terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Action {
+    /// The SubjectAccessReview verb.
     pub verb: &'static str,
+    /// The SubjectAccessReview resource (in `hookline.dev`).
     pub resource: &'static str,
 }
 
@@ -43,7 +45,12 @@ pub enum Auth {
     /// Anyone may do anything (`--ingest-auth none`, local development only).
     None,
     /// TokenReview + SubjectAccessReview.
-    Kubernetes { client: Client, cache: Arc<Mutex<Decisions>> },
+    Kubernetes {
+        /// The client the reviews are sent with.
+        client: Client,
+        /// Recent decisions, so that a publisher's every request is not reviewed again.
+        cache: Arc<Mutex<Decisions>>,
+    },
 }
 
 impl Auth {

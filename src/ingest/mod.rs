@@ -36,8 +36,11 @@ use auth::{Action, Auth, PUBLISH, READ_LOG, SEND_TEST};
 /// A refusal: HTTP status plus a JSON body naming the problem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// What went wrong, for the caller.
     pub message: String,
+    /// The event attribute at fault, for a refused event.
     pub attribute: Option<String>,
     /// Seconds after which a retry may succeed (`Retry-After`).
     pub retry_after: Option<u64>,
@@ -54,12 +57,15 @@ impl ApiError {
     fn insufficient_storage(m: impl Into<String>) -> Self {
         Self { retry_after: Some(FULL_RETRY_AFTER_SECS), ..Self::new(StatusCode::INSUFFICIENT_STORAGE, m) }
     }
+    /// 401: no or an invalid token.
     pub fn unauthorized(m: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, m)
     }
+    /// 403: the caller may not do this in the namespace.
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, m)
     }
+    /// 503: Hookline or a service it needs cannot take the request now; retry.
     pub fn unavailable(m: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, m)
     }
@@ -95,14 +101,21 @@ pub struct IngestConfig {
 /// What the ingest server works with.
 #[derive(Clone)]
 pub struct Ingest {
+    /// Limits of the ingest server.
     pub config: IngestConfig,
+    /// How callers are authenticated and authorized.
     pub auth: Auth,
+    /// The active subscriptions events are routed to.
     pub registry: Registry,
+    /// Stores and routes accepted events, sends test events.
     pub dispatchers: Arc<Dispatchers>,
+    /// Nothing is accepted until Hookline is ready.
     pub readiness: Readiness,
+    /// Kubernetes client (namespace and subscription lookups).
     pub client: Client,
     /// The store, asked for free space before events are accepted.
     pub store: Arc<dyn Store>,
+    /// Metrics.
     pub metrics: Arc<Metrics>,
 }
 

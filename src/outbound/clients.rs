@@ -20,12 +20,26 @@ const MAX_BUNDLES: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error(transparent)]
+    /// The Secret could not be read.
     Secret(#[from] SecretError),
+    /// The Secret lacks the key `endpoint.caBundleFrom` names.
     #[error("Secret {secret} has no key {key:?} (endpoint.caBundleFrom)")]
-    MissingKey { secret: String, key: String },
+    MissingKey {
+        /// The Secret.
+        secret: String,
+        /// The key.
+        key: String,
+    },
+    /// The key holds no PEM certificate.
     #[error("Secret {secret} key {key:?} holds no PEM certificate (endpoint.caBundleFrom)")]
-    NoCertificates { secret: String, key: String },
+    NoCertificates {
+        /// The Secret.
+        secret: String,
+        /// The key.
+        key: String,
+    },
     #[error(transparent)]
+    /// The client could not be built.
     Client(#[from] ClientError),
 }
 
@@ -40,6 +54,7 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Clients that resolve through `guard` and read CA bundles from `secrets`.
     pub fn new(guard: Arc<Guard>, secrets: SecretCache) -> Result<Self, ClientError> {
         let default = http::client(guard.clone())?;
         Ok(Clients { default, guard, secrets, by_bundle: Arc::default() })

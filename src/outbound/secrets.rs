@@ -20,13 +20,18 @@ const TTL: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("Secret {0} not found")]
+    /// The Secret does not exist.
     NotFound(String),
     #[error("Secret {0} holds no signing secret (a value starting with whsec_)")]
+    /// The Secret holds no usable signing key.
     NoSigningKey(String),
     #[error("reading Secret {name}")]
+    /// The API server could not be asked, and nothing was read before.
     Kube {
+        /// The Secret's name.
         name: String,
         #[source]
+        /// What the client said.
         source: kube::Error,
     },
 }
@@ -43,6 +48,7 @@ pub struct SecretCache {
 }
 
 impl SecretCache {
+    /// A cache that reads Secrets with `client`.
     pub fn new(client: Client) -> Self {
         Self { client, entries: Arc::default() }
     }

@@ -19,10 +19,13 @@ impl std::fmt::Debug for SigningKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("a signing secret must start with whsec_")]
+    /// The value does not start with `whsec_`.
     MissingPrefix,
     #[error("the part after whsec_ is not valid base64")]
+    /// The rest is not base64.
     NotBase64,
     #[error("a signing secret must hold between 24 and 64 bytes")]
+    /// The key is shorter than 24 or longer than 64 bytes.
     BadLength,
 }
 

@@ -13,7 +13,9 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{addr} is {rule}")]
 pub struct Blocked {
+    /// The refused address.
     pub addr: IpAddr,
+    /// The rule it breaks, e.g. `private (RFC 1918)`.
     pub rule: &'static str,
 }
 

@@ -137,9 +137,12 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
 #[serde(rename_all = "camelCase")]
 pub struct OwnedStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The generation these conditions describe.
     pub observed_generation: Option<i64>,
+    /// `Ready` and `EndpointVerified`.
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The Secret the signing keys are read from.
     pub signing_secret_ref: Option<SecretRef>,
 }
 

@@ -75,13 +75,19 @@ fn is_full(e: &rusqlite::Error) -> bool {
 /// An event to store, with the subscriptions (by UID) it must be delivered to.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
+    /// The namespace it was published in.
     pub namespace: String,
+    /// Its `source`.
     pub source: String,
+    /// Its `id`.
     pub event_id: String,
+    /// Its `type`.
     pub event_type: String,
     /// The event in the CloudEvents JSON format.
     pub body: Vec<u8>,
+    /// The subscriptions (by UID) to queue a job for.
     pub targets: Vec<String>,
+    /// When it was accepted.
     pub accepted_at: Millis,
 }
 
@@ -97,7 +103,9 @@ pub struct Accepted {
 /// A pending delivery job, as a dispatcher schedules it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct JobRef {
+    /// When the next attempt is due.
     pub due_at: Millis,
+    /// The job's id.
     pub job_id: i64,
     /// When the event was accepted (its TTL counts from here).
     pub accepted_at: Millis,
@@ -106,10 +114,15 @@ pub struct JobRef {
 /// Everything needed to attempt one job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
+    /// The job's id.
     pub job_id: i64,
+    /// The subscription's UID.
     pub sub_uid: String,
+    /// Attempts made so far.
     pub attempts: u32,
+    /// When the first attempt was made.
     pub first_attempt_at: Option<Millis>,
+    /// When the event was accepted.
     pub accepted_at: Millis,
     /// The event in the CloudEvents JSON format.
     pub event: Vec<u8>,
@@ -120,6 +133,7 @@ pub struct Job {
 /// A replay of a FailedEvent to enqueue.
 #[derive(Clone, Debug)]
 pub struct Replay {
+    /// The event, with the one subscription to replay it to.
     pub event: NewEvent,
     /// `namespace/name/uid` of the FailedEvent.
     pub replay_of: String,
@@ -128,23 +142,32 @@ pub struct Replay {
 /// How a replay ended, waiting to be applied to its FailedEvent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayResult {
+    /// The replay's job.
     pub job_id: i64,
+    /// `namespace/name/uid` of the FailedEvent.
     pub replay_of: String,
+    /// Whether the replay was delivered.
     pub delivered: bool,
+    /// Attempts made.
     pub attempts: u32,
+    /// HTTP status of the last attempt.
     pub status: Option<u16>,
+    /// What went wrong in the last attempt.
     pub error: Option<String>,
+    /// When it ended.
     pub at: Millis,
 }
 
 /// Where one subscription's endpoint stands in the ownership handshake.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verification {
+    /// The subscription's UID.
     pub sub_uid: String,
     /// The URL this record is about; a different URL needs its own verification.
     pub url: String,
     /// `Event` or `Options`.
     pub method: String,
+    /// When the endpoint proved ownership of `url`.
     pub verified_at: Option<Millis>,
     /// Secret part of the validation URL, while one is outstanding.
     pub token: Option<String>,
@@ -152,7 +175,9 @@ pub struct Verification {
     pub code: Option<String>,
     /// When the outstanding code and URL stop being accepted.
     pub expires_at: Option<Millis>,
+    /// Handshake attempts made.
     pub attempts: u32,
+    /// When the next handshake attempt is due.
     pub next_attempt_at: Millis,
     /// What the last attempt found, for the condition message.
     pub message: String,
@@ -167,8 +192,11 @@ pub struct Verification {
 pub enum JobUpdate {
     /// Delivered: the job is finished.
     Delivered,
-    /// Retry at this time.
-    Retry { due_at: Millis },
+    /// Retry later.
+    Retry {
+        /// When.
+        due_at: Millis,
+    },
     /// Given up: the job leaves the queue and a dead letter is queued for the FailedEvent writer.
     DeadLetter(DeadLetter),
     /// Given up and dropped (dead-lettering is off, or the subscription is gone).
@@ -178,7 +206,9 @@ pub enum JobUpdate {
 /// A dead letter waiting to become a FailedEvent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// The subscription's namespace.
     pub namespace: String,
+    /// The subscription's name.
     pub subscription: String,
     /// The failure record as JSON (`FailureRecord`).
     pub failure: String,
@@ -187,16 +217,25 @@ pub struct DeadLetter {
 /// One delivery attempt, for the delivery log and the job's bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
+    /// The job's id.
     pub job_id: i64,
+    /// The subscription's UID.
     pub sub_uid: String,
+    /// The event's `id`.
     pub event_id: String,
+    /// The event's `type`.
     pub event_type: String,
     /// Attempt number, from 1.
     pub attempt: u32,
+    /// When the attempt ended.
     pub at: Millis,
+    /// HTTP status, when the endpoint answered.
     pub status: Option<u16>,
+    /// How long the request took (0 when none was sent).
     pub duration_ms: u64,
+    /// What went wrong, when no status tells it.
     pub error: Option<String>,
+    /// What happens to the job.
     pub update: JobUpdate,
     /// Size of the event in bytes (0 when unknown): a finished job frees a large event's space.
     pub payload_bytes: usize,
@@ -207,28 +246,41 @@ pub struct Attempt {
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     #[serde(skip)]
+    /// Position in the log (for paging).
     pub seq: i64,
+    /// When the attempt ended (RFC 3339).
     pub time: String,
+    /// The event's `id`.
     pub event_id: String,
+    /// The event's `type`.
     pub event_type: String,
+    /// Attempt number, from 1.
     pub attempt: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// HTTP status, when the endpoint answered.
     pub status_code: Option<u16>,
+    /// How long the request took.
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// What went wrong, when no status tells it.
     pub error: Option<String>,
     /// `delivered`, `retry`, `deadLettered` or `dropped`.
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// When the next attempt is due, for `retry`.
     pub next_retry_at: Option<String>,
 }
 
 /// A queued dead letter with its event, as the FailedEvent writer reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedDeadLetter {
+    /// The job that was given up.
     pub job_id: i64,
+    /// The subscription's UID.
     pub sub_uid: String,
+    /// Where it goes and why it failed.
     pub letter: DeadLetter,
+    /// The event in the CloudEvents JSON format.
     pub event: Vec<u8>,
 }
 

@@ -33,6 +33,7 @@ pub const VALIDATION_EVENT_TYPE: &str = "dev.hookline.subscription.validation";
 /// The verdict for one subscription.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
+    /// Where the endpoint stands.
     pub state: State,
     /// `WebHook-Allowed-Rate` from an Options handshake, requests per minute.
     pub rate_per_minute: Option<u32>,
@@ -42,9 +43,13 @@ pub struct Outcome {
 
 /// Runs handshakes; shared by all reconciliations.
 pub struct Verifier {
+    /// Where verification records are kept.
     pub store: Arc<dyn Store>,
+    /// HTTP clients per CA bundle.
     pub clients: Clients,
+    /// The SSRF guard every endpoint address must pass.
     pub guard: Arc<Guard>,
+    /// Signing keys for signed validation events.
     pub secrets: SecretCache,
     /// Base of validation URLs (`--public-url`); without it only the synchronous answer works.
     pub public_url: Option<String>,

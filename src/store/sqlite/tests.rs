@@ -1,6 +1,6 @@
-use super::*;
 use super::group::write_group;
 use super::writes::{PRUNE_EVENTS, PRUNE_LOG};
+use super::*;
 use crate::store::{DeadLetter, JobUpdate, NewEvent, Replay};
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
