@@ -61,6 +61,7 @@ pub struct Metrics {
     api_requests: Family<MethodLabels, Counter>,
     event_cache_bytes: Gauge,
     store_free_bytes: Gauge,
+    store_errors: Family<ErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -133,7 +134,14 @@ impl Default for Metrics {
              plus reusable space inside its files when short)",
             store_free_bytes.clone(),
         );
+        let store_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Event-store operations that failed, by error (sqlite, full, closed, …)",
+            store_errors.clone(),
+        );
         Self {
+            store_errors,
             api_requests,
             event_cache_bytes,
             store_free_bytes,
@@ -191,6 +199,11 @@ impl Metrics {
     /// Count a failed reconciliation.
     pub fn reconcile_failed(&self, error: &'static str) {
         self.reconcile_errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+
+    /// Count a failed event-store operation.
+    pub fn store_failed(&self, error: &'static str) {
+        self.store_errors.get_or_create(&ErrorLabels { error }).inc();
     }
 
     /// Count a status write.
@@ -266,5 +279,16 @@ mod tests {
         assert!(text.contains("hookline_reconcile_errors_total{error=\"kube\"} 1"), "{text}");
         assert!(text.contains("hookline_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hookline_status_writes_total 1"), "{text}");
+    }
+
+    #[test]
+    fn store_errors_are_counted_by_label() {
+        let m = Metrics::default();
+        m.store_failed("full");
+        m.store_failed("closed");
+        m.store_failed("closed");
+        let text = m.encode();
+        assert!(text.contains("hookline_store_errors_total{error=\"full\"} 1"), "{text}");
+        assert!(text.contains("hookline_store_errors_total{error=\"closed\"} 2"), "{text}");
     }
 }

@@ -106,6 +106,9 @@ pub async fn attempt(
 /// events here rather than on the dispatcher; reports back with [`Finished::Read`].
 pub async fn read_ahead(shared: Arc<Shared>, jobs: Vec<JobRef>, done: mpsc::UnboundedSender<Finished>) {
     let found = shared.store.jobs(jobs.iter().map(|j| j.job_id).collect()).await;
+    if let Err(e) = &found {
+        shared.metrics.store_failed(e.metric_label());
+    }
     let loaded = found.map(|found| found.into_iter().map(Loaded::from).collect());
     let _ = done.send(Finished::Read(jobs, loaded));
 }
@@ -257,6 +260,7 @@ async fn finish(
     };
     if let Err(e) = shared.store.record(record).await {
         // Not recorded means not done: the job stays queued and is attempted again (at-least-once).
+        shared.metrics.store_failed(e.metric_label());
         warn!(subscription = %sub.key.name, error = %Chain(&e), "recording an attempt failed; the event will be retried");
         return requeue_in(job.job, LOCAL_RETRY);
     }
@@ -351,6 +355,7 @@ pub async fn expire(
     {
         Ok(found) => found.into_iter().map(|j| (j.job_id, j)).collect(),
         Err(e) => {
+            shared.metrics.store_failed(e.metric_label());
             warn!(subscription = %sub.key.name, error = %Chain(&e), jobs = jobs.len(), "reading expired jobs; will retry");
             for job in jobs {
                 let _ = done.send(requeue_in(job, LOCAL_RETRY));

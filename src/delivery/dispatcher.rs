@@ -96,6 +96,7 @@ impl Dispatcher {
                     return Some(Queue::new(jobs, self.shared.budget.account(), Instant::now()));
                 }
                 Err(e) => {
+                    self.shared.metrics.store_failed(e.metric_label());
                     warn!(subscription = %name, error = %Chain(&e), "loading queued jobs; retrying");
                     tokio::select! {
                         _ = self.stop.cancelled() => return None,

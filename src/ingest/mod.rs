@@ -178,6 +178,7 @@ impl IngestState {
     async fn check_room(&self) -> Result<(), ApiError> {
         let min = self.config.min_free_disk;
         let free = self.store.free_bytes(min).await.map_err(|e| {
+            self.metrics.store_failed(e.metric_label());
             warn!(error = %Chain(&e), "reading the store's free space failed");
             ApiError::unavailable("the event store is unavailable; nothing was accepted, retry later")
         })?;
@@ -290,7 +291,20 @@ async fn publish(
         ));
     };
     state.check_room().await?;
-    let routed = state.dispatchers.route(&state.registry, &ns, events).await.map_err(|e| match e {
+    let routed = state.dispatchers.route(&state.registry, &ns, events).await.map_err(|e| {
+        state.metrics.store_failed(e.metric_label());
+        store_refusal(&ns, e)
+    })?;
+    let body: Vec<_> = routed
+        .into_iter()
+        .map(|r| json!({"id": r.id, "source": r.source, "matched": r.matched, "duplicate": r.duplicate}))
+        .collect();
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "events": body }))).into_response())
+}
+
+/// The answer to a publish the store could not take: 507 when its disk is full, else 503.
+fn store_refusal(ns: &str, e: StoreError) -> ApiError {
+    match e {
         StoreError::Full => ApiError::insufficient_storage(
             "the event store's disk is full; nothing was accepted, retry later (delivered events free space)",
         ),
@@ -298,12 +312,7 @@ async fn publish(
             warn!(namespace = %ns, error = %Chain(&e), "storing events failed");
             ApiError::unavailable("the event could not be stored; nothing was accepted, retry later")
         }
-    })?;
-    let body: Vec<_> = routed
-        .into_iter()
-        .map(|r| json!({"id": r.id, "source": r.source, "matched": r.matched, "duplicate": r.duplicate}))
-        .collect();
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "events": body }))).into_response())
+    }
 }
 
 #[derive(Deserialize)]
