@@ -11,6 +11,14 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+mod checks;
+pub mod limits;
+
+pub use checks::is_json_media_type;
+use checks::{
+    CONTEXT_ATTRIBUTES, check_extension_name, check_lengths, check_required, check_time, is_text_media_type,
+};
+
 /// Media type of a structured-mode event.
 pub const STRUCTURED: &str = "application/cloudevents+json";
 /// Media type of a batch of events.
@@ -119,103 +127,6 @@ pub struct EventError {
 
 fn err(attribute: impl Into<String>, problem: impl Into<String>) -> EventError {
     EventError { attribute: attribute.into(), problem: problem.into() }
-}
-
-/// The longest value of each attribute, in bytes. A FailedEvent keeps the event whole, and its
-/// schema bounds every string (so that a current API server can estimate the cost of its CEL
-/// rules): an event that passes ingest always fits there.
-pub mod limits {
-    /// `id`.
-    pub const ID: usize = 1024;
-    /// `source`, `subject`, `dataschema` and each extension value.
-    pub const URI: usize = 2048;
-    /// `type`.
-    pub const TYPE: usize = 1024;
-    /// `time`.
-    pub const TIME: usize = 64;
-    /// `datacontenttype`.
-    pub const MEDIA_TYPE: usize = 256;
-    /// Extension attributes on one event.
-    pub const EXTENSIONS: usize = 64;
-    /// The largest payload, so that an event kept in a FailedEvent stays well under etcd's
-    /// 1.5 MiB object limit (`--max-event-bytes` may not exceed it).
-    pub const DATA: usize = 1024 * 1024;
-    /// `data_base64` of a [`DATA`]-byte payload.
-    pub const DATA_BASE64: usize = DATA.div_ceil(3) * 4;
-}
-
-const CONTEXT_ATTRIBUTES: &[&str] =
-    &["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"];
-
-/// Whether a media type carries JSON (`application/json`, `text/json`, `*+json`).
-pub fn is_json_media_type(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
-}
-
-fn is_text_media_type(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence.starts_with("text/") || essence == "application/xml" || essence.ends_with("+xml")
-}
-
-/// `at` + `attribute` names the attribute in errors (built only for an error: this runs per event).
-fn check_required(at: &str, attribute: &str, value: Option<String>) -> Result<String, EventError> {
-    match value {
-        None => Err(err(format!("{at}{attribute}"), "is required")),
-        Some(v) if v.is_empty() => Err(err(format!("{at}{attribute}"), "must not be empty")),
-        Some(v) => Ok(v),
-    }
-}
-
-fn check_extension_name(name: &str, attribute: &str) -> Result<(), EventError> {
-    if name.is_empty()
-        || name.len() > 20
-        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    {
-        return Err(err(attribute, "extension attribute names must be 1-20 lowercase letters or digits"));
-    }
-    if name == "data" || name == "data_base64" {
-        return Err(err(attribute, "is a reserved name"));
-    }
-    Ok(())
-}
-
-/// Every attribute within [`limits`]; `name` turns an attribute into the name the publisher used.
-fn check_lengths(event: &CloudEvent, name: impl Fn(&str) -> String) -> Result<(), EventError> {
-    let too_long = |attribute: &str, max: usize| err(name(attribute), format!("must be at most {max} bytes"));
-    let optional = |value: &Option<String>| value.as_deref().map_or(0, str::len);
-    for (attribute, len, max) in [
-        ("id", event.id.len(), limits::ID),
-        ("source", event.source.len(), limits::URI),
-        ("type", event.type_.len(), limits::TYPE),
-        ("subject", optional(&event.subject), limits::URI),
-        ("time", optional(&event.time), limits::TIME),
-        ("datacontenttype", optional(&event.datacontenttype), limits::MEDIA_TYPE),
-        ("dataschema", optional(&event.dataschema), limits::URI),
-    ] {
-        if len > max {
-            return Err(too_long(attribute, max));
-        }
-    }
-    if event.extensions.len() > limits::EXTENSIONS {
-        return Err(err(
-            name("extensions"),
-            format!("at most {} extension attributes are allowed", limits::EXTENSIONS),
-        ));
-    }
-    if let Some((key, _)) = event.extensions.iter().find(|(_, v)| v.header_len() > limits::URI) {
-        return Err(too_long(key, limits::URI));
-    }
-    Ok(())
-}
-
-fn check_time(time: &Option<String>, at: &str, attribute: &str) -> Result<(), EventError> {
-    if let Some(t) = time
-        && t.parse::<jiff::Timestamp>().is_err()
-    {
-        return Err(err(format!("{at}{attribute}"), format!("{t:?} is not an RFC 3339 timestamp")));
-    }
-    Ok(())
 }
 
 impl CloudEvent {
@@ -439,41 +350,18 @@ impl CloudEvent {
     }
 }
 
-/// Binary-mode header values are percent-encoded for characters outside printable ASCII.
+/// What binary-mode header values percent-encode: controls, non-ASCII bytes, `"` and `%`.
+const HEADER_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'"').add(b'%');
+
+/// Binary-mode header values are percent-encoded for characters outside printable ASCII; a value
+/// that does not decode to UTF-8 is kept as sent.
 fn percent_decode(s: &str) -> String {
-    if !s.contains('%') {
-        return s.to_string();
-    }
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+    percent_encoding::percent_decode_str(s).decode_utf8().map_or_else(|_| s.to_string(), |d| d.into_owned())
 }
 
 /// Percent-encode a header value as the binary binding requires.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' || b == b' ' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, HEADER_ESCAPES).to_string()
 }
 
 #[cfg(test)]
