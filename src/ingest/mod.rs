@@ -121,15 +121,17 @@ pub struct Ingest {
 
 #[derive(Clone)]
 struct IngestState {
-    config: IngestConfig,
-    auth: Auth,
-    registry: Registry,
-    dispatchers: Arc<Dispatchers>,
-    readiness: Readiness,
-    client: Client,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
+    parts: Arc<Ingest>,
+    /// Namespaces known to exist, and since when.
     namespaces: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl std::ops::Deref for IngestState {
+    type Target = Ingest;
+
+    fn deref(&self) -> &Ingest {
+        &self.parts
+    }
 }
 
 /// Largest batch body, as a multiple of the per-event cap.
@@ -143,18 +145,7 @@ pub async fn bind(
     ingest: Ingest,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    let Ingest { config, auth, registry, dispatchers, readiness, client, store, metrics } = ingest;
-    let state = IngestState {
-        config,
-        auth,
-        registry,
-        dispatchers,
-        readiness,
-        client,
-        store,
-        metrics,
-        namespaces: Arc::default(),
-    };
+    let state = IngestState { parts: Arc::new(ingest), namespaces: Arc::default() };
     let app = Router::new()
         .route("/v1/namespaces/{ns}/events", post(publish))
         .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries", get(deliveries))
