@@ -23,7 +23,7 @@ use crate::policy::decision::{
 use crate::policy::spec::parse;
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
-use crate::verify::Outcome;
+use crate::verify::Verdict;
 
 /// How often a healthy subscription is looked at even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -65,7 +65,7 @@ async fn apply(
     let verified = if problems.is_empty() {
         ctx.verifier.verify(sub, secret_name).await
     } else {
-        Outcome {
+        Verdict {
             state: EndpointState::Pending("the spec is invalid".into()),
             rate_per_minute: None,
             recheck_in: None,

@@ -32,7 +32,7 @@ pub const VALIDATION_EVENT_TYPE: &str = "dev.hookline.subscription.validation";
 
 /// The verdict for one subscription.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
+pub struct Verdict {
     /// Where the endpoint stands.
     pub state: State,
     /// `WebHook-Allowed-Rate` from an Options handshake, requests per minute.
@@ -57,14 +57,14 @@ pub struct Verifier {
 
 impl Verifier {
     /// Where `sub`'s endpoint stands; runs a handshake when one is due.
-    pub async fn verify(&self, sub: &WebhookSubscription, signing_secret: Option<&str>) -> Outcome {
+    pub async fn verify(&self, sub: &WebhookSubscription, signing_secret: Option<&str>) -> Verdict {
         let method = sub.spec.validation.method;
         let url = &sub.spec.endpoint.url;
         if method == ValidationMethod::None {
             let state = State::Verified(
                 "validation.method is None and the operator allows unverified endpoints".into(),
             );
-            return Outcome { state, rate_per_minute: None, recheck_in: None };
+            return Verdict { state, rate_per_minute: None, recheck_in: None };
         }
         if let Err(e) = self.check_address(url).await {
             let state = match e {
@@ -74,7 +74,7 @@ impl Verifier {
                 )),
                 e => State::Failed(format!("{}; retrying", Chain(&e))),
             };
-            return Outcome { state, rate_per_minute: None, recheck_in: Some(BLOCKED_RECHECK) };
+            return Verdict { state, rate_per_minute: None, recheck_in: Some(BLOCKED_RECHECK) };
         }
         let uid = sub.uid().unwrap_or_default();
         let revalidate = sub.annotations().get(annotations::REVALIDATE).cloned();
@@ -84,11 +84,11 @@ impl Verifier {
             Err(e) => {
                 let state =
                     State::Pending(format!("cannot read the verification record ({}); retrying", Chain(&e)));
-                return Outcome { state, rate_per_minute: None, recheck_in: Some(POLL_WHILE_PENDING) };
+                return Verdict { state, rate_per_minute: None, recheck_in: Some(POLL_WHILE_PENDING) };
             }
         };
         match plan(existing.as_ref(), &uid, url, method, revalidate.as_deref(), now) {
-            Plan::Verified(v) => Outcome {
+            Plan::Verified(v) => Verdict {
                 state: State::Verified(verified_message(&v.message, v.rate_per_minute)),
                 rate_per_minute: v.rate_per_minute,
                 recheck_in: None,
@@ -101,7 +101,7 @@ impl Verifier {
                 }
                 if v.verified_at.is_some() {
                     let state = State::Verified(verified_message(&v.message, v.rate_per_minute));
-                    Outcome { state, rate_per_minute: v.rate_per_minute, recheck_in: None }
+                    Verdict { state, rate_per_minute: v.rate_per_minute, recheck_in: None }
                 } else {
                     not_yet(&v, now)
                 }
@@ -128,10 +128,10 @@ fn verified_message(message: &str, rate: Option<u32>) -> String {
 
 /// Not verified yet: look again at the next attempt, or sooner while a code is outstanding (the
 /// validation URL may be opened any moment).
-fn not_yet(v: &crate::store::Verification, now: crate::store::Millis) -> Outcome {
+fn not_yet(v: &crate::store::Verification, now: crate::store::Millis) -> Verdict {
     let until_next = Duration::from_millis((v.next_attempt_at - now).max(0) as u64);
     let recheck = if v.code.is_some() { until_next.min(POLL_WHILE_PENDING) } else { until_next };
-    Outcome { state: waiting(v), rate_per_minute: None, recheck_in: Some(recheck) }
+    Verdict { state: waiting(v), rate_per_minute: None, recheck_in: Some(recheck) }
 }
 
 fn waiting(v: &crate::store::Verification) -> State {
