@@ -15,7 +15,7 @@ use hookline::controller::{self, Policy};
 use hookline::deadletter::{self, FailedEventContext, Limits};
 use hookline::delivery::Dispatchers;
 use hookline::delivery::budget::EventBudget;
-use hookline::delivery::status::{StatusBoard, run_writer};
+use hookline::delivery::status::{StatusBoard, WriteBudget, run_writer};
 use hookline::ingest::{self, Ingest, IngestConfig, auth::Auth};
 use hookline::metrics::Metrics;
 use hookline::outbound::clients::Clients;
@@ -86,6 +86,10 @@ struct RunArgs {
     /// Least time between two delivery-status writes of one subscription.
     #[arg(long, env = "HOOKLINE_STATUS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
+    /// Delivery-status writes per second across all subscriptions (per replica). A `Healthy`
+    /// transition is written first; counters are refreshed in turn as the budget allows.
+    #[arg(long, env = "HOOKLINE_STATUS_WRITES_PER_SECOND", default_value_t = 10.0, value_parser = positive_rate)]
+    status_writes_per_second: f64,
     /// How long a published `source` + `id` is remembered to drop re-deliveries.
     #[arg(long, env = "HOOKLINE_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
@@ -237,7 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         board.clone(),
         client.clone(),
         metrics.clone(),
-        args.status_interval,
+        WriteBudget { interval: args.status_interval, per_second: args.status_writes_per_second },
         writer_stop.clone(),
     ));
     tokio::spawn(hookline::store::prune(
@@ -304,6 +308,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ops.await.context("operations server task")?.context("operations server")?;
     info!("stopped");
     Ok(())
+}
+
+/// A rate above zero (writes per second).
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate above 0 (writes per second, e.g. 10 or 0.5)")),
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the operator.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -62,6 +63,8 @@ pub struct Metrics {
     event_cache_bytes: Gauge,
     store_free_bytes: Gauge,
     store_errors: Family<ErrorLabels, Counter>,
+    status_writes_deferred: Counter,
+    status_staleness: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -140,7 +143,21 @@ impl Default for Metrics {
             "Event-store operations that failed, by error (sqlite, full, closed, …)",
             store_errors.clone(),
         );
+        let status_writes_deferred = Counter::default();
+        registry.register(
+            "status_writes_deferred",
+            "Delivery-status writes that fell due and waited for the write budget",
+            status_writes_deferred.clone(),
+        );
+        let status_staleness = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "status_staleness_seconds",
+            "Age of the oldest delivery result not yet written to a subscription's status",
+            status_staleness.clone(),
+        );
         Self {
+            status_writes_deferred,
+            status_staleness,
             store_errors,
             api_requests,
             event_cache_bytes,
@@ -199,6 +216,16 @@ impl Metrics {
     /// Count a failed reconciliation.
     pub fn reconcile_failed(&self, error: &'static str) {
         self.reconcile_errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+
+    /// Count delivery-status writes the budget deferred.
+    pub fn status_writes_deferred(&self, writes: u64) {
+        self.status_writes_deferred.inc_by(writes);
+    }
+
+    /// Set the age of the oldest delivery result not yet in status.
+    pub fn set_status_staleness(&self, age: std::time::Duration) {
+        self.status_staleness.set(age.as_secs_f64());
     }
 
     /// Count a failed event-store operation.

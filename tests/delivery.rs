@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -288,6 +290,75 @@ async fn a_rotated_secret_yields_two_signatures_that_both_verify() {
     .await;
     let parsed = verify_with_reference_libraries(&[old.to_string(), new.to_string()], &[both]);
     assert_eq!(parsed[0]["signatures"], 2);
+}
+
+/// Publish one event every 50 ms to `namespace` until `stop` is set; returns how many went out.
+fn publish_until(ingest: String, namespace: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let url = format!("{ingest}/v1/namespaces/{namespace}/events");
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let body = event(&format!("flow-{sent}"), "t").to_string();
+            let resp =
+                http.post(&url).header("content-type", "application/cloudevents+json").body(body).send();
+            assert_eq!(resp.await.expect("publish").status(), 202);
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sent
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn within_a_small_status_budget_health_changes_go_first_and_counters_catch_up() {
+    let env = TestEnv::with_crds("status-budget").await;
+    let mut flags = LOCAL.to_vec();
+    flags.push("--status-writes-per-second=1");
+    let h = env.start_hookline(&flags).await;
+    // Sixteen busy subscriptions with one write per second between them: their counters lag, and
+    // without priority a health change would wait its turn for about 16 s.
+    let mut busy = Vec::new();
+    for i in 0..16 {
+        let rx = Receiver::start().await;
+        env.create_active(WebhookSubscription::test(&format!("busy-{i}"), &rx.url)).await;
+        busy.push(rx);
+    }
+    let flaky = Receiver::start().await;
+    env.create_active(WebhookSubscription::test("flaky", &flaky.url).backoff("100ms", "200ms")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_until(h.ingest.clone(), env.namespace.clone(), stop.clone());
+    let subs: Api<WebhookSubscription> = env.api();
+    let healthy = |sub: WebhookSubscription| {
+        let c = sub.status?.conditions.into_iter().find(|c| c.type_ == "Healthy")?;
+        Some((c.status, c.reason))
+    };
+    wait_until("flaky is Healthy while events flow", WAIT, || async {
+        (healthy(subs.get("flaky").await.ok()?)? == ("True".into(), "Delivering".into())).then_some(())
+    })
+    .await;
+
+    // The transition is written first, promptly, although every other subscription waits its turn.
+    flaky.set_default(Reply::Status(500));
+    wait_until("Healthy=False within 10 s", Duration::from_secs(10), || async {
+        (healthy(subs.get("flaky").await.ok()?)? == ("False".into(), "DeliveryFailing".into())).then_some(())
+    })
+    .await;
+    let deferred = h.metric("hookline_status_writes_deferred_total").await.expect("metric");
+    assert!(deferred > 0.0, "the budget made busy subscriptions wait");
+
+    // Once traffic stops, every subscription's counters converge on what its receiver got.
+    stop.store(true, Ordering::Relaxed);
+    let published = publisher.await.expect("publisher");
+    for (i, rx) in busy.iter().enumerate() {
+        rx.wait_for(published, WAIT).await;
+        let name = format!("busy-{i}");
+        wait_until(&format!("{name} counts {published} deliveries"), WAIT, || async {
+            let stats = subs.get(&name).await.ok()?.status?.delivery_stats?;
+            (stats.delivered == published as u64).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,28 +1,27 @@
 //! Delivery results as subscription status, coalesced: dispatchers update an in-memory board on
-//! every attempt, and one writer sends at most one status write per subscription per interval,
-//! however many events flow. It owns only the delivery fields (its own field manager), so it
+//! every attempt, and one writer ([`run_writer`]) sends at most one status write per subscription
+//! per interval, however many events flow, and no more writes per second than its budget, however
+//! many subscriptions are busy. It owns only the delivery fields (its own field manager), so it
 //! never fights the controller, which owns the other conditions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use crate::api::{
     DeadLetterStats, DeliveryStats, LastDelivery, Reason, WebhookSubscription, condition_type, set_condition,
 };
 use crate::k8s::status_envelope;
-use crate::metrics::Metrics;
-use crate::report::Chain;
 
 /// The field manager of delivery results in status.
 pub const DELIVERY_FIELD_MANAGER: &str = "hookline-delivery";
+
+mod writer;
+
+pub use writer::{WriteBudget, run_writer};
 
 /// Failed attempts in a row before `Healthy` turns False.
 pub const FAILING_AFTER: u64 = 3;
@@ -44,6 +43,23 @@ struct Tracker {
     /// `dropped` found in status when this process first wrote.
     base_dropped: u64,
     dirty: bool,
+    /// Since when an unwritten change waits (set when `dirty` turns true).
+    dirty_since: Option<Instant>,
+    /// The `Healthy` condition moved (status or reason) since the last write: written first.
+    urgent: bool,
+    /// When the writer last took this tracker.
+    written_at: Option<Instant>,
+    /// Counted once as deferred since it fell due.
+    deferred: bool,
+}
+
+impl Tracker {
+    fn touch(&mut self) {
+        if !self.dirty {
+            self.dirty = true;
+            self.dirty_since = Some(Instant::now());
+        }
+    }
 }
 
 /// What one attempt changes in status.
@@ -83,6 +99,7 @@ impl StatusBoard {
     /// Record one finished attempt.
     pub fn attempt(&self, uid: &str, namespace: &str, name: &str, report: AttemptReport) {
         self.with(uid, namespace, name, |t| {
+            let before = t.healthy.first().map(|c| (c.status.clone(), c.reason.clone()));
             let now = report.last.time.clone();
             if report.last.success {
                 t.local.delivered += 1;
@@ -145,7 +162,8 @@ impl StatusBoard {
                 );
             }
             t.last = Some(report.last);
-            t.dirty = true;
+            t.urgent |= t.healthy.first().map(|c| (c.status.clone(), c.reason.clone())) != before;
+            t.touch();
         });
     }
 
@@ -155,7 +173,7 @@ impl StatusBoard {
             if t.local.pending != pending || t.next_retry_at != next_retry_at {
                 t.local.pending = pending;
                 t.next_retry_at = next_retry_at;
-                t.dirty = true;
+                t.touch();
             }
         });
     }
@@ -164,7 +182,7 @@ impl StatusBoard {
     pub fn gave_up(&self, uid: &str, namespace: &str, name: &str) {
         self.with(uid, namespace, name, |t| {
             t.local.dead_lettered += 1;
-            t.dirty = true;
+            t.touch();
         });
     }
 
@@ -173,7 +191,7 @@ impl StatusBoard {
         self.with(uid, namespace, name, |t| {
             if t.dead_letter_count != Some(count) {
                 t.dead_letter_count = Some(count);
-                t.dirty = true;
+                t.touch();
             }
         });
     }
@@ -182,7 +200,7 @@ impl StatusBoard {
     pub fn dead_letter_dropped(&self, uid: &str, namespace: &str, name: &str) {
         self.with(uid, namespace, name, |t| {
             t.dropped += 1;
-            t.dirty = true;
+            t.touch();
         });
     }
 
@@ -198,7 +216,7 @@ impl StatusBoard {
             .iter_mut()
             .filter(|(_, t)| t.dirty)
             .map(|(uid, t)| {
-                t.dirty = false;
+                (t.dirty, t.urgent, t.deferred, t.dirty_since) = (false, false, false, None);
                 (uid.clone(), t.clone())
             })
             .collect()
@@ -213,11 +231,56 @@ impl StatusBoard {
         }
     }
 
-    fn mark_dirty(&self, uid: &str) {
+    /// A write failed: write it again, as soon as the budget allows.
+    fn mark_dirty(&self, uid: &str, urgent: bool) {
         if let Some(t) = self.trackers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(uid) {
-            t.dirty = true;
+            t.urgent |= urgent;
+            t.touch();
         }
     }
+
+    /// Take at most `max` trackers to write now: those whose `Healthy` condition moved first,
+    /// then those whose last write is at least `interval` old, the longest-waiting first (so
+    /// that, with more busy subscriptions than the budget, each is refreshed in turn).
+    fn pick(&self, max: usize, interval: Duration, now: Instant) -> Picked {
+        let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due: Vec<(bool, Instant, String)> = trackers
+            .iter()
+            .filter(|(_, t)| t.dirty && (t.urgent || t.written_at.is_none_or(|w| now - w >= interval)))
+            .map(|(uid, t)| (!t.urgent, t.dirty_since.unwrap_or(now), uid.clone()))
+            .collect();
+        due.sort();
+        let mut picked = Picked::default();
+        for (i, (_, _, uid)) in due.into_iter().enumerate() {
+            let Some(t) = trackers.get_mut(&uid) else { continue };
+            if i >= max {
+                if !t.deferred {
+                    t.deferred = true;
+                    picked.newly_deferred += 1;
+                }
+                continue;
+            }
+            picked.urgent += usize::from(t.urgent);
+            picked.trackers.push((uid, t.clone()));
+            (t.dirty, t.urgent, t.deferred, t.dirty_since) = (false, false, false, None);
+            t.written_at = Some(now);
+        }
+        picked.oldest = trackers.values().filter_map(|t| t.dirty_since).min();
+        picked
+    }
+}
+
+/// What [`StatusBoard::pick`] took, and what it left waiting.
+#[derive(Default)]
+struct Picked {
+    /// The trackers to write, by subscription UID.
+    trackers: Vec<(String, Tracker)>,
+    /// How many of them carry a `Healthy` transition.
+    urgent: usize,
+    /// Trackers due that the budget left for later, not counted before.
+    newly_deferred: u64,
+    /// Since when the oldest unwritten change waits, over every tracker.
+    oldest: Option<Instant>,
 }
 
 /// The status fields this writer owns, for one subscription.
@@ -244,64 +307,6 @@ fn status_patch(t: &Tracker) -> serde_json::Value {
         status["nextRetryAt"] = json!(next);
     }
     status_envelope::<WebhookSubscription>(status)
-}
-
-/// Write dirty trackers every `interval` until cancelled (then once more, to flush).
-pub async fn run_writer(
-    board: StatusBoard,
-    client: Client,
-    metrics: Arc<Metrics>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = ticker.tick() => false,
-            _ = stop.cancelled() => true,
-        };
-        for (uid, tracker) in board.take_dirty() {
-            let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &tracker.namespace);
-            if tracker.base.is_none() {
-                match api.get_opt(&tracker.name).await {
-                    Ok(Some(sub)) => {
-                        let status = sub.status.unwrap_or_default();
-                        let base = status.delivery_stats.unwrap_or_default();
-                        let dropped = status.dead_letters.map_or(0, |d| d.dropped);
-                        board.set_base(
-                            &uid,
-                            DeliveryStats { pending: 0, consecutive_failures: 0, ..base },
-                            dropped,
-                        );
-                    }
-                    Ok(None) => continue,
-                    Err(e) => {
-                        warn!(subscription = %tracker.name, error = %Chain(&e), "reading status before the first write");
-                        board.mark_dirty(&uid);
-                        continue;
-                    }
-                }
-            }
-            let tracker = board.trackers.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned();
-            let Some(tracker) = tracker else { continue };
-            let params = PatchParams::apply(DELIVERY_FIELD_MANAGER).force();
-            match api.patch_status(&tracker.name, &params, &Patch::Apply(status_patch(&tracker))).await {
-                Ok(_) => {
-                    metrics.status_written();
-                    debug!(subscription = %tracker.name, "delivery status written");
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => board.remove(&uid),
-                Err(e) => {
-                    warn!(subscription = %tracker.name, error = %Chain(&e), "writing delivery status; will retry");
-                    board.mark_dirty(&uid);
-                }
-            }
-        }
-        if stopping {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -370,5 +375,50 @@ mod tests {
         let patch = status_patch(&t);
         assert_eq!(patch["status"]["deliveryStats"]["delivered"], 105);
         assert_eq!(patch["status"]["conditions"][0]["type"], "Healthy");
+    }
+
+    fn uids(picked: &Picked) -> Vec<&str> {
+        picked.trackers.iter().map(|(uid, _)| uid.as_str()).collect()
+    }
+
+    #[test]
+    fn a_healthy_transition_is_written_first_and_without_waiting_for_the_interval() {
+        let board = StatusBoard::default();
+        let interval = Duration::from_secs(5);
+        let start = Instant::now();
+        for uid in ["a", "b", "c"] {
+            board.attempt(uid, "ns", uid, report(true, 200));
+        }
+        assert_eq!(board.pick(3, interval, start).trackers.len(), 3, "first results: all due");
+        board.queue("a", "ns", "a", 7, None);
+        board.queue("b", "ns", "b", 7, None);
+        for _ in 0..FAILING_AFTER {
+            board.attempt("c", "ns", "c", report(false, 500));
+        }
+        let soon = start + Duration::from_secs(1);
+        let picked = board.pick(1, interval, soon);
+        assert_eq!(uids(&picked), ["c"], "Healthy=False goes out at once, before the interval");
+        assert_eq!(picked.urgent, 1);
+        assert!(board.pick(10, interval, soon).trackers.is_empty(), "the others wait for the interval");
+        assert_eq!(board.pick(10, interval, start + interval).trackers.len(), 2);
+    }
+
+    #[test]
+    fn over_budget_the_longest_waiting_go_first_and_deferrals_count_once() {
+        let board = StatusBoard::default();
+        for uid in ["a", "b", "c"] {
+            board.attempt(uid, "ns", uid, report(true, 200));
+        }
+        let now = Instant::now();
+        let first = board.pick(1, Duration::ZERO, now);
+        assert_eq!(uids(&first), ["a"], "the oldest change first");
+        assert_eq!(first.newly_deferred, 2);
+        assert!(first.oldest.is_some(), "b and c still wait");
+        board.attempt("a", "ns", "a", report(true, 200));
+        let second = board.pick(1, Duration::ZERO, now);
+        assert_eq!(uids(&second), ["b"], "a changed again, but b waited longer");
+        assert_eq!(second.newly_deferred, 1, "c counted once; a newly");
+        assert_eq!(uids(&board.pick(5, Duration::ZERO, now)), ["c", "a"]);
+        assert!(board.pick(5, Duration::ZERO, now).oldest.is_none(), "nothing waits");
     }
 }

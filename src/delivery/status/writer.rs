@@ -1,0 +1,154 @@
+//! The delivery-status writer: one budget of writes per second for every subscription this
+//! process delivers for. A `Healthy` transition is written first, within a tick; counters and
+//! `lastDelivery` are refreshed in turn as the budget allows, at most once per interval each, so
+//! a subscription's delivery status is at most max(interval, busy subscriptions / budget) old.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{DELIVERY_FIELD_MANAGER, Picked, StatusBoard, status_patch};
+use crate::api::{DeliveryStats, WebhookSubscription};
+use crate::metrics::Metrics;
+use crate::report::Chain;
+
+/// How often the writer looks for work: the promptness of a `Healthy` transition.
+const TICK: Duration = Duration::from_millis(200);
+
+/// How much the delivery-status writer may write.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteBudget {
+    /// Least time between two writes of one subscription (`--status-interval`).
+    pub interval: Duration,
+    /// Writes per second across all subscriptions (`--status-writes-per-second`); up to one
+    /// second's worth may go at once.
+    pub per_second: f64,
+}
+
+/// Tokens for writes, refilled at the budget's rate.
+struct Bucket {
+    tokens: f64,
+    capacity: f64,
+    rate: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, now: Instant) -> Self {
+        let capacity = rate.max(1.0);
+        Bucket { tokens: capacity, capacity, rate, refilled: now }
+    }
+
+    /// Whole writes available at `now`.
+    fn available(&mut self, now: Instant) -> usize {
+        self.tokens = (self.tokens + (now - self.refilled).as_secs_f64() * self.rate).min(self.capacity);
+        self.refilled = now;
+        self.tokens.max(0.0).floor() as usize
+    }
+
+    fn spend(&mut self, writes: usize) {
+        self.tokens -= writes as f64;
+    }
+}
+
+/// Write what the board has within `budget` until cancelled; then everything left, once, so that
+/// a shutdown loses no counts.
+pub async fn run_writer(
+    board: StatusBoard,
+    client: Client,
+    metrics: Arc<Metrics>,
+    budget: WriteBudget,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut bucket = Bucket::new(budget.per_second, Instant::now());
+    loop {
+        let stopping = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        let now = Instant::now();
+        let picked = if stopping {
+            Picked { trackers: board.take_dirty(), ..Picked::default() }
+        } else {
+            board.pick(bucket.available(now), budget.interval, now)
+        };
+        bucket.spend(picked.trackers.len());
+        metrics.status_writes_deferred(picked.newly_deferred);
+        metrics.set_status_staleness(picked.oldest.map_or(Duration::ZERO, |t| now - t));
+        for (uid, tracker) in picked.trackers {
+            write(&board, &client, &metrics, &uid, tracker.urgent).await;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Write one subscription's delivery status; on failure it is written again later.
+async fn write(board: &StatusBoard, client: &Client, metrics: &Metrics, uid: &str, urgent: bool) {
+    let Some(tracker) = board.trackers.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned() else {
+        return;
+    };
+    let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &tracker.namespace);
+    let tracker = if tracker.base.is_some() {
+        tracker
+    } else {
+        // Counters continue from what status held when this process started.
+        match api.get_opt(&tracker.name).await {
+            Ok(Some(sub)) => {
+                let status = sub.status.unwrap_or_default();
+                let base = status.delivery_stats.unwrap_or_default();
+                let dropped = status.dead_letters.map_or(0, |d| d.dropped);
+                board.set_base(uid, DeliveryStats { pending: 0, consecutive_failures: 0, ..base }, dropped);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!(subscription = %tracker.name, error = %Chain(&e), "reading status before the first write");
+                board.mark_dirty(uid, urgent);
+                return;
+            }
+        }
+        let Some(tracker) = board.trackers.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned() else {
+            return;
+        };
+        tracker
+    };
+    let params = PatchParams::apply(DELIVERY_FIELD_MANAGER).force();
+    match api.patch_status(&tracker.name, &params, &Patch::Apply(status_patch(&tracker))).await {
+        Ok(_) => {
+            metrics.status_written();
+            debug!(subscription = %tracker.name, "delivery status written");
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => board.remove(uid),
+        Err(e) => {
+            warn!(subscription = %tracker.name, error = %Chain(&e), "writing delivery status; will retry");
+            board.mark_dirty(uid, urgent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_up_to_one_second() {
+        let start = Instant::now();
+        let mut b = Bucket::new(10.0, start);
+        assert_eq!(b.available(start), 10);
+        b.spend(10);
+        assert_eq!(b.available(start + Duration::from_millis(250)), 2);
+        assert_eq!(b.available(start + Duration::from_secs(60)), 10, "no more than a second's worth");
+        let mut slow = Bucket::new(0.5, start);
+        assert_eq!(slow.available(start), 1, "at least one write");
+        slow.spend(1);
+        assert_eq!(slow.available(start + Duration::from_secs(1)), 0);
+        assert_eq!(slow.available(start + Duration::from_secs(2)), 1);
+    }
+}
