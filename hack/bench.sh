@@ -3,10 +3,12 @@
 #
 #   hack/bench.sh            throughput and latency; the last line is one JSON object
 #   hack/bench.sh --smoke    the same, a few seconds long (CI checks the script still works)
-#   hack/bench.sh --scale    1,000 subscriptions: time until all are Ready, peak RSS, API requests
+#   hack/bench.sh --scale    1,000 subscriptions: time until all are Ready, peak RSS, API requests;
+#                            then a minute of events to all of them: PATCH rate, status staleness
 #
 # Env: BENCH_SECONDS (per phase, default 10), BENCH_RATE (offered load, default 1000/s),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
+# BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
 # BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them),
 # BENCH_RANDOM_IDS=1 (event ids scattered like UUIDs instead of counting up).
 set -euo pipefail
@@ -14,6 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 MODE=${1:-full}
 SECONDS_PER=${BENCH_SECONDS:-10}; RATE=${BENCH_RATE:-1000}; CONC=${BENCH_CONCURRENCY:-32}; SUBS=${BENCH_SUBS:-1000}
+DELIVERY_S=${BENCH_DELIVERY_SECONDS:-60}; DELIVERY_RATE=${BENCH_DELIVERY_RATE:-2}
 PROFILE=release
 if [ "$MODE" = "--smoke" ]; then SECONDS_PER=2; RATE=100; CONC=4; SUBS=20; PROFILE=dev; fi
 
@@ -28,7 +31,7 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$([ "$PROFILE" = dev ] && echo debug || e
 INGEST=$(free_port); METRICS=$(free_port); RECEIVER=$(free_port)
 "$BIN/hookline" run --data-dir "$WORK/data" --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
   --ingest-auth none --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" \
-  --status-interval 5s --log-format json >"$WORK/hookline.log" 2>&1 &
+  --status-interval 5s --allow-unverified-endpoints --log-format json >"$WORK/hookline.log" 2>&1 &
 HL=$!; PIDS+=($HL)
 wait_ready "$METRICS" "$HL" "$WORK/hookline.log"
 
@@ -57,9 +60,49 @@ if [ "$MODE" = "--scale" ]; then
   after=$(api_requests); hl_after=$(hookline_requests)
   rss=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$HL/status")
   curl -fsS "http://127.0.0.1:$METRICS/metrics" | grep '^hookline_api_requests_total' | sed 's/^/[bench] since start: /' >&2
-  printf '{"subscriptions": %d, "all_ready_s": %s, "rss_mb": %s, "api_requests_total": %d, "hookline_api_requests": %d, "hookline_api_requests_per_subscription": %.2f}\n' \
+
+  # Delivery phase: every subscription busy for DELIVERY_S seconds (each event fans out to all of
+  # them); Hookline's PATCH rate and how old the subscriptions' status.lastDelivery gets.
+  # One more subscription whose endpoint refuses connections: how soon its Healthy=False shows
+  # while the others keep the status writer busy.
+  printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: broken, namespace: scale}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/closed"}\n  validation: {method: None}\n' "$(free_port)" |
+    kubectl apply -f - >/dev/null
+  kubectl -n scale wait --for=condition=Ready whsub/broken --timeout=60s >/dev/null
+  healthy_broken() { kubectl -n scale get whsub broken -o jsonpath='{.status.conditions[?(@.type=="Healthy")].status}'; }
+  log "delivery phase: ${DELIVERY_S}s, ${DELIVERY_RATE} events/s to all $SUBS subscriptions"
+  metric() { curl -fsS "http://127.0.0.1:$METRICS/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+  patches() { metric 'hookline_api_requests_total{method="PATCH"}'; }
+  sleep 6 # the Ready writes and the first delivery writes of the phase before are not counted
+  patch_before=$(patches); phase_start=$(date +%s.%N); sent=0; worst_gauge=0; broken_s=null
+  while awk -v s="$phase_start" -v n="$(date +%s.%N)" -v d="$DELIVERY_S" 'BEGIN { exit !(n - s < d) }'; do
+    curl -fsS -o /dev/null -X POST "http://127.0.0.1:$INGEST/v1/namespaces/scale/events" \
+      -H 'content-type: application/cloudevents+json' \
+      -d "{\"specversion\":\"1.0\",\"id\":\"scale-$sent\",\"source\":\"/bench\",\"type\":\"t\",\"data\":{}}"
+    sent=$((sent + 1))
+    if [ "$broken_s" = null ] && [ "$(healthy_broken)" = False ]; then
+      broken_s=$(awk -v s="$phase_start" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }')
+    fi
+    if [ $((sent % DELIVERY_RATE)) -eq 0 ]; then
+      worst_gauge=$(awk -v a="$worst_gauge" -v b="$(metric hookline_status_staleness_seconds)" 'BEGIN { print (b > a ? b : a) }')
+    fi
+    sleep "$(awk -v r="$DELIVERY_RATE" 'BEGIN { print 1 / r }')"
+  done
+  phase_s=$(awk -v s="$phase_start" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - s }')
+  patch_after=$(patches)
+  # How old each subscription's lastDelivery is while events still flow (they did until now).
+  now_s=$(date +%s)
+  worst_last=$(kubectl -n scale get whsub -o jsonpath='{range .items[*]}{.metadata.name} {.status.lastDelivery.time}{"\n"}{end}' |
+    awk '$1 != "broken" { print $2 }' |
+    while read -r t; do
+      # Never written since the phase began: as old as the phase.
+      if [ -n "$t" ]; then echo $((now_s - $(date -d "$t" +%s))); else echo $((now_s - ${phase_start%.*})); fi
+    done | sort -n | tail -n 1)
+  deferred=$(metric hookline_status_writes_deferred_total); deferred=${deferred:-0}
+  printf '{"subscriptions": %d, "all_ready_s": %s, "rss_mb": %s, "api_requests_total": %d, "hookline_api_requests": %d, "hookline_api_requests_per_subscription": %.2f, "delivery_s": %s, "events": %d, "patch_per_s": %.2f, "worst_last_delivery_age_s": %s, "worst_staleness_gauge_s": %s, "status_writes_deferred": %s, "unhealthy_visible_s": %s}\n' \
     "$SUBS" "$seconds" "$rss" "$((after - before))" "$((hl_after - hl_before))" \
-    "$(awk -v d="$((hl_after - hl_before))" -v n="$SUBS" 'BEGIN { print d / n }')"
+    "$(awk -v d="$((hl_after - hl_before))" -v n="$SUBS" 'BEGIN { print d / n }')" \
+    "$phase_s" "$sent" "$(awk -v a="$patch_before" -v b="$patch_after" -v s="$phase_s" 'BEGIN { print (b - a) / s }')" \
+    "$worst_last" "$worst_gauge" "$deferred" "$broken_s"
   exit 0
 fi
 

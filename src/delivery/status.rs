@@ -99,7 +99,7 @@ impl StatusBoard {
     /// Record one finished attempt.
     pub fn attempt(&self, uid: &str, namespace: &str, name: &str, report: AttemptReport) {
         self.with(uid, namespace, name, |t| {
-            let before = t.healthy.first().map(|c| (c.status.clone(), c.reason.clone()));
+            let before = health(&t.healthy);
             let now = report.last.time.clone();
             if report.last.success {
                 t.local.delivered += 1;
@@ -162,7 +162,7 @@ impl StatusBoard {
                 );
             }
             t.last = Some(report.last);
-            t.urgent |= t.healthy.first().map(|c| (c.status.clone(), c.reason.clone())) != before;
+            t.urgent |= health(&t.healthy) != before;
             t.touch();
         });
     }
@@ -268,6 +268,16 @@ impl StatusBoard {
         picked.oldest = trackers.values().filter_map(|t| t.dirty_since).min();
         picked
     }
+}
+
+/// The `Healthy` condition's status and reason, for telling a transition from more of the same. A
+/// subscription without one yet counts as healthy: its first `Healthy=True` is not news (1,000
+/// new busy subscriptions would otherwise all be urgent at once), its first `False` is.
+fn health(conditions: &[Condition]) -> (String, String) {
+    conditions.first().map_or_else(
+        || ("True".into(), Reason::Delivering.as_str().into()),
+        |c| (c.status.clone(), c.reason.clone()),
+    )
 }
 
 /// What [`StatusBoard::pick`] took, and what it left waiting.
@@ -420,5 +430,15 @@ mod tests {
         assert_eq!(second.newly_deferred, 1, "c counted once; a newly");
         assert_eq!(uids(&board.pick(5, Duration::ZERO, now)), ["c", "a"]);
         assert!(board.pick(5, Duration::ZERO, now).oldest.is_none(), "nothing waits");
+    }
+
+    #[test]
+    fn a_first_healthy_result_is_no_news_but_a_first_failure_is() {
+        let board = StatusBoard::default();
+        board.attempt("ok", "ns", "ok", report(true, 200));
+        board.attempt("gone", "ns", "gone", report(false, 410));
+        let picked = board.pick(1, Duration::ZERO, Instant::now());
+        assert_eq!(uids(&picked), ["gone"], "EndpointGone first, although it changed last");
+        assert_eq!(picked.urgent, 1);
     }
 }
