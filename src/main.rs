@@ -241,6 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         board.clone(),
         client.clone(),
         metrics.clone(),
+        registry.clone(),
         WriteBudget { interval: args.status_interval, per_second: args.status_writes_per_second },
         writer_stop.clone(),
     ));

@@ -53,6 +53,10 @@ pub enum Error {
     /// The failure record kept with a dead letter does not parse (the store was damaged).
     #[error("the stored failure record is unreadable")]
     UnreadableFailure(#[source] serde_json::Error),
+    /// The API server answers that the subscription does not exist while Hookline's registry
+    /// (fed by its watch) still has it: an API server that is starting up.
+    #[error("the API server does not serve subscription {0} yet")]
+    NotServed(String),
     /// A replay result names its FailedEvent with a key that is not `namespace/name/uid`.
     #[error("{0:?} is not a replay key (namespace/name/uid)")]
     ReplayKey(String),
@@ -66,6 +70,7 @@ impl Error {
             Error::Store(_) => "failed_event_store",
             Error::UnreadableEvent(_) | Error::UnreadableFailure(_) => "failed_event_unreadable",
             Error::ReplayKey(_) => "failed_event_replay_key",
+            Error::NotServed(_) => "failed_event_not_served",
         }
     }
 

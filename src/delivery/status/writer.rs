@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -14,6 +15,7 @@ use tracing::{debug, warn};
 use super::{DELIVERY_FIELD_MANAGER, Picked, StatusBoard, status_patch};
 use crate::api::{DeliveryStats, WebhookSubscription};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::report::Chain;
 
 /// How often the writer looks for work: the promptness of a `Healthy` transition.
@@ -61,6 +63,7 @@ pub async fn run_writer(
     board: StatusBoard,
     client: Client,
     metrics: Arc<Metrics>,
+    registry: Registry,
     budget: WriteBudget,
     stop: CancellationToken,
 ) {
@@ -82,7 +85,7 @@ pub async fn run_writer(
         metrics.status_writes_deferred(picked.newly_deferred);
         metrics.set_status_staleness(picked.oldest.map_or(Duration::ZERO, |t| now - t));
         for (uid, tracker) in picked.trackers {
-            write(&board, &client, &metrics, &uid, tracker.urgent).await;
+            write(&board, &client, &metrics, &registry, &uid, tracker.urgent).await;
         }
         if stopping {
             return;
@@ -90,11 +93,24 @@ pub async fn run_writer(
     }
 }
 
-/// Write one subscription's delivery status; on failure it is written again later.
-async fn write(board: &StatusBoard, client: &Client, metrics: &Metrics, uid: &str, urgent: bool) {
+/// Write one subscription's delivery status; on failure it is written again later. A subscription
+/// the registry no longer has (deleted, or its spec turned invalid) is forgotten instead.
+async fn write(
+    board: &StatusBoard,
+    client: &Client,
+    metrics: &Metrics,
+    registry: &Registry,
+    uid: &str,
+    urgent: bool,
+) {
     let Some(tracker) = board.trackers.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned() else {
         return;
     };
+    let key = ObjectRef::new(&tracker.name).within(&tracker.namespace);
+    if registry.get(&key).is_none_or(|sub| sub.uid != uid) {
+        board.remove(uid);
+        return;
+    }
     let api: Api<WebhookSubscription> = Api::namespaced(client.clone(), &tracker.namespace);
     let tracker = if tracker.base.is_some() {
         tracker
@@ -107,7 +123,11 @@ async fn write(board: &StatusBoard, client: &Client, metrics: &Metrics, uid: &st
                 let dropped = status.dead_letters.map_or(0, |d| d.dropped);
                 board.set_base(uid, DeliveryStats { pending: 0, consecutive_failures: 0, ..base }, dropped);
             }
-            Ok(None) => return,
+            // The registry has it: the API server is not serving it yet (starting up).
+            Ok(None) => {
+                board.mark_dirty(uid, urgent);
+                return;
+            }
             Err(e) => {
                 warn!(subscription = %tracker.name, error = %Chain(&e), "reading status before the first write");
                 board.mark_dirty(uid, urgent);
@@ -125,7 +145,8 @@ async fn write(board: &StatusBoard, client: &Client, metrics: &Metrics, uid: &st
             metrics.status_written();
             debug!(subscription = %tracker.name, "delivery status written");
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => board.remove(uid),
+        // Not "deleted" (the registry says it exists): an API server that is starting answers 404
+        // until it serves the group again. Forgetting the counts here lost them.
         Err(e) => {
             warn!(subscription = %tracker.name, error = %Chain(&e), "writing delivery status; will retry");
             board.mark_dirty(uid, urgent);
@@ -150,5 +171,64 @@ mod tests {
         slow.spend(1);
         assert_eq!(slow.available(start + Duration::from_secs(1)), 0);
         assert_eq!(slow.available(start + Duration::from_secs(2)), 1);
+    }
+
+    /// A client whose every request gets `status` with a Kubernetes `Status` body, counting them.
+    fn answering(status: u16) -> (Client, tokio::task::JoinHandle<usize>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut served = 0;
+            while let Some((_, send)) = handle.next_request().await {
+                served += 1;
+                let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": status, "message": "the server could not find the requested resource"});
+                let response =
+                    Response::builder().status(status).body(Body::from(body.to_string().into_bytes()));
+                send.send_response(response.expect("response"));
+            }
+            served
+        });
+        (Client::new(service, "default"), server)
+    }
+
+    #[tokio::test]
+    async fn a_404_while_the_registry_has_the_subscription_keeps_its_counts_for_later() {
+        use crate::policy::decision::Gate;
+        use crate::registry::ActiveSubscription;
+        let board = StatusBoard::default();
+        let report = |success| super::super::AttemptReport {
+            last: crate::api::LastDelivery {
+                event_id: "e".into(),
+                event_type: "t".into(),
+                attempt: 1,
+                time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+                success,
+                status_code: Some(200),
+                duration_ms: 1,
+                error: None,
+            },
+            gave_up: false,
+            gone: false,
+            generation: 1,
+        };
+        board.attempt("uid-s", "ns", "s", report(true));
+        board.set_base("uid-s", DeliveryStats::default(), 0);
+        let registry = Registry::default();
+        registry.upsert(ActiveSubscription::test("ns", "s", Gate::Open));
+        let (client, server) = answering(404);
+        let metrics = Metrics::default();
+        write(&board, &client, &metrics, &registry, "uid-s", false).await;
+        let tracker = board.trackers.lock().expect("lock").get("uid-s").cloned().expect("still tracked");
+        assert!(tracker.dirty, "written again later");
+        assert_eq!(tracker.local.delivered, 1, "the count is kept");
+
+        // Once the registry no longer has it, the tracker is forgotten without a request.
+        registry.remove(&ObjectRef::new("s").within("ns"));
+        write(&board, &client, &metrics, &registry, "uid-s", false).await;
+        assert!(board.trackers.lock().expect("lock").get("uid-s").is_none());
+        drop(client);
+        assert_eq!(server.await.expect("server"), 1, "one PATCH, none for the forgotten one");
     }
 }
