@@ -260,8 +260,7 @@ impl StatusBoard {
                 }
                 continue;
             }
-            picked.urgent += usize::from(t.urgent);
-            picked.trackers.push((uid, t.clone()));
+            picked.writes.push((uid, t.urgent));
             (t.dirty, t.urgent, t.deferred, t.dirty_since) = (false, false, false, None);
             t.written_at = Some(now);
         }
@@ -283,10 +282,8 @@ fn health(conditions: &[Condition]) -> (String, String) {
 /// What [`StatusBoard::pick`] took, and what it left waiting.
 #[derive(Default)]
 struct Picked {
-    /// The trackers to write, by subscription UID.
-    trackers: Vec<(String, Tracker)>,
-    /// How many of them carry a `Healthy` transition.
-    urgent: usize,
+    /// The subscriptions (by UID) to write, each with whether it carries a `Healthy` transition.
+    writes: Vec<(String, bool)>,
     /// Trackers due that the budget left for later, not counted before.
     newly_deferred: u64,
     /// Since when the oldest unwritten change waits, over every tracker.
@@ -388,7 +385,11 @@ mod tests {
     }
 
     fn uids(picked: &Picked) -> Vec<&str> {
-        picked.trackers.iter().map(|(uid, _)| uid.as_str()).collect()
+        picked.writes.iter().map(|(uid, _)| uid.as_str()).collect()
+    }
+
+    fn urgent(picked: &Picked) -> usize {
+        picked.writes.iter().filter(|(_, urgent)| *urgent).count()
     }
 
     #[test]
@@ -399,7 +400,7 @@ mod tests {
         for uid in ["a", "b", "c"] {
             board.attempt(uid, "ns", uid, report(true, 200));
         }
-        assert_eq!(board.pick(3, interval, start).trackers.len(), 3, "first results: all due");
+        assert_eq!(board.pick(3, interval, start).writes.len(), 3, "first results: all due");
         board.queue("a", "ns", "a", 7, None);
         board.queue("b", "ns", "b", 7, None);
         for _ in 0..FAILING_AFTER {
@@ -408,9 +409,9 @@ mod tests {
         let soon = start + Duration::from_secs(1);
         let picked = board.pick(1, interval, soon);
         assert_eq!(uids(&picked), ["c"], "Healthy=False goes out at once, before the interval");
-        assert_eq!(picked.urgent, 1);
-        assert!(board.pick(10, interval, soon).trackers.is_empty(), "the others wait for the interval");
-        assert_eq!(board.pick(10, interval, start + interval).trackers.len(), 2);
+        assert_eq!(urgent(&picked), 1);
+        assert!(board.pick(10, interval, soon).writes.is_empty(), "the others wait for the interval");
+        assert_eq!(board.pick(10, interval, start + interval).writes.len(), 2);
     }
 
     #[test]
@@ -439,6 +440,6 @@ mod tests {
         board.attempt("gone", "ns", "gone", report(false, 410));
         let picked = board.pick(1, Duration::ZERO, Instant::now());
         assert_eq!(uids(&picked), ["gone"], "EndpointGone first, although it changed last");
-        assert_eq!(picked.urgent, 1);
+        assert_eq!(urgent(&picked), 1);
     }
 }

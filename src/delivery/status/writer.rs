@@ -77,15 +77,16 @@ pub async fn run_writer(
         };
         let now = Instant::now();
         let picked = if stopping {
-            Picked { trackers: board.take_dirty(), ..Picked::default() }
+            let writes = board.take_dirty().into_iter().map(|(uid, _)| (uid, false)).collect();
+            Picked { writes, ..Picked::default() }
         } else {
             board.pick(bucket.available(now), budget.interval, now)
         };
-        bucket.spend(picked.trackers.len());
+        bucket.spend(picked.writes.len());
         metrics.status_writes_deferred(picked.newly_deferred);
         metrics.set_status_staleness(picked.oldest.map_or(Duration::ZERO, |t| now - t));
-        for (uid, tracker) in picked.trackers {
-            write(&board, &client, &metrics, &registry, &uid, tracker.urgent).await;
+        for (uid, urgent) in picked.writes {
+            write(&board, &client, &metrics, &registry, &uid, urgent).await;
         }
         if stopping {
             return;
