@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hookline's whole test suite, exactly what CI runs (.ci/run calls this):
-# formatting, clippy, unit tests, then a private local control plane and the integration tests.
-# The control plane is stopped on exit, whatever happened.
+# formatting, clippy, then a throwaway PostgreSQL (the store tests run against it and SQLite),
+# the unit tests, a private local control plane and the integration tests. PostgreSQL and the
+# control plane are stopped on exit, whatever happened.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -13,6 +14,18 @@ cargo fmt --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+
+# A PostgreSQL of its own, so a developer's `hack/postgres.sh up` is left alone.
+export HOOKLINE_POSTGRES_DIR="$ROOT/target/test-postgres"
+export HOOKLINE_CLUSTER_DIR="$ROOT/target/test-cluster"
+export HOOKLINE_TEST_KUBECONFIG="$HOOKLINE_CLUSTER_DIR/kubeconfig"
+cleanup() {
+  hack/cluster.sh down >/dev/null 2>&1 || true
+  hack/postgres.sh down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+step "PostgreSQL"
+eval "$(hack/postgres.sh up | tail -n 1)"
 
 step "unit tests"
 cargo test --locked --lib --bins
@@ -35,9 +48,6 @@ step "helm"
 hack/helm.sh version --short
 
 # A control plane of its own, so a developer's `hack/cluster.sh up` is left alone.
-export HOOKLINE_CLUSTER_DIR="$ROOT/target/test-cluster"
-export HOOKLINE_TEST_KUBECONFIG="$HOOKLINE_CLUSTER_DIR/kubeconfig"
-trap 'hack/cluster.sh down >/dev/null 2>&1 || true' EXIT
 step "local control plane"
 hack/cluster.sh up
 

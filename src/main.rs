@@ -24,7 +24,7 @@ use hookline::outbound::ssrf::Guard;
 use hookline::registry::{Readiness, Registry};
 use hookline::report::Chain;
 use hookline::server;
-use hookline::store::{SqliteStore, Store};
+use hookline::store::{PostgresStore, SqliteStore, Store};
 use hookline::verify::Verifier;
 use ipnet::IpNet;
 use kube::runtime::events::Recorder;
@@ -55,9 +55,25 @@ enum Command {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Where the event store lives (SQLite, WAL).
+    /// Which store keeps events, jobs and the delivery log: `sqlite` (a file in --data-dir, for one
+    /// replica) or `postgres` (--database-url, which several replicas may share).
+    #[arg(long, env = "HOOKLINE_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// Where the SQLite store lives (WAL).
     #[arg(long, env = "HOOKLINE_DATA_DIR", default_value = "/var/lib/hookline")]
     data_dir: PathBuf,
+    /// PostgreSQL URL for `--store postgres`, e.g. `postgres://hookline:PASSWORD@db:5432/hookline`.
+    /// Never logged; the tables go into the schema `hookline`.
+    #[arg(long, env = "HOOKLINE_DATABASE_URL", hide_env_values = true, required_if_eq("store", "postgres"))]
+    database_url: Option<String>,
+    /// Most connections this replica opens to PostgreSQL.
+    #[arg(long, env = "HOOKLINE_DATABASE_POOL_SIZE", default_value_t = 16,
+          value_parser = RangedU64ValueParser::<usize>::new().range(2..=1000))]
+    database_pool_size: usize,
+    /// This replica's name, in logs and in PostgreSQL's `application_name` (default: the pod's
+    /// name, which the chart passes as POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    replica_name: Option<String>,
     /// Address of the ingest and API server.
     #[arg(long, env = "HOOKLINE_INGEST_ADDR", default_value = "0.0.0.0:8080")]
     ingest_addr: SocketAddr,
@@ -120,6 +136,12 @@ struct RunArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum IngestAuth {
     Kubernetes,
     None,
@@ -167,6 +189,33 @@ async fn kube_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
     Ok(builder.with_layer(&count).build())
 }
 
+/// This replica's name: `--replica-name`, else the host name.
+fn replica_name(args: &RunArgs) -> String {
+    args.replica_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .unwrap_or_else(|_| "hookline".into())
+    })
+}
+
+async fn open_store(args: &RunArgs) -> anyhow::Result<Arc<dyn Store>> {
+    match (args.store, &args.database_url) {
+        (StoreKind::Sqlite, _) => {
+            let store = SqliteStore::open(&args.data_dir)
+                .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+            info!(data_dir = %args.data_dir.display(), "SQLite store open");
+            Ok(Arc::new(store))
+        }
+        (StoreKind::Postgres, Some(url)) => {
+            let name = format!("hookline/{}", replica_name(args));
+            let store = PostgresStore::connect(url, args.database_pool_size, &name).await?;
+            info!(pool_size = args.database_pool_size, "PostgreSQL store open");
+            Ok(Arc::new(store))
+        }
+        (StoreKind::Postgres, None) => anyhow::bail!("--store postgres needs --database-url"),
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_telemetry(args.log_format);
     let metrics = Arc::new(Metrics::default());
@@ -186,11 +235,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %ops_addr, "operations server listening");
     let ops = tokio::spawn(ops_server);
 
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&args.data_dir)
-            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
-    );
-    info!(data_dir = %args.data_dir.display(), "store open");
+    let store = open_store(&args).await?;
     let guard = Arc::new(Guard::new(args.allow_cidr.clone()));
     let secrets = SecretCache::new(client.clone());
     let clients = Clients::new(guard.clone(), secrets.clone()).context("building the HTTP client")?;

@@ -15,14 +15,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 mod group;
+mod migrations;
 mod writes;
 
-use super::migrations::MIGRATIONS;
 use super::{
     Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
     ReplayResult, Store, StoreError, Verification,
 };
 use group::{Reply, Request, Writes, gather_records, write_loop};
+use migrations::MIGRATIONS;
 use writes::{FORGET_BODY, accept, prune, replay};
 
 /// SQLite-backed [`Store`] under a data directory.
@@ -343,7 +344,7 @@ impl Store for SqliteStore {
         self.write(move |t| prune(t, log_before, events_before, limit)).boxed()
     }
 
-    fn free_bytes(&self, enough: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn free_bytes(&self, enough: u64) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
         async move {
             let stat = rustix::fs::statvfs(&*self.dir).map_err(|e| StoreError::DataDir {
                 path: self.dir.display().to_string(),
@@ -351,7 +352,7 @@ impl Store for SqliteStore {
             })?;
             let free = stat.f_bavail.saturating_mul(stat.f_frsize);
             if free >= enough {
-                return Ok(free);
+                return Ok(Some(free));
             }
             // Short of space: pages freed by delivered events are reused before the file grows.
             let reusable: i64 = self
@@ -363,7 +364,7 @@ impl Store for SqliteStore {
                     )
                 })
                 .await?;
-            Ok(free.saturating_add(reusable.max(0) as u64))
+            Ok(Some(free.saturating_add(reusable.max(0) as u64)))
         }
         .boxed()
     }

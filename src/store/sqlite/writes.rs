@@ -2,12 +2,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::{Accepted, Attempt, DeadLetter, JobRef, JobUpdate, Millis, NewEvent, Replay};
-
-/// Payloads up to this size stay in their event's row after delivery, until the row is pruned:
-/// they live in the row's page, so emptying them frees little, and it cost a third more store
-/// time per event (measured with `hookline-bench --store-events`).
-const KEEP_PAYLOAD_UP_TO: usize = 1024;
+use crate::store::{
+    Accepted, Attempt, DeadLetter, JobRef, JobUpdate, KEEP_PAYLOAD_UP_TO, Millis, NewEvent, Replay,
+};
 
 /// One bounded round of pruning (see [`Store::prune`]); every statement runs on an index.
 pub(super) fn prune(

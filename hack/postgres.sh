@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL for Hookline development, tests and benchmarks.
+#
+#   hack/postgres.sh up      start PostgreSQL 15 (Debian's package; installed where missing) in a
+#                            private directory on a free loopback port, fsync on; the last line
+#                            printed is `export HOOKLINE_DATABASE_URL=…`
+#   hack/postgres.sh down    stop exactly what `up` started and remove its data
+#   hack/postgres.sh stop    stop the server as a crash would (`-m immediate`), keeping its data
+#   hack/postgres.sh start   start it again on the same port after `stop`
+#   hack/postgres.sh env     print the `export HOOKLINE_DATABASE_URL=…` line of a running server
+#
+# The state lives in $HOOKLINE_POSTGRES_DIR (default target/postgres). The server trusts local
+# connections (it listens on 127.0.0.1 only). As root it runs as the `postgres` user (PostgreSQL
+# refuses to run as root), with its files in a private directory under /tmp that this user can
+# reach wherever the checkout is; the state directory records where.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE_DIR=${HOOKLINE_POSTGRES_DIR:-$ROOT/target/postgres}
+PG_VERSION=15
+
+log() { printf '[postgres] %s\n' "$*" >&2; }
+die() { printf '[postgres] error: %s\n' "$*" >&2; exit 1; }
+
+bin_dir() { echo "/usr/lib/postgresql/$PG_VERSION/bin"; }
+
+install_postgres() {
+  [ -x "$(bin_dir)/initdb" ] && return 0
+  log "installing postgresql-$PG_VERSION from apt"
+  local sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq >/dev/null
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "postgresql-$PG_VERSION" >/dev/null || die "apt-get install postgresql-$PG_VERSION failed"
+  [ -x "$(bin_dir)/initdb" ] || die "postgresql-$PG_VERSION is installed but $(bin_dir)/initdb is missing"
+}
+
+# pg CMD ARGS: run a PostgreSQL program as the owner of the state directory.
+pg() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$(bin_dir)/$1" "${@:2}"
+  else
+    "$(bin_dir)/$1" "${@:2}"
+  fi
+}
+
+# Where the server's files are: the state directory, or (as root) the one it records.
+pg_dir() { if [ -f "$STATE_DIR/pg-dir" ]; then cat "$STATE_DIR/pg-dir"; else echo "$STATE_DIR"; fi; }
+data() { echo "$(pg_dir)/data"; }
+
+url() { echo "postgres://postgres@127.0.0.1:$(cat "$STATE_DIR/port")/postgres"; }
+
+running() { [ -f "$(data)/postmaster.pid" ] && pg pg_ctl -D "$(data)" status >/dev/null 2>&1; }
+
+start_server() {
+  local port dir; port=$(cat "$STATE_DIR/port"); dir=$(pg_dir)
+  pg pg_ctl -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=300" \
+    start >/dev/null || { tail -n 20 "$dir/postgres.log" >&2; die "PostgreSQL did not start"; }
+}
+
+up() {
+  install_postgres
+  if running; then
+    log "already running"
+  else
+    down
+    mkdir -p "$STATE_DIR"
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' \
+      >"$STATE_DIR/port"
+    if [ "$(id -u)" -eq 0 ]; then
+      mktemp -d /tmp/hookline-postgres.XXXXXX >"$STATE_DIR/pg-dir"
+      chown postgres: "$(pg_dir)"
+    fi
+    pg initdb -D "$(data)" -U postgres --auth=trust --no-sync >"$STATE_DIR/initdb.log" 2>&1 \
+      || { cat "$STATE_DIR/initdb.log" >&2; die "initdb failed"; }
+    start_server
+    log "PostgreSQL $PG_VERSION on 127.0.0.1:$(cat "$STATE_DIR/port"), data in $(data)"
+  fi
+  echo "export HOOKLINE_DATABASE_URL=$(url)"
+}
+
+down() {
+  if [ -d "$(data)" ]; then
+    pg pg_ctl -D "$(data)" stop -m immediate >/dev/null 2>&1 || true
+  fi
+  [ ! -f "$STATE_DIR/pg-dir" ] || rm -rf "$(pg_dir)"
+  rm -rf "$STATE_DIR"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  stop) pg pg_ctl -D "$(data)" stop -m immediate >/dev/null ;;
+  start) start_server ;;
+  env) running || die "not running (hack/postgres.sh up)"; echo "export HOOKLINE_DATABASE_URL=$(url)" ;;
+  *) echo "usage: $0 up|down|stop|start|env" >&2; exit 2 ;;
+esac

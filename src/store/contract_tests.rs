@@ -1,0 +1,378 @@
+//! The [`Store`] contract, run against every store: SQLite on a fresh file, PostgreSQL on a
+//! fresh database of the server `HOOKLINE_DATABASE_URL` names (`hack/postgres.sh up` starts one;
+//! `hack/test.sh` does it itself). Without that server the PostgreSQL cases fail, saying so.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use rstest::rstest;
+
+use super::{Attempt, DeadLetter, JobRef, JobUpdate, NewEvent, PostgresStore, Replay, SqliteStore, Store};
+
+/// Which store a case runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+use Kind::{Postgres as POSTGRES, Sqlite as SQLITE};
+
+/// A store of one test, on storage of its own.
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    place: Place,
+}
+
+enum Place {
+    Sqlite(Arc<tempfile::TempDir>),
+    Postgres(String),
+}
+
+impl Deref for TestStore {
+    type Target = dyn Store;
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
+/// The URL of a fresh database on the test server.
+pub async fn fresh_database() -> String {
+    let admin = std::env::var("HOOKLINE_DATABASE_URL").expect(
+        "the PostgreSQL cases need a server: run `hack/postgres.sh up` and export the \
+         HOOKLINE_DATABASE_URL it prints (hack/test.sh starts one itself)",
+    );
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let name = format!("t_{:016x}", rand::random::<u64>());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    let mut url = url::Url::parse(&admin).expect("HOOKLINE_DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+impl TestStore {
+    pub async fn open(kind: Kind) -> TestStore {
+        let place = match kind {
+            Kind::Sqlite => Place::Sqlite(Arc::new(tempfile::tempdir().expect("tempdir"))),
+            Kind::Postgres => Place::Postgres(fresh_database().await),
+        };
+        TestStore::at(place).await
+    }
+
+    async fn at(place: Place) -> TestStore {
+        let store: Arc<dyn Store> = match &place {
+            Place::Sqlite(dir) => Arc::new(SqliteStore::open(dir.path()).expect("open")),
+            Place::Postgres(url) => {
+                Arc::new(PostgresStore::connect(url, 4, "hookline-test").await.expect("connect"))
+            }
+        };
+        TestStore { store, place }
+    }
+
+    /// The same storage, opened again.
+    pub async fn reopen(self) -> TestStore {
+        let TestStore { store, place } = self;
+        drop(store);
+        TestStore::at(place).await
+    }
+
+    /// The stored payload of an event, by id.
+    async fn body_of(&self, id: &str) -> Vec<u8> {
+        let sql = "SELECT body FROM events WHERE event_id = ";
+        match &self.place {
+            Place::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("hookline.db")).expect("open");
+                conn.query_row(&format!("{sql}?1"), [id], |r| r.get(0)).expect("event row")
+            }
+            Place::Postgres(url) => {
+                let (client, connection) =
+                    tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+                tokio::spawn(connection);
+                let sql = format!("{sql}$1").replace("events", "hookline.events");
+                client.query_one(&sql, &[&id]).await.expect("event row").get(0)
+            }
+        }
+    }
+}
+
+fn event(id: &str, targets: &[&str]) -> NewEvent {
+    NewEvent {
+        namespace: "ns".into(),
+        source: "/src".into(),
+        event_id: id.into(),
+        event_type: "t".into(),
+        body: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+        accepted_at: 1_000,
+    }
+}
+
+fn attempt(job_id: i64, n: u32, update: JobUpdate) -> Attempt {
+    Attempt {
+        job_id,
+        sub_uid: "a".into(),
+        event_id: "e1".into(),
+        event_type: "t".into(),
+        attempt: n,
+        at: 2_000 + n as i64,
+        status: Some(500),
+        duration_ms: 3,
+        error: None,
+        update,
+        payload_bytes: 2000,
+    }
+}
+
+#[rstest]
+#[tokio::test]
+async fn accepted_events_get_one_job_per_target_and_duplicates_none(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![event("e1", &["a", "b"]), event("e1", &["a"])]).await.expect("accept");
+    assert!(!out[0].duplicate);
+    assert_eq!(out[0].jobs.len(), 2);
+    assert!(out[1].duplicate, "same source+id in the same batch");
+    let again = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    assert!(again[0].duplicate);
+    assert_eq!(store.pending("a").await.expect("pending").len(), 1);
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_job_carries_its_event_and_retries_update_it(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    let job_id = out[0].jobs[0].1;
+    let job = store.job(job_id).await.expect("read").expect("job");
+    assert_eq!((job.attempts, job.accepted_at), (0, 1_000));
+    assert_eq!(job.event, br#"{"id":"e1"}"#);
+    store.record(attempt(job_id, 1, JobUpdate::Retry { due_at: 9_000 })).await.expect("record");
+    let job = store.job(job_id).await.expect("read").expect("job");
+    assert_eq!((job.attempts, job.first_attempt_at), (1, Some(2_001)));
+    assert_eq!(
+        store.pending("a").await.expect("pending"),
+        vec![JobRef { due_at: 9_000, job_id, accepted_at: 1_000 }]
+    );
+    store.record(attempt(job_id, 2, JobUpdate::Delivered)).await.expect("record");
+    assert!(store.job(job_id).await.expect("read").is_none());
+    let log = store.deliveries("a", 10, None).await.expect("log");
+    let outcomes: Vec<_> = log.iter().map(|e| (e.attempt, e.outcome.as_str())).collect();
+    assert_eq!(outcomes, [(2, "delivered"), (1, "retry")], "newest first");
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_dead_letter_leaves_the_queue_for_the_outbox_exactly_once(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    let job_id = out[0].jobs[0].1;
+    let letter = DeadLetter { namespace: "ns".into(), subscription: "orders".into(), failure: "{}".into() };
+    store.record(attempt(job_id, 1, JobUpdate::DeadLetter(letter.clone()))).await.expect("record");
+    assert!(store.pending("a").await.expect("pending").is_empty());
+    let queued = store.dead_letters(10).await.expect("outbox");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].letter, letter);
+    assert_eq!(queued[0].event, br#"{"id":"e1"}"#);
+    store.dead_letter_done(job_id).await.expect("done");
+    assert!(store.dead_letters(10).await.expect("outbox").is_empty());
+}
+
+#[rstest]
+#[tokio::test]
+async fn the_delivery_log_pages_with_a_cursor(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
+    let job_id = out[0].jobs[0].1;
+    for n in 1..=5 {
+        store.record(attempt(job_id, n, JobUpdate::Retry { due_at: 0 })).await.expect("record");
+    }
+    let first = store.deliveries("a", 2, None).await.expect("page 1");
+    assert_eq!(first.iter().map(|e| e.attempt).collect::<Vec<_>>(), [5, 4]);
+    let second = store.deliveries("a", 2, Some(first[1].seq)).await.expect("page 2");
+    assert_eq!(second.iter().map(|e| e.attempt).collect::<Vec<_>>(), [3, 2]);
+    let third = store.deliveries("a", 2, Some(second[1].seq)).await.expect("page 3");
+    assert_eq!(third.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1]);
+    assert!(store.deliveries("b", 2, None).await.expect("other").is_empty());
+}
+
+#[rstest]
+#[tokio::test]
+async fn dropping_a_subscription_drops_only_its_jobs(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    store.accept(vec![event("e1", &["a", "b"]), event("e2", &["a"])]).await.expect("accept");
+    assert_eq!(store.drop_subscription("a").await.expect("drop"), 2);
+    assert!(store.pending("a").await.expect("pending").is_empty());
+    assert_eq!(store.pending("b").await.expect("pending").len(), 1);
+}
+
+#[rstest]
+#[tokio::test]
+async fn pruning_keeps_events_with_work_and_forgets_finished_ones(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![event("done", &["a"]), event("queued", &["a"])]).await.expect("accept");
+    store.record(attempt(out[0].jobs[0].1, 1, JobUpdate::Delivered)).await.expect("record");
+    store.prune(i64::MAX, 5_000, 100).await.expect("prune");
+    assert!(store.deliveries("a", 10, None).await.expect("log").is_empty(), "old log entries pruned");
+    assert!(store.job(out[1].jobs[0].1).await.expect("read").is_some(), "queued event kept");
+    let again = store.accept(vec![event("done", &["a"])]).await.expect("accept");
+    assert!(!again[0].duplicate, "a finished event past the dedup window is forgotten");
+}
+
+#[rstest]
+#[tokio::test]
+async fn everything_survives_a_reopen(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let job_id = store.accept(vec![event("e1", &["a"])]).await.expect("accept")[0].jobs[0].1;
+    let store = store.reopen().await;
+    assert_eq!(store.pending("a").await.expect("pending")[0].job_id, job_id);
+    assert!(store.accept(vec![event("e1", &["a"])]).await.expect("accept")[0].duplicate);
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_all_commit(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.store.clone();
+        tasks.push(tokio::spawn(async move { store.accept(vec![event(&format!("e{i}"), &["a"])]).await }));
+    }
+    for t in tasks {
+        assert!(!t.await.expect("join").expect("accept")[0].duplicate);
+    }
+    assert_eq!(store.pending("a").await.expect("pending").len(), 200);
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_replay_is_queued_once_and_its_outcome_waits_in_the_outbox(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let replay = || Replay { event: event("e1", &["a"]), replay_of: "ns/fev/uid-1".into() };
+    let job = store.replay(replay()).await.expect("replay").expect("queued");
+    assert!(store.replay(replay()).await.expect("replay").is_none(), "one pending replay per FailedEvent");
+    assert_eq!(
+        store.job(job.job_id).await.expect("read").expect("job").replay_of.as_deref(),
+        Some("ns/fev/uid-1")
+    );
+    let letter = DeadLetter { namespace: "ns".into(), subscription: "s".into(), failure: "{}".into() };
+    store.record(attempt(job.job_id, 1, JobUpdate::DeadLetter(letter))).await.expect("record");
+    assert!(
+        store.dead_letters(10).await.expect("outbox").is_empty(),
+        "a failed replay makes no second dead letter"
+    );
+    let results = store.replay_results(10).await.expect("results");
+    assert_eq!(
+        (results.len(), results[0].delivered, results[0].replay_of.as_str()),
+        (1, false, "ns/fev/uid-1")
+    );
+    store.replay_result_done(results[0].job_id).await.expect("done");
+    assert!(store.replay_results(10).await.expect("results").is_empty());
+    let again =
+        store.replay(replay()).await.expect("replay").expect("a finished replay can be requested again");
+    store.record(attempt(again.job_id, 1, JobUpdate::Delivered)).await.expect("record");
+    assert!(store.replay_results(10).await.expect("results")[0].delivered);
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_validation_url_verifies_once_and_only_before_it_expires(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let pending = crate::store::Verification {
+        sub_uid: "a".into(),
+        url: "https://e.com/".into(),
+        method: "Event".into(),
+        token: Some("tok".into()),
+        code: Some("code".into()),
+        expires_at: Some(10_000),
+        ..Default::default()
+    };
+    store.put_verification(pending.clone()).await.expect("put");
+    assert_eq!(store.confirm_validation("tok", 10_000).await.expect("confirm"), None, "expired");
+    assert_eq!(store.confirm_validation("other", 5_000).await.expect("confirm"), None, "unknown token");
+    assert_eq!(store.confirm_validation("tok", 5_000).await.expect("confirm").as_deref(), Some("a"));
+    assert_eq!(store.confirm_validation("tok", 5_000).await.expect("confirm"), None, "single use");
+    let v = store.verification("a").await.expect("read").expect("row");
+    assert_eq!((v.verified_at, v.token), (Some(5_000), None));
+    store.drop_subscription("a").await.expect("drop");
+    assert!(store.verification("a").await.expect("read").is_none());
+}
+
+#[rstest]
+#[tokio::test]
+async fn job_ids_are_never_reused_so_outboxes_cannot_collide(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let first = store.accept(vec![event("e1", &["a"])]).await.expect("accept")[0].jobs[0].1;
+    let letter = DeadLetter { namespace: "ns".into(), subscription: "s".into(), failure: "{}".into() };
+    store.record(attempt(first, 1, JobUpdate::DeadLetter(letter.clone()))).await.expect("record");
+    let second = store.accept(vec![event("e2", &["a"])]).await.expect("accept")[0].jobs[0].1;
+    assert_ne!(first, second, "the deleted job's id is not handed out again");
+    store.record(attempt(second, 1, JobUpdate::DeadLetter(letter))).await.expect("record");
+    assert_eq!(store.dead_letters(10).await.expect("outbox").len(), 2, "both dead letters are kept");
+}
+
+#[rstest]
+#[tokio::test]
+async fn pruning_goes_in_bounded_rounds(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let events: Vec<NewEvent> = (0..5).map(|i| event(&format!("e{i}"), &[])).collect();
+    store.accept(events).await.expect("accept");
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 2, "at most `limit` events per round");
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 2);
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 1);
+    assert_eq!(store.prune(0, 5_000, 2).await.expect("prune"), 0);
+}
+
+/// An event whose payload is large enough to be forgotten once nothing needs it.
+fn large(id: &str, targets: &[&str]) -> NewEvent {
+    NewEvent {
+        body: format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(2000)).into_bytes(),
+        ..event(id, targets)
+    }
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_large_payload_is_forgotten_once_no_job_needs_it_but_deduplication_remembers_the_event(
+    #[values(SQLITE, POSTGRES)] kind: Kind,
+) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![large("e1", &["a", "b"]), event("small", &["a"])]).await.expect("accept");
+    let (job_a, job_b) = (out[0].jobs[0].1, out[0].jobs[1].1);
+    store.record(attempt(job_a, 1, JobUpdate::Delivered)).await.expect("record");
+    assert_eq!(store.body_of("e1").await, large("e1", &[]).body, "subscription b still needs it");
+    let letter = DeadLetter { namespace: "ns".into(), subscription: "orders".into(), failure: "{}".into() };
+    store.record(attempt(job_b, 1, JobUpdate::DeadLetter(letter))).await.expect("record");
+    assert_eq!(store.body_of("e1").await, large("e1", &[]).body, "the FailedEvent writer still needs it");
+    assert_eq!(store.dead_letters(10).await.expect("outbox")[0].event, large("e1", &[]).body);
+    store.dead_letter_done(job_b).await.expect("done");
+    assert!(store.body_of("e1").await.is_empty(), "nothing needs the payload any more");
+    assert!(
+        store.accept(vec![large("e1", &["a"])]).await.expect("accept")[0].duplicate,
+        "still deduplicated"
+    );
+
+    let small = Attempt { payload_bytes: 14, ..attempt(out[1].jobs[0].1, 1, JobUpdate::Delivered) };
+    store.record(small).await.expect("record");
+    assert_eq!(store.body_of("small").await, br#"{"id":"small"}"#, "a small payload goes with its row");
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_replay_brings_a_forgotten_payload_back_and_a_dropped_subscription_frees_its_payloads(
+    #[values(SQLITE, POSTGRES)] kind: Kind,
+) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![large("e1", &["a"]), large("e2", &["a", "b"])]).await.expect("accept");
+    store.record(attempt(out[0].jobs[0].1, 1, JobUpdate::Delivered)).await.expect("record");
+    assert!(store.body_of("e1").await.is_empty());
+    let job = store
+        .replay(Replay { event: large("e1", &["a"]), replay_of: "ns/fev-1".into() })
+        .await
+        .expect("replay")
+        .expect("queued");
+    assert_eq!(store.job(job.job_id).await.expect("read").expect("job").event, large("e1", &[]).body);
+
+    store.drop_subscription("b").await.expect("drop");
+    assert_eq!(store.body_of("e2").await, large("e2", &[]).body, "subscription a still needs e2");
+    store.drop_subscription("a").await.expect("drop");
+    assert!(store.body_of("e2").await.is_empty() && store.body_of("e1").await.is_empty());
+}

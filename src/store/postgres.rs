@@ -1,0 +1,555 @@
+//! The PostgreSQL store: a pool of connections; each write is one transaction that returns once
+//! its `COMMIT` is durable (`synchronous_commit = on`). The server's own group commit lets
+//! concurrent publishes share a flush; attempt records are gathered into one transaction, as the
+//! SQLite store does. The tables live in the schema `hookline` of the database the URL names.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts, Transaction};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+mod migrations;
+mod writes;
+
+use super::{
+    Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
+    ReplayResult, Store, StoreError, Verification,
+};
+use migrations::{MIGRATION_LOCK, MIGRATIONS};
+
+/// Attempt records are gathered for up to this long, or until [`MAX_RECORDS`] wait, and written
+/// in one transaction (see the SQLite store's `RECORD_DELAY`).
+const RECORD_DELAY: Duration = Duration::from_millis(5);
+/// Most attempt records written in one transaction.
+const MAX_RECORDS: usize = 512;
+/// How long a request waits for a connection, and a new connection for the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// PostgreSQL-backed [`Store`], which several replicas can share.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    records: mpsc::UnboundedSender<(Attempt, Reply)>,
+}
+
+/// Where a connection goes, for messages: host, port, database and user, never the password.
+fn target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = config.get_ports().get(i).or(config.get_ports().first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    format!(
+        "{}/{} as {}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("(default database)"),
+        config.get_user().unwrap_or("(default user)")
+    )
+}
+
+impl PostgresStore {
+    /// Connect to the database `url` names with at most `pool_size` connections, and bring its
+    /// schema up to date. `application_name` shows in `pg_stat_activity`. Must be called within
+    /// a Tokio runtime. Errors name the server, never the password.
+    pub async fn connect(
+        url: &str,
+        pool_size: usize,
+        application_name: &str,
+    ) -> Result<PostgresStore, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::DatabaseUrl)?;
+        let options = format!(
+            "{} -c synchronous_commit=on -c search_path=hookline",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim_start());
+        if config.get_application_name().is_none() {
+            config.application_name(application_name);
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        // A server that vanished without closing the connection is noticed within a minute.
+        config.keepalives_idle(Duration::from_secs(30));
+        let target = target(&config);
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(CONNECT_TIMEOUT),
+                create: Some(CONNECT_TIMEOUT),
+                recycle: Some(CONNECT_TIMEOUT),
+            })
+            .build()
+            .map_err(|e| StoreError::Connect {
+                target: target.clone(),
+                source: Box::new(StoreError::PoolBuild(e)),
+            })?;
+        let connect_error =
+            |e: StoreError| StoreError::Connect { target: target.clone(), source: Box::new(e) };
+        let mut client = pool.get().await.map_err(|e| connect_error(e.into()))?;
+        migrate(&mut client).await.map_err(|e| connect_error(e.into()))?;
+        drop(client);
+        let (records, records_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_records(pool.clone(), records_rx));
+        Ok(PostgresStore { pool, records })
+    }
+
+    /// Run `work` on `data` in a transaction and commit it.
+    async fn write<D, T, F>(&self, data: &D, work: F) -> Result<T, StoreError>
+    where
+        D: Sync + ?Sized,
+        F: for<'t, 'c> FnOnce(&'t Transaction<'c>, &'t D) -> BoxFuture<'t, Result<T, tokio_postgres::Error>>,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let value = work(&tx, data).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    /// Run one query and map its rows.
+    async fn read<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        map: impl Fn(&Row) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.query(&stmt, params).await?.iter().map(map).collect())
+    }
+}
+
+/// Create the schema and apply the migrations it lacks, in one transaction under an advisory
+/// lock: replicas starting together take turns, and the second finds nothing left to do.
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS hookline;
+         CREATE TABLE IF NOT EXISTS hookline.schema_version (version INTEGER NOT NULL)",
+    )
+    .await?;
+    let current: i32 =
+        tx.query_one("SELECT COALESCE(max(version), 0) FROM hookline.schema_version", &[]).await?.get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO hookline.schema_version (version) VALUES ($1)", &[&(i as i32 + 1)]).await?;
+    }
+    tx.commit().await
+}
+
+/// Write attempt records in groups: whatever arrives within [`RECORD_DELAY`] of the first, up to
+/// [`MAX_RECORDS`], in one transaction. Ends when every store handle is gone.
+async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Attempt, Reply)>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let due = tokio::time::Instant::now() + RECORD_DELAY;
+        while group.len() < MAX_RECORDS {
+            match tokio::time::timeout_at(due, rx.recv()).await {
+                Ok(Some(record)) => group.push(record),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let (attempts, replies): (Vec<Attempt>, Vec<Reply>) = group.into_iter().unzip();
+        match record(&pool, &attempts).await {
+            Ok(()) => replies.into_iter().for_each(|r| drop(r.send(Ok(())))),
+            // The server is gone: every record of the group fails alike.
+            Err(e) if !retry_alone(&e) => {
+                let e = std::sync::Arc::new(e);
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Shared(e.clone())));
+                }
+            }
+            // One record failed the group: each again on its own, so that it fails alone.
+            Err(_) => {
+                for (attempt, reply) in attempts.into_iter().zip(replies) {
+                    let _ = reply.send(record(&pool, std::slice::from_ref(&attempt)).await);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a failed group is worth retrying record by record (a statement failed), rather than
+/// failing as a whole (no connection).
+fn retry_alone(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres(e) if e.code().is_some())
+}
+
+async fn record(pool: &Pool, attempts: &[Attempt]) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    writes::record(&tx, attempts).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn job_ref(r: &Row) -> JobRef {
+    JobRef { due_at: r.get(0), job_id: r.get(1), accepted_at: r.get(2) }
+}
+
+fn rfc3339(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+}
+
+impl Store for PostgresStore {
+    fn accept(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, StoreError>> {
+        async move {
+            // Two batches sharing keys in a different order can still deadlock on the unique
+            // index; the server then fails one, which is safe to run again.
+            match self.write(&events[..], |tx, events| writes::accept(tx, events).boxed()).await {
+                Err(StoreError::Postgres(e)) if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+                    self.write(&events[..], |tx, events| writes::accept(tx, events).boxed()).await
+                }
+                result => result,
+            }
+        }
+        .boxed()
+    }
+
+    fn pending(&self, sub_uid: &str) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>> {
+        let uid = sub_uid.to_string();
+        async move {
+            self.read(
+                "SELECT j.due_at_ms, j.id, e.accepted_at_ms FROM jobs j JOIN events e ON e.seq = j.event_seq
+                 WHERE j.sub_uid = $1",
+                &[&uid],
+                job_ref,
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn jobs(&self, job_ids: Vec<i64>) -> BoxFuture<'_, Result<Vec<Job>, StoreError>> {
+        async move {
+            let mut found: HashMap<i64, Job> = self
+                .read(
+                    "SELECT j.id, j.sub_uid, j.attempts, j.first_attempt_ms, e.accepted_at_ms, e.body, j.replay_of
+                     FROM jobs j JOIN events e ON e.seq = j.event_seq WHERE j.id = ANY($1)",
+                    &[&job_ids],
+                    |r| Job {
+                        job_id: r.get(0),
+                        sub_uid: r.get(1),
+                        attempts: r.get::<_, i32>(2) as u32,
+                        first_attempt_at: r.get(3),
+                        accepted_at: r.get(4),
+                        event: r.get(5),
+                        replay_of: r.get(6),
+                    },
+                )
+                .await?
+                .into_iter()
+                .map(|job| (job.job_id, job))
+                .collect();
+            // In the order asked for, as the SQLite store answers.
+            Ok(job_ids.iter().filter_map(|id| found.remove(id)).collect())
+        }
+        .boxed()
+    }
+
+    fn record(&self, attempt: Attempt) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let (reply, rx) = oneshot::channel();
+            self.records.send((attempt, reply)).map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
+    }
+
+    fn drop_subscription(&self, sub_uid: &str) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let uid = sub_uid.to_string();
+        async move {
+            self.write(&uid, |tx, uid| {
+                async move {
+                    tx.execute("DELETE FROM verifications WHERE sub_uid = $1", &[uid]).await?;
+                    let seqs: Vec<i64> = tx
+                        .query("DELETE FROM jobs WHERE sub_uid = $1 RETURNING event_seq", &[uid])
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    let dropped = seqs.len() as u64;
+                    writes::forget_bodies(tx, seqs).await?;
+                    Ok(dropped)
+                }
+                .boxed()
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn deliveries(
+        &self,
+        sub_uid: &str,
+        limit: u32,
+        before: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, StoreError>> {
+        let uid = sub_uid.to_string();
+        async move {
+            self.read(
+                "SELECT seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms
+                 FROM attempts WHERE sub_uid = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                &[&uid, &before.unwrap_or(i64::MAX), &i64::from(limit)],
+                |r| LogEntry {
+                    seq: r.get(0),
+                    time: rfc3339(r.get(1)),
+                    event_id: r.get(2),
+                    event_type: r.get(3),
+                    attempt: r.get::<_, i32>(4) as u32,
+                    status_code: r.get::<_, Option<i32>>(5).map(|s| s as u16),
+                    duration_ms: r.get::<_, i64>(6) as u64,
+                    error: r.get(7),
+                    outcome: r.get(8),
+                    next_retry_at: r.get::<_, Option<i64>>(9).map(rfc3339),
+                },
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<QueuedDeadLetter>, StoreError>> {
+        async move {
+            self.read(
+                "SELECT d.job_id, d.sub_uid, d.namespace, d.subscription, d.failure, e.body
+                 FROM dead_letters d JOIN events e ON e.seq = d.event_seq ORDER BY d.job_id LIMIT $1",
+                &[&i64::from(limit)],
+                |r| QueuedDeadLetter {
+                    job_id: r.get(0),
+                    sub_uid: r.get(1),
+                    letter: DeadLetter { namespace: r.get(2), subscription: r.get(3), failure: r.get(4) },
+                    event: r.get(5),
+                },
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn dead_letter_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.write(&job_id, |tx, job_id| {
+                async move {
+                    let seqs: Vec<i64> = tx
+                        .query("DELETE FROM dead_letters WHERE job_id = $1 RETURNING event_seq", &[job_id])
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    writes::forget_bodies(tx, seqs).await
+                }
+                .boxed()
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn replay(&self, replay: Replay) -> BoxFuture<'_, Result<Option<JobRef>, StoreError>> {
+        async move {
+            match self.write(&replay, |tx, replay| writes::replay(tx, replay).boxed()).await {
+                // A replay of the same FailedEvent committed meanwhile.
+                Err(StoreError::Postgres(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+                result => result,
+            }
+        }
+        .boxed()
+    }
+
+    fn replay_results(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReplayResult>, StoreError>> {
+        async move {
+            self.read(
+                "SELECT job_id, replay_of, delivered, attempts, status, error, at_ms FROM replay_outcomes
+                 ORDER BY job_id LIMIT $1",
+                &[&i64::from(limit)],
+                |r| ReplayResult {
+                    job_id: r.get(0),
+                    replay_of: r.get(1),
+                    delivered: r.get(2),
+                    attempts: r.get::<_, i32>(3) as u32,
+                    status: r.get::<_, Option<i32>>(4).map(|s| s as u16),
+                    error: r.get(5),
+                    at: r.get(6),
+                },
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn replay_result_done(&self, job_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.write(&job_id, |tx, job_id| {
+                async move {
+                    tx.execute("DELETE FROM replay_outcomes WHERE job_id = $1", &[job_id]).await.map(drop)
+                }
+                .boxed()
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn verification(&self, sub_uid: &str) -> BoxFuture<'_, Result<Option<Verification>, StoreError>> {
+        let uid = sub_uid.to_string();
+        async move {
+            let found = self
+                .read(
+                    "SELECT sub_uid, url, method, verified_at_ms, token, code, expires_at_ms, attempts,
+                       next_attempt_ms, message, rate_per_minute, revalidate FROM verifications WHERE sub_uid = $1",
+                    &[&uid],
+                    |r| Verification {
+                        sub_uid: r.get(0),
+                        url: r.get(1),
+                        method: r.get(2),
+                        verified_at: r.get(3),
+                        token: r.get(4),
+                        code: r.get(5),
+                        expires_at: r.get(6),
+                        attempts: r.get::<_, i32>(7) as u32,
+                        next_attempt_at: r.get(8),
+                        message: r.get(9),
+                        rate_per_minute: r.get::<_, Option<i64>>(10).map(|r| r as u32),
+                        revalidate: r.get(11),
+                    },
+                )
+                .await?;
+            Ok(found.into_iter().next())
+        }
+        .boxed()
+    }
+
+    fn put_verification(&self, v: Verification) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.write(&v, |tx, v| {
+                async move {
+                    tx.execute(
+                        "INSERT INTO verifications (sub_uid, url, method, verified_at_ms, token, code, expires_at_ms,
+                           attempts, next_attempt_ms, message, rate_per_minute, revalidate)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                         ON CONFLICT (sub_uid) DO UPDATE SET url = excluded.url, method = excluded.method,
+                           verified_at_ms = excluded.verified_at_ms, token = excluded.token, code = excluded.code,
+                           expires_at_ms = excluded.expires_at_ms, attempts = excluded.attempts,
+                           next_attempt_ms = excluded.next_attempt_ms, message = excluded.message,
+                           rate_per_minute = excluded.rate_per_minute, revalidate = excluded.revalidate",
+                        &[
+                            &v.sub_uid,
+                            &v.url,
+                            &v.method,
+                            &v.verified_at,
+                            &v.token,
+                            &v.code,
+                            &v.expires_at,
+                            &(v.attempts as i32),
+                            &v.next_attempt_at,
+                            &v.message,
+                            &v.rate_per_minute.map(i64::from),
+                            &v.revalidate,
+                        ],
+                    )
+                    .await
+                    .map(drop)
+                }
+                .boxed()
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn confirm_validation(
+        &self,
+        token: &str,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let token = token.to_string();
+        async move {
+            self.write(&(token, now), |tx, (token, now)| {
+                async move {
+                    let row = tx
+                        .query_opt(
+                            "UPDATE verifications SET verified_at_ms = $2, token = NULL, code = NULL,
+                               expires_at_ms = NULL, message = 'verified: the validation URL was opened'
+                             WHERE token = $1 AND expires_at_ms > $2 AND verified_at_ms IS NULL RETURNING sub_uid",
+                            &[token, now],
+                        )
+                        .await?;
+                    Ok(row.map(|r| r.get(0)))
+                }
+                .boxed()
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn prune(
+        &self,
+        log_before: Millis,
+        events_before: Millis,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            self.write(&(), |tx, ()| writes::prune(tx, log_before, events_before, limit).boxed()).await
+        }
+        .boxed()
+    }
+
+    fn free_bytes(&self, _enough: u64) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        async { Ok(None) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_names_the_server_but_never_the_password() {
+        let config: tokio_postgres::Config =
+            "postgres://app:s3cret@db.example:6543/hookline?sslmode=disable".parse().expect("valid URL");
+        let shown = target(&config);
+        assert_eq!(shown, "db.example:6543/hookline as app");
+        assert!(!shown.contains("s3cret"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_migrate_once() {
+        let url = crate::store::contract_tests::fresh_database().await;
+        let starts = (0..4).map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move { PostgresStore::connect(&url, 2, &format!("replica-{i}")).await })
+        });
+        for started in futures::future::join_all(starts).await {
+            started.expect("join").expect("every replica starts");
+        }
+        let store = PostgresStore::connect(&url, 2, "check").await.expect("connect");
+        let client = store.pool.get().await.expect("connection");
+        let versions: Vec<i32> = client
+            .query("SELECT version FROM hookline.schema_version ORDER BY version", &[])
+            .await
+            .expect("versions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>(), "each migration once");
+    }
+}

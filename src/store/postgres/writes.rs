@@ -1,0 +1,357 @@
+//! The statements of each write, inside one transaction. A batch is one statement over arrays
+//! (`unnest`), not a statement per row: on a server a round trip costs more than the row.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::Error;
+
+use crate::store::{
+    Accepted, Attempt, DeadLetter, JobRef, JobUpdate, KEEP_PAYLOAD_UP_TO, Millis, NewEvent, Replay,
+};
+
+pub(super) async fn accept(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Accepted>, Error> {
+    // Rows go in key order, so that two batches sharing keys lock them in the same order (one
+    // waits for the other instead of both deadlocking). A stable sort keeps the first of two
+    // equal keys first: it is the one stored, later ones are its duplicates, as with SQLite.
+    let mut order: Vec<&NewEvent> = events.iter().collect();
+    order.sort_by(|a, b| key(a).cmp(&key(b)));
+    let column = |f: fn(&NewEvent) -> &str| order.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let (namespaces, sources, ids, types) =
+        (column(|e| &e.namespace), column(|e| &e.source), column(|e| &e.event_id), column(|e| &e.event_type));
+    let times: Vec<i64> = order.iter().map(|e| e.accepted_at).collect();
+    let bodies: Vec<&[u8]> = order.iter().map(|e| e.body.as_slice()).collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
+             ON CONFLICT DO NOTHING RETURNING seq, namespace, source, event_id",
+        )
+        .await?;
+    let rows = tx.query(&insert, &[&namespaces, &sources, &ids, &types, &times, &bodies]).await?;
+    let mut stored: HashMap<(String, String, String), i64> =
+        rows.iter().map(|r| ((r.get(1), r.get(2), r.get(3)), r.get(0))).collect();
+
+    // Each event's seq in request order; `None` for a duplicate (of a stored event or of an
+    // earlier event of this request).
+    let seqs: Vec<Option<i64>> = events
+        .iter()
+        .map(|e| stored.remove(&(e.namespace.clone(), e.source.clone(), e.event_id.clone())))
+        .collect();
+    let (mut job_events, mut job_subs, mut job_due) = (Vec::new(), Vec::new(), Vec::new());
+    for (e, seq) in events.iter().zip(&seqs) {
+        for uid in seq.iter().flat_map(|_| &e.targets) {
+            job_events.push(seq.unwrap_or_default());
+            job_subs.push(uid.as_str());
+            job_due.push(e.accepted_at);
+        }
+    }
+    let mut ids: HashMap<(i64, String), Vec<i64>> = HashMap::new();
+    if !job_events.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO jobs (event_seq, sub_uid, due_at_ms)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) RETURNING id, event_seq, sub_uid",
+            )
+            .await?;
+        for row in tx.query(&insert, &[&job_events, &job_subs, &job_due]).await? {
+            ids.entry((row.get(1), row.get(2))).or_default().push(row.get(0));
+        }
+    }
+    Ok(events
+        .iter()
+        .zip(seqs)
+        .map(|(e, seq)| match seq {
+            None => Accepted { duplicate: true, jobs: vec![] },
+            Some(seq) => Accepted {
+                duplicate: false,
+                jobs: e
+                    .targets
+                    .iter()
+                    .filter_map(|uid| {
+                        let id = ids.get_mut(&(seq, uid.clone()))?.pop()?;
+                        Some((uid.clone(), id))
+                    })
+                    .collect(),
+            },
+        })
+        .collect())
+}
+
+fn key(e: &NewEvent) -> (&str, &str, &str) {
+    (&e.namespace, &e.source, &e.event_id)
+}
+
+/// Record a batch of attempts: the delivery log, then what each attempt does to its job.
+pub(super) async fn record(tx: &Transaction<'_>, attempts: &[Attempt]) -> Result<(), Error> {
+    log_attempts(tx, attempts).await?;
+
+    let retries: Vec<_> = attempts
+        .iter()
+        .filter_map(|a| match a.update {
+            JobUpdate::Retry { due_at } => Some((a.job_id, due_at, a.attempt as i32, a.at)),
+            _ => None,
+        })
+        .collect();
+    if !retries.is_empty() {
+        let update = tx
+            .prepare_cached(
+                "UPDATE jobs j SET due_at_ms = u.due_at, attempts = u.attempt,
+                   first_attempt_ms = COALESCE(j.first_attempt_ms, u.at)
+                 FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[]) AS u (id, due_at, attempt, at)
+                 WHERE j.id = u.id",
+            )
+            .await?;
+        let (ids, due, attempt, at) = unzip4(retries);
+        tx.execute(&update, &[&ids, &due, &attempt, &at]).await?;
+    }
+
+    let finished: Vec<&Attempt> =
+        attempts.iter().filter(|a| !matches!(a.update, JobUpdate::Retry { .. })).collect();
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = finished.iter().map(|a| a.job_id).collect();
+    let delete =
+        tx.prepare_cached("DELETE FROM jobs WHERE id = ANY($1) RETURNING id, event_seq, replay_of").await?;
+    // A job that is gone (its subscription was dropped meanwhile) gets its attempt logged only.
+    let gone: HashMap<i64, (i64, Option<String>)> =
+        tx.query(&delete, &[&ids]).await?.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+
+    let mut letters = DeadLetters::default();
+    let mut replays = ReplayOutcomes::default();
+    let mut forget = Vec::new();
+    for a in finished {
+        let Some((event_seq, replay_of)) = gone.get(&a.job_id) else { continue };
+        match (&a.update, replay_of) {
+            (JobUpdate::DeadLetter(letter), None) => letters.push(a, *event_seq, letter),
+            (_, Some(replay_of)) => replays.push(a, replay_of),
+            _ => {}
+        }
+        if a.payload_bytes > KEEP_PAYLOAD_UP_TO {
+            forget.push(*event_seq);
+        }
+    }
+    letters.insert(tx).await?;
+    replays.insert(tx).await?;
+    forget_bodies(tx, forget).await
+}
+
+fn unzip4<A, B, C, D>(rows: Vec<(A, B, C, D)>) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c, d) in rows {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+        out.3.push(d);
+    }
+    out
+}
+
+/// Add attempts to the delivery log, in order (the log pages by its sequence).
+async fn log_attempts(tx: &Transaction<'_>, attempts: &[Attempt]) -> Result<(), Error> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO attempts (sub_uid, event_id, event_type, attempt, at_ms, status, duration_ms, error,
+               outcome, next_retry_ms)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::int[],
+               $7::bigint[], $8::text[], $9::text[], $10::bigint[])",
+        )
+        .await?;
+    let subs: Vec<&str> = attempts.iter().map(|a| a.sub_uid.as_str()).collect();
+    let ids: Vec<&str> = attempts.iter().map(|a| a.event_id.as_str()).collect();
+    let types: Vec<&str> = attempts.iter().map(|a| a.event_type.as_str()).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt as i32).collect();
+    let at: Vec<i64> = attempts.iter().map(|a| a.at).collect();
+    let status: Vec<Option<i32>> = attempts.iter().map(|a| a.status.map(i32::from)).collect();
+    let durations: Vec<i64> = attempts.iter().map(|a| a.duration_ms as i64).collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    let (outcomes, next): (Vec<&str>, Vec<Option<Millis>>) = attempts
+        .iter()
+        .map(|a| match &a.update {
+            JobUpdate::Delivered => ("delivered", None),
+            JobUpdate::Retry { due_at } => ("retry", Some(*due_at)),
+            JobUpdate::DeadLetter(_) => ("deadLettered", None),
+            JobUpdate::Dropped => ("dropped", None),
+        })
+        .unzip();
+    tx.execute(
+        &insert,
+        &[&subs, &ids, &types, &numbers, &at, &status, &durations, &errors, &outcomes, &next],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Dead letters of a batch, as columns.
+#[derive(Default)]
+struct DeadLetters<'a> {
+    jobs: Vec<i64>,
+    subs: Vec<&'a str>,
+    namespaces: Vec<&'a str>,
+    names: Vec<&'a str>,
+    events: Vec<i64>,
+    failures: Vec<&'a str>,
+}
+
+impl<'a> DeadLetters<'a> {
+    fn push(&mut self, a: &'a Attempt, event_seq: i64, letter: &'a DeadLetter) {
+        self.jobs.push(a.job_id);
+        self.subs.push(&a.sub_uid);
+        self.namespaces.push(&letter.namespace);
+        self.names.push(&letter.subscription);
+        self.events.push(event_seq);
+        self.failures.push(&letter.failure);
+    }
+
+    async fn insert(self, tx: &Transaction<'_>) -> Result<(), Error> {
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO dead_letters (job_id, sub_uid, namespace, subscription, event_seq, failure)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&self.jobs, &self.subs, &self.namespaces, &self.names, &self.events, &self.failures];
+        tx.execute(&insert, &params).await.map(drop)
+    }
+}
+
+/// Final outcomes of replays in a batch, as columns.
+#[derive(Default)]
+struct ReplayOutcomes<'a> {
+    jobs: Vec<i64>,
+    replay_of: Vec<&'a str>,
+    delivered: Vec<bool>,
+    attempts: Vec<i32>,
+    status: Vec<Option<i32>>,
+    errors: Vec<Option<&'a str>>,
+    at: Vec<i64>,
+}
+
+impl<'a> ReplayOutcomes<'a> {
+    fn push(&mut self, a: &'a Attempt, replay_of: &'a str) {
+        self.jobs.push(a.job_id);
+        self.replay_of.push(replay_of);
+        self.delivered.push(matches!(a.update, JobUpdate::Delivered));
+        self.attempts.push(a.attempt as i32);
+        self.status.push(a.status.map(i32::from));
+        self.errors.push(a.error.as_deref());
+        self.at.push(a.at);
+    }
+
+    async fn insert(self, tx: &Transaction<'_>) -> Result<(), Error> {
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO replay_outcomes (job_id, replay_of, delivered, attempts, status, error, at_ms)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::int[], $5::int[], $6::text[],
+                   $7::bigint[])
+                 ON CONFLICT (job_id) DO UPDATE SET replay_of = excluded.replay_of,
+                   delivered = excluded.delivered, attempts = excluded.attempts, status = excluded.status,
+                   error = excluded.error, at_ms = excluded.at_ms",
+            )
+            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &self.jobs,
+            &self.replay_of,
+            &self.delivered,
+            &self.attempts,
+            &self.status,
+            &self.errors,
+            &self.at,
+        ];
+        tx.execute(&insert, &params).await.map(drop)
+    }
+}
+
+/// Empty the payloads of these events where nothing needs them any more (no job, no queued dead
+/// letter); their rows stay for deduplication until pruned (see SQLite's `FORGET_BODY`).
+///
+/// The rows are locked first, in order: a replay re-filling a payload, or another transaction
+/// finishing the event's last other job, then either finished before (and the check below sees
+/// it, in a fresh snapshot) or waits until this one is done.
+pub(super) async fn forget_bodies(tx: &Transaction<'_>, mut seqs: Vec<i64>) -> Result<(), Error> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    let lock =
+        tx.prepare_cached("SELECT seq FROM events WHERE seq = ANY($1) ORDER BY seq FOR UPDATE").await?;
+    tx.query(&lock, &[&seqs]).await?;
+    let forget = tx
+        .prepare_cached(
+            "UPDATE events e SET body = '\\x' WHERE seq = ANY($1) AND length(body) > 0
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq)
+               AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)",
+        )
+        .await?;
+    tx.execute(&forget, &[&seqs]).await.map(drop)
+}
+
+/// Queue a replay; `None` when one of this FailedEvent is already pending.
+pub(super) async fn replay(tx: &Transaction<'_>, r: &Replay) -> Result<Option<JobRef>, Error> {
+    let pending = tx.prepare_cached("SELECT id FROM jobs WHERE replay_of = $1").await?;
+    if tx.query_opt(&pending, &[&r.replay_of]).await?.is_some() {
+        return Ok(None);
+    }
+    let ev = &r.event;
+    // The original event row may still exist (within the dedup window): reuse it.
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (namespace, source, event_id)
+               DO UPDATE SET accepted_at_ms = excluded.accepted_at_ms, body = excluded.body
+             RETURNING seq",
+        )
+        .await?;
+    let seq: i64 = tx
+        .query_one(
+            &upsert,
+            &[&ev.namespace, &ev.source, &ev.event_id, &ev.event_type, &ev.accepted_at, &ev.body],
+        )
+        .await?
+        .get(0);
+    let uid = ev.targets.first().map(String::as_str).unwrap_or_default();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .await?;
+    let job_id: i64 = tx.query_one(&insert, &[&seq, &uid, &ev.accepted_at, &r.replay_of]).await?.get(0);
+    Ok(Some(JobRef { due_at: ev.accepted_at, job_id, accepted_at: ev.accepted_at }))
+}
+
+/// One bounded round of pruning (see `Store::prune`); every statement runs on an index.
+pub(super) async fn prune(
+    tx: &Transaction<'_>,
+    log_before: Millis,
+    events_before: Millis,
+    limit: u32,
+) -> Result<u64, Error> {
+    let log = tx
+        .prepare_cached(
+            "DELETE FROM attempts WHERE seq IN (SELECT seq FROM attempts WHERE at_ms < $1 LIMIT $2)",
+        )
+        .await?;
+    let events = tx
+        .prepare_cached(
+            "DELETE FROM events WHERE seq IN (
+               SELECT seq FROM events e WHERE accepted_at_ms < $1
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq)
+                 AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+               LIMIT $2)",
+        )
+        .await?;
+    let limit = i64::from(limit);
+    Ok(tx.execute(&log, &[&log_before, &limit]).await?
+        + tx.execute(&events, &[&events_before, &limit]).await?)
+}
