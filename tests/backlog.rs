@@ -12,7 +12,7 @@ use hookline::api::WebhookSubscription;
 use serde_json::{Value, json};
 use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
-use support::{Hookline, LOCAL, TestEnv, wait_until};
+use support::{Hookline, LOCAL, StoreAt, TestEnv, wait_until};
 
 const SUBSCRIPTIONS: usize = 10;
 const EVENTS_EACH: usize = 1000;
@@ -167,7 +167,7 @@ async fn a_full_disk_refuses_new_events_with_507_and_accepts_again_once_delivere
     let disk = SmallDisk::mount("hookline-small-disk", 40);
     let mut flags = LOCAL.to_vec();
     flags.push("--min-free-disk=8388608");
-    let h = env.start_hookline_in(&disk.dir, &flags).await;
+    let h = env.start_hookline_in(&StoreAt::Sqlite(disk.dir.clone()), &flags).await;
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::Status(503));
     env.create_active(WebhookSubscription::test("disk", &receiver.url).backoff("1s", "2s")).await;

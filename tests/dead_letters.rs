@@ -7,10 +7,11 @@ use std::time::Duration;
 use hookline::api::{FailedEvent, WebhookSubscription};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
+use rstest::rstest;
 use serde_json::{Value, json};
 use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
-use support::{Hookline, LOCAL, TestEnv, wait_until};
+use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -37,9 +38,12 @@ async fn failed_events(env: &TestEnv, n: usize) -> Vec<FailedEvent> {
     .await
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
-    let env = TestEnv::with_crds("dead-letter-500").await;
+async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("dead-letter-500", store).await;
     let (h, rx) = failing_subscription(&env, LOCAL).await;
     for id in ["a", "b"] {
         h.publish_json(&env.namespace, event(id)).await;
@@ -72,9 +76,12 @@ async fn a_failing_endpoint_yields_exactly_one_failed_event_per_event() {
     assert_eq!(rx.received().len(), 4, "two attempts per event, no more");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reason() {
-    let env = TestEnv::with_crds("dead-letter-reasons").await;
+async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reason(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("dead-letter-reasons", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(400));
@@ -95,9 +102,12 @@ async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reas
     assert!(refused.last_error.as_deref().unwrap_or("").contains("connection"), "{refused:?}");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
-    let env = TestEnv::with_crds("replay").await;
+async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("replay", store).await;
     let (h, rx) = failing_subscription(&env, LOCAL).await;
     for id in ["r1", "r2", "r3"] {
         h.publish_json(&env.namespace, event(id)).await;
@@ -137,9 +147,10 @@ async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so() {
     assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_cap_drops_and_counts() {
-    let env = TestEnv::with_crds("dead-letter-cap").await;
+async fn the_cap_drops_and_counts(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("dead-letter-cap", store).await;
     let mut flags = LOCAL.to_vec();
     flags.push("--failed-event-cap=2");
     let (h, _rx) = failing_subscription(&env, &flags).await;
@@ -159,9 +170,10 @@ async fn the_cap_drops_and_counts() {
 
 // Separate from the cap test: a short TTL there could expire a FailedEvent before the cap is
 // reached on a slow machine, and the cap would (rightly) not drop.
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_ttl_deletes_failed_events() {
-    let env = TestEnv::with_crds("dead-letter-ttl").await;
+async fn the_ttl_deletes_failed_events(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("dead-letter-ttl", store).await;
     let mut flags = LOCAL.to_vec();
     flags.push("--failed-event-ttl=6s");
     let (h, _rx) = failing_subscription(&env, &flags).await;
@@ -170,9 +182,10 @@ async fn the_ttl_deletes_failed_events() {
     failed_events(&env, 0).await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn dead_lettering_off_drops_and_counts() {
-    let env = TestEnv::with_crds("dead-letter-off").await;
+async fn dead_lettering_off_drops_and_counts(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("dead-letter-off", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
@@ -186,10 +199,13 @@ async fn dead_lettering_off_drops_and_counts() {
     assert!(env.api::<FailedEvent>().list(&ListParams::default()).await.expect("list").items.is_empty());
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
-    let env = TestEnv::with_crds("dead-letter-kill").await;
-    let data = env.data_dir();
+async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("dead-letter-kill", store).await;
+    let data = env.new_store().await;
     let h = env.start_hookline_in(&data, LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(500));
@@ -209,9 +225,12 @@ async fn a_kill_right_after_the_last_attempt_still_yields_one_failed_event() {
     assert_eq!(env.api::<FailedEvent>().list(&ListParams::default()).await.expect("list").items.len(), 1);
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn deleting_the_subscription_garbage_collects_its_failed_events() {
-    let env = TestEnv::with_crds("dead-letter-gc").await;
+async fn deleting_the_subscription_garbage_collects_its_failed_events(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("dead-letter-gc", store).await;
     let (h, _rx) = failing_subscription(&env, LOCAL).await;
     h.publish_json(&env.namespace, event("g1")).await;
     failed_events(&env, 1).await;

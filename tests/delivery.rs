@@ -12,10 +12,11 @@ use hookline::api::WebhookSubscription;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
+use rstest::rstest;
 use serde_json::{Value, json};
 use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
-use support::{Hookline, LOCAL, TestEnv, wait_until};
+use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -82,9 +83,12 @@ async fn delivery_log(h: &Hookline, ns: &str, sub: &str, query: &str) -> Value {
     reqwest::get(url).await.expect("log request").json().await.expect("log json")
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn events_in_all_three_modes_reach_matching_subscriptions_only() {
-    let env = TestEnv::with_crds("three-modes").await;
+async fn events_in_all_three_modes_reach_matching_subscriptions_only(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("three-modes", store).await;
     let h = env.start_hookline(LOCAL).await;
     let orders = Receiver::start().await;
     let filtered = Receiver::start().await;
@@ -159,9 +163,10 @@ async fn events_in_all_three_modes_reach_matching_subscriptions_only() {
     assert_eq!((orders.received().len(), filtered.received().len(), invoices.received().len()), (3, 1, 1));
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn failed_attempts_are_retried_on_the_backoff_schedule() {
-    let env = TestEnv::with_crds("retry-schedule").await;
+async fn failed_attempts_are_retried_on_the_backoff_schedule(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("retry-schedule", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.script([Reply::Status(500), Reply::Status(503), Reply::Status(502)]);
@@ -183,9 +188,10 @@ async fn failed_attempts_are_retried_on_the_backoff_schedule() {
     assert_eq!(outcomes, ["delivered", "retry", "retry", "retry"], "newest first");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn retry_after_is_honoured() {
-    let env = TestEnv::with_crds("retry-after").await;
+async fn retry_after_is_honoured(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("retry-after", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.script([Reply::RetryAfter(429, 3)]);
@@ -196,9 +202,10 @@ async fn retry_after_is_honoured() {
     assert!(gap >= 2.9, "Retry-After: 3 was honoured, waited {gap:.2}s");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn gone_disables_the_subscription_and_holds_later_events() {
-    let env = TestEnv::with_crds("gone").await;
+async fn gone_disables_the_subscription_and_holds_later_events(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("gone", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(410));
@@ -218,9 +225,10 @@ async fn gone_disables_the_subscription_and_holds_later_events() {
     assert_eq!(rx.received().len(), 1, "nothing is sent after 410");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn redirects_are_never_followed() {
-    let env = TestEnv::with_crds("no-redirects").await;
+async fn redirects_are_never_followed(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("no-redirects", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     // Redirects to the cloud metadata address and to the receiver itself: neither is followed.
@@ -242,9 +250,10 @@ async fn redirects_are_never_followed() {
     assert!(rx.received().iter().all(|r| r.path == "/hook"), "no redirect target was ever requested");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn suspend_holds_events_and_resume_delivers_them() {
-    let env = TestEnv::with_crds("suspend-delivery").await;
+async fn suspend_holds_events_and_resume_delivers_them(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("suspend-delivery", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     env.create(WebhookSubscription::test("s", &rx.url).suspended(), ("False", "Suspended")).await;
@@ -261,9 +270,10 @@ async fn suspend_holds_events_and_resume_delivers_them() {
     assert_eq!(rx.wait_for(1, WAIT).await[0].header("ce-id"), "h1");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rotated_secret_yields_two_signatures_that_both_verify() {
-    let env = TestEnv::with_crds("rotation").await;
+async fn a_rotated_secret_yields_two_signatures_that_both_verify(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("rotation", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3Wv1bHmSEsk=";
@@ -310,9 +320,12 @@ fn publish_until(ingest: String, namespace: String, stop: Arc<AtomicBool>) -> to
     })
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn within_a_small_status_budget_health_changes_go_first_and_counters_catch_up() {
-    let env = TestEnv::with_crds("status-budget").await;
+async fn within_a_small_status_budget_health_changes_go_first_and_counters_catch_up(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("status-budget", store).await;
     let mut flags = LOCAL.to_vec();
     flags.push("--status-writes-per-second=1");
     let h = env.start_hookline(&flags).await;
@@ -361,9 +374,10 @@ async fn within_a_small_status_budget_health_changes_go_first_and_counters_catch
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn status_writes_are_coalesced_under_load() {
-    let env = TestEnv::with_crds("coalescing").await;
+async fn status_writes_are_coalesced_under_load(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("coalescing", store).await;
     let flags: Vec<&str> = LOCAL
         .iter()
         .copied()
@@ -409,9 +423,10 @@ async fn status_writes_are_coalesced_under_load() {
     assert_ne!(sub.resource_version().expect("rv"), rv_before);
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn test_events_are_sent_on_request_and_by_annotation() {
-    let env = TestEnv::with_crds("test-events").await;
+async fn test_events_are_sent_on_request_and_by_annotation(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("test-events", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     env.create_active(WebhookSubscription::test("s", &rx.url).for_types(&["never.matches"])).await;
@@ -430,9 +445,10 @@ async fn test_events_are_sent_on_request_and_by_annotation() {
     assert_eq!(got.len(), 3, "one test event per annotation value, not per reconcile");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_delivery_log_pages_newest_first() {
-    let env = TestEnv::with_crds("delivery-log").await;
+async fn the_delivery_log_pages_newest_first(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("delivery-log", store).await;
     let h = env.start_hookline(LOCAL).await;
     let rx = Receiver::start().await;
     env.create_active(WebhookSubscription::test("s", &rx.url)).await;

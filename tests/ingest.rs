@@ -8,9 +8,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use rstest::rstest;
 use serde_json::json;
 use support::receiver::{Receiver, Reply};
-use support::{TestEnv, wait_until};
+use support::{Backend, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -28,9 +29,10 @@ fn apply_yaml(env: &TestEnv, yaml: &str) {
     env.kubectl(&["apply", "-f", path.to_str().expect("path")]);
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn rbac_decides_who_may_publish_where() {
-    let env = TestEnv::with_crds("ingest-rbac").await;
+async fn rbac_decides_who_may_publish_where(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("ingest-rbac", store).await;
     let h = env.start_hookline(&[]).await;
     let ns = env.namespace.clone();
     env.kubectl(&["create", "serviceaccount", "producer"]);
@@ -70,9 +72,12 @@ async fn rbac_decides_who_may_publish_where() {
     assert_eq!(status, 403, "allowed in {ns} only");
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
-    let env = TestEnv::with_crds("ingest-bad-input").await;
+async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("ingest-bad-input", store).await;
     let h = env.start_hookline(&["--ingest-auth=none", "--max-event-bytes=2048"]).await;
     let ns = env.namespace.clone();
     // (what, headers, body, expected status, attribute named in the answer)
@@ -253,12 +258,12 @@ async fn bad_publishes_are_refused_with_the_problem_named_and_nothing_stored() {
     assert_eq!(json["events"][0]["duplicate"], true, "a re-publish of an accepted event is a duplicate");
 }
 
-async fn survive(kill: bool) {
+async fn survive(kill: bool, store: Backend) {
     let test = if kill { "restart-kill" } else { "restart-term" };
-    let env = TestEnv::with_crds(test).await;
+    let env = TestEnv::with_crds_on(test, store).await;
     let flags =
         ["--ingest-auth=none", "--allow-http", "--allow-cidr=127.0.0.0/8", "--allow-unverified-endpoints"];
-    let data = env.data_dir();
+    let data = env.new_store().await;
     let h = env.start_hookline_in(&data, &flags).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(503));
@@ -294,12 +299,14 @@ async fn survive(kill: bool) {
     .await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn accepted_events_survive_kill_9() {
-    survive(true).await;
+async fn accepted_events_survive_kill_9(#[values(SQLITE, POSTGRES)] store: Backend) {
+    survive(true, store).await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread")]
-async fn accepted_events_survive_a_graceful_restart() {
-    survive(false).await;
+async fn accepted_events_survive_a_graceful_restart(#[values(SQLITE, POSTGRES)] store: Backend) {
+    survive(false, store).await;
 }

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hookline::api::WebhookSubscription;
+use rstest::rstest;
 use serde_json::{Value, json};
 use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
-use support::{Hookline, LOCAL, TestEnv, wait_until};
+use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PATCHES: &str = r#"hookline_api_requests_total{method="PATCH"}"#;
@@ -28,9 +29,10 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 // Multi-threaded: receivers that stall must not stall the test itself.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn misbehaving_receivers_get_the_exact_outcome() {
-    let env = TestEnv::with_crds("receiver-faults").await;
+async fn misbehaving_receivers_get_the_exact_outcome(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("receiver-faults", store).await;
     let h = env.start_hookline(LOCAL).await;
     let slow = Receiver::start().await;
     slow.set_default(Reply::Delay(Duration::from_secs(5)));
@@ -143,10 +145,13 @@ async fn publish_until(
     (sent, accepted)
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id() {
-    let env = TestEnv::with_crds("crash-recovery").await;
-    let data = env.data_dir();
+async fn accepted_events_survive_repeated_kill_9_and_duplicates_keep_their_id(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("crash-recovery", store).await;
+    let data = env.new_store().await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Delay(Duration::from_millis(2)));
     let mut h = env.start_hookline_in(&data, LOCAL).await;

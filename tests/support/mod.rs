@@ -137,11 +137,65 @@ pub fn hack(script: &str, args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> S
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The store the Hooklines of a test keep their events in. Suites that depend on the store run
+/// each test against both (`#[values(SQLITE, POSTGRES)] store: Backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+/// [`Backend::Sqlite`], short for rstest's `#[values]` (and its case names).
+pub const SQLITE: Backend = Backend::Sqlite;
+/// [`Backend::Postgres`], short for rstest's `#[values]`.
+pub const POSTGRES: Backend = Backend::Postgres;
+
+/// Where one Hookline keeps its store: another Hookline started on it (a restart, a replica)
+/// finds what the first one stored.
+#[derive(Clone, Debug)]
+pub enum StoreAt {
+    /// A data directory.
+    Sqlite(PathBuf),
+    /// A database URL.
+    Postgres(String),
+}
+
+impl StoreAt {
+    fn args(&self) -> Vec<String> {
+        match self {
+            StoreAt::Sqlite(dir) => vec!["--data-dir".into(), dir.display().to_string()],
+            StoreAt::Postgres(url) => {
+                vec!["--store=postgres".into(), "--database-url".into(), url.clone()]
+            }
+        }
+    }
+}
+
+/// A fresh database on the test PostgreSQL server (`HOOKLINE_DATABASE_URL`, as `hack/postgres.sh
+/// up` prints it); without one the test fails, saying how to start one.
+pub async fn fresh_database() -> String {
+    let admin = std::env::var("HOOKLINE_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "this test needs PostgreSQL: run `hack/postgres.sh up` and export the HOOKLINE_DATABASE_URL \
+             it prints; or run every test with `hack/test.sh`, which starts its own"
+        )
+    });
+    let (client, connection) =
+        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    let name = format!("it_{:016x}", rand::random::<u64>());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    let mut url = url::Url::parse(&admin).expect("HOOKLINE_DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
 /// One test's view of the cluster: a client and a namespace of its own.
 pub struct TestEnv {
     pub client: Client,
     pub namespace: String,
     pub kubeconfig: PathBuf,
+    /// The store its Hooklines use.
+    pub backend: Backend,
     logs: Mutex<Vec<PathBuf>>,
     /// Whether dropping this value deletes the namespace.
     owner: bool,
@@ -172,7 +226,7 @@ impl TestEnv {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        TestEnv { client, namespace, kubeconfig, logs: Mutex::default(), owner: true }
+        TestEnv { client, namespace, kubeconfig, backend: SQLITE, logs: Mutex::default(), owner: true }
     }
 
     /// The same namespace seen through another kubeconfig (Hooklines started from it use that
@@ -182,6 +236,7 @@ impl TestEnv {
             client: self.client.clone(),
             namespace: self.namespace.clone(),
             kubeconfig,
+            backend: self.backend,
             logs: Mutex::new(Vec::new()),
             owner: false,
         }
@@ -191,6 +246,13 @@ impl TestEnv {
     pub async fn with_crds(test: &str) -> TestEnv {
         let env = TestEnv::start(test).await;
         install_crds(&env.client).await;
+        env
+    }
+
+    /// [`TestEnv::with_crds`], whose Hooklines keep their events in `backend`.
+    pub async fn with_crds_on(test: &str, backend: Backend) -> TestEnv {
+        let mut env = TestEnv::with_crds(test).await;
+        env.backend = backend;
         env
     }
 
@@ -258,14 +320,22 @@ impl TestEnv {
         dir
     }
 
-    /// Start the real `hookline run` for this namespace with a fresh data directory.
-    pub async fn start_hookline(&self, extra: &[&str]) -> Hookline {
-        let dir = self.data_dir();
-        self.start_hookline_in(&dir, extra).await
+    /// A fresh store of this test's backend.
+    pub async fn new_store(&self) -> StoreAt {
+        match self.backend {
+            Backend::Sqlite => StoreAt::Sqlite(self.data_dir()),
+            Backend::Postgres => StoreAt::Postgres(fresh_database().await),
+        }
     }
 
-    /// Start the real `hookline run` for this namespace on `data_dir`, wait until it is ready.
-    pub async fn start_hookline_in(&self, data_dir: &Path, extra: &[&str]) -> Hookline {
+    /// Start the real `hookline run` for this namespace with a fresh store.
+    pub async fn start_hookline(&self, extra: &[&str]) -> Hookline {
+        let store = self.new_store().await;
+        self.start_hookline_in(&store, extra).await
+    }
+
+    /// Start the real `hookline run` for this namespace on `store`, wait until it is ready.
+    pub async fn start_hookline_in(&self, store: &StoreAt, extra: &[&str]) -> Hookline {
         let metrics_port = free_port();
         let ingest_port = free_port();
         let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -276,7 +346,7 @@ impl TestEnv {
             .arg("run")
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--ingest-addr", &format!("127.0.0.1:{ingest_port}")])
-            .args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
+            .args(store.args())
             .args(["--watch-namespace", &self.namespace])
             // `--public-url=auto` stands for this Hookline's own ingest URL.
             .args(extra.iter().map(|a| {
