@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cluster;
 pub mod controller;
 pub mod deadletter;
 pub mod delivery;
@@ -10,6 +11,7 @@ pub mod ingest;
 pub mod k8s;
 pub mod metrics;
 pub mod outbound;
+pub mod ownership;
 pub mod policy;
 pub mod registry;
 pub mod report;

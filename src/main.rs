@@ -11,16 +11,18 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use hookline::cluster::{self, Membership};
 use hookline::controller::{self, Policy};
 use hookline::deadletter::{self, FailedEventContext, Limits};
-use hookline::delivery::Dispatchers;
 use hookline::delivery::budget::EventBudget;
 use hookline::delivery::status::{StatusBoard, WriteBudget, run_writer};
+use hookline::delivery::{Dispatchers, Parts};
 use hookline::ingest::{self, Ingest, IngestConfig, auth::Auth};
 use hookline::metrics::Metrics;
 use hookline::outbound::clients::Clients;
 use hookline::outbound::secrets::SecretCache;
 use hookline::outbound::ssrf::Guard;
+use hookline::ownership::{CLUSTER_TASKS, Ownership};
 use hookline::registry::{Readiness, Registry};
 use hookline::report::Chain;
 use hookline::server;
@@ -70,10 +72,16 @@ struct RunArgs {
     #[arg(long, env = "HOOKLINE_DATABASE_POOL_SIZE", default_value_t = 16,
           value_parser = RangedU64ValueParser::<usize>::new().range(2..=1000))]
     database_pool_size: usize,
-    /// This replica's name, in logs and in PostgreSQL's `application_name` (default: the pod's
-    /// name, which the chart passes as POD_NAME, else the host name).
+    /// This replica's name among the replicas sharing PostgreSQL, in logs and in PostgreSQL's
+    /// `application_name` (default: the pod's name, which the chart passes as POD_NAME, else the
+    /// host name).
     #[arg(long, env = "POD_NAME")]
     replica_name: Option<String>,
+    /// How long a replica's claim on its subscriptions holds without renewal (postgres). Another
+    /// replica takes them over this long after a replica vanished; no attempt outlives it, so
+    /// keep it above the longest `timeoutSeconds` (30s) plus a few renewals.
+    #[arg(long, env = "HOOKLINE_LEASE_DURATION", default_value = "45s", value_parser = lease_duration)]
+    lease_duration: Duration,
     /// Address of the ingest and API server.
     #[arg(long, env = "HOOKLINE_INGEST_ADDR", default_value = "0.0.0.0:8080")]
     ingest_addr: SocketAddr,
@@ -198,22 +206,32 @@ fn replica_name(args: &RunArgs) -> String {
     })
 }
 
-async fn open_store(args: &RunArgs) -> anyhow::Result<Arc<dyn Store>> {
+/// The store, and the PostgreSQL store again when replicas share it.
+async fn open_store(args: &RunArgs) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<PostgresStore>>)> {
     match (args.store, &args.database_url) {
         (StoreKind::Sqlite, _) => {
             let store = SqliteStore::open(&args.data_dir)
                 .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
             info!(data_dir = %args.data_dir.display(), "SQLite store open");
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         (StoreKind::Postgres, Some(url)) => {
             let name = format!("hookline/{}", replica_name(args));
-            let store = PostgresStore::connect(url, args.database_pool_size, &name).await?;
+            let store = Arc::new(PostgresStore::connect(url, args.database_pool_size, &name).await?);
             info!(pool_size = args.database_pool_size, "PostgreSQL store open");
-            Ok(Arc::new(store))
+            Ok((store.clone(), Some(store)))
         }
         (StoreKind::Postgres, None) => anyhow::bail!("--store postgres needs --database-url"),
     }
+}
+
+/// A lease of at least 5 seconds.
+fn lease_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(5) {
+        return Err(format!("{s:?} is shorter than 5s"));
+    }
+    Ok(d)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -235,7 +253,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %ops_addr, "operations server listening");
     let ops = tokio::spawn(ops_server);
 
-    let store = open_store(&args).await?;
+    let (store, shared_store) = open_store(&args).await?;
+    // With SQLite this replica is the only one and owns everything; with PostgreSQL it owns the
+    // share of the work its membership claims.
+    let ownership = match &shared_store {
+        None => Ownership::solo(),
+        Some(_) => Ownership::shared(format!("{}/{:016x}", replica_name(&args), rand::random::<u64>())),
+    };
+    let (forward, forwarded) = match &shared_store {
+        None => (None, None),
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+    };
     let guard = Arc::new(Guard::new(args.allow_cidr.clone()));
     let secrets = SecretCache::new(client.clone());
     let clients = Clients::new(guard.clone(), secrets.clone()).context("building the HTTP client")?;
@@ -244,15 +275,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let board = StatusBoard::default();
     let dead_letters_waiting = Arc::new(Notify::new());
-    let dispatchers = Dispatchers::new(
-        store.clone(),
-        clients.clone(),
-        secrets.clone(),
-        board.clone(),
-        metrics.clone(),
-        EventBudget::new(args.event_cache_bytes, metrics.event_cache_bytes()),
-        dead_letters_waiting.clone(),
-    );
+    let dispatchers = Dispatchers::new(Parts {
+        store: store.clone(),
+        clients: clients.clone(),
+        secrets: secrets.clone(),
+        board: board.clone(),
+        metrics: metrics.clone(),
+        budget: EventBudget::new(args.event_cache_bytes, metrics.event_cache_bytes()),
+        dead_letters_waiting: dead_letters_waiting.clone(),
+        ownership: ownership.clone(),
+        forward,
+    });
 
     let auth = match args.ingest_auth {
         IngestAuth::Kubernetes => Auth::kubernetes(client.clone()),
@@ -290,38 +323,61 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         WriteBudget { interval: args.status_interval, per_second: args.status_writes_per_second },
         writer_stop.clone(),
     ));
-    tokio::spawn(hookline::store::prune(
-        store.clone(),
-        args.delivery_log_retention,
-        args.dedup_window,
-        shutdown.clone(),
-    ));
-
+    // The cluster-wide tasks run on one replica at a time: FailedEvents (writer and controller)
+    // and the store's upkeep.
     let limits = Limits { cap: args.failed_event_cap, ttl: args.failed_event_ttl };
-    let fev_ctx = Arc::new(FailedEventContext {
-        client: client.clone(),
-        registry: registry.clone(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        dispatchers: dispatchers.clone(),
-        limits,
-        backoff: Default::default(),
-    });
-    let (fev_cache, fev_controller) =
-        deadletter::run_controller(fev_ctx, args.watch_namespace.clone(), shutdown.clone().cancelled_owned());
-    let fev_task = tokio::spawn(fev_controller);
-    let dead_letter_writer = deadletter::Writer {
-        client: client.clone(),
-        registry: registry.clone(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        board,
-        dead_letters_waiting,
-        cache: fev_cache,
-        limits,
-        recorder: Recorder::new(client.clone(), hookline::k8s::reporter()),
+    let cluster_tasks = {
+        let (client, registry, store, metrics, dispatchers) =
+            (client.clone(), registry.clone(), store.clone(), metrics.clone(), dispatchers.clone());
+        let (namespace, retention, dedup) =
+            (args.watch_namespace.clone(), args.delivery_log_retention, args.dedup_window);
+        tokio::spawn(cluster::while_owned(ownership.clone(), CLUSTER_TASKS, shutdown.clone(), move |stop| {
+            let fev_ctx = Arc::new(FailedEventContext {
+                client: client.clone(),
+                registry: registry.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                dispatchers: dispatchers.clone(),
+                limits,
+                backoff: Default::default(),
+            });
+            let (fev_cache, fev_controller) =
+                deadletter::run_controller(fev_ctx, namespace.clone(), stop.clone().cancelled_owned());
+            let writer = deadletter::Writer {
+                client: client.clone(),
+                registry: registry.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                board: board.clone(),
+                dead_letters_waiting: dead_letters_waiting.clone(),
+                cache: fev_cache,
+                limits,
+                recorder: Recorder::new(client.clone(), hookline::k8s::reporter()),
+            };
+            let prune = hookline::store::prune(store.clone(), retention, dedup, stop.clone());
+            async move {
+                tokio::join!(fev_controller, writer.run(stop), prune);
+            }
+        }))
     };
-    let writer_task = tokio::spawn(dead_letter_writer.run(shutdown.clone()));
+    let (acquired_tx, mut acquired_rx) = tokio::sync::mpsc::unbounded_channel();
+    let leave = CancellationToken::new();
+    let membership = match (shared_store, forwarded) {
+        (Some(store), Some(forwarded)) => {
+            let membership = Membership {
+                store,
+                ownership: ownership.clone(),
+                registry: registry.clone(),
+                readiness: readiness.clone(),
+                dispatchers: dispatchers.clone(),
+                name: replica_name(&args),
+                lease: args.lease_duration,
+                acquired: acquired_tx,
+            };
+            Some(tokio::spawn(membership.run(forwarded, leave.clone())))
+        }
+        _ => None,
+    };
 
     let verifier = Verifier {
         store: store.clone(),
@@ -335,22 +391,40 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no --public-url: validation events carry no validationUrl, so endpoints must answer synchronously"
         );
     }
-    let ctx =
-        Arc::new(controller::Context::new(client, policy, registry, metrics, store, dispatchers, verifier));
+    let ctx = Arc::new(controller::Context::new(
+        client,
+        policy,
+        registry,
+        metrics,
+        dispatchers,
+        verifier,
+        ownership,
+    ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
-    controller::run(ctx, args.watch_namespace.as_deref(), readiness, shutdown.clone().cancelled_owned())
-        .await;
+    let acquired = futures::stream::poll_fn(move |cx| acquired_rx.poll_recv(cx));
+    controller::run(
+        ctx,
+        args.watch_namespace.as_deref(),
+        readiness,
+        acquired,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
 
-    // Stop taking events, finish in-flight deliveries, then flush status one last time.
+    // Stop taking events, finish in-flight deliveries, flush status one last time, then hand
+    // this replica's subscriptions over to the others.
     shutdown.cancel();
     ingest.await.context("ingest server task")?.context("ingest server")?;
     dispatch_stop.cancel();
     dispatch.await.context("dispatchers task")?;
-    fev_task.await.context("FailedEvent controller task")?;
-    writer_task.await.context("dead-letter writer task")?;
+    cluster_tasks.await.context("cluster-wide tasks")?;
     writer_stop.cancel();
     writer.await.context("status writer task")?;
+    leave.cancel();
+    if let Some(membership) = membership {
+        membership.await.context("membership task")?;
+    }
     ops.await.context("operations server task")?.context("operations server")?;
     info!("stopped");
     Ok(())

@@ -40,12 +40,14 @@ pub struct ActiveSubscription {
 #[derive(Clone)]
 pub struct Registry {
     entries: Arc<RwLock<HashMap<ObjectRef<WebhookSubscription>, Arc<ActiveSubscription>>>>,
+    /// Every subscription the controller has seen (valid or not), by UID: the work replicas share.
+    seen: Arc<RwLock<HashMap<String, ObjectRef<WebhookSubscription>>>>,
     version: watch::Sender<u64>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self { entries: Arc::default(), version: watch::Sender::new(0) }
+        Self { entries: Arc::default(), seen: Arc::default(), version: watch::Sender::new(0) }
     }
 }
 
@@ -67,6 +69,30 @@ impl Registry {
         if removed.is_some() {
             self.version.send_modify(|v| *v += 1);
         }
+    }
+
+    /// Remember a subscription the controller looked at, valid or not; readers are woken when
+    /// it is new.
+    pub fn saw(&self, uid: &str, key: &ObjectRef<WebhookSubscription>) {
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if seen.contains_key(uid) {
+            return;
+        }
+        seen.insert(uid.to_string(), key.clone());
+        drop(seen);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Forget a deleted subscription seen before.
+    pub fn forget(&self, uid: &str) {
+        if self.seen.write().unwrap_or_else(|e| e.into_inner()).remove(uid).is_some() {
+            self.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Every subscription the controller has seen and not seen deleted, by UID.
+    pub fn seen(&self) -> HashMap<String, ObjectRef<WebhookSubscription>> {
+        self.seen.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One subscription, if known.

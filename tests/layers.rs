@@ -27,10 +27,15 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         &["report", "api", "event", "policy"],
         "guarded HTTP clients, Secret-held keys, the signed request",
     ),
+    (
+        "ownership",
+        &[],
+        "which subscriptions this replica owns, its lease, and rendezvous hashing; state, no IO",
+    ),
     // Floor 3: the engines, side by side.
     (
         "delivery",
-        &["report", "api", "event", "policy", "metrics", "store", "registry", "k8s", "outbound"],
+        &["report", "api", "event", "policy", "metrics", "store", "registry", "k8s", "outbound", "ownership"],
         "dispatchers, attempts and delivery status",
     ),
     (
@@ -41,7 +46,19 @@ const PARTS: &[(&str, &[&str], &str)] = &[
     // Floor 4: the parts facing Kubernetes and publishers.
     (
         "controller",
-        &["report", "api", "policy", "metrics", "store", "registry", "k8s", "outbound", "delivery", "verify"],
+        &[
+            "report",
+            "api",
+            "policy",
+            "metrics",
+            "store",
+            "registry",
+            "k8s",
+            "outbound",
+            "ownership",
+            "delivery",
+            "verify",
+        ],
         "reconciles WebhookSubscriptions",
     ),
     (
@@ -58,6 +75,11 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         "ingest",
         &["report", "api", "event", "policy", "metrics", "store", "registry", "delivery", "server"],
         "the publish and delivery-log HTTP API",
+    ),
+    (
+        "cluster",
+        &["report", "api", "store", "registry", "ownership", "delivery"],
+        "replicas sharing PostgreSQL: membership, claims, hand-over of work and of new jobs",
     ),
 ];
 

@@ -302,6 +302,7 @@ async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<
                         error: None,
                         update,
                         payload_bytes,
+                        fence: None,
                     })
                     .await?;
                 recorded += 1;

@@ -76,17 +76,27 @@ fn context(client: Client, policy: Policy) -> Fixture {
     let secrets = SecretCache::new(client.clone());
     let clients = Clients::new(guard.clone(), secrets.clone()).expect("http client");
     let metrics = Arc::new(Metrics::default());
-    let dispatchers = Dispatchers::new(
-        store.clone(),
-        clients.clone(),
-        secrets.clone(),
-        StatusBoard::default(),
-        metrics.clone(),
-        EventBudget::new(1 << 20, metrics.event_cache_bytes()),
-        Default::default(),
-    );
+    let dispatchers = Dispatchers::new(crate::delivery::Parts {
+        store: store.clone(),
+        clients: clients.clone(),
+        secrets: secrets.clone(),
+        board: StatusBoard::default(),
+        metrics: metrics.clone(),
+        budget: EventBudget::new(1 << 20, metrics.event_cache_bytes()),
+        dead_letters_waiting: Default::default(),
+        ownership: crate::ownership::Ownership::solo(),
+        forward: None,
+    });
     let verifier = Verifier { store: store.clone(), clients, guard, secrets, public_url: None };
-    let ctx = Context::new(client, policy, Registry::default(), metrics, store, dispatchers, verifier);
+    let ctx = Context::new(
+        client,
+        policy,
+        Registry::default(),
+        metrics,
+        dispatchers,
+        verifier,
+        crate::ownership::Ownership::solo(),
+    );
     Fixture { ctx: Arc::new(ctx), _dir: dir }
 }
 

@@ -24,6 +24,7 @@ use crate::api::{WebhookSubscription, labels};
 use crate::delivery::Dispatchers;
 use crate::k8s::FailureBackoff;
 use crate::metrics::Metrics;
+use crate::ownership::Ownership;
 pub use crate::policy::spec::Policy;
 use crate::registry::Readiness;
 use crate::registry::Registry;
@@ -102,6 +103,8 @@ pub struct Context {
     pub dispatchers: Arc<Dispatchers>,
     /// Runs endpoint handshakes.
     pub verifier: Verifier,
+    /// What this replica owns: it acts (handshakes, status, Events) for those subscriptions.
+    pub ownership: Ownership,
     backoff: FailureBackoff<WebhookSubscription>,
     reconciled: Mutex<HashSet<ObjectRef<WebhookSubscription>>>,
 }
@@ -113,10 +116,12 @@ impl Context {
         policy: Policy,
         registry: Registry,
         metrics: Arc<Metrics>,
-        store: Arc<dyn Store>,
         dispatchers: Arc<Dispatchers>,
         verifier: Verifier,
+        ownership: Ownership,
     ) -> Self {
+        // One store holds verification records and queued jobs alike.
+        let store = verifier.store.clone();
         let recorder = Recorder::new(client.clone(), crate::k8s::reporter());
         Self {
             client,
@@ -127,6 +132,7 @@ impl Context {
             recorder,
             dispatchers,
             verifier,
+            ownership,
             backoff: FailureBackoff::default(),
             reconciled: Mutex::default(),
         }
@@ -159,10 +165,14 @@ pub fn error_policy(sub: Arc<WebhookSubscription>, error: &Error, ctx: Arc<Conte
 }
 
 /// Run the controller until `shutdown` resolves.
+///
+/// `acquired` names subscriptions this replica just took over: each is reconciled at once (its
+/// handshake and status are its owner's to run).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<&str>,
     readiness: Readiness,
+    acquired: impl futures::Stream<Item = ObjectRef<WebhookSubscription>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -174,6 +184,7 @@ pub async fn run(
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
     let controller = Controller::new(subs, watcher::Config::default().any_semantic())
         .owns(secrets, owned_secrets)
+        .reconcile_on(acquired)
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let loading = ctx.clone();

@@ -34,6 +34,7 @@ const SECRET_RECHECK: Duration = Duration::from_secs(15);
 pub async fn reconcile(sub: Arc<WebhookSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
     let key = ObjectRef::from_obj(sub.as_ref());
+    ctx.registry.saw(&sub.uid().unwrap_or_default(), &key);
     let ns = sub.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<WebhookSubscription> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, sub, |event| async {
@@ -62,8 +63,12 @@ async fn apply(
         Some(Signing::Present(name)) => Some(name.as_str()),
         _ => None,
     };
+    // With several replicas, only the subscription's owner runs its handshake and writes its
+    // status; the others keep it in their registry, for routing the events published to them.
+    let uid = sub.uid().unwrap_or_default();
+    let acts = ctx.ownership.owns(&uid);
     let verified = if problems.is_empty() {
-        ctx.verifier.verify(sub, secret_name).await
+        ctx.verifier.verify(sub, secret_name, acts).await
     } else {
         Verdict {
             state: EndpointState::Pending("the spec is invalid".into()),
@@ -78,7 +83,7 @@ async fn apply(
         decision.requeue_after = Some(decision.requeue_after.map_or(recheck, |d| d.min(recheck)));
     }
 
-    if changed(sub.status.as_ref(), &decision.status) {
+    if acts && changed(sub.status.as_ref(), &decision.status) {
         write_status(sub, &decision, ctx, api).await?;
     }
     let key = ObjectRef::from_obj(sub);
@@ -100,9 +105,11 @@ async fn apply(
         }),
         None => ctx.registry.remove(&key),
     }
-    publish_transition(sub, &decision, ctx).await;
-    if decision.gate.is_some() {
-        send_requested_test_event(sub, ctx).await?;
+    if acts {
+        publish_transition(sub, &decision, ctx).await;
+        if decision.gate.is_some() {
+            send_requested_test_event(sub, ctx).await?;
+        }
     }
 
     Ok(match decision.ready_reason {
@@ -116,6 +123,7 @@ async fn apply(
 
 async fn cleanup(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {
     ctx.registry.remove(&ObjectRef::from_obj(sub));
+    ctx.registry.forget(&sub.uid().unwrap_or_default());
     let dropped = ctx
         .store
         .drop_subscription(&sub.uid().unwrap_or_default())

@@ -17,7 +17,7 @@ use crate::event::{CloudEvent, EventError};
 use crate::policy::retry::{Answer, Next, next};
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
-use crate::store::{Attempt, DeadLetter, Job, JobRef, JobUpdate, Millis, StoreError, now_ms};
+use crate::store::{Attempt, DeadLetter, Fence, Job, JobRef, JobUpdate, Millis, StoreError, now_ms};
 
 /// What the dispatcher hears back from the tasks it spawned: what to do with a job after its
 /// attempt, or the jobs it asked the store for.
@@ -59,6 +59,21 @@ impl From<Job> for Loaded {
 
 /// When a job could not be attempted for a reason that is ours, not the endpoint's.
 pub(super) const LOCAL_RETRY: Duration = Duration::from_secs(5);
+/// When a job could not be attempted because this replica's lease was about to run out.
+const LEASE_RETRY: Duration = Duration::from_millis(500);
+/// Room kept between the end of an attempt and the end of the lease (clocks drift, requests
+/// take a moment to be torn down).
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
+/// The shortest attempt worth starting.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// The attempt's timeout: the endpoint's, cut to what is left of the lease; `None` when too
+/// little is left.
+fn attempt_timeout(shared: &Shared, sub: &ActiveSubscription) -> Option<Duration> {
+    let endpoint = Duration::from_secs(sub.spec.endpoint.timeout_seconds.into());
+    let left = shared.ownership.lease_left()?.saturating_sub(LEASE_MARGIN);
+    Some(endpoint.min(left)).filter(|t| *t >= MIN_ATTEMPT.min(endpoint))
+}
 
 fn time(ms: Millis) -> Time {
     Time(jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
@@ -194,6 +209,12 @@ async fn run(
             }
         }
     }
+    // An attempt never outlives this replica's lease: once it may have run out, another replica
+    // can own the subscription and send too (with one replica the lease never runs out).
+    let Some(timeout) = attempt_timeout(shared, sub) else {
+        debug!(subscription = %sub.key.name, "the lease is too short for an attempt; waiting for its renewal");
+        return requeue_in(job.job, LEASE_RETRY);
+    };
     let http = match shared.clients.for_endpoint(ns, &sub.spec.endpoint).await {
         Ok(http) => http,
         Err(e) => {
@@ -204,7 +225,7 @@ async fn run(
     let target = Target {
         url: &sub.spec.endpoint.url,
         mode: sub.spec.delivery.mode,
-        timeout: Duration::from_secs(sub.spec.endpoint.timeout_seconds.into()),
+        timeout,
         static_headers: &headers,
         keys: &keys,
     };
@@ -215,6 +236,13 @@ async fn run(
     shared.metrics.attempt_finished(sent.outcome.status_code(), sent.duration);
     finish(shared, sub, &job, Some(event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
         .await
+}
+
+/// The claim an outcome is recorded under: this replica's, while it owns the subscription (an
+/// epoch no claim has once it does not); none with one replica.
+fn fence(shared: &Shared, uid: &str) -> Option<Fence> {
+    let o = &shared.ownership;
+    (!o.is_solo()).then(|| Fence { owner: o.member().to_string(), epoch: o.epoch(uid).unwrap_or(-1) })
 }
 
 /// Record the attempt durably, update status, and tell the dispatcher what follows.
@@ -257,6 +285,7 @@ async fn finish(
         error: error.clone(),
         update: update.clone(),
         payload_bytes: event.map_or(0, CloudEvent::size),
+        fence: fence(shared, &sub.uid),
     };
     if let Err(e) = shared.store.record(record).await {
         // Not recorded means not done: the job stays queued and is attempted again (at-least-once).

@@ -2,6 +2,7 @@
 //! them, at most `maxConcurrency` at once and within the rate limit, while the gate is open. What
 //! to do next is decided by its [`Queue`]; this loop carries it out and reports the queue's depth.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use tracing::{debug, warn};
 use super::attempt::{Finished, attempt, expire, read_ahead, unreadable};
 use super::queue::{Queue, Start};
 use super::{NewJob, Shared};
+use crate::ownership::Running;
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
 use crate::store::{Millis, now_ms};
@@ -23,6 +25,9 @@ pub struct Dispatcher {
     pub(super) sub: watch::Receiver<Arc<ActiveSubscription>>,
     pub(super) jobs: mpsc::UnboundedReceiver<NewJob>,
     pub(super) stop: CancellationToken,
+    /// Marks the subscription's work as running here until the dispatcher and its in-flight
+    /// attempts are done (then another replica may take it over).
+    pub(super) running: Running,
 }
 
 /// How often jobs held behind a closed gate are checked against their TTL.
@@ -34,7 +39,7 @@ impl Dispatcher {
         let first = self.sub.borrow().clone();
         let (uid, ns, name) =
             (first.uid.clone(), first.key.namespace.clone().unwrap_or_default(), first.key.name.clone());
-        let Some(mut queue) = self.load(&uid, &name).await else { return };
+        let Some((mut queue, mut loaded)) = self.load(&uid, &name).await else { return };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut sweep = tokio::time::interval(HELD_SWEEP);
         loop {
@@ -59,6 +64,8 @@ impl Dispatcher {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 job = self.jobs.recv() => match job {
+                    // Handed over while the queue was loading, and loaded with it: queued already.
+                    Some(job) if loaded.take(job.job.job_id) => {}
                     Some(job) => queue.admit(job),
                     None => break,
                 },
@@ -84,16 +91,18 @@ impl Dispatcher {
         }
         self.shared.metrics.forget_queue(&uid);
         debug!(subscription = %name, "dispatcher stopped");
+        drop(self.running);
     }
 
     /// The queue of the jobs the store holds for this subscription, read until it succeeds or
-    /// the dispatcher is stopped.
-    async fn load(&self, uid: &str, name: &str) -> Option<Queue> {
+    /// the dispatcher is stopped; with the ids it read, to tell jobs handed over meanwhile.
+    async fn load(&self, uid: &str, name: &str) -> Option<(Queue, Loaded)> {
         loop {
             match self.shared.store.pending(uid).await {
                 Ok(jobs) => {
                     debug!(subscription = %name, queued = jobs.len(), "dispatcher started");
-                    return Some(Queue::new(jobs, self.shared.budget.account(), Instant::now()));
+                    let loaded = Loaded { ids: jobs.iter().map(|j| j.job_id).collect(), at: Instant::now() };
+                    return Some((Queue::new(jobs, self.shared.budget.account(), Instant::now()), loaded));
                 }
                 Err(e) => {
                     self.shared.metrics.store_failed(e.metric_label());
@@ -105,6 +114,26 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+/// The jobs a dispatcher loaded when it started. A job handed over (from this replica's ingest,
+/// or another's) can arrive after the load read it; it is queued already and must not be twice.
+/// Hand-overs arrive within moments, so the ids are forgotten after [`Loaded::KEPT`].
+struct Loaded {
+    ids: HashSet<i64>,
+    at: Instant,
+}
+
+impl Loaded {
+    const KEPT: Duration = Duration::from_secs(60);
+
+    /// Whether `id` was loaded (and so is queued already); forgets it.
+    fn take(&mut self, id: i64) -> bool {
+        if self.at.elapsed() > Self::KEPT {
+            self.ids = HashSet::new();
+        }
+        self.ids.remove(&id)
     }
 }
 

@@ -20,6 +20,7 @@ use crate::event::CloudEvent;
 use crate::metrics::Metrics;
 use crate::outbound::clients::Clients;
 use crate::outbound::secrets::SecretCache;
+use crate::ownership::Ownership;
 use crate::registry::{ActiveSubscription, Registry};
 use crate::store::{Accepted, JobRef, Millis, NewEvent, Store, StoreError, now_ms};
 use dispatcher::Dispatcher;
@@ -28,18 +29,31 @@ use status::StatusBoard;
 /// The `type` of test events.
 pub const TEST_EVENT_TYPE: &str = "dev.hookline.test";
 
-/// What every dispatcher shares; private to delivery, each field handed in by [`Dispatchers::new`].
-struct Shared {
-    store: Arc<dyn Store>,
-    clients: Clients,
-    secrets: SecretCache,
-    board: StatusBoard,
-    metrics: Arc<Metrics>,
+/// What dispatchers are built from (see [`Dispatchers::new`]).
+pub struct Parts {
+    /// The store jobs come from and outcomes go to.
+    pub store: Arc<dyn Store>,
+    /// HTTP clients per CA bundle.
+    pub clients: Clients,
+    /// Signing keys and secret headers.
+    pub secrets: SecretCache,
+    /// Where delivery status is reported.
+    pub board: StatusBoard,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
     /// Memory for the events of queued jobs, shared by every dispatcher.
-    budget: Arc<budget::EventBudget>,
+    pub budget: Arc<budget::EventBudget>,
     /// Woken when a dead letter is queued for the FailedEvent writer.
-    dead_letters_waiting: Arc<Notify>,
+    pub dead_letters_waiting: Arc<Notify>,
+    /// What this replica owns: it dispatches for those subscriptions only.
+    pub ownership: Ownership,
+    /// Where new jobs of subscriptions another replica owns go, to be handed over to it (`None`
+    /// with one replica).
+    pub forward: Option<mpsc::UnboundedSender<(String, JobRef)>>,
 }
+
+/// What every dispatcher shares; private to delivery.
+type Shared = Parts;
 
 /// What the store keeps of `event` published in `namespace`: its stored form (`body`, the JSON
 /// format) and the subscriptions (by UID) it is to be delivered to.
@@ -72,6 +86,10 @@ pub struct NewJob {
 }
 
 struct Handle {
+    /// The epoch of the claim the dispatcher runs under.
+    epoch: i64,
+    /// The [`Ownership::generation`] it started in.
+    generation: u64,
     jobs: mpsc::UnboundedSender<NewJob>,
     sub: watch::Sender<Arc<ActiveSubscription>>,
     stop: CancellationToken,
@@ -113,21 +131,9 @@ pub struct Routed {
 }
 
 impl Dispatchers {
-    /// The dispatchers' shared parts: the store jobs come from, HTTP clients and Secrets to send
-    /// with, the board delivery status is reported on, the event memory budget, and the signal
-    /// the FailedEvent writer waits on.
-    pub fn new(
-        store: Arc<dyn Store>,
-        clients: Clients,
-        secrets: SecretCache,
-        board: StatusBoard,
-        metrics: Arc<Metrics>,
-        budget: Arc<budget::EventBudget>,
-        dead_letters_waiting: Arc<Notify>,
-    ) -> Arc<Self> {
-        let shared =
-            Arc::new(Shared { store, clients, secrets, board, metrics, budget, dead_letters_waiting });
-        Arc::new(Self { shared, handles: Mutex::default() })
+    /// Dispatchers sharing `parts`.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        Arc::new(Self { shared: Arc::new(parts), handles: Mutex::default() })
     }
 
     /// Store events for every subscription in `namespace` that wants them, durably, then hand the
@@ -197,20 +203,34 @@ impl Dispatchers {
         self.hand_over(uid, NewJob { job, event: None });
     }
 
+    /// Hand a job to its dispatcher here, or to the replica that owns its subscription. A
+    /// dispatcher that is not running yet loads the job from the store when it starts.
     fn hand_over(&self, uid: &str, job: NewJob) {
         if let Some(h) = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(uid) {
             let _ = h.jobs.send(job);
+            return;
+        }
+        if let Some(forward) = &self.shared.forward
+            && !self.shared.ownership.owns(uid)
+        {
+            let _ = forward.send((uid.to_string(), job.job));
         }
     }
 
-    /// Start, update and stop dispatchers as the registry changes, until `stop`.
+    /// Start, update and stop dispatchers as the registry and what this replica owns change,
+    /// until `stop`.
     pub async fn run(self: Arc<Self>, registry: Registry, stop: CancellationToken) {
         let mut changes = registry.subscribe();
+        let mut owned = self.shared.ownership.subscribe();
         loop {
-            self.sync(&registry.all(), &stop);
+            let ownership = &self.shared.ownership;
+            let mine: Vec<_> =
+                registry.all().into_iter().filter_map(|s| Some((ownership.epoch(&s.uid)?, s))).collect();
+            self.sync(&mine, &stop);
             tokio::select! {
                 _ = stop.cancelled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
+                changed = owned.changed() => if changed.is_err() { break },
             }
         }
         let handles: Vec<Handle> =
@@ -222,9 +242,27 @@ impl Dispatchers {
         info!("dispatchers stopped");
     }
 
-    fn sync(&self, subs: &[Arc<ActiveSubscription>], stop: &CancellationToken) {
+    /// Run a dispatcher for each of `subs` (with the epoch this replica owns it under), and no
+    /// other: a dispatcher whose subscription went, or is owned under another epoch, stops.
+    fn sync(&self, subs: &[(i64, Arc<ActiveSubscription>)], stop: &CancellationToken) {
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        for sub in subs {
+        let ownership = &self.shared.ownership;
+        let generation = ownership.generation();
+        let stale: Vec<String> = handles
+            .iter()
+            .filter(|(uid, h)| {
+                h.generation != generation
+                    || !subs.iter().any(|(epoch, s)| &s.uid == *uid && *epoch == h.epoch)
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            if let Some(h) = handles.remove(&uid) {
+                h.stop.cancel();
+                self.shared.board.remove(&uid);
+            }
+        }
+        for (epoch, sub) in subs {
             match handles.get(&sub.uid) {
                 Some(h) => {
                     h.sub.send_if_modified(|current| {
@@ -235,6 +273,9 @@ impl Dispatchers {
                         changed
                     });
                 }
+                // A stopped dispatcher of it is still finishing its in-flight attempts: the new
+                // one starts once they are recorded (this runs again then).
+                None if ownership.is_running(&sub.uid) => {}
                 None => {
                     let (jobs, jobs_rx) = mpsc::unbounded_channel();
                     let (sub_tx, sub_rx) = watch::channel(sub.clone());
@@ -244,18 +285,14 @@ impl Dispatchers {
                         sub: sub_rx,
                         jobs: jobs_rx,
                         stop: child.clone(),
+                        running: self.shared.ownership.running(&sub.uid),
                     };
                     let task = tokio::spawn(dispatcher.run());
-                    handles.insert(sub.uid.clone(), Handle { jobs, sub: sub_tx, stop: child, task });
+                    handles.insert(
+                        sub.uid.clone(),
+                        Handle { jobs, sub: sub_tx, stop: child, task, epoch: *epoch, generation },
+                    );
                 }
-            }
-        }
-        let gone: Vec<String> =
-            handles.keys().filter(|uid| !subs.iter().any(|s| &s.uid == *uid)).cloned().collect();
-        for uid in gone {
-            if let Some(h) = handles.remove(&uid) {
-                h.stop.cancel();
-                self.shared.board.remove(&uid);
             }
         }
     }

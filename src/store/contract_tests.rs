@@ -120,6 +120,7 @@ fn attempt(job_id: i64, n: u32, update: JobUpdate) -> Attempt {
         error: None,
         update,
         payload_bytes: 2000,
+        fence: None,
     }
 }
 

@@ -12,7 +12,7 @@ mod contract_tests;
 use futures::future::BoxFuture;
 
 pub use maintenance::prune;
-pub use postgres::PostgresStore;
+pub use postgres::{Claim, Listener, Member, Notice, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// Payloads up to this size stay in their event's row after delivery, until the row is pruned:
@@ -67,6 +67,10 @@ pub enum StoreError {
     /// record of the group).
     #[error("writing a group of attempt records")]
     Shared(#[source] std::sync::Arc<StoreError>),
+    /// The attempt was made under a claim that is no longer current: another replica owns the
+    /// subscription now, and the outcome was not recorded.
+    #[error("this replica no longer owns the subscription; the outcome was not recorded")]
+    Fenced,
     /// The writer answered a request it had not run (a bug).
     #[error("the store answered a request it had not run")]
     NotRun,
@@ -93,6 +97,7 @@ impl StoreError {
             StoreError::Pool(_) | StoreError::Connect { .. } => "unavailable",
             StoreError::DatabaseUrl(_) | StoreError::PoolBuild(_) => "config",
             StoreError::Full => "full",
+            StoreError::Fenced => "fenced",
             StoreError::Shared(e) => e.metric_label(),
             StoreError::DataDir { .. } => "data_dir",
             StoreError::Closed => "closed",
@@ -298,6 +303,18 @@ pub struct Attempt {
     pub update: JobUpdate,
     /// Size of the event in bytes (0 when unknown): a finished job frees a large event's space.
     pub payload_bytes: usize,
+    /// The claim it was made under, when replicas share the store: the outcome is recorded only
+    /// while that claim is current ([`StoreError::Fenced`] otherwise).
+    pub fence: Option<Fence>,
+}
+
+/// An owner's claim on a subscription: the member that owns it and the epoch of its claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The owning member's identity.
+    pub owner: String,
+    /// The epoch of its claim; a new owner's claim has a higher one.
+    pub epoch: i64,
 }
 
 /// One row of the delivery log.

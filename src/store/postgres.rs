@@ -13,11 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
+mod members;
 mod migrations;
 mod writes;
 
+pub use members::{Claim, Listener, Member, Notice};
+
 use super::{
-    Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
+    Accepted, Attempt, DeadLetter, Fence, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
     ReplayResult, Store, StoreError, Verification,
 };
 use migrations::{MIGRATION_LOCK, MIGRATIONS};
@@ -36,6 +39,8 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// How to connect, for connections outside the pool (the listener).
+    config: tokio_postgres::Config,
     records: mpsc::UnboundedSender<(Attempt, Reply)>,
 }
 
@@ -84,8 +89,11 @@ impl PostgresStore {
         // A server that vanished without closing the connection is noticed within a minute.
         config.keepalives_idle(Duration::from_secs(30));
         let target = target(&config);
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(2))
             .runtime(Runtime::Tokio1)
@@ -106,7 +114,7 @@ impl PostgresStore {
         drop(client);
         let (records, records_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_records(pool.clone(), records_rx));
-        Ok(PostgresStore { pool, records })
+        Ok(PostgresStore { pool, config, records })
     }
 
     /// Run `work` on `data` in a transaction and commit it.
@@ -168,7 +176,11 @@ async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Attempt, Rep
         }
         let (attempts, replies): (Vec<Attempt>, Vec<Reply>) = group.into_iter().unzip();
         match record(&pool, &attempts).await {
-            Ok(()) => replies.into_iter().for_each(|r| drop(r.send(Ok(())))),
+            Ok(recorded) => {
+                for (reply, recorded) in replies.into_iter().zip(recorded) {
+                    let _ = reply.send(if recorded { Ok(()) } else { Err(StoreError::Fenced) });
+                }
+            }
             // The server is gone: every record of the group fails alike.
             Err(e) if !retry_alone(&e) => {
                 let e = std::sync::Arc::new(e);
@@ -179,7 +191,11 @@ async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Attempt, Rep
             // One record failed the group: each again on its own, so that it fails alone.
             Err(_) => {
                 for (attempt, reply) in attempts.into_iter().zip(replies) {
-                    let _ = reply.send(record(&pool, std::slice::from_ref(&attempt)).await);
+                    let _ = reply.send(match record(&pool, std::slice::from_ref(&attempt)).await {
+                        Ok(recorded) if recorded == [true] => Ok(()),
+                        Ok(_) => Err(StoreError::Fenced),
+                        Err(e) => Err(e),
+                    });
                 }
             }
         }
@@ -192,12 +208,28 @@ fn retry_alone(e: &StoreError) -> bool {
     matches!(e, StoreError::Postgres(e) if e.code().is_some())
 }
 
-async fn record(pool: &Pool, attempts: &[Attempt]) -> Result<(), StoreError> {
+/// Record the attempts whose claim is current (all those made without one) in one transaction;
+/// returns, by position, which were recorded.
+async fn record(pool: &Pool, attempts: &[Attempt]) -> Result<Vec<bool>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    writes::record(&tx, attempts).await?;
+    let fences: Vec<(&str, &Fence)> =
+        attempts.iter().filter_map(|a| Some((a.sub_uid.as_str(), a.fence.as_ref()?))).collect();
+    let current = members::current(&tx, &fences).await?;
+    let recorded: Vec<bool> = attempts
+        .iter()
+        .map(|a| match &a.fence {
+            None => true,
+            Some(f) => current.contains(&(a.sub_uid.clone(), f.owner.clone(), f.epoch)),
+        })
+        .collect();
+    let valid: Vec<Attempt> =
+        attempts.iter().zip(&recorded).filter(|(_, ok)| **ok).map(|(a, _)| a.clone()).collect();
+    if !valid.is_empty() {
+        writes::record(&tx, &valid).await?;
+    }
     tx.commit().await?;
-    Ok(())
+    Ok(recorded)
 }
 
 fn job_ref(r: &Row) -> JobRef {
@@ -529,6 +561,58 @@ mod tests {
         let shown = target(&config);
         assert_eq!(shown, "db.example:6543/hookline as app");
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_claim_holds_while_its_owner_lives_and_fences_the_old_owner_once_taken_over() {
+        let url = crate::store::contract_tests::fresh_database().await;
+        let store = PostgresStore::connect(&url, 4, "test").await.expect("connect");
+        let lease = Duration::from_secs(30);
+        let members = store.heartbeat("a/1", "a", lease).await.expect("heartbeat");
+        assert_eq!(members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["a/1"]);
+        assert!(members[0].left > Duration::from_secs(29));
+        assert_eq!(store.claim("s", "a/1").await.expect("claim"), Some(1));
+        store.heartbeat("b/1", "b", lease).await.expect("heartbeat");
+        assert_eq!(store.claim("s", "b/1").await.expect("claim"), None, "a/1 is alive");
+
+        let accepted = store.accept(vec![crate::store::NewEvent {
+            namespace: "ns".into(),
+            source: "/src".into(),
+            event_id: "e1".into(),
+            event_type: "t".into(),
+            body: b"{}".to_vec(),
+            targets: vec!["s".into()],
+            accepted_at: 1,
+        }]);
+        let job_id = accepted.await.expect("accept")[0].jobs[0].1;
+        let attempt = |owner: &str, epoch| Attempt {
+            job_id,
+            sub_uid: "s".into(),
+            event_id: "e1".into(),
+            event_type: "t".into(),
+            attempt: 1,
+            at: 2,
+            status: Some(500),
+            duration_ms: 1,
+            error: None,
+            update: crate::store::JobUpdate::Retry { due_at: 10 },
+            payload_bytes: 2,
+            fence: Some(Fence { owner: owner.into(), epoch }),
+        };
+        store.record(attempt("a/1", 1)).await.expect("the owner records");
+
+        // a/1 leaves (or its lease runs out): b/1 takes over with a higher epoch.
+        store.leave("a/1").await.expect("leave");
+        assert_eq!(store.claim("s", "b/1").await.expect("claim"), Some(2));
+        assert!(matches!(store.record(attempt("a/1", 1)).await, Err(StoreError::Fenced)));
+        store.record(attempt("b/1", 2)).await.expect("the new owner records");
+        assert_eq!(
+            store.deliveries("s", 10, None).await.expect("log").len(),
+            2,
+            "the fenced one left no trace"
+        );
+        let claims = store.claims().await.expect("claims");
+        assert_eq!(claims, [Claim { key: "s".into(), owner: Some("b/1".into()), epoch: 2 }]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,8 +56,14 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Where `sub`'s endpoint stands; runs a handshake when one is due.
-    pub async fn verify(&self, sub: &WebhookSubscription, signing_secret: Option<&str>) -> Verdict {
+    /// Where `sub`'s endpoint stands; runs a handshake when one is due and `act` (this replica
+    /// owns the subscription; another replica only reads where the owner's handshake stands).
+    pub async fn verify(
+        &self,
+        sub: &WebhookSubscription,
+        signing_secret: Option<&str>,
+        act: bool,
+    ) -> Verdict {
         let method = sub.spec.validation.method;
         let url = &sub.spec.endpoint.url;
         if method == ValidationMethod::None {
@@ -94,6 +100,11 @@ impl Verifier {
                 recheck_in: None,
             },
             Plan::Wait(v) => not_yet(&v, now),
+            Plan::Attempt(_) if !act => Verdict {
+                state: State::Pending("the replica that owns this subscription runs its handshake".into()),
+                rate_per_minute: None,
+                recheck_in: Some(POLL_WHILE_PENDING),
+            },
             Plan::Attempt(record) => {
                 let v = handshake::attempt(self, sub, record, signing_secret, now).await;
                 if let Err(e) = self.store.put_verification(v.clone()).await {

@@ -357,6 +357,9 @@ impl TestEnv {
                 }
             }))
             .env("KUBECONFIG", &self.kubeconfig)
+            // On PostgreSQL a Hookline killed with -9 is taken over once its lease runs out:
+            // short leases keep restart tests short (a flag overrides it).
+            .env("HOOKLINE_LEASE_DURATION", "6s")
             .env("RUST_LOG", "info,hookline=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

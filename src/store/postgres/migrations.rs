@@ -82,4 +82,19 @@ pub const MIGRATIONS: &[&str] = &[
         revalidate TEXT
     );
     "#,
+    // 2: replicas: members heartbeat their lease; each key (a subscription's UID, or the
+    // cluster-wide tasks) has at most one owner, whose claim's epoch fences its writes.
+    r#"
+    CREATE TABLE members (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE owners (
+        key TEXT PRIMARY KEY,
+        owner TEXT,
+        epoch BIGINT NOT NULL
+    );
+    CREATE INDEX owners_by_owner ON owners (owner);
+    "#,
 ];

@@ -1,0 +1,495 @@
+//! Several replicas on one PostgreSQL store: this replica's membership. It heartbeats its lease,
+//! claims the subscriptions (and the cluster-wide tasks) that rendezvous hashing over the live
+//! members gives it, hands over what it should no longer own once its work there has stopped,
+//! hands new jobs to the replicas that own them, and leaves cleanly on shutdown.
+//!
+//! Safety rests on two rules. A replica starts an attempt only if it ends before the replica's
+//! lease can have run out (`delivery` cuts the attempt's timeout to what is left), and another
+//! replica claims a subscription only once that lease has run out by the server's clock: so two
+//! replicas never send for one subscription at once. And every outcome commits only under the
+//! claim's current epoch (fencing), so a replica that lost its claim cannot change a job.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Future;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::WebhookSubscription;
+use crate::delivery::Dispatchers;
+use crate::ownership::{CLUSTER_TASKS, Ownership, owner_of};
+use crate::registry::{Readiness, Registry};
+use crate::report::Chain;
+use crate::store::{Claim, JobRef, Listener, Member, Notice, PostgresStore, StoreError};
+
+/// Most new jobs announced in one notification: each takes at most 85 bytes (a UID and three
+/// numbers) of the 8,000 a PostgreSQL notification may carry.
+const JOBS_PER_NOTICE: usize = 90;
+/// How soon after another member's lease runs out its work is claimed.
+const TAKEOVER_DELAY: Duration = Duration::from_millis(50);
+
+/// How often a member renews its lease: often enough that several renewals may fail in a row
+/// before the lease runs short.
+pub fn renew_interval(lease: Duration) -> Duration {
+    (lease / 9).clamp(Duration::from_millis(200), Duration::from_secs(5))
+}
+
+/// This replica's membership; see the module docs.
+pub struct Membership {
+    /// The shared store, which holds the members and their claims.
+    pub store: Arc<PostgresStore>,
+    /// What this replica owns, kept current here.
+    pub ownership: Ownership,
+    /// The subscriptions there are (the work to share).
+    pub registry: Registry,
+    /// Whether every subscription has been seen once (until then, an unknown key is no sign that
+    /// a subscription was deleted).
+    pub readiness: Readiness,
+    /// Where jobs handed over by other replicas go.
+    pub dispatchers: Arc<Dispatchers>,
+    /// This replica's name, which ownership is balanced over.
+    pub name: String,
+    /// How long a lease holds without renewal.
+    pub lease: Duration,
+    /// Subscriptions this replica just claimed, to be reconciled (their handshakes and status
+    /// are now its to run).
+    pub acquired: mpsc::UnboundedSender<ObjectRef<WebhookSubscription>>,
+}
+
+/// What the membership loop keeps between rounds.
+#[derive(Default)]
+struct State {
+    /// Keys being handed over: their work is stopping here; released once it has.
+    handing_over: HashSet<String>,
+    /// The first renewal is done (the others have been told this member joined).
+    joined: bool,
+}
+
+impl Membership {
+    /// Run until `leave` is cancelled; then release everything (once no work runs here any
+    /// more) and end the lease, so the others take over at once. `forward` carries new jobs of
+    /// subscriptions other replicas own.
+    pub async fn run(self, mut forward: mpsc::UnboundedReceiver<(String, JobRef)>, leave: CancellationToken) {
+        let me = self.ownership.member().to_string();
+        info!(replica = %self.name, member = %me, lease = ?self.lease, "joining the replicas sharing the store");
+        let (released_tx, mut released_rx) = mpsc::unbounded_channel::<(String, i64)>();
+        let mut registry = self.registry.subscribe();
+        let mut state = State::default();
+        let mut listener: Option<Listener> = None;
+        let mut due = Instant::now();
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let next = due.saturating_duration_since(Instant::now());
+            tokio::select! {
+                biased;
+                _ = leave.cancelled() => break,
+                Some((key, epoch)) = released_rx.recv() => {
+                    state.handing_over.remove(&key);
+                    match self.store.release(&key, &me, epoch).await {
+                        Ok(()) => info!(key, "handed over"),
+                        Err(e) => warn!(key, error = %Chain(&e), "releasing a claim; it is taken over when the lease runs out"),
+                    }
+                    continue;
+                }
+                notice = next_notice(&mut listener) => match notice {
+                    Some(Notice::Owners) => due = Instant::now(),
+                    Some(Notice::Jobs(payload)) => {
+                        self.receive_jobs(&payload);
+                        continue;
+                    }
+                    None => {
+                        // Hand-overs sent meanwhile may be lost: restart the dispatchers, which
+                        // load their jobs from the store.
+                        warn!("lost the connection that hears other replicas; restarting dispatchers from the store");
+                        listener = None;
+                        self.ownership.resync();
+                        continue;
+                    }
+                },
+                Some(first) = forward.recv() => {
+                    self.send_jobs(first, &mut forward, &leave).await;
+                    continue;
+                }
+                changed = registry.changed() => {
+                    if changed.is_ok() {
+                        due = Instant::now();
+                    }
+                }
+                _ = tokio::time::sleep(next) => {}
+            }
+            if Instant::now() >= due {
+                due = Instant::now() + self.round(&mut state, &released_tx).await;
+            }
+        }
+        self.leave(&me).await;
+    }
+
+    async fn listen(&self) -> Option<Listener> {
+        match self.store.listen().await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %Chain(&e), "cannot listen to the other replicas yet; retrying");
+                None
+            }
+        }
+    }
+
+    /// One round: renew the lease, read the claims, claim and hand over to match rendezvous
+    /// hashing over the live members. Returns how soon the next round is due.
+    async fn round(&self, state: &mut State, released: &mpsc::UnboundedSender<(String, i64)>) -> Duration {
+        let renew = renew_interval(self.lease);
+        let me = self.ownership.member().to_string();
+        let sent = Instant::now();
+        let members = match self.store.heartbeat(&me, &self.name, self.lease).await {
+            Ok(members) => members,
+            Err(e) => return self.renewal_failed(&e, renew),
+        };
+        // The server set the lease from a moment after `sent`: by the local clock it surely
+        // holds until `sent + lease`.
+        self.ownership.renewed(Some(sent + self.lease));
+        if !state.joined {
+            state.joined = true;
+            // Tell the others, so they hand over what is now this replica's.
+            if let Err(e) = self.store.announce().await {
+                warn!(error = %Chain(&e), "announcing this replica; the others notice at their next renewal");
+            }
+        }
+        let claims = match self.store.claims().await {
+            Ok(claims) => claims,
+            Err(e) => return self.renewal_failed(&e, renew),
+        };
+        let seen = self.registry.seen();
+        let mut keys: Vec<&str> = seen.keys().map(String::as_str).collect();
+        keys.push(CLUSTER_TASKS);
+        let plan = plan(&me, &members, &claims, &keys);
+
+        let mut owned = HashMap::new();
+        for (key, epoch) in plan.keep {
+            if !state.handing_over.contains(&key) {
+                owned.insert(key, epoch);
+            }
+        }
+        for (key, epoch) in plan.hand_over {
+            if state.handing_over.insert(key.clone()) {
+                info!(key, "handing over to another replica once the work here has stopped");
+                let (ownership, released) = (self.ownership.clone(), released.clone());
+                tokio::spawn(async move {
+                    ownership.stopped(&key).await;
+                    let _ = released.send((key, epoch));
+                });
+            }
+        }
+        for key in plan.claim {
+            match self.store.claim(&key, &me).await {
+                Ok(Some(epoch)) => {
+                    info!(key, epoch, "took over");
+                    if let Some(sub) = seen.get(&key) {
+                        let _ = self.acquired.send(sub.clone());
+                    }
+                    owned.insert(key, epoch);
+                }
+                Ok(None) => debug!(key, "another replica claimed it first"),
+                Err(e) => warn!(key, error = %Chain(&e), "claiming"),
+            }
+        }
+        // Claims on subscriptions deleted meanwhile (once every subscription has been seen).
+        if self.readiness.missing().is_none() {
+            for key in plan.unknown {
+                if let Err(e) = self.store.forget_claim(&key, &me).await {
+                    warn!(key, error = %Chain(&e), "forgetting the claim on a deleted subscription");
+                }
+            }
+        }
+        self.ownership.set_owned(owned);
+        // Next: the renewal, or just after the first other member's lease runs out.
+        let soonest = members.iter().filter(|m| m.id != me).map(|m| m.left + TAKEOVER_DELAY).min();
+        soonest.map_or(renew, |s| s.min(renew))
+    }
+
+    /// The lease could not be renewed: once it may have run out, this replica owns nothing
+    /// (its dispatchers stop; no attempt outlives the lease anyway). Try again soon.
+    fn renewal_failed(&self, e: &StoreError, renew: Duration) -> Duration {
+        if self.ownership.lease_left().is_none() {
+            warn!(error = %Chain(e), "the lease ran out without renewal: this replica owns nothing until it renews");
+            self.ownership.renewed(None);
+            self.ownership.set_owned(HashMap::new());
+        } else {
+            warn!(error = %Chain(e), "renewing the lease failed; retrying");
+        }
+        (renew / 2).max(Duration::from_millis(200))
+    }
+
+    /// Jobs another replica accepted for subscriptions: those this replica owns go to their
+    /// dispatchers (the others' owners heard the same notification).
+    fn receive_jobs(&self, payload: &str) {
+        for (uid, job) in decode_jobs(payload) {
+            if self.ownership.owns(&uid) {
+                self.dispatchers.notify(&uid, job);
+            }
+        }
+    }
+
+    /// Announce `first` and every other job waiting, in as few notifications as fit; retry
+    /// until announced (the owner would otherwise find them only when it reloads).
+    async fn send_jobs(
+        &self,
+        first: (String, JobRef),
+        forward: &mut mpsc::UnboundedReceiver<(String, JobRef)>,
+        leave: &CancellationToken,
+    ) {
+        let mut jobs = vec![first];
+        while jobs.len() < JOBS_PER_NOTICE {
+            match forward.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let payload = encode_jobs(&jobs);
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.store.hand_over(&payload).await {
+            warn!(error = %Chain(&e), jobs = jobs.len(), "handing new jobs to their owners; retrying");
+            if leave.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Stop owning anything, wait until no work runs here, release every claim and end the lease.
+    async fn leave(&self, me: &str) {
+        let owned: Vec<String> = self.ownership.subscribe().borrow().keys().cloned().collect();
+        self.ownership.set_owned(HashMap::new());
+        for key in &owned {
+            self.ownership.stopped(key).await;
+        }
+        match self.store.leave(me).await {
+            Ok(()) => info!(handed_over = owned.len(), "left the replicas; the others take over now"),
+            Err(e) => {
+                warn!(error = %Chain(&e), "leaving; the others take over when this replica's lease runs out")
+            }
+        }
+    }
+}
+
+async fn next_notice(listener: &mut Option<Listener>) -> Option<Notice> {
+    match listener {
+        Some(l) => l.notices.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one round does, decided from the live members, the claims and the keys there are.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Claimed by this member and staying: key → epoch.
+    keep: Vec<(String, i64)>,
+    /// Claimed by this member, but another live member should own it: key → epoch.
+    hand_over: Vec<(String, i64)>,
+    /// Unowned (released, or its owner's lease ran out), and this member should own it.
+    claim: Vec<String>,
+    /// Claimed by this member, but no such key exists any more.
+    unknown: Vec<String>,
+}
+
+/// Decide the round (pure; see [`Plan`]). Ownership is balanced over member *names*: a
+/// replica restarted under its name is a new member (its old lease may still run) that gets the
+/// same share.
+fn plan(me: &str, members: &[Member], claims: &[Claim], keys: &[&str]) -> Plan {
+    let live: HashMap<&str, &Member> = members.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    // The member standing for each name: its newest incarnation (the most lease left).
+    let mut by_name: HashMap<&str, &Member> = HashMap::new();
+    for m in members {
+        let entry = by_name.entry(m.name.as_str()).or_insert(m);
+        if m.left > entry.left {
+            *entry = m;
+        }
+    }
+    let rows: HashMap<&str, &Claim> = claims.iter().map(|c| (c.key.as_str(), c)).collect();
+    let mut plan = Plan::default();
+    for &key in keys {
+        let desired = owner_of(key, &names).and_then(|n| by_name.get(n.as_str())).map(|m| m.id.as_str());
+        let row = rows.get(key);
+        match row.and_then(|c| c.owner.as_deref()) {
+            Some(owner) if owner == me => {
+                let epoch = row.map_or(0, |c| c.epoch);
+                if desired.is_some_and(|d| d != me) {
+                    plan.hand_over.push((key.to_string(), epoch));
+                } else {
+                    plan.keep.push((key.to_string(), epoch));
+                }
+            }
+            Some(owner) if live.contains_key(owner) => {}
+            _ if desired == Some(me) => plan.claim.push(key.to_string()),
+            _ => {}
+        }
+    }
+    let known: HashSet<&str> = keys.iter().copied().collect();
+    plan.unknown = claims
+        .iter()
+        .filter(|c| c.owner.as_deref() == Some(me) && !known.contains(c.key.as_str()))
+        .map(|c| c.key.clone())
+        .collect();
+    plan
+}
+
+/// Jobs as one notification's payload: `uid job_id due_at accepted_at` per line.
+fn encode_jobs(jobs: &[(String, JobRef)]) -> String {
+    let mut out = String::new();
+    for (uid, j) in jobs {
+        out.push_str(&format!("{uid} {} {} {}\n", j.job_id, j.due_at, j.accepted_at));
+    }
+    out
+}
+
+fn decode_jobs(payload: &str) -> Vec<(String, JobRef)> {
+    payload
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            let uid = parts.next()?.to_string();
+            let mut number = || parts.next()?.parse::<i64>().ok();
+            let (job_id, due_at, accepted_at) = (number()?, number()?, number()?);
+            Some((uid, JobRef { due_at, job_id, accepted_at }))
+        })
+        .collect()
+}
+
+/// Run `work` while this replica owns `key` (always, with one replica): started when it is
+/// claimed, cancelled when it is lost or handed over, until `stop`. The key counts as running
+/// here until `work` has returned, so nobody else takes it over before.
+pub async fn while_owned<F, Fut>(ownership: Ownership, key: &str, stop: CancellationToken, mut work: F)
+where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut owned = ownership.subscribe();
+    loop {
+        if ownership.owns(key) {
+            let running = ownership.running(key);
+            let lost = stop.child_token();
+            let watch = {
+                let (ownership, lost, key) = (ownership.clone(), lost.clone(), key.to_string());
+                let mut owned = ownership.subscribe();
+                async move {
+                    while ownership.owns(&key) {
+                        if owned.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    lost.cancel();
+                }
+            };
+            info!(key, "running the cluster-wide tasks here");
+            tokio::select! {
+                _ = work(lost.clone()) => {}
+                _ = watch => {}
+            }
+            lost.cancel();
+            drop(running);
+            if stop.is_cancelled() {
+                return;
+            }
+            info!(key, "the cluster-wide tasks stopped here");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = owned.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, name: &str, left: u64) -> Member {
+        Member { id: id.into(), name: name.into(), left: Duration::from_secs(left) }
+    }
+
+    fn claim(key: &str, owner: Option<&str>, epoch: i64) -> Claim {
+        Claim { key: key.into(), owner: owner.map(Into::into), epoch }
+    }
+
+    /// Keys that rendezvous hashing gives to `name` among `names`, and to another.
+    fn split(name: &str, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let keys = (0..100).map(|i| format!("k{i}"));
+        let mine = keys.clone().find(|k| owner_of(k, &names).is_some_and(|n| n == name)).expect("one");
+        let other = keys.clone().find(|k| owner_of(k, &names).is_some_and(|n| n != name)).expect("one");
+        (mine, other)
+    }
+
+    #[test]
+    fn unowned_keys_go_to_their_rendezvous_owner_only() {
+        let members = [member("a/1", "a", 40), member("b/1", "b", 40)];
+        let (mine, theirs) = split("a", &["a", "b"]);
+        let plan = plan("a/1", &members, &[], &[&mine, &theirs]);
+        assert_eq!(plan.claim, [mine]);
+        assert!(plan.keep.is_empty() && plan.hand_over.is_empty());
+    }
+
+    #[test]
+    fn a_dead_owners_keys_are_claimed_and_a_live_owners_left_alone() {
+        let members = [member("a/1", "a", 40)];
+        let key = "k0".to_string();
+        let dead = plan("a/1", &members, &[claim(&key, Some("b/1"), 3)], &[&key]);
+        assert_eq!(dead.claim, std::slice::from_ref(&key), "b/1 is not among the live members");
+        let members = [member("a/1", "a", 40), member("b/1", "b", 40)];
+        let (_, bs) = split("a", &["a", "b"]);
+        let alive = plan("a/1", &members, &[claim(&bs, Some("b/1"), 3)], &[&bs]);
+        assert_eq!(alive, Plan::default());
+    }
+
+    #[test]
+    fn a_key_that_belongs_elsewhere_is_handed_over_and_others_are_kept() {
+        let members = [member("a/1", "a", 40), member("b/1", "b", 40)];
+        let (mine, theirs) = split("a", &["a", "b"]);
+        let claims = [claim(&mine, Some("a/1"), 2), claim(&theirs, Some("a/1"), 5)];
+        let plan = plan("a/1", &members, &claims, &[&mine, &theirs]);
+        assert_eq!(plan.keep, [(mine, 2)]);
+        assert_eq!(plan.hand_over, [(theirs, 5)]);
+    }
+
+    #[test]
+    fn a_restarted_replica_gets_its_names_share_while_its_old_lease_runs() {
+        let members = [member("a/1", "a", 40), member("a/2", "a", 45), member("b/1", "b", 40)];
+        let (mine, _) = split("a", &["a", "b"]);
+        let claims = [claim(&mine, Some("a/1"), 1)];
+        assert_eq!(plan("a/2", &members, &claims, &[&mine]), Plan::default(), "a/1 still holds it");
+        assert_eq!(
+            plan("a/1", &members, &claims, &[&mine]).hand_over,
+            [(mine, 1)],
+            "the old incarnation gives way to the new one"
+        );
+    }
+
+    #[test]
+    fn claims_on_deleted_keys_are_forgotten() {
+        let members = [member("a/1", "a", 40)];
+        let plan = plan("a/1", &members, &[claim("gone", Some("a/1"), 1)], &[]);
+        assert_eq!(plan.unknown, ["gone"]);
+    }
+
+    #[test]
+    fn jobs_survive_their_notification() {
+        let jobs = vec![
+            ("uid-1".to_string(), JobRef { due_at: 5, job_id: 7, accepted_at: 3 }),
+            ("uid-2".to_string(), JobRef { due_at: 9, job_id: 8, accepted_at: 9 }),
+        ];
+        let payload = encode_jobs(&jobs);
+        assert_eq!(decode_jobs(&payload), jobs);
+        let longest = ("f".repeat(36), JobRef { due_at: i64::MAX / 1000, job_id: i64::MAX, accepted_at: 0 });
+        assert!(encode_jobs(&vec![longest; JOBS_PER_NOTICE]).len() < 8000, "a full notification fits");
+        assert!(decode_jobs("garbage\nuid 1 x 3\n").is_empty());
+    }
+}
