@@ -61,6 +61,20 @@ struct Inner {
     handshake: Handshake,
     script: VecDeque<Reply>,
     default: Option<Reply>,
+    /// Deliveries being answered now, and the most at once so far.
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts one delivery as in flight until dropped (answered, or the sender hung up).
+struct InFlight(Arc<Mutex<Inner>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.0.lock() {
+            inner.in_flight -= 1;
+        }
+    }
 }
 
 /// A running receiver; stops when dropped.
@@ -109,8 +123,11 @@ async fn handle(
             at: Instant::now(),
             wall: SystemTime::now(),
         });
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         inner.script.pop_front().or_else(|| inner.default.clone()).unwrap_or(Reply::Status(200))
     };
+    let _in_flight = InFlight(inner.clone());
     match reply {
         Reply::Status(code) => StatusCode::from_u16(code).expect("status").into_response(),
         Reply::RetryAfter(code, secs) => {
@@ -210,6 +227,11 @@ impl Receiver {
     }
 
     /// Everything received so far (validation events excluded).
+    /// The most deliveries this receiver was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.lock().expect("receiver lock").max_in_flight
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().expect("lock").received.clone()
     }

@@ -1,0 +1,236 @@
+//! Three Hooklines sharing one PostgreSQL database, as a Deployment with `replicas: 3` runs them:
+//! a publisher spreads events over all three while one replica after another is killed with
+//! `kill -9`, then each in turn is stopped with SIGTERM and restarted (a rolling restart).
+//! Nothing accepted may be lost, no endpoint may see more requests at once than its
+//! `maxConcurrency`, and every undeliverable event must become exactly one FailedEvent.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hookline::api::{FailedEvent, WebhookSubscription};
+use kube::api::ListParams;
+use serde_json::{Value, json};
+use support::builder::TestSubscription;
+use support::receiver::{Receiver, Reply};
+use support::{Hookline, LOCAL, POSTGRES, StoreAt, TestEnv, wait_until};
+
+const REPLICAS: usize = 3;
+/// The good subscriptions' `maxConcurrency`.
+const CONCURRENCY: u32 = 2;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Which replicas take publishes now, and a count of their ups and downs (a publish to a replica
+/// counts as failed only if nothing happened to the replica meanwhile).
+#[derive(Default)]
+struct Roster {
+    ingest: Vec<Option<String>>,
+    changes: Vec<u64>,
+}
+
+/// What the publisher saw.
+#[derive(Default)]
+struct Published {
+    good: Vec<String>,
+    bad: Vec<String>,
+    /// Publishes refused by a replica that was up before and after the request.
+    failures: Vec<String>,
+}
+
+struct Replicas<'a> {
+    env: &'a TestEnv,
+    store: StoreAt,
+    running: Vec<Option<Hookline>>,
+    roster: Arc<Mutex<Roster>>,
+}
+
+impl Replicas<'_> {
+    async fn start(&mut self, i: usize) {
+        let name = format!("--replica-name=r{i}");
+        let mut flags: Vec<&str> = LOCAL.to_vec();
+        flags.push(&name);
+        let h = self.env.start_hookline_in(&self.store, &flags).await;
+        let mut roster = self.roster.lock().expect("roster");
+        roster.ingest[i] = Some(h.ingest.clone());
+        roster.changes[i] += 1;
+        drop(roster);
+        self.running[i] = Some(h);
+    }
+
+    /// Take replica `i` out of the publisher's rotation, and return it.
+    fn take(&mut self, i: usize) -> Hookline {
+        let mut roster = self.roster.lock().expect("roster");
+        roster.ingest[i] = None;
+        roster.changes[i] += 1;
+        drop(roster);
+        self.running[i].take().expect("replica running")
+    }
+}
+
+/// Publish batches of five events (one in four batches has an undeliverable one) round-robin to
+/// the replicas in the roster, ten batches a second, until `stop`.
+async fn publish(ns: String, roster: Arc<Mutex<Roster>>, stop: Arc<AtomicBool>) -> Published {
+    let client = reqwest::Client::new();
+    let mut out = Published::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for n in 0usize.. {
+        tick.tick().await;
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let target = {
+            let roster = roster.lock().expect("roster");
+            let up: Vec<usize> = (0..REPLICAS).filter(|i| roster.ingest[*i].is_some()).collect();
+            up.get(n % up.len().max(1))
+                .map(|&i| (i, roster.ingest[i].clone().unwrap_or_default(), roster.changes[i]))
+        };
+        let Some((i, ingest, changes)) = target else { continue };
+        let bad = n % 4 == 0;
+        let events: Vec<(String, &str)> =
+            (0..5).map(|k| (format!("e{n}-{k}"), if bad && k == 0 { "t.bad" } else { "t.good" })).collect();
+        let batch: Vec<Value> = events
+            .iter()
+            .map(|(id, type_)| json!({"specversion": "1.0", "id": id, "source": "/replicas", "type": type_}))
+            .collect();
+        let resp = client
+            .post(format!("{ingest}/v1/namespaces/{ns}/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(batch).to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().as_u16() == 202 => {
+                for (id, type_) in events {
+                    if type_ == "t.bad" { out.bad.push(id) } else { out.good.push(id) }
+                }
+            }
+            other => {
+                let roster = roster.lock().expect("roster");
+                if roster.changes[i] == changes && roster.ingest[i].is_some() {
+                    out.failures.push(format!("replica r{i}: {other:?}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Wait until every receiver got at least one more request than `before`.
+async fn deliveries_resume(receivers: &[Receiver], what: &str) {
+    let before: Vec<usize> = receivers.iter().map(|r| r.received().len()).collect();
+    wait_until(what, WAIT, || async {
+        receivers.iter().zip(&before).all(|(r, n)| r.received().len() > *n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_lose_nothing_through_kills_and_a_rolling_restart() {
+    let env = TestEnv::with_crds_on("replicas", POSTGRES).await;
+    let store = env.new_store().await;
+    let roster = Arc::new(Mutex::new(Roster { ingest: vec![None; REPLICAS], changes: vec![0; REPLICAS] }));
+    let mut replicas = Replicas { env: &env, store, running: (0..REPLICAS).map(|_| None).collect(), roster };
+    for i in 0..REPLICAS {
+        replicas.start(i).await;
+    }
+
+    let good: Vec<Receiver> = futures::future::join_all((0..3).map(|_| Receiver::start())).await;
+    for rx in &good {
+        rx.set_default(Reply::Delay(Duration::from_millis(5)));
+    }
+    let failing = Receiver::start().await;
+    failing.set_default(Reply::Status(500));
+    for (i, rx) in good.iter().enumerate() {
+        let sub = WebhookSubscription::test(&format!("good-{i}"), &rx.url)
+            .for_types(&["t.good"])
+            .concurrency(CONCURRENCY)
+            .backoff("200ms", "1s");
+        env.create_active(sub).await;
+    }
+    env.create_active(WebhookSubscription::test("bad", &failing.url).for_types(&["t.bad"]).failing_fast())
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn(publish(env.namespace.clone(), replicas.roster.clone(), stop.clone()));
+    deliveries_resume(&good, "deliveries under way").await;
+
+    // One replica after another dies without a word; the others take its subscriptions over
+    // once its lease runs out, and it comes back.
+    for i in 0..REPLICAS {
+        replicas.take(i).kill().await;
+        deliveries_resume(&good, &format!("deliveries after r{i} was killed")).await;
+        replicas.start(i).await;
+    }
+    // A rolling restart: each replica in turn stops gracefully, handing its work over at once.
+    for i in 0..REPLICAS {
+        assert!(replicas.take(i).terminate().await, "r{i} exits cleanly on SIGTERM");
+        replicas.start(i).await;
+        deliveries_resume(&good, &format!("deliveries after r{i} restarted")).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let published = publisher.await.expect("publisher");
+    assert!(
+        published.failures.is_empty(),
+        "publishes to replicas that stayed up failed: {:?}",
+        published.failures
+    );
+
+    for (i, rx) in good.iter().enumerate() {
+        wait_until(
+            &format!("every accepted event delivered to good-{i}"),
+            Duration::from_secs(120),
+            || async {
+                let got: HashSet<String> = rx.received().iter().map(|r| r.header("webhook-id")).collect();
+                published.good.iter().all(|id| got.contains(id)).then_some(())
+            },
+        )
+        .await;
+    }
+    let mut duplicates = 0;
+    for (i, rx) in good.iter().enumerate() {
+        let received = rx.received();
+        let mut copies: HashMap<String, usize> = HashMap::new();
+        for r in &received {
+            *copies.entry(r.header("webhook-id")).or_default() += 1;
+        }
+        duplicates += received.len() - copies.len();
+        assert!(
+            rx.max_in_flight() <= CONCURRENCY as usize,
+            "good-{i} saw {} requests at once, over its maxConcurrency {CONCURRENCY}",
+            rx.max_in_flight()
+        );
+    }
+    eprintln!(
+        "published {} deliverable and {} undeliverable events; {duplicates} duplicate deliveries (same webhook-id)",
+        published.good.len(),
+        published.bad.len()
+    );
+
+    let failed_events = env.api::<FailedEvent>();
+    let bad: HashSet<&String> = published.bad.iter().collect();
+    wait_until("one FailedEvent per undeliverable event", Duration::from_secs(120), || async {
+        let list = failed_events.list(&ListParams::default()).await.ok()?;
+        let ids: Vec<String> = list.items.iter().map(|f| f.spec.event.id.clone()).collect();
+        let distinct: HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "two FailedEvents for one event: {ids:?}");
+        bad.iter().all(|id| distinct.contains(id)).then_some(())
+    })
+    .await;
+
+    let subs = env.api::<WebhookSubscription>();
+    wait_until("every subscription's status to show an empty queue", WAIT, || async {
+        let list = subs.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .all(|s| {
+                s.status.as_ref().and_then(|st| st.delivery_stats.as_ref()).is_some_and(|d| d.pending == 0)
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(published.good.len() >= 500, "only {} events published", published.good.len());
+}
