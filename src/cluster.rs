@@ -47,7 +47,7 @@ pub struct Membership {
     /// The subscriptions there are (the work to share).
     pub registry: Registry,
     /// Whether every subscription has been seen once (until then, an unknown key is no sign that
-    /// a subscription was deleted).
+    /// a subscription was deleted); set not ready while the store cannot be reached.
     pub readiness: Readiness,
     /// Where jobs handed over by other replicas go.
     pub dispatchers: Arc<Dispatchers>,
@@ -81,9 +81,11 @@ impl Membership {
         let mut state = State::default();
         let mut listener: Option<Listener> = None;
         let mut due = Instant::now();
+        let mut listen_due = Instant::now();
         loop {
-            if listener.is_none() {
+            if listener.is_none() && Instant::now() >= listen_due {
                 listener = self.listen().await;
+                listen_due = Instant::now() + renew_interval(self.lease);
             }
             let next = due.saturating_duration_since(Instant::now());
             tokio::select! {
@@ -148,8 +150,13 @@ impl Membership {
         let sent = Instant::now();
         let members = match self.store.heartbeat(&me, &self.name, self.lease).await {
             Ok(members) => members,
-            Err(e) => return self.renewal_failed(&e, renew),
+            Err(e) => {
+                // Not ready while the store is gone: publishers go to a replica that can store.
+                self.readiness.set_store_reachable(false);
+                return self.renewal_failed(&e, renew);
+            }
         };
+        self.readiness.set_store_reachable(true);
         // The server set the lease from a moment after `sent`: by the local clock it surely
         // holds until `sent + lease`.
         self.ownership.renewed(Some(sent + self.lease));
@@ -199,7 +206,7 @@ impl Membership {
             }
         }
         // Claims on subscriptions deleted meanwhile (once every subscription has been seen).
-        if self.readiness.missing().is_none() {
+        if self.readiness.loaded() {
             for key in plan.unknown {
                 if let Err(e) = self.store.forget_claim(&key, &me).await {
                     warn!(key, error = %Chain(&e), "forgetting the claim on a deleted subscription");
@@ -215,8 +222,11 @@ impl Membership {
     /// The lease could not be renewed: once it may have run out, this replica owns nothing
     /// (its dispatchers stop; no attempt outlives the lease anyway). Try again soon.
     fn renewal_failed(&self, e: &StoreError, renew: Duration) -> Duration {
+        let owned_some = !self.ownership.subscribe().borrow().is_empty();
         if self.ownership.lease_left().is_none() {
-            warn!(error = %Chain(e), "the lease ran out without renewal: this replica owns nothing until it renews");
+            if owned_some {
+                warn!(error = %Chain(e), "the lease ran out without renewal: this replica owns nothing until it renews");
+            }
             self.ownership.renewed(None);
             self.ownership.set_owned(HashMap::new());
         } else {

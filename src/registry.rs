@@ -137,6 +137,7 @@ impl Registry {
 pub struct Readiness {
     watches_synced: Arc<AtomicBool>,
     subscriptions_loaded: Arc<AtomicBool>,
+    store_unreachable: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -151,9 +152,21 @@ impl Readiness {
         self.subscriptions_loaded.store(true, Ordering::Release);
     }
 
-    /// What is not ready yet, or `None` when everything is.
+    /// Whether the store (a database server) answers; an embedded store always does.
+    pub fn set_store_reachable(&self, reachable: bool) {
+        self.store_unreachable.store(!reachable, Ordering::Release);
+    }
+
+    /// Whether every subscription that existed at start has been looked at once.
+    pub fn loaded(&self) -> bool {
+        self.subscriptions_loaded.load(Ordering::Acquire)
+    }
+
+    /// What is not ready, or `None` when everything is.
     pub fn missing(&self) -> Option<&'static str> {
-        if !self.watches_synced.load(Ordering::Acquire) {
+        if self.store_unreachable.load(Ordering::Acquire) {
+            Some("the store is unreachable")
+        } else if !self.watches_synced.load(Ordering::Acquire) {
             Some("watches have not synced yet")
         } else if !self.subscriptions_loaded.load(Ordering::Acquire) {
             Some("existing subscriptions are still being loaded")

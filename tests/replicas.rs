@@ -2,7 +2,9 @@
 //! a publisher spreads events over all three while one replica after another is killed with
 //! `kill -9`, then each in turn is stopped with SIGTERM and restarted (a rolling restart).
 //! Nothing accepted may be lost, no endpoint may see more requests at once than its
-//! `maxConcurrency`, and every undeliverable event must become exactly one FailedEvent.
+//! `maxConcurrency`, and every undeliverable event must become exactly one FailedEvent. And
+//! PostgreSQL itself going away under load: publishes are refused with 503 meanwhile, and
+//! everything accepted is delivered once it is back.
 
 mod support;
 
@@ -16,7 +18,9 @@ use kube::api::ListParams;
 use serde_json::{Value, json};
 use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
-use support::{Hookline, LOCAL, POSTGRES, StoreAt, TestEnv, wait_until};
+use support::{
+    Hookline, LOCAL, POSTGRES, PrivatePostgres, StoreAt, TestEnv, fresh_database_on, http_get, wait_until,
+};
 
 const REPLICAS: usize = 3;
 /// The good subscriptions' `maxConcurrency`.
@@ -233,4 +237,101 @@ async fn three_replicas_lose_nothing_through_kills_and_a_rolling_restart() {
     })
     .await;
     assert!(published.good.len() >= 500, "only {} events published", published.good.len());
+}
+
+/// How a publisher's requests were answered while PostgreSQL went away and came back.
+#[derive(Default)]
+struct Answers {
+    accepted: Vec<String>,
+    /// Status codes of the refused publishes (or 0 when no answer came).
+    refused: Vec<u16>,
+}
+
+/// Publish a batch of ten every 50 ms to `ingest` until `stop`.
+async fn publish_through(ingest: String, ns: String, stop: Arc<AtomicBool>, answers: Arc<Mutex<Answers>>) {
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for n in 0usize.. {
+        tick.tick().await;
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let ids: Vec<String> = (0..10).map(|k| format!("o{n}-{k}")).collect();
+        let batch: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"specversion": "1.0", "id": id, "source": "/outage", "type": "t"}))
+            .collect();
+        let status = client
+            .post(format!("{ingest}/v1/namespaces/{ns}/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(batch).to_string())
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        let mut answers = answers.lock().expect("answers");
+        if status == 202 { answers.accepted.extend(ids) } else { answers.refused.push(status) }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lost_under_load_refuses_with_503_and_then_delivers_everything_accepted() {
+    let pg = PrivatePostgres::start("postgres-outage");
+    let env = TestEnv::with_crds_on("postgres-outage", POSTGRES).await;
+    let store = StoreAt::Postgres(fresh_database_on(&pg.url).await);
+    let h = env.start_hookline_in(&store, LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Delay(Duration::from_millis(2)));
+    env.create_active(WebhookSubscription::test("s", &rx.url).concurrency(4).backoff("200ms", "1s")).await;
+
+    let (stop, answers) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Answers::default())));
+    let publisher =
+        tokio::spawn(publish_through(h.ingest.clone(), env.namespace.clone(), stop.clone(), answers.clone()));
+    let accepted = || answers.lock().expect("answers").accepted.len();
+    wait_until("publishing and delivering", WAIT, || async {
+        (accepted() >= 200 && rx.received().len() >= 100).then_some(())
+    })
+    .await;
+
+    pg.crash();
+    let readyz = format!("{}/readyz", h.metrics);
+    // About ten seconds of refusals (20 publishes a second): longer than the lease, which runs
+    // out and is taken up again.
+    wait_until("publishes refused and /readyz failing while PostgreSQL is down", WAIT, || async {
+        let refused = answers.lock().expect("answers").refused.len();
+        let ready = http_get(&readyz).await.is_some_and(|(status, _)| status == 200);
+        (refused >= 200 && !ready).then_some(())
+    })
+    .await;
+    pg.restart();
+    wait_until("/readyz and publishing back", WAIT, || async {
+        let ready = http_get(&readyz).await.is_some_and(|(status, _)| status == 200);
+        let before = accepted();
+        (ready && before > 0).then_some(())
+    })
+    .await;
+    let after_restart = accepted();
+    wait_until("publishes accepted again", WAIT, || async {
+        (accepted() >= after_restart + 100).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    publisher.await.expect("publisher");
+
+    let answers = std::mem::take(&mut *answers.lock().expect("answers"));
+    assert!(
+        answers.refused.iter().all(|s| *s == 503),
+        "a publish the store could not take is answered 503, never anything else: {:?}",
+        answers.refused
+    );
+    wait_until("every accepted event delivered", Duration::from_secs(120), || async {
+        let got: HashSet<String> = rx.received().iter().map(|r| r.header("webhook-id")).collect();
+        answers.accepted.iter().all(|id| got.contains(id)).then_some(())
+    })
+    .await;
+    eprintln!(
+        "{} publishes accepted, {} refused with 503 while PostgreSQL was down",
+        answers.accepted.len() / 10,
+        answers.refused.len()
+    );
 }

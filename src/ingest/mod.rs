@@ -191,7 +191,9 @@ impl IngestState {
     /// namespace exists.
     async fn admit(&self, headers: &HeaderMap, ns: &str, action: Action) -> Result<(), ApiError> {
         if let Some(what) = self.readiness.missing() {
-            return Err(ApiError::unavailable(format!("Hookline is starting: {what}")));
+            return Err(ApiError::unavailable(format!(
+                "Hookline is not ready ({what}); nothing was accepted, retry later"
+            )));
         }
         if !is_dns_label(ns) {
             return Err(ApiError::new(

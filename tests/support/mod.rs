@@ -106,6 +106,47 @@ impl Drop for PrivateControlPlane {
     }
 }
 
+/// A PostgreSQL server of one test's own (`hack/postgres.sh` with its own state directory), for
+/// tests that stop it, which would break every other test on the shared one. Removed when dropped.
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    /// The server's URL (its `postgres` database).
+    pub url: String,
+}
+
+impl PrivatePostgres {
+    pub fn start(name: &str) -> PrivatePostgres {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp").join(format!("{name}-postgres"));
+        let out = hack("postgres.sh", &["up"], &[("HOOKLINE_POSTGRES_DIR", dir.as_os_str())]);
+        let url = out
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("export HOOKLINE_DATABASE_URL="))
+            .expect("hack/postgres.sh up prints the URL last")
+            .to_string();
+        PrivatePostgres { dir, url }
+    }
+
+    /// Stop the server as a crash would (`pg_ctl stop -m immediate`); its data stays.
+    pub fn crash(&self) {
+        hack("postgres.sh", &["stop"], &[("HOOKLINE_POSTGRES_DIR", self.dir.as_os_str())]);
+    }
+
+    /// Start it again on the same port; returns once it takes connections.
+    pub fn restart(&self) {
+        hack("postgres.sh", &["start"], &[("HOOKLINE_POSTGRES_DIR", self.dir.as_os_str())]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/postgres.sh"))
+            .arg("down")
+            .env("HOOKLINE_POSTGRES_DIR", &self.dir)
+            .output();
+    }
+}
+
 /// Run a blocking call (a command, a file read) from a test without stalling the runtime: on the
 /// multi-threaded runtime every cluster test uses, the worker hands its tasks (the receivers, the
 /// test's own servers) to another worker meanwhile. Elsewhere it just runs.
@@ -179,12 +220,17 @@ pub async fn fresh_database() -> String {
              it prints; or run every test with `hack/test.sh`, which starts its own"
         )
     });
+    fresh_database_on(&admin).await
+}
+
+/// A fresh database on the PostgreSQL server `admin` points at.
+pub async fn fresh_database_on(admin: &str) -> String {
     let (client, connection) =
-        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+        tokio_postgres::connect(admin, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
     tokio::spawn(connection);
     let name = format!("it_{:016x}", rand::random::<u64>());
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    let mut url = url::Url::parse(&admin).expect("HOOKLINE_DATABASE_URL is a URL");
+    let mut url = url::Url::parse(admin).expect("a PostgreSQL URL");
     url.set_path(&name);
     url.to_string()
 }
