@@ -19,6 +19,7 @@ use support::receiver::{Receiver, Reply};
 use support::{TestEnv, install_crds, wait_until};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline");
+const POSTGRES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline/ci/postgres-values.yaml");
 const ALL_FEATURES: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline/ci/all-features-values.yaml");
 
@@ -63,8 +64,11 @@ async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
     support::wait_until_served(&env.client, "monitoring.coreos.com/v1", &["servicemonitors"]).await;
     helm(&env, &["lint", "--strict", CHART]);
     helm(&env, &["lint", "--strict", CHART, "-f", ALL_FEATURES]);
-    for values in [None, Some(ALL_FEATURES)] {
-        let mut args = vec!["template", "hl", CHART, "--namespace", &env.namespace];
+    helm(&env, &["lint", "--strict", CHART, "-f", POSTGRES]);
+    for values in [None, Some(ALL_FEATURES), Some(POSTGRES)] {
+        // --validate: render against the server's API versions (the 1.20 test server has no
+        // policy/v1, so the PodDisruptionBudget must come out as policy/v1beta1).
+        let mut args = vec!["template", "hl", CHART, "--validate", "--namespace", &env.namespace];
         if let Some(v) = values {
             args.extend(["-f", v]);
         }
@@ -84,6 +88,23 @@ async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
         hookline::api::crds_yaml().expect("crds"),
         "charts/hookline/crds is stale: copy crds/ there"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_values_schema_refuses_several_replicas_on_sqlite_and_postgres_without_a_secret() {
+    for (set, problem) in [
+        ("replicaCount=2", "replicaCount: Must be less than or equal to 1"),
+        ("store.type=postgres", "store.postgres.existingSecret"),
+    ] {
+        let out = support::blocking(|| {
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/helm.sh"))
+                .args(["template", "hl", CHART, "--set", set])
+                .output()
+        })
+        .expect("helm runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(problem), "--set {set}: {stderr}");
+    }
 }
 
 /// No wildcard anywhere, and Secrets only as the code uses them.
