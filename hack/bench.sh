@@ -5,6 +5,10 @@
 #   hack/bench.sh --smoke    the same, a few seconds long (CI checks the script still works)
 #   hack/bench.sh --scale    1,000 subscriptions: time until all are Ready, peak RSS, API requests;
 #                            then a minute of events to all of them: PATCH rate, status staleness
+#   --store postgres         (with any of the above) the PostgreSQL store, on a throwaway server
+#                            (hack/postgres.sh); default sqlite
+#   --replicas N             (with --store postgres) N Hooklines sharing it; publishers take them
+#                            in turn; RSS is the largest replica's, CPU the sum
 #
 # Env: BENCH_SECONDS (per phase, default 10), BENCH_RATE (offered load, default 1000/s),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
@@ -14,7 +18,18 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-MODE=${1:-full}
+MODE=full; STORE=sqlite; REPLICAS=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke|--scale) MODE=$1 ;;
+    --store) STORE=${2:?--store needs sqlite or postgres}; shift ;;
+    --replicas) REPLICAS=${2:?--replicas needs a number}; shift ;;
+    *) echo "usage: $0 [--smoke|--scale] [--store sqlite|postgres] [--replicas N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$STORE" in sqlite|postgres) ;; *) echo "--store: sqlite or postgres" >&2; exit 2 ;; esac
+[ "$STORE" = postgres ] || [ "$REPLICAS" = 1 ] || { echo "--replicas needs --store postgres" >&2; exit 2; }
 SECONDS_PER=${BENCH_SECONDS:-10}; RATE=${BENCH_RATE:-1000}; CONC=${BENCH_CONCURRENCY:-32}; SUBS=${BENCH_SUBS:-1000}
 DELIVERY_S=${BENCH_DELIVERY_SECONDS:-60}; DELIVERY_RATE=${BENCH_DELIVERY_RATE:-2}
 PROFILE=release
@@ -28,12 +43,29 @@ log "building ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$([ "$PROFILE" = dev ] && echo debug || echo release)"
 
-INGEST=$(free_port); METRICS=$(free_port); RECEIVER=$(free_port)
-"$BIN/hookline" run --data-dir "$WORK/data" --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
-  --ingest-auth none --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" \
-  --status-interval 5s --allow-unverified-endpoints --log-format json >"$WORK/hookline.log" 2>&1 &
-HL=$!; PIDS+=($HL)
-wait_ready "$METRICS" "$HL" "$WORK/hookline.log"
+STORE_ARGS=(--data-dir "$WORK/data")
+if [ "$STORE" = postgres ]; then
+  export HOOKLINE_POSTGRES_DIR="$WORK/postgres"
+  trap 'hack/postgres.sh down >/dev/null 2>&1 || true; session_cleanup' EXIT
+  eval "$(hack/postgres.sh up | tail -n 1)"
+  STORE_ARGS=(--store postgres --database-url "$HOOKLINE_DATABASE_URL")
+fi
+RECEIVER=$(free_port); INGESTS=(); METRICSES=(); HLS=()
+for r in $(seq 1 "$REPLICAS"); do
+  INGEST=$(free_port); METRICS=$(free_port)
+  "$BIN/hookline" run "${STORE_ARGS[@]}" --replica-name "bench-$r" \
+    --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
+    --ingest-auth none --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" \
+    --status-interval 5s --allow-unverified-endpoints --log-format json >"$WORK/hookline-$r.log" 2>&1 &
+  HL=$!; PIDS+=($HL)
+  wait_ready "$METRICS" "$HL" "$WORK/hookline-$r.log"
+  INGESTS+=("http://127.0.0.1:$INGEST"); METRICSES+=("http://127.0.0.1:$METRICS"); HLS+=("$HL")
+done
+# The first replica's, for --scale (which measures one replica).
+INGEST=${INGESTS[0]#http://127.0.0.1:}; METRICS=${METRICSES[0]#http://127.0.0.1:}; HL=${HLS[0]}
+join() { local IFS=,; echo "$*"; }
+# The result line says which store and how many replicas it measured.
+labelled() { sed "s/^{/{\"store\": \"$STORE\", \"replicas\": $REPLICAS, /"; }
 
 subscription() { # namespace name
   printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook"}\n  delivery: {maxConcurrency: 64}\n---\n' "$2" "$1" "$RECEIVER"
@@ -102,7 +134,7 @@ if [ "$MODE" = "--scale" ]; then
     "$SUBS" "$seconds" "$rss" "$((after - before))" "$((hl_after - hl_before))" \
     "$(awk -v d="$((hl_after - hl_before))" -v n="$SUBS" 'BEGIN { print d / n }')" \
     "$phase_s" "$sent" "$(awk -v a="$patch_before" -v b="$patch_after" -v s="$phase_s" 'BEGIN { print (b - a) / s }')" \
-    "$worst_last" "$worst_gauge" "$deferred" "$broken_s"
+    "$worst_last" "$worst_gauge" "$deferred" "$broken_s" | labelled
   exit 0
 fi
 
@@ -116,6 +148,6 @@ kubectl -n bench1 wait --for=condition=Ready whsub --all --timeout=120s >/dev/nu
 kubectl -n bench10 wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
 kill "$RX"; wait "$RX" 2>/dev/null || true
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
-"$BIN/hookline-bench" --ingest "http://127.0.0.1:$INGEST" --metrics "http://127.0.0.1:$METRICS" --pid "$HL" \
+"$BIN/hookline-bench" --ingest "$(join "${INGESTS[@]}")" --metrics "$(join "${METRICSES[@]}")" --pid "$(join "${HLS[@]}")" \
   --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
-  ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_RANDOM_IDS:+--random-ids}
+  ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_RANDOM_IDS:+--random-ids} | labelled

@@ -56,3 +56,4 @@ cargo test --locked --test '*'
 
 step "benchmark smoke run (checks hack/bench.sh still works; no timing is asserted)"
 hack/bench.sh --smoke | tail -n 1
+hack/bench.sh --smoke --store postgres --replicas 2 | tail -n 1

@@ -17,15 +17,16 @@ use serde_json::{Value, json};
 
 #[derive(Parser)]
 struct Args {
-    /// Hookline's ingest base URL.
-    #[arg(long, default_value = "")]
-    ingest: String,
-    /// Hookline's metrics base URL.
-    #[arg(long, default_value = "")]
-    metrics: String,
-    /// Hookline's pid (for RSS and CPU).
-    #[arg(long, default_value_t = 0)]
-    pid: u32,
+    /// Hookline's ingest base URL; several (comma-separated) for replicas, which publishers take
+    /// in turn.
+    #[arg(long, value_delimiter = ',')]
+    ingest: Vec<String>,
+    /// Hookline's metrics base URL (one per replica).
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
+    /// Hookline's pid, for RSS and CPU (one per replica: RSS is the largest, CPU the sum).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
     /// Namespace with one subscription (fan-out 1) pointing at the receiver.
     #[arg(long, default_value = "")]
     ns1: String,
@@ -360,8 +361,24 @@ async fn main() -> anyhow::Result<()> {
         ];
         (url, headers)
     };
-    let status_before = metric(&client, &args.metrics, "hookline_status_writes_total").await;
-    let (_, cpu_before) = proc_stats(args.pid);
+    let status_writes = async || {
+        let mut sum = 0.0;
+        for base in &args.metrics {
+            sum += metric(&client, base, "hookline_status_writes_total").await;
+        }
+        sum
+    };
+    let stats = || {
+        args.pid
+            .iter()
+            .map(|&pid| proc_stats(pid))
+            .fold((0.0_f64, 0.0_f64), |(rss, cpu), (r, c)| (rss.max(r), cpu + c))
+    };
+    let ingest = args.ingest.clone();
+    anyhow::ensure!(!ingest.is_empty(), "--ingest names no Hookline");
+    let base_for = move |n: u64| ingest[n as usize % ingest.len()].clone();
+    let status_before = status_writes().await;
+    let (_, cpu_before) = stats();
     let run_start = Instant::now();
     let mut delivered_total = 0u64;
     let run = |phase| args.phases.contains(&phase);
@@ -376,9 +393,9 @@ async fn main() -> anyhow::Result<()> {
         recv.count.store(0, Ordering::Relaxed);
     }
     let publish = |ns: String| {
-        let (c, b, base) = (client.clone(), body.clone(), args.ingest.clone());
+        let (c, b, base_for) = (client.clone(), body.clone(), base_for.clone());
         move |n: u64| {
-            let (url, headers) = ev(&ns, &base, n);
+            let (url, headers) = ev(&ns, &base_for(n), n);
             let mut req = c.post(url).body(b.clone());
             for (k, v) in headers {
                 req = req.header(k, v);
@@ -391,9 +408,10 @@ async fn main() -> anyhow::Result<()> {
     // 2.-4. Saturation through Hookline: single events (fan-out 1), batches of 100 (fan-out 1) and
     // single events into ten subscriptions; delivered events per second until the last arrived.
     let batch: Publisher = {
-        let (c, base, ns) = (client.clone(), args.ingest.clone(), args.ns1.clone());
+        let (c, base_for, ns) = (client.clone(), base_for.clone(), args.ns1.clone());
         let item = serde_json::from_str::<Value>(&body)?;
         Box::new(move |n| {
+            let base = base_for(n);
             let events: Vec<Value> = (0..100)
                 .map(|i| json!({"specversion": "1.0", "id": format!("b{}-{}", event_id(n * 100 + i, random_ids), now_us()), "source": "/bench", "type": "bench.event", "data": item}))
                 .collect();
@@ -463,9 +481,9 @@ async fn main() -> anyhow::Result<()> {
         result.insert("offered_eps".into(), args.rate.into());
     }
 
-    let (rss_mb, cpu_after) = proc_stats(args.pid);
+    let (rss_mb, cpu_after) = stats();
     let minutes = run_start.elapsed().as_secs_f64() / 60.0;
-    let status_writes = metric(&client, &args.metrics, "hookline_status_writes_total").await - status_before;
+    let status_writes = status_writes().await - status_before;
     let cpu_per_1000 = (cpu_after - cpu_before) / delivered_total.max(1) as f64 * 1000.0;
     result.insert("rss_mb".into(), ((rss_mb * 10.0).round() / 10.0).into());
     result.insert("cpu_s_per_1000".into(), ((cpu_per_1000 * 1000.0).round() / 1000.0).into());
