@@ -50,10 +50,12 @@ if [ "$STORE" = postgres ]; then
   eval "$(hack/postgres.sh up | tail -n 1)"
   STORE_ARGS=(--store postgres --database-url "$HOOKLINE_DATABASE_URL")
 fi
+replica() { [ "$STORE" = sqlite ] || echo "--replica-name=bench-$1"; }
 RECEIVER=$(free_port); INGESTS=(); METRICSES=(); HLS=()
 for r in $(seq 1 "$REPLICAS"); do
   INGEST=$(free_port); METRICS=$(free_port)
-  "$BIN/hookline" run "${STORE_ARGS[@]}" --replica-name "bench-$r" \
+  # shellcheck disable=SC2046
+  "$BIN/hookline" run "${STORE_ARGS[@]}" $(replica "$r") \
     --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
     --ingest-auth none --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" \
     --status-interval 5s --allow-unverified-endpoints --log-format json >"$WORK/hookline-$r.log" 2>&1 &

@@ -51,6 +51,14 @@ fn free_slots(sub: &ActiveSubscription, in_flight: usize) -> usize {
     (sub.spec.delivery.max_concurrency as usize).saturating_sub(in_flight)
 }
 
+/// Most attempts of one subscription whose outcome is not recorded yet (their requests are done,
+/// their records wait for the store's next group commit). Each holds its event: without a bound,
+/// a store that records more slowly than the endpoint answers (PostgreSQL under a backlog) would
+/// gather them without limit. Enough for the store's groups to stay large.
+fn unrecorded_limit(sub: &ActiveSubscription) -> usize {
+    8 * sub.spec.delivery.max_concurrency as usize + 256
+}
+
 /// A job to start now, with its event or why its stored event could not be read.
 #[derive(Debug)]
 pub(super) enum Start {
@@ -128,7 +136,7 @@ impl Queue {
         self.cache.account.set_active(!self.jobs.is_empty() || self.in_flight > 0);
         let mut plan = Plan::default();
         let mut head_unread = false;
-        while open && free_slots(sub, self.in_flight) > 0 {
+        while open && free_slots(sub, self.in_flight) > 0 && self.outstanding < unrecorded_limit(sub) {
             let Some(&head) = self.jobs.first() else { break };
             if head.due_at > now {
                 plan.wake = Some(Duration::from_millis((head.due_at - now) as u64));
