@@ -13,7 +13,7 @@ use rstest::rstest;
 use serde_json::{Value, json};
 use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
-use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
+use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, publish_batch, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PATCHES: &str = r#"hookline_api_requests_total{method="PATCH"}"#;
@@ -121,20 +121,10 @@ async fn publish_until(
             break;
         }
         let ids: Vec<String> = (0..100).map(|i| format!("{prefix}-{n}-{i}")).collect();
-        let batch: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"specversion": "1.0", "id": id, "source": "/crash", "type": "t"}))
-            .collect();
+        let events: Vec<(String, &str)> = ids.iter().map(|id| (id.clone(), "t")).collect();
         sent.extend(ids.iter().cloned());
-        let resp = client
-            .post(format!("{ingest}/v1/namespaces/{ns}/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(batch).to_string())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().as_u16() == 202 => {
+        match publish_batch(&client, &ingest, &ns, "/crash", &events).await {
+            202 => {
                 accepted.extend(ids);
                 accepted_count.fetch_add(100, Ordering::SeqCst);
             }

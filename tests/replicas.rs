@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use hookline::api::{FailedEvent, WebhookSubscription};
 use kube::api::ListParams;
-use serde_json::{Value, json};
 use support::builder::TestSubscription;
 use support::receiver::{Receiver, Reply};
 use support::{
-    Hookline, LOCAL, POSTGRES, PrivatePostgres, StoreAt, TestEnv, fresh_database_on, http_get, wait_until,
+    Hookline, LOCAL, POSTGRES, PrivatePostgres, StoreAt, TestEnv, fresh_database_on, http_get, publish_batch,
+    wait_until,
 };
 
 const REPLICAS: usize = 3;
@@ -95,19 +95,8 @@ async fn publish(ns: String, roster: Arc<Mutex<Roster>>, stop: Arc<AtomicBool>) 
         let bad = n % 4 == 0;
         let events: Vec<(String, &str)> =
             (0..5).map(|k| (format!("e{n}-{k}"), if bad && k == 0 { "t.bad" } else { "t.good" })).collect();
-        let batch: Vec<Value> = events
-            .iter()
-            .map(|(id, type_)| json!({"specversion": "1.0", "id": id, "source": "/replicas", "type": type_}))
-            .collect();
-        let resp = client
-            .post(format!("{ingest}/v1/namespaces/{ns}/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(batch).to_string())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().as_u16() == 202 => {
+        match publish_batch(&client, &ingest, &ns, "/replicas", &events).await {
+            202 => {
                 for (id, type_) in events {
                     if type_ == "t.bad" { out.bad.push(id) } else { out.good.push(id) }
                 }
@@ -257,18 +246,8 @@ async fn publish_through(ingest: String, ns: String, stop: Arc<AtomicBool>, answ
             return;
         }
         let ids: Vec<String> = (0..10).map(|k| format!("o{n}-{k}")).collect();
-        let batch: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"specversion": "1.0", "id": id, "source": "/outage", "type": "t"}))
-            .collect();
-        let status = client
-            .post(format!("{ingest}/v1/namespaces/{ns}/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(batch).to_string())
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await
-            .map_or(0, |r| r.status().as_u16());
+        let events: Vec<(String, &str)> = ids.iter().map(|id| (id.clone(), "t")).collect();
+        let status = publish_batch(&client, &ingest, &ns, "/outage", &events).await;
         let mut answers = answers.lock().expect("answers");
         if status == 202 { answers.accepted.extend(ids) } else { answers.refused.push(status) }
     }

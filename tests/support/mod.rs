@@ -461,6 +461,29 @@ impl Drop for TestEnv {
     }
 }
 
+/// Publish `(id, type)` events from `source` as one batch to the Hookline whose ingest is at
+/// `ingest`; the answer's status, or 0 when none came (refused, killed mid-request, timed out).
+pub async fn publish_batch(
+    client: &reqwest::Client,
+    ingest: &str,
+    namespace: &str,
+    source: &str,
+    events: &[(String, &str)],
+) -> u16 {
+    let batch: Vec<serde_json::Value> = events
+        .iter()
+        .map(|(id, type_)| serde_json::json!({"specversion": "1.0", "id": id, "source": source, "type": type_}))
+        .collect();
+    client
+        .post(format!("{ingest}/v1/namespaces/{namespace}/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(serde_json::Value::Array(batch).to_string())
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
 /// A running `hookline run` child process; killed when dropped.
 pub struct Hookline {
     pub child: tokio::process::Child,
