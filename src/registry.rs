@@ -100,6 +100,16 @@ impl Registry {
         self.entries.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 
+    /// The subscription at `key`, if it is still the one with UID `uid` (neither deleted nor
+    /// re-created under the same name since).
+    pub fn get_uid(
+        &self,
+        key: &ObjectRef<WebhookSubscription>,
+        uid: &str,
+    ) -> Option<Arc<ActiveSubscription>> {
+        self.get(key).filter(|s| s.uid == uid)
+    }
+
     /// The subscriptions of one namespace, held or open.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<ActiveSubscription>> {
         self.entries
@@ -230,6 +240,16 @@ mod tests {
         registry.remove(&ObjectRef::new("one").within("a"));
         assert_eq!(*rx.borrow(), 3);
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_recreated_under_its_name_is_not_the_one_with_the_old_uid() {
+        let registry = Registry::default();
+        registry.upsert(ActiveSubscription::test("a", "one", Gate::Open));
+        let key = ObjectRef::new("one").within("a");
+        assert!(registry.get_uid(&key, "uid-one").is_some());
+        assert!(registry.get_uid(&key, "uid-of-the-deleted-one").is_none());
+        assert!(registry.get_uid(&ObjectRef::new("two").within("a"), "uid-one").is_none());
     }
 
     #[test]

@@ -110,7 +110,7 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
     }
     let owner_uid =
         fev.owner_references().iter().find(|o| o.kind == "WebhookSubscription").map(|o| o.uid.clone());
-    let sub = ctx.registry.get(&subscription_ref(fev)).filter(|s| Some(&s.uid) == owner_uid.as_ref());
+    let sub = owner_uid.and_then(|uid| ctx.registry.get_uid(&subscription_ref(fev), &uid));
     let (outcome, message) = match &sub {
         None => (
             ReplayOutcome::SubscriptionGone,

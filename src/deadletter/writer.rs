@@ -169,8 +169,7 @@ impl Writer {
             .map_err(Error::kube("reading the subscription"))?
             .filter(|s| s.uid().as_deref() == Some(letter.sub_uid.as_str()))
         else {
-            let key = ObjectRef::new(name).within(ns);
-            if self.registry.get(&key).is_some_and(|s| s.uid == letter.sub_uid) {
+            if self.registry.get_uid(&ObjectRef::new(name).within(ns), &letter.sub_uid).is_some() {
                 return Err(Error::NotServed(format!("{ns}/{name}")));
             }
             // The subscription is gone: its FailedEvents would be garbage-collected anyway.

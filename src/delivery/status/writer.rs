@@ -107,8 +107,7 @@ async fn write(
     let Some(tracker) = board.trackers.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned() else {
         return;
     };
-    let key = ObjectRef::new(&tracker.name).within(&tracker.namespace);
-    if registry.get(&key).is_none_or(|sub| sub.uid != uid) {
+    if registry.get_uid(&ObjectRef::new(&tracker.name).within(&tracker.namespace), uid).is_none() {
         board.remove(uid);
         return;
     }
