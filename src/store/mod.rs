@@ -4,6 +4,7 @@
 
 mod maintenance;
 mod postgres;
+mod records;
 mod sqlite;
 
 #[cfg(test)]
@@ -26,6 +27,11 @@ pub type Millis = i64;
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> Millis {
     jiff::Timestamp::now().as_millisecond()
+}
+
+/// A stored time as the delivery log shows it (RFC 3339).
+fn rfc3339(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
 }
 
 /// Errors of the store.

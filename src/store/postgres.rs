@@ -9,7 +9,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts, Transaction};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
@@ -19,21 +19,16 @@ mod writes;
 
 pub use members::{Claim, Listener, Member, Notice};
 
+use super::records::{self, RecordReply, Records, next_group};
+use super::rfc3339;
 use super::{
     Accepted, Attempt, DeadLetter, Fence, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
     ReplayResult, Store, StoreError, Verification,
 };
 use migrations::{MIGRATION_LOCK, MIGRATIONS};
 
-/// Attempt records are gathered for up to this long, or until [`MAX_RECORDS`] wait, and written
-/// in one transaction (see the SQLite store's `RECORD_DELAY`).
-const RECORD_DELAY: Duration = Duration::from_millis(5);
-/// Most attempt records written in one transaction.
-const MAX_RECORDS: usize = 512;
 /// How long a request waits for a connection, and a new connection for the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 /// PostgreSQL-backed [`Store`], which several replicas can share.
 #[derive(Clone)]
@@ -41,7 +36,7 @@ pub struct PostgresStore {
     pool: Pool,
     /// How to connect, for connections outside the pool (the listener).
     config: tokio_postgres::Config,
-    records: mpsc::UnboundedSender<(Attempt, Reply)>,
+    records: Records,
 }
 
 /// Where a connection goes, for messages: host, port, database and user, never the password.
@@ -162,19 +157,11 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), tokio_pos
     tx.commit().await
 }
 
-/// Write attempt records in groups: whatever arrives within [`RECORD_DELAY`] of the first, up to
-/// [`MAX_RECORDS`], in one transaction. Ends when every store handle is gone.
-async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Attempt, Reply)>) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        let due = tokio::time::Instant::now() + RECORD_DELAY;
-        while group.len() < MAX_RECORDS {
-            match tokio::time::timeout_at(due, rx.recv()).await {
-                Ok(Some(record)) => group.push(record),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let (attempts, replies): (Vec<Attempt>, Vec<Reply>) = group.into_iter().unzip();
+/// Write attempt records in groups (see `store::records`), each in one transaction. Ends when
+/// every store handle is gone.
+async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Attempt, RecordReply)>) {
+    while let Some(group) = next_group(&mut rx).await {
+        let (attempts, replies): (Vec<Attempt>, Vec<RecordReply>) = group.into_iter().unzip();
         match record(&pool, &attempts).await {
             Ok(recorded) => {
                 for (reply, recorded) in replies.into_iter().zip(recorded) {
@@ -236,10 +223,6 @@ fn job_ref(r: &Row) -> JobRef {
     JobRef { due_at: r.get(0), job_id: r.get(1), accepted_at: r.get(2) }
 }
 
-fn rfc3339(ms: Millis) -> String {
-    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
-}
-
 impl Store for PostgresStore {
     fn accept(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, StoreError>> {
         async move {
@@ -297,12 +280,7 @@ impl Store for PostgresStore {
     }
 
     fn record(&self, attempt: Attempt) -> BoxFuture<'_, Result<(), StoreError>> {
-        async move {
-            let (reply, rx) = oneshot::channel();
-            self.records.send((attempt, reply)).map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        }
-        .boxed()
+        records::record(&self.records, attempt).boxed()
     }
 
     fn drop_subscription(&self, sub_uid: &str) -> BoxFuture<'_, Result<u64, StoreError>> {

@@ -18,11 +18,13 @@ mod group;
 mod migrations;
 mod writes;
 
+use super::records::{self, Records};
+use super::rfc3339;
 use super::{
     Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
     ReplayResult, Store, StoreError, Verification,
 };
-use group::{Reply, Request, Writes, gather_records, write_loop};
+use group::{Request, Writes, gather_records, write_loop};
 use migrations::MIGRATIONS;
 use writes::{FORGET_BODY, accept, prune, replay};
 
@@ -31,7 +33,7 @@ use writes::{FORGET_BODY, accept, prune, replay};
 pub struct SqliteStore {
     dir: Arc<Path>,
     writer: mpsc::Sender<Writes>,
-    records: mpsc::UnboundedSender<(Attempt, Reply<()>)>,
+    records: Records,
     reader: Arc<Mutex<Connection>>,
 }
 
@@ -100,10 +102,6 @@ impl SqliteStore {
     }
 }
 
-fn rfc3339(ms: Millis) -> String {
-    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
-}
-
 impl Store for SqliteStore {
     fn accept(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, StoreError>> {
         self.write(move |t| accept(t, &events)).boxed()
@@ -153,12 +151,7 @@ impl Store for SqliteStore {
     }
 
     fn record(&self, attempt: Attempt) -> BoxFuture<'_, Result<(), StoreError>> {
-        async move {
-            let (reply, rx) = oneshot::channel();
-            self.records.send((attempt, reply)).map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        }
-        .boxed()
+        records::record(&self.records, attempt).boxed()
     }
 
     fn drop_subscription(&self, sub_uid: &str) -> BoxFuture<'_, Result<u64, StoreError>> {

@@ -8,18 +8,11 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::writes::record;
+use crate::store::records::{RecordReply, next_group};
 use crate::store::{Attempt, StoreError};
 
 /// Most write requests folded into one transaction.
 const MAX_GROUP: usize = 512;
-
-/// Attempt records are not urgent (the HTTP answer is in; only the bookkeeping waits), so they are
-/// gathered for up to this long, or until [`MAX_RECORDS`] are waiting, and written in one request:
-/// one commit for hundreds of attempts instead of one each, which the commit cost (every dirty page
-/// written to the WAL, then an fsync) made the largest item in the delivery profile.
-const RECORD_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
-/// Most attempt records gathered into one write request.
-const MAX_RECORDS: usize = 512;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -82,25 +75,17 @@ where
 /// What the writer thread receives: one request, or a gathered group of attempt records.
 pub(super) type Writes = Vec<Box<dyn Write>>;
 
-/// Hand attempt records to the writer in groups: whatever arrives within [`RECORD_DELAY`] of the
-/// first one, up to [`MAX_RECORDS`]. Ends when every store handle is gone.
+/// Hand attempt records to the writer in groups (see `store::records`), each group one write
+/// request. Ends when every store handle is gone.
 pub(super) async fn gather_records(
-    mut rx: mpsc::UnboundedReceiver<(Attempt, Reply<()>)>,
+    mut rx: mpsc::UnboundedReceiver<(Attempt, RecordReply)>,
     writer: mpsc::Sender<Writes>,
 ) {
     let request =
-        |(attempt, reply): (Attempt, Reply<()>)| Request::boxed(move |t| record(t, &attempt), reply);
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![request(first)];
-        let due = tokio::time::Instant::now() + RECORD_DELAY;
-        while group.len() < MAX_RECORDS {
-            match tokio::time::timeout_at(due, rx.recv()).await {
-                Ok(Some(record)) => group.push(request(record)),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        |(attempt, reply): (Attempt, RecordReply)| Request::boxed(move |t| record(t, &attempt), reply);
+    while let Some(group) = next_group(&mut rx).await {
         // If the writer is gone, the replies are dropped and each caller sees `Closed`.
-        if writer.send(group).await.is_err() {
+        if writer.send(group.into_iter().map(request).collect()).await.is_err() {
             break;
         }
     }
