@@ -222,7 +222,7 @@ impl Membership {
     /// The lease could not be renewed: once it may have run out, this replica owns nothing
     /// (its dispatchers stop; no attempt outlives the lease anyway). Try again soon.
     fn renewal_failed(&self, e: &StoreError, renew: Duration) -> Duration {
-        let owned_some = !self.ownership.subscribe().borrow().is_empty();
+        let owned_some = !self.ownership.owned().is_empty();
         if self.ownership.lease_left().is_none() {
             if owned_some {
                 warn!(error = %Chain(e), "the lease ran out without renewal: this replica owns nothing until it renews");
@@ -274,7 +274,7 @@ impl Membership {
 
     /// Stop owning anything, wait until no work runs here, release every claim and end the lease.
     async fn leave(&self, me: &str) {
-        let owned: Vec<String> = self.ownership.subscribe().borrow().keys().cloned().collect();
+        let owned: Vec<String> = self.ownership.owned().keys().cloned().collect();
         self.ownership.set_owned(HashMap::new());
         for key in &owned {
             self.ownership.stopped(key).await;

@@ -206,8 +206,11 @@ fn replica_name(args: &RunArgs) -> String {
     })
 }
 
-/// The store, and the PostgreSQL store again when replicas share it.
-async fn open_store(args: &RunArgs) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<PostgresStore>>)> {
+/// The store, and the PostgreSQL store again when replicas share it; `name` is this replica's.
+async fn open_store(
+    args: &RunArgs,
+    name: &str,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<PostgresStore>>)> {
     match (args.store, &args.database_url) {
         (StoreKind::Sqlite, _) => {
             let store = SqliteStore::open(&args.data_dir)
@@ -216,8 +219,8 @@ async fn open_store(args: &RunArgs) -> anyhow::Result<(Arc<dyn Store>, Option<Ar
             Ok((Arc::new(store), None))
         }
         (StoreKind::Postgres, Some(url)) => {
-            let name = format!("hookline/{}", replica_name(args));
-            let store = Arc::new(PostgresStore::connect(url, args.database_pool_size, &name).await?);
+            let application = format!("hookline/{name}");
+            let store = Arc::new(PostgresStore::connect(url, args.database_pool_size, &application).await?);
             info!(pool_size = args.database_pool_size, "PostgreSQL store open");
             Ok((store.clone(), Some(store)))
         }
@@ -253,18 +256,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %ops_addr, "operations server listening");
     let ops = tokio::spawn(ops_server);
 
-    let (store, shared_store) = open_store(&args).await?;
+    let name = replica_name(&args);
+    let (store, shared_store) = open_store(&args, &name).await?;
     // With SQLite this replica is the only one and owns everything; with PostgreSQL it owns the
-    // share of the work its membership claims.
-    let ownership = match &shared_store {
-        None => Ownership::solo(),
-        Some(_) => Ownership::shared(format!("{}/{:016x}", replica_name(&args), rand::random::<u64>())),
-    };
-    let (forward, forwarded) = match &shared_store {
-        None => (None, None),
-        Some(_) => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
+    // share of the work its membership claims, and hands new jobs of the rest to their owners.
+    let (ownership, forward, shared) = match shared_store {
+        None => (Ownership::solo(), None, None),
+        Some(store) => {
+            let (forward, forwarded) = tokio::sync::mpsc::unbounded_channel();
+            let member = format!("{name}/{:016x}", rand::random::<u64>());
+            (Ownership::shared(member), Some(forward), Some((store, forwarded)))
         }
     };
     let guard = Arc::new(Guard::new(args.allow_cidr.clone()));
@@ -362,22 +363,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (acquired_tx, mut acquired_rx) = tokio::sync::mpsc::unbounded_channel();
     let leave = CancellationToken::new();
-    let membership = match (shared_store, forwarded) {
-        (Some(store), Some(forwarded)) => {
-            let membership = Membership {
-                store,
-                ownership: ownership.clone(),
-                registry: registry.clone(),
-                readiness: readiness.clone(),
-                dispatchers: dispatchers.clone(),
-                name: replica_name(&args),
-                lease: args.lease_duration,
-                acquired: acquired_tx,
-            };
-            Some(tokio::spawn(membership.run(forwarded, leave.clone())))
-        }
-        _ => None,
-    };
+    let membership = shared.map(|(store, forwarded)| {
+        let membership = Membership {
+            store,
+            ownership: ownership.clone(),
+            registry: registry.clone(),
+            readiness: readiness.clone(),
+            dispatchers: dispatchers.clone(),
+            name,
+            lease: args.lease_duration,
+            acquired: acquired_tx,
+        };
+        tokio::spawn(membership.run(forwarded, leave.clone()))
+    });
 
     let verifier = Verifier {
         store: store.clone(),

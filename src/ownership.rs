@@ -91,6 +91,11 @@ impl Ownership {
         self.epoch(key).is_some()
     }
 
+    /// What this replica owns now (with one replica: nothing is listed, everything is owned).
+    pub fn owned(&self) -> Owned {
+        self.inner.owned.borrow().clone()
+    }
+
     /// A receiver that changes whenever what this replica owns does.
     pub fn subscribe(&self) -> watch::Receiver<Owned> {
         self.inner.owned.subscribe()
