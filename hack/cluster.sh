@@ -32,11 +32,8 @@ STATE_DIR=${HOOKLINE_CLUSTER_DIR:-$ROOT/.cluster}
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-    die "need root (or sudo) to run: $*"; fi
-}
+# shellcheck source=hack/lib.sh
+. "$ROOT/hack/lib.sh"
 
 # --- dependencies -------------------------------------------------------------------------
 
@@ -52,9 +49,7 @@ install_packages() {
   fi
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing apt packages: ${missing[*]}"
-  as_root apt-get update -qq >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
+  apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed"
 }
 
 enable_deb_src() {
@@ -102,10 +97,6 @@ build_crd_server() {
 }
 
 # --- processes ------------------------------------------------------------------------------
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

