@@ -99,11 +99,17 @@ impl PrivateControlPlane {
 
 impl Drop for PrivateControlPlane {
     fn drop(&mut self) {
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster.sh"))
-            .arg("down")
-            .env("HOOKLINE_CLUSTER_DIR", &self.dir)
-            .output();
+        tear_down("cluster.sh", "HOOKLINE_CLUSTER_DIR", &self.dir);
     }
+}
+
+/// `hack/<script> down` for a private instance whose state is in `dir` (named by `dir_var`).
+/// From `Drop`, so a failure is ignored rather than a panic.
+fn tear_down(script: &str, dir_var: &str, dir: &Path) {
+    let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script))
+        .arg("down")
+        .env(dir_var, dir)
+        .output();
 }
 
 /// A PostgreSQL server of one test's own (`hack/postgres.sh` with its own state directory), for
@@ -117,33 +123,35 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     pub fn start(name: &str) -> PrivatePostgres {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp").join(format!("{name}-postgres"));
-        let out = hack("postgres.sh", &["up"], &[("HOOKLINE_POSTGRES_DIR", dir.as_os_str())]);
-        let url = out
+        let mut pg = PrivatePostgres { dir, url: String::new() };
+        pg.url = pg
+            .postgres(&["up"])
             .lines()
             .last()
             .and_then(|l| l.strip_prefix("export HOOKLINE_DATABASE_URL="))
             .expect("hack/postgres.sh up prints the URL last")
             .to_string();
-        PrivatePostgres { dir, url }
+        pg
     }
 
     /// Stop the server as a crash would (`pg_ctl stop -m immediate`); its data stays.
     pub fn crash(&self) {
-        hack("postgres.sh", &["stop"], &[("HOOKLINE_POSTGRES_DIR", self.dir.as_os_str())]);
+        self.postgres(&["stop"]);
     }
 
     /// Start it again on the same port; returns once it takes connections.
     pub fn restart(&self) {
-        hack("postgres.sh", &["start"], &[("HOOKLINE_POSTGRES_DIR", self.dir.as_os_str())]);
+        self.postgres(&["start"]);
+    }
+
+    fn postgres(&self, args: &[&str]) -> String {
+        hack("postgres.sh", args, &[("HOOKLINE_POSTGRES_DIR", self.dir.as_os_str())])
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/postgres.sh"))
-            .arg("down")
-            .env("HOOKLINE_POSTGRES_DIR", &self.dir)
-            .output();
+        tear_down("postgres.sh", "HOOKLINE_POSTGRES_DIR", &self.dir);
     }
 }
 
