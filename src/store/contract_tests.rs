@@ -78,18 +78,18 @@ impl TestStore {
 
     /// The stored payload of an event, by id.
     async fn body_of(&self, id: &str) -> Vec<u8> {
-        let sql = "SELECT body FROM events WHERE event_id = ";
         match &self.place {
             Place::Sqlite(dir) => {
                 let conn = rusqlite::Connection::open(dir.path().join("hookline.db")).expect("open");
-                conn.query_row(&format!("{sql}?1"), [id], |r| r.get(0)).expect("event row")
+                conn.query_row("SELECT body FROM events WHERE event_id = ?1", [id], |r| r.get(0))
+                    .expect("event row")
             }
             Place::Postgres(url) => {
                 let (client, connection) =
                     tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
                 tokio::spawn(connection);
-                let sql = format!("{sql}$1").replace("events", "hookline.events");
-                client.query_one(&sql, &[&id]).await.expect("event row").get(0)
+                let sql = "SELECT body FROM hookline.events WHERE event_id = $1";
+                client.query_one(sql, &[&id]).await.expect("event row").get(0)
             }
         }
     }
