@@ -31,6 +31,9 @@ use crate::store::{Claim, JobRef, Listener, Member, Notice, PostgresStore, Store
 const JOBS_PER_NOTICE: usize = 90;
 /// How soon after another member's lease runs out its work is claimed.
 const TAKEOVER_DELAY: Duration = Duration::from_millis(50);
+/// How long a round waits after a registry change for more: at start every subscription is one
+/// change, and a round per change would renew the lease and read every claim a thousand times.
+const REGISTRY_SETTLE: Duration = Duration::from_millis(100);
 
 /// How often a member renews its lease: often enough that several renewals may fail in a row
 /// before the lease runs short.
@@ -120,7 +123,7 @@ impl Membership {
                 }
                 changed = registry.changed() => {
                     if changed.is_ok() {
-                        due = Instant::now();
+                        due = due.min(Instant::now() + REGISTRY_SETTLE);
                     }
                 }
                 _ = tokio::time::sleep(next) => {}
