@@ -243,6 +243,31 @@ async fn concurrent_accepts_all_commit(#[values(SQLITE, POSTGRES)] kind: Kind) {
     assert_eq!(store.pending("a").await.expect("pending").len(), 200);
 }
 
+/// Publishes that share a transaction still answer each request for its own events, and an event
+/// sent in several of them is stored once.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_of_one_event_store_it_once(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let store = store.store.clone();
+        let events = vec![event(&format!("own{i}"), &["a", "b"]), event("shared", &["a"])];
+        tasks.push(tokio::spawn(async move { store.accept(events).await }));
+    }
+    let mut stored_shared = 0;
+    for t in tasks {
+        let out = t.await.expect("join").expect("accept");
+        assert!(!out[0].duplicate);
+        assert_eq!(out[0].jobs.iter().map(|(uid, _)| uid.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        stored_shared += usize::from(!out[1].duplicate);
+        assert_eq!(out[1].jobs.len(), usize::from(!out[1].duplicate));
+    }
+    assert_eq!(stored_shared, 1);
+    assert_eq!(store.pending("a").await.expect("pending").len(), 101);
+    assert_eq!(store.pending("b").await.expect("pending").len(), 100);
+}
+
 #[rstest]
 #[tokio::test]
 async fn a_replay_is_queued_once_and_its_outcome_waits_in_the_outbox(#[values(SQLITE, POSTGRES)] kind: Kind) {

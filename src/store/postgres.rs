@@ -1,7 +1,6 @@
 //! The PostgreSQL store: a pool of connections; each write is one transaction that returns once
-//! its `COMMIT` is durable (`synchronous_commit = on`). The server's own group commit lets
-//! concurrent publishes share a flush; attempt records are gathered into one transaction, as the
-//! SQLite store does. The tables live in the schema `hookline` of the database the URL names.
+//! its `COMMIT` is durable (`synchronous_commit = on`). Concurrent publishes share a transaction,
+//! and so do attempt records (`groups`), as in the SQLite store. The tables live in the schema `hookline` of the database the URL names.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,16 +12,17 @@ use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
+mod groups;
 mod members;
 mod migrations;
 mod writes;
 
 pub use members::{Claim, Listener, Member, Notice};
 
-use super::records::{self, RecordReply, Records, next_group};
+use super::records::{self, Records};
 use super::rfc3339;
 use super::{
-    Accepted, Attempt, DeadLetter, Fence, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
+    Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
     ReplayResult, Store, StoreError, Verification,
 };
 use migrations::{MIGRATION_LOCK, MIGRATIONS};
@@ -37,6 +37,8 @@ pub struct PostgresStore {
     /// How to connect, for connections outside the pool (the listener).
     config: tokio_postgres::Config,
     records: Records,
+    /// Publishes on their way to a publish writer (see `groups`).
+    publishes: mpsc::UnboundedSender<groups::Publish>,
 }
 
 /// Where a connection goes, for messages: host, port, database and user, never the password.
@@ -108,8 +110,9 @@ impl PostgresStore {
         migrate(&mut client).await.map_err(|e| connect_error(e.into()))?;
         drop(client);
         let (records, records_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_records(pool.clone(), records_rx));
-        Ok(PostgresStore { pool, config, records })
+        tokio::spawn(groups::write_records(pool.clone(), records_rx));
+        let publishes = groups::start_publish_writers(&pool);
+        Ok(PostgresStore { pool, config, records, publishes })
     }
 
     /// Run `work` on `data` in a transaction and commit it.
@@ -157,68 +160,6 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), tokio_pos
     tx.commit().await
 }
 
-/// Write attempt records in groups (see `store::records`), each in one transaction. Ends when
-/// every store handle is gone.
-async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Attempt, RecordReply)>) {
-    while let Some(group) = next_group(&mut rx).await {
-        let (attempts, replies): (Vec<Attempt>, Vec<RecordReply>) = group.into_iter().unzip();
-        match record(&pool, &attempts).await {
-            Ok(recorded) => {
-                for (reply, recorded) in replies.into_iter().zip(recorded) {
-                    let _ = reply.send(if recorded { Ok(()) } else { Err(StoreError::Fenced) });
-                }
-            }
-            // The server is gone: every record of the group fails alike.
-            Err(e) if !retry_alone(&e) => {
-                let e = std::sync::Arc::new(e);
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Shared(e.clone())));
-                }
-            }
-            // One record failed the group: each again on its own, so that it fails alone.
-            Err(_) => {
-                for (attempt, reply) in attempts.into_iter().zip(replies) {
-                    let _ = reply.send(match record(&pool, std::slice::from_ref(&attempt)).await {
-                        Ok(recorded) if recorded == [true] => Ok(()),
-                        Ok(_) => Err(StoreError::Fenced),
-                        Err(e) => Err(e),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Whether a failed group is worth retrying record by record (a statement failed), rather than
-/// failing as a whole (no connection).
-fn retry_alone(e: &StoreError) -> bool {
-    matches!(e, StoreError::Postgres(e) if e.code().is_some())
-}
-
-/// Record the attempts whose claim is current (all those made without one) in one transaction;
-/// returns, by position, which were recorded.
-async fn record(pool: &Pool, attempts: &[Attempt]) -> Result<Vec<bool>, StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let fences: Vec<(&str, &Fence)> =
-        attempts.iter().filter_map(|a| Some((a.sub_uid.as_str(), a.fence.as_ref()?))).collect();
-    let current = members::current(&tx, &fences).await?;
-    let recorded: Vec<bool> = attempts
-        .iter()
-        .map(|a| match &a.fence {
-            None => true,
-            Some(f) => current.contains(&(a.sub_uid.clone(), f.owner.clone(), f.epoch)),
-        })
-        .collect();
-    let valid: Vec<Attempt> =
-        attempts.iter().zip(&recorded).filter(|(_, ok)| **ok).map(|(a, _)| a.clone()).collect();
-    if !valid.is_empty() {
-        writes::record(&tx, &valid).await?;
-    }
-    tx.commit().await?;
-    Ok(recorded)
-}
-
 fn job_ref(r: &Row) -> JobRef {
     JobRef { due_at: r.get(0), job_id: r.get(1), accepted_at: r.get(2) }
 }
@@ -226,14 +167,9 @@ fn job_ref(r: &Row) -> JobRef {
 impl Store for PostgresStore {
     fn accept(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, StoreError>> {
         async move {
-            // Two batches sharing keys in a different order can still deadlock on the unique
-            // index; the server then fails one, which is safe to run again.
-            match self.write(&events[..], |tx, events| writes::accept(tx, events).boxed()).await {
-                Err(StoreError::Postgres(e)) if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
-                    self.write(&events[..], |tx, events| writes::accept(tx, events).boxed()).await
-                }
-                result => result,
-            }
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.publishes.send((events, reply)).map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
         }
         .boxed()
     }
@@ -531,6 +467,7 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Fence;
 
     #[test]
     fn a_target_names_the_server_but_never_the_password() {

@@ -1,77 +1,131 @@
 //! The statements of each write, inside one transaction. A batch is one statement over arrays
 //! (`unnest`), not a statement per row: on a server a round trip costs more than the row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{Client, Transaction};
 use tokio_postgres::Error;
+use tokio_postgres::types::ToSql;
 
 use crate::store::{
     Accepted, Attempt, DeadLetter, JobRef, JobUpdate, KEEP_PAYLOAD_UP_TO, Millis, NewEvent, Replay,
 };
 
-pub(super) async fn accept(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Accepted>, Error> {
-    // Rows go in key order, so that two batches sharing keys lock them in the same order (one
-    // waits for the other instead of both deadlocking). A stable sort keeps the first of two
-    // equal keys first: it is the one stored, later ones are its duplicates, as with SQLite.
-    let mut order: Vec<&NewEvent> = events.iter().collect();
-    order.sort_by(|a, b| key(a).cmp(&key(b)));
-    let column = |f: fn(&NewEvent) -> &str| order.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let (namespaces, sources, ids, types) =
-        (column(|e| &e.namespace), column(|e| &e.source), column(|e| &e.event_id), column(|e| &e.event_type));
-    let times: Vec<i64> = order.iter().map(|e| e.accepted_at).collect();
-    let bodies: Vec<&[u8]> = order.iter().map(|e| e.body.as_slice()).collect();
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
-             ON CONFLICT DO NOTHING RETURNING seq, namespace, source, event_id",
-        )
-        .await?;
-    let rows = tx.query(&insert, &[&namespaces, &sources, &ids, &types, &times, &bodies]).await?;
-    let mut stored: HashMap<(String, String, String), i64> =
-        rows.iter().map(|r| ((r.get(1), r.get(2), r.get(3)), r.get(0))).collect();
+/// Store `events` and a job per target of each, in one statement: the events' insert feeds the
+/// jobs' insert, so a publish is one round trip (see `groups::accept_once` for its transaction).
+const ACCEPT: &str = "
+    WITH e AS (
+        INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
+        ON CONFLICT DO NOTHING RETURNING seq, namespace, source, event_id),
+    j AS (
+        INSERT INTO jobs (event_seq, sub_uid, due_at_ms)
+        SELECT e.seq, t.sub_uid, t.due_at_ms FROM e JOIN
+            unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[])
+            AS t (namespace, source, event_id, sub_uid, due_at_ms) USING (namespace, source, event_id)
+        RETURNING id, event_seq, sub_uid)
+    SELECT e.seq, e.namespace, e.source, e.event_id, j.id, j.sub_uid FROM e LEFT JOIN j ON j.event_seq = e.seq";
 
-    // Each event's seq in request order; `None` for a duplicate (of a stored event or of an
-    // earlier event of this request).
-    let seqs: Vec<Option<i64>> = events
-        .iter()
-        .map(|e| stored.remove(&(e.namespace.clone(), e.source.clone(), e.event_id.clone())))
-        .collect();
-    let (mut job_events, mut job_subs, mut job_due) = (Vec::new(), Vec::new(), Vec::new());
-    for (e, seq) in events.iter().zip(&seqs) {
-        for uid in seq.iter().flat_map(|_| &e.targets) {
-            job_events.push(seq.unwrap_or_default());
-            job_subs.push(uid.as_str());
-            job_due.push(e.accepted_at);
+/// The parameters of [`ACCEPT`] for `events`, which are distinct and in key order.
+struct AcceptColumns<'a> {
+    namespaces: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    times: Vec<i64>,
+    bodies: Vec<&'a [u8]>,
+    /// One row per target of each event: its key, the subscription and the job's due time.
+    target_keys: [Vec<&'a str>; 3],
+    target_subs: Vec<&'a str>,
+    target_due: Vec<i64>,
+}
+
+impl<'a> AcceptColumns<'a> {
+    fn new(events: &[&'a NewEvent]) -> Self {
+        let column = |f: fn(&'a NewEvent) -> &'a str| events.iter().map(|e| f(e)).collect::<Vec<_>>();
+        let targets = || events.iter().flat_map(|e| e.targets.iter().map(move |t| (*e, t.as_str())));
+        let target_column = |f: fn(&'a NewEvent) -> &'a str| targets().map(|(e, _)| f(e)).collect::<Vec<_>>();
+        AcceptColumns {
+            namespaces: column(|e| &e.namespace),
+            sources: column(|e| &e.source),
+            ids: column(|e| &e.event_id),
+            types: column(|e| &e.event_type),
+            times: events.iter().map(|e| e.accepted_at).collect(),
+            bodies: events.iter().map(|e| e.body.as_slice()).collect(),
+            target_keys: [
+                target_column(|e| &e.namespace),
+                target_column(|e| &e.source),
+                target_column(|e| &e.event_id),
+            ],
+            target_subs: targets().map(|(_, t)| t).collect(),
+            target_due: targets().map(|(e, _)| e.accepted_at).collect(),
         }
     }
-    let mut ids: HashMap<(i64, String), Vec<i64>> = HashMap::new();
-    if !job_events.is_empty() {
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO jobs (event_seq, sub_uid, due_at_ms)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) RETURNING id, event_seq, sub_uid",
-            )
-            .await?;
-        for row in tx.query(&insert, &[&job_events, &job_subs, &job_due]).await? {
-            ids.entry((row.get(1), row.get(2))).or_default().push(row.get(0));
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        let [keys_ns, keys_src, keys_id] = &self.target_keys;
+        [
+            &self.namespaces,
+            &self.sources,
+            &self.ids,
+            &self.types,
+            &self.times,
+            &self.bodies,
+            keys_ns,
+            keys_src,
+            keys_id,
+            &self.target_subs,
+            &self.target_due,
+        ]
+    }
+}
+
+/// Accept `events` in one transaction on `client`, which must be idle. BEGIN, the statement and
+/// COMMIT go to the server together (pipelined): one round trip, then the commit's flush, which
+/// the answer waits for.
+pub(super) async fn accept(client: &Client, events: &[NewEvent]) -> Result<Vec<Accepted>, Error> {
+    // The first of two events with one key is the one stored; later ones are its duplicates, as
+    // with SQLite, so only distinct events go to the server. They go in key order, so that two
+    // groups sharing keys lock them in the same order (one waits for the other instead of both
+    // deadlocking).
+    let mut seen = HashSet::new();
+    let mut distinct: Vec<&NewEvent> = events.iter().filter(|e| seen.insert(key(e))).collect();
+    distinct.sort_by(|a, b| key(a).cmp(&key(b)));
+    let columns = AcceptColumns::new(&distinct);
+    let statement = client.prepare_cached(ACCEPT).await?;
+    // Each request is sent when its future is first polled, and `join!` polls them in order. If
+    // the statement fails, the server turns the COMMIT into a rollback (and answers it without
+    // an error): the statement's error is the one returned. All three are awaited, so the
+    // connection goes back to the pool idle.
+    let params = columns.params();
+    let (begin, rows, commit) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.query(&statement, &params),
+        client.batch_execute("COMMIT")
+    );
+    begin?;
+    let rows = rows?;
+    commit?;
+
+    let mut stored: HashMap<(&str, &str, &str), i64> = HashMap::new();
+    let mut jobs: HashMap<(i64, &str), Vec<i64>> = HashMap::new();
+    for r in &rows {
+        stored.insert((r.get(1), r.get(2), r.get(3)), r.get(0));
+        if let Some(id) = r.get::<_, Option<i64>>(4) {
+            jobs.entry((r.get(0), r.get(5))).or_default().push(id);
         }
     }
     Ok(events
         .iter()
-        .zip(seqs)
-        .map(|(e, seq)| match seq {
+        .map(|e| match stored.remove(&key(e)) {
+            // A duplicate: of a stored event, or of an earlier event of this group.
             None => Accepted { duplicate: true, jobs: vec![] },
             Some(seq) => Accepted {
                 duplicate: false,
                 jobs: e
                     .targets
                     .iter()
-                    .filter_map(|uid| {
-                        let id = ids.get_mut(&(seq, uid.clone()))?.pop()?;
-                        Some((uid.clone(), id))
-                    })
+                    .filter_map(|uid| Some((uid.clone(), jobs.get_mut(&(seq, uid.as_str()))?.pop()?)))
                     .collect(),
             },
         })
