@@ -1,6 +1,6 @@
 //! The rules a published event must keep, with errors that name the attribute at fault.
 
-use super::{CloudEvent, EventError, err, limits};
+use super::{CloudEvent, EventError, ExtValue, err, limits};
 
 pub(super) const CONTEXT_ATTRIBUTES: &[&str] =
     &["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"];
@@ -38,22 +38,26 @@ pub(super) fn check_extension_name(name: &str, attribute: &str) -> Result<(), Ev
     Ok(())
 }
 
-/// Every attribute within [`limits`]; `name` turns an attribute into the name the publisher used.
-pub(super) fn check_lengths(event: &CloudEvent, name: impl Fn(&str) -> String) -> Result<(), EventError> {
-    let too_long = |attribute: &str, max: usize| err(name(attribute), format!("must be at most {max} bytes"));
-    let optional = |value: &Option<String>| value.as_deref().map_or(0, str::len);
-    for (attribute, len, max) in [
-        ("id", event.id.len(), limits::ID),
-        ("source", event.source.len(), limits::URI),
-        ("type", event.type_.len(), limits::TYPE),
+/// Every attribute within [`limits`] and free of control characters (CloudEvents forbids them in
+/// strings, and a header could not carry them); `name` turns an attribute into the name the
+/// publisher used.
+pub(super) fn check_attribute_values(
+    event: &CloudEvent,
+    name: impl Fn(&str) -> String,
+) -> Result<(), EventError> {
+    fn optional(value: &Option<String>) -> &str {
+        value.as_deref().unwrap_or_default()
+    }
+    for (attribute, value, max) in [
+        ("id", event.id.as_str(), limits::ID),
+        ("source", &event.source, limits::URI),
+        ("type", &event.type_, limits::TYPE),
         ("subject", optional(&event.subject), limits::URI),
         ("time", optional(&event.time), limits::TIME),
         ("datacontenttype", optional(&event.datacontenttype), limits::MEDIA_TYPE),
         ("dataschema", optional(&event.dataschema), limits::URI),
     ] {
-        if len > max {
-            return Err(too_long(attribute, max));
-        }
+        check_value(value.len(), value, max).map_err(|problem| err(name(attribute), problem))?;
     }
     if event.extensions.len() > limits::EXTENSIONS {
         return Err(err(
@@ -61,10 +65,24 @@ pub(super) fn check_lengths(event: &CloudEvent, name: impl Fn(&str) -> String) -
             format!("at most {} extension attributes are allowed", limits::EXTENSIONS),
         ));
     }
-    if let Some((key, _)) = event.extensions.iter().find(|(_, v)| v.header_len() > limits::URI) {
-        return Err(too_long(key, limits::URI));
+    for (key, value) in &event.extensions {
+        let text = match value {
+            ExtValue::String(s) => s.as_str(),
+            _ => "",
+        };
+        check_value(value.header_len(), text, limits::URI).map_err(|problem| err(name(key), problem))?;
     }
     Ok(())
+}
+
+fn check_value(len: usize, text: &str, max: usize) -> Result<(), String> {
+    if len > max {
+        Err(format!("must be at most {max} bytes"))
+    } else if text.chars().any(char::is_control) {
+        Err("must not contain control characters".into())
+    } else {
+        Ok(())
+    }
 }
 
 pub(super) fn check_time(time: &Option<String>, at: &str, attribute: &str) -> Result<(), EventError> {

@@ -16,7 +16,8 @@ pub mod limits;
 
 pub use checks::is_json_media_type;
 use checks::{
-    CONTEXT_ATTRIBUTES, check_extension_name, check_lengths, check_required, check_time, is_text_media_type,
+    CONTEXT_ATTRIBUTES, check_attribute_values, check_extension_name, check_required, check_time,
+    is_text_media_type,
 };
 
 /// Media type of a structured-mode event.
@@ -183,7 +184,7 @@ impl CloudEvent {
             data: (!body.is_empty()).then_some(body),
         };
         check_time(&event.time, "", "ce-time")?;
-        check_lengths(&event, |a| {
+        check_attribute_values(&event, |a| {
             if a == "datacontenttype" { "content-type".into() } else { format!("ce-{a}") }
         })?;
         Ok(event)
@@ -272,7 +273,7 @@ impl CloudEvent {
         }
         let event =
             CloudEvent { id, source, type_, subject, time, datacontenttype, dataschema, extensions, data };
-        check_lengths(&event, name)?;
+        check_attribute_values(&event, name)?;
         Ok(event)
     }
 

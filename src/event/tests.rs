@@ -252,3 +252,23 @@ fn attributes_longer_than_a_failed_event_can_hold_are_refused_by_name() {
     }
     assert!(CloudEvent::from_json_value(many, "").is_err(), "more extensions than a FailedEvent keeps");
 }
+
+/// CloudEvents forbids control characters in strings; a header could not carry them, and the
+/// PostgreSQL store could not keep a NUL.
+#[test]
+fn attributes_with_control_characters_are_refused_by_name() {
+    for (attribute, value) in
+        [("id", "a\u{0}b"), ("source", "/s\n"), ("subject", "x\u{7f}"), ("traceid", "\u{1b}[31m")]
+    {
+        let mut event = serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        event[attribute] = value.into();
+        let e = CloudEvent::from_json_value(event, "").expect_err(attribute);
+        assert_eq!(
+            (e.attribute.as_str(), e.problem.as_str()),
+            (attribute, "must not contain control characters")
+        );
+    }
+    let tab_free =
+        serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "subject": "é ü"});
+    assert!(CloudEvent::from_json_value(tab_free, "").is_ok(), "other characters are fine");
+}
