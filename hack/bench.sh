@@ -9,31 +9,39 @@
 #                            (hack/postgres.sh); default sqlite
 #   --replicas N             (with --store postgres) N Hooklines sharing it; publishers take them
 #                            in turn; RSS is the largest replica's, CPU the sum
+#   --failover               (with --store postgres --replicas 2 or more) events flow to ten
+#                            subscriptions through replicas 2..N while replica 1 gets `kill -9`:
+#                            the longest time from the kill to a subscription's next delivery
 #
 # Env: BENCH_SECONDS (per phase, default 10), BENCH_RATE (offered load, default 1000/s),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
 # BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
 # BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them),
-# BENCH_RANDOM_IDS=1 (event ids scattered like UUIDs instead of counting up).
+# BENCH_RANDOM_IDS=1 (event ids scattered like UUIDs instead of counting up),
+# BENCH_LEASE (--failover: the replicas' --lease-duration, default Hookline's 45s; offered load
+# default 100 events/s, each to ten subscriptions).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 MODE=full; STORE=sqlite; REPLICAS=1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --smoke|--scale) MODE=$1 ;;
+    --smoke|--scale|--failover) MODE=$1 ;;
     --store) STORE=${2:?--store needs sqlite or postgres}; shift ;;
     --replicas) REPLICAS=${2:?--replicas needs a number}; shift ;;
-    *) echo "usage: $0 [--smoke|--scale] [--store sqlite|postgres] [--replicas N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--smoke|--scale|--failover] [--store sqlite|postgres] [--replicas N]" >&2; exit 2 ;;
   esac
   shift
 done
 case "$STORE" in sqlite|postgres) ;; *) echo "--store: sqlite or postgres" >&2; exit 2 ;; esac
 [ "$STORE" = postgres ] || [ "$REPLICAS" = 1 ] || { echo "--replicas needs --store postgres" >&2; exit 2; }
+[ "$MODE" != --failover ] || [ "$REPLICAS" -ge 2 ] || { echo "--failover needs --store postgres --replicas 2 (or more)" >&2; exit 2; }
 SECONDS_PER=${BENCH_SECONDS:-10}; RATE=${BENCH_RATE:-1000}; CONC=${BENCH_CONCURRENCY:-32}; SUBS=${BENCH_SUBS:-1000}
 DELIVERY_S=${BENCH_DELIVERY_SECONDS:-60}; DELIVERY_RATE=${BENCH_DELIVERY_RATE:-2}
 PROFILE=release
 if [ "$MODE" = "--smoke" ]; then SECONDS_PER=2; RATE=100; CONC=4; SUBS=20; PROFILE=dev; fi
+if [ "$MODE" = "--failover" ]; then RATE=${BENCH_RATE:-100}; fi
+LEASE=${BENCH_LEASE:-45s}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 # shellcheck source=hack/lib.sh
@@ -50,7 +58,7 @@ if [ "$STORE" = postgres ]; then
   eval "$(hack/postgres.sh up | tail -n 1)"
   STORE_ARGS=(--store postgres --database-url "$HOOKLINE_DATABASE_URL")
 fi
-replica() { [ "$STORE" = sqlite ] || echo "--replica-name=bench-$1"; }
+replica() { [ "$STORE" = sqlite ] || echo "--replica-name=bench-$1 --lease-duration=$LEASE"; }
 RECEIVER=$(free_port); INGESTS=(); METRICSES=(); HLS=()
 for r in $(seq 1 "$REPLICAS"); do
   INGEST=$(free_port); METRICS=$(free_port)
@@ -70,7 +78,7 @@ join() { local IFS=,; echo "$*"; }
 labelled() { sed "s/^{/{\"store\": \"$STORE\", \"replicas\": $REPLICAS, /"; }
 
 subscription() { # namespace name
-  printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook"}\n  delivery: {maxConcurrency: 64}\n---\n' "$2" "$1" "$RECEIVER"
+  printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook/%s"}\n  delivery: {maxConcurrency: 64}\n---\n' "$2" "$1" "$RECEIVER" "$2"
 }
 
 if [ "$MODE" = "--scale" ]; then
@@ -149,6 +157,13 @@ kubectl apply -f "$WORK/subs.yaml" >/dev/null
 kubectl -n bench1 wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
 kubectl -n bench10 wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
 kill "$RX"; wait "$RX" 2>/dev/null || true
+if [ "$MODE" = "--failover" ]; then
+  log "fail-over: ${RATE} events/s to ten subscriptions through replicas 2..$REPLICAS; replica 1 gets kill -9 (lease $LEASE)"
+  "$BIN/hookline-bench" --ingest "$(join "${INGESTS[@]:1}")" --metrics "$(join "${METRICSES[@]:1}")" --pid "$(join "${HLS[@]:1}")" \
+    --ns10 bench10 --receiver-port "$RECEIVER" --rate "$RATE" --phases failover --kill "${HLS[0]}" |
+    sed "s/^{/{\"lease\": \"$LEASE\", /" | labelled
+  exit 0
+fi
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
 "$BIN/hookline-bench" --ingest "$(join "${INGESTS[@]}")" --metrics "$(join "${METRICSES[@]}")" --pid "$(join "${HLS[@]}")" \
   --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \

@@ -13,6 +13,8 @@
 # connections (it listens on 127.0.0.1 only). As root it runs as the `postgres` user (PostgreSQL
 # refuses to run as root), with its files in a private directory under /tmp that this user can
 # reach wherever the checkout is; the state directory records where.
+# HOOKLINE_POSTGRES_OPTIONS adds server options, e.g. for profiling:
+#   "-c log_min_duration_statement=8 -c log_checkpoints=on -c logging_collector=on -c log_directory=/tmp/pglog"
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,7 +55,7 @@ running() { [ -f "$(data)/postmaster.pid" ] && pg pg_ctl -D "$(data)" status >/d
 start_server() {
   local port dir; port=$(cat "$STATE_DIR/port"); dir=$(pg_dir)
   pg pg_ctl -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=300" \
+    -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=300 ${HOOKLINE_POSTGRES_OPTIONS:-}" \
     start >/dev/null || { tail -n 20 "$dir/postgres.log" >&2; die "PostgreSQL did not start"; }
 }
 

@@ -2,6 +2,7 @@
 //! baseline) and Hookline's publish → deliver path on loopback, and prints one JSON line.
 //! Bounded in time and count; talks only to loopback.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,7 +11,7 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use serde_json::{Value, json};
@@ -59,9 +60,13 @@ struct Args {
     /// store's dedup index then takes one scattered page per event).
     #[arg(long)]
     random_ids: bool,
-    /// The phases to run (all by default); fewer make profiling one phase quicker.
+    /// The phases to run (all but `failover` by default); fewer make profiling one phase quicker.
     #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency")]
     phases: Vec<Phase>,
+    /// For the `failover` phase: the replica to `kill -9` (the others' ingest URLs are the
+    /// `--ingest` ones; the ten subscriptions of `--ns10` each have an endpoint path of their own).
+    #[arg(long)]
+    kill: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,6 +76,9 @@ enum Phase {
     Batch,
     Fanout10,
     Latency,
+    /// Publish steadily into `--ns10`, `kill -9` the replica `--kill`, and measure how long each
+    /// subscription goes without a delivery.
+    Failover,
 }
 
 #[derive(Default)]
@@ -78,6 +86,17 @@ struct Recv {
     count: AtomicU64,
     /// Publish→receive latencies (µs) of events that carry a publish timestamp.
     latencies: Mutex<Vec<u64>>,
+    /// The failover phase's record of endpoint paths (`None` in the other phases).
+    failover: Mutex<Option<Paths>>,
+}
+
+/// The endpoint paths that received deliveries before the kill, and when each first received
+/// one after it.
+#[derive(Default)]
+struct Paths {
+    killed: Option<Instant>,
+    before: HashSet<String>,
+    first_after: HashMap<String, Instant>,
 }
 
 /// The id of the `n`th event: counting up, or (`random`) scattered like a UUID. Unique either way.
@@ -89,7 +108,7 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-async fn receive(State(r): State<Arc<Recv>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(State(r): State<Arc<Recv>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if headers.get("ce-type").is_some_and(|t| t == "dev.hookline.subscription.validation") {
         // Answer the ownership handshake synchronously.
         let code = serde_json::from_slice::<Value>(&body)
@@ -98,6 +117,13 @@ async fn receive(State(r): State<Arc<Recv>>, headers: HeaderMap, body: Bytes) ->
         return axum::Json(json!({ "validationResponse": code })).into_response();
     }
     r.count.fetch_add(1, Ordering::Relaxed);
+    if let Some(paths) = r.failover.lock().expect("lock").as_mut() {
+        let path = uri.path().to_string();
+        match paths.killed {
+            None => drop(paths.before.insert(path)),
+            Some(_) => drop(paths.first_after.entry(path).or_insert_with(Instant::now)),
+        }
+    }
     if let Some(sent) =
         headers.get("ce-sentus").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
     {
@@ -175,6 +201,70 @@ async fn direct(
     })
     .await?;
     Ok(eps)
+}
+
+/// Publish `rate` events per second (`make` makes the `n`th), each to the ten subscriptions of a
+/// namespace; after a few seconds `kill -9` the replica `victim`, go on until every subscription
+/// has had a delivery since, then until everything accepted has arrived (returned: deliveries
+/// expected). Reports the longest
+/// time from the kill to a subscription's next delivery, and how many subscriptions waited more
+/// than a second (those the victim owned).
+async fn failover(
+    recv: &Recv,
+    make: impl Fn(u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
+    rate: u64,
+    victim: u32,
+) -> anyhow::Result<(serde_json::Map<String, Value>, u64)> {
+    const WARM_UP: Duration = Duration::from_secs(5);
+    const LIMIT: Duration = Duration::from_secs(300);
+    *recv.failover.lock().expect("lock") = Some(Paths::default());
+    recv.count.store(0, Ordering::Relaxed);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (start, mut sends) = (Instant::now(), Vec::new());
+    let mut gaps: Vec<f64> = loop {
+        ticker.tick().await;
+        let req = make(sends.len() as u64);
+        sends.push(tokio::spawn(async move {
+            req.send().await.map(|r| r.status().is_success()).unwrap_or(false)
+        }));
+        let mut guard = recv.failover.lock().expect("lock");
+        let paths = guard.as_mut().context("failover record")?;
+        match paths.killed {
+            None if start.elapsed() >= WARM_UP => {
+                let n = paths.before.len();
+                anyhow::ensure!(n == 10, "only {n} of 10 subscriptions received events before the kill");
+                let status = std::process::Command::new("kill").args(["-9", &victim.to_string()]).status()?;
+                anyhow::ensure!(status.success(), "kill -9 {victim} failed");
+                paths.killed = Some(Instant::now());
+            }
+            Some(at) if paths.first_after.len() == paths.before.len() => {
+                break paths.first_after.values().map(|t| t.duration_since(at).as_secs_f64()).collect();
+            }
+            Some(at) => {
+                let waiting = paths.before.len() - paths.first_after.len();
+                anyhow::ensure!(
+                    at.elapsed() < LIMIT,
+                    "{waiting} subscriptions had no delivery {LIMIT:?} after the kill"
+                );
+            }
+            None => {}
+        }
+    };
+    *recv.failover.lock().expect("lock") = None;
+    let mut accepted = 0;
+    for s in sends {
+        accepted += u64::from(s.await.unwrap_or(false));
+    }
+    drained(recv, accepted * 10, LIMIT).await?;
+    gaps.sort_by(f64::total_cmp);
+    let mut result = serde_json::Map::new();
+    result.insert("failover_s".into(), ((gaps.last().copied().unwrap_or_default() * 1000.0).round() / 1000.0).into());
+    let rounded: Vec<f64> = gaps.iter().map(|g| (g * 1000.0).round() / 1000.0).collect();
+    result.insert("failover_gaps_s".into(), rounded.into());
+    result.insert("subscriptions_taken_over".into(), gaps.iter().filter(|g| **g > 1.0).count().into());
+    result.insert("failover_accepted".into(), accepted.into());
+    Ok((result, accepted * 10))
 }
 
 /// Makes the `n`th request of a saturation phase.
@@ -463,13 +553,21 @@ async fn main() -> anyhow::Result<()> {
             ticker.tick().await;
             let req = make(n);
             sends.push(tokio::spawn(async move {
-                req.send().await.map(|r| r.status().is_success()).unwrap_or(false)
+                let sent = Instant::now();
+                let ok = req.send().await.map(|r| r.status().is_success()).unwrap_or(false);
+                (ok, sent.elapsed().as_micros() as u64)
             }));
         }
-        let mut ok = 0;
+        let (mut ok, mut answers) = (0, Vec::with_capacity(sends.len()));
         for s in sends {
-            ok += u64::from(s.await.unwrap_or(false));
+            let (accepted, took) = s.await.unwrap_or((false, 0));
+            ok += u64::from(accepted);
+            answers.push(took);
         }
+        // How long the publishes themselves took (the store's commit is in them).
+        answers.sort_unstable();
+        result.insert("publish_p50_ms".into(), percentile(&answers, 0.50).into());
+        result.insert("publish_p99_ms".into(), percentile(&answers, 0.99).into());
         drained(&recv, ok, Duration::from_secs(120)).await?;
         delivered_total += ok;
         let mut lat = recv.latencies.lock().expect("lock").clone();
@@ -479,6 +577,15 @@ async fn main() -> anyhow::Result<()> {
         result.insert("p99_ms".into(), percentile(&lat, 0.99).into());
         result.insert("latency_samples".into(), lat.len().into());
         result.insert("offered_eps".into(), args.rate.into());
+    }
+
+    // 6. Fail-over: how long the subscriptions of a replica killed with `kill -9` go without a
+    // delivery while events keep coming in through the others.
+    if run(Phase::Failover) {
+        let victim = args.kill.context("the failover phase needs --kill PID")?;
+        let (fail, delivered) = failover(&recv, publish(args.ns10.clone()), args.rate, victim).await?;
+        result.extend(fail);
+        delivered_total += delivered;
     }
 
     let (rss_mb, cpu_after) = stats();
