@@ -2,12 +2,14 @@
 # A throwaway PostgreSQL for Hookline development, tests and benchmarks.
 #
 #   hack/postgres.sh up      start PostgreSQL 15 (Debian's package; installed where missing) in a
-#                            private directory on a free loopback port, fsync on; the last line
-#                            printed is `export HOOKLINE_DATABASE_URL=…`
+#                            private directory on a free loopback port, fsync on, TLS offered
+#                            with a certificate for `localhost` from a throwaway CA; the last
+#                            line printed is `export HOOKLINE_DATABASE_URL=… HOOKLINE_DATABASE_CA=…`
+#                            (the CA's PEM file, for `sslrootcert`)
 #   hack/postgres.sh down    stop exactly what `up` started and remove its data
 #   hack/postgres.sh stop    stop the server as a crash would (`-m immediate`), keeping its data
 #   hack/postgres.sh start   start it again on the same port after `stop`
-#   hack/postgres.sh env     print the `export HOOKLINE_DATABASE_URL=…` line of a running server
+#   hack/postgres.sh env     print that `export` line of a running server
 #
 # The state lives in $HOOKLINE_POSTGRES_DIR (default target/postgres). The server trusts local
 # connections (it listens on 127.0.0.1 only). As root it runs as the `postgres` user (PostgreSQL
@@ -49,13 +51,33 @@ pg_dir() { if [ -f "$STATE_DIR/pg-dir" ]; then cat "$STATE_DIR/pg-dir"; else ech
 data() { echo "$(pg_dir)/data"; }
 
 url() { echo "postgres://postgres@127.0.0.1:$(cat "$STATE_DIR/port")/postgres"; }
+exports() { echo "export HOOKLINE_DATABASE_URL=$(url) HOOKLINE_DATABASE_CA=$(pg_dir)/tls/ca.crt"; }
+
+# A CA and a certificate for `localhost` signed by it (not for 127.0.0.1: a test can tell
+# sslmode=verify-full from verify-ca by the host it connects to).
+make_certificates() {
+  local tls; tls="$(pg_dir)/tls"
+  command -v openssl >/dev/null || apt_install openssl || die "openssl is missing and could not be installed"
+  mkdir -p "$tls"
+  ( cd "$tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj /CN=hookline-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+      -keyout ca.key -out ca.crt
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+      -keyout server.key -out server.csr
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile server.ext -out server.crt
+    chmod 600 server.key ) >"$STATE_DIR/openssl.log" 2>&1 || { cat "$STATE_DIR/openssl.log" >&2; die "making certificates failed"; }
+  [ "$(id -u)" -ne 0 ] || chown -R postgres: "$tls"
+}
 
 running() { [ -f "$(data)/postmaster.pid" ] && pg pg_ctl -D "$(data)" status >/dev/null 2>&1; }
 
 start_server() {
   local port dir; port=$(cat "$STATE_DIR/port"); dir=$(pg_dir)
   pg pg_ctl -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=300 ${HOOKLINE_POSTGRES_OPTIONS:-}" \
+    -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=300 \
+       -c ssl=on -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key ${HOOKLINE_POSTGRES_OPTIONS:-}" \
     start >/dev/null || { tail -n 20 "$dir/postgres.log" >&2; die "PostgreSQL did not start"; }
 }
 
@@ -73,10 +95,11 @@ up() {
     fi
     pg initdb -D "$(data)" -U postgres --auth=trust --no-sync >"$STATE_DIR/initdb.log" 2>&1 \
       || { cat "$STATE_DIR/initdb.log" >&2; die "initdb failed"; }
+    make_certificates
     start_server
     log "PostgreSQL $PG_VERSION on 127.0.0.1:$(cat "$STATE_DIR/port"), data in $(data)"
   fi
-  echo "export HOOKLINE_DATABASE_URL=$(url)"
+  exports
 }
 
 down() {
@@ -92,6 +115,6 @@ case "${1:-}" in
   down) down ;;
   stop) pg pg_ctl -D "$(data)" stop -m immediate >/dev/null ;;
   start) start_server ;;
-  env) running || die "not running (hack/postgres.sh up)"; echo "export HOOKLINE_DATABASE_URL=$(url)" ;;
+  env) running || die "not running (hack/postgres.sh up)"; exports ;;
   *) echo "usage: $0 up|down|stop|start|env" >&2; exit 2 ;;
 esac

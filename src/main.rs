@@ -68,6 +68,11 @@ struct RunArgs {
     /// Never logged; the tables go into the schema `hookline`.
     #[arg(long, env = "HOOKLINE_DATABASE_URL", hide_env_values = true, required_if_eq("store", "postgres"))]
     database_url: Option<String>,
+    /// PEM file of the roots that sign PostgreSQL's certificate (e.g. a CloudNativePG cluster's
+    /// `<cluster>-ca` Secret, mounted). Set, the URL gets it as `sslrootcert` and, without an
+    /// `sslmode` of its own, `sslmode=verify-full`: TLS, with a certificate naming the host.
+    #[arg(long, env = "HOOKLINE_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// Most connections this replica opens to PostgreSQL.
     #[arg(long, env = "HOOKLINE_DATABASE_POOL_SIZE", default_value_t = 16,
           value_parser = RangedU64ValueParser::<usize>::new().range(2..=1000))]
@@ -220,7 +225,11 @@ async fn open_store(
         }
         (StoreKind::Postgres, Some(url)) => {
             let application = format!("hookline/{name}");
-            let store = Arc::new(PostgresStore::connect(url, args.database_pool_size, &application).await?);
+            let url = match &args.database_ca_file {
+                Some(ca) => hookline::store::with_ca_file(url, &ca.to_string_lossy())?,
+                None => url.clone(),
+            };
+            let store = Arc::new(PostgresStore::connect(&url, args.database_pool_size, &application).await?);
             info!(pool_size = args.database_pool_size, "PostgreSQL store open");
             Ok((store.clone(), Some(store)))
         }

@@ -259,7 +259,10 @@ async fn failover(
     drained(recv, accepted * 10, LIMIT).await?;
     gaps.sort_by(f64::total_cmp);
     let mut result = serde_json::Map::new();
-    result.insert("failover_s".into(), ((gaps.last().copied().unwrap_or_default() * 1000.0).round() / 1000.0).into());
+    result.insert(
+        "failover_s".into(),
+        ((gaps.last().copied().unwrap_or_default() * 1000.0).round() / 1000.0).into(),
+    );
     let rounded: Vec<f64> = gaps.iter().map(|g| (g * 1000.0).round() / 1000.0).collect();
     result.insert("failover_gaps_s".into(), rounded.into());
     result.insert("subscriptions_taken_over".into(), gaps.iter().filter(|g| **g > 1.0).count().into());

@@ -13,7 +13,7 @@ mod contract_tests;
 use futures::future::BoxFuture;
 
 pub use maintenance::prune;
-pub use postgres::{Claim, Listener, Member, Notice, PostgresStore};
+pub use postgres::{Claim, Listener, Member, Notice, PostgresStore, with_ca_file};
 pub use sqlite::SqliteStore;
 
 /// Payloads up to this size stay in their event's row after delivery, until the row is pruned:
@@ -53,6 +53,9 @@ pub enum StoreError {
     /// The database URL could not be read. The URL itself is never shown: it may hold a password.
     #[error("the database URL is not valid")]
     DatabaseUrl(#[source] tokio_postgres::Error),
+    /// The database URL's TLS settings (`sslmode`, `sslrootcert`) cannot be used.
+    #[error("the database URL's TLS settings: {0}")]
+    DatabaseTls(String),
     /// Connecting to PostgreSQL at start failed.
     #[error("connecting to PostgreSQL at {target}")]
     Connect {
@@ -101,7 +104,7 @@ impl StoreError {
             StoreError::Sqlite(_) | StoreError::Commit(_) | StoreError::NotRun => "sqlite",
             StoreError::Postgres(_) => "postgres",
             StoreError::Pool(_) | StoreError::Connect { .. } => "unavailable",
-            StoreError::DatabaseUrl(_) | StoreError::PoolBuild(_) => "config",
+            StoreError::DatabaseUrl(_) | StoreError::DatabaseTls(_) | StoreError::PoolBuild(_) => "config",
             StoreError::Full => "full",
             StoreError::Fenced => "fenced",
             StoreError::Shared(e) => e.metric_label(),

@@ -9,15 +9,18 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod groups;
 mod members;
 mod migrations;
+mod tls;
 mod writes;
 
 pub use members::{Claim, Listener, Member, Notice};
+pub use tls::with_ca_file;
 
 use super::records::{self, Records};
 use super::rfc3339;
@@ -36,6 +39,7 @@ pub struct PostgresStore {
     pool: Pool,
     /// How to connect, for connections outside the pool (the listener).
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     records: Records,
     /// Publishes on their way to a publish writer (see `groups`).
     publishes: mpsc::UnboundedSender<groups::Publish>,
@@ -73,7 +77,7 @@ impl PostgresStore {
         pool_size: usize,
         application_name: &str,
     ) -> Result<PostgresStore, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::DatabaseUrl)?;
+        let (mut config, tls) = tls::parse(url)?;
         let options = format!(
             "{} -c synchronous_commit=on -c search_path=hookline",
             config.get_options().unwrap_or_default()
@@ -88,7 +92,7 @@ impl PostgresStore {
         let target = target(&config);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -112,7 +116,7 @@ impl PostgresStore {
         let (records, records_rx) = mpsc::unbounded_channel();
         tokio::spawn(groups::write_records(pool.clone(), records_rx));
         let publishes = groups::start_publish_writers(&pool);
-        Ok(PostgresStore { pool, config, records, publishes })
+        Ok(PostgresStore { pool, config, tls, records, publishes })
     }
 
     /// Run `work` on `data` in a transaction and commit it.
@@ -467,6 +471,7 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Chain;
     use crate::store::Fence;
 
     #[test]
@@ -550,5 +555,48 @@ mod tests {
             .map(|r| r.get(0))
             .collect();
         assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>(), "each migration once");
+    }
+
+    /// Each `sslmode` encrypts and checks what libpq's does, against the test server, which offers
+    /// TLS with a certificate for `localhost` (`hack/postgres.sh`).
+    #[tokio::test]
+    async fn each_sslmode_encrypts_and_checks_what_libpq_does() {
+        let ca = std::env::var("HOOKLINE_DATABASE_CA")
+            .expect("HOOKLINE_DATABASE_CA (hack/postgres.sh up prints it)");
+        let database = url::Url::parse(&crate::store::contract_tests::fresh_database().await).expect("URL");
+        let url = |host: &str, options: &str| {
+            let mut url = database.clone();
+            url.set_host(Some(host)).expect("host");
+            url.set_query(Some(&options.replace("CA", &ca)));
+            url.to_string()
+        };
+        let encrypted = async |url: String| -> Result<bool, String> {
+            let store =
+                PostgresStore::connect(&url, 2, "tls-test").await.map_err(|e| Chain(&e).to_string())?;
+            let client = store.pool.get().await.expect("connection");
+            let row = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await;
+            Ok(row.expect("pg_stat_ssl").get(0))
+        };
+        for (host, options, expected) in [
+            ("127.0.0.1", "", Some(true)),
+            ("127.0.0.1", "sslmode=disable", Some(false)),
+            ("127.0.0.1", "sslmode=require", Some(true)),
+            ("127.0.0.1", "sslmode=verify-ca&sslrootcert=CA", Some(true)),
+            ("localhost", "sslmode=verify-full&sslrootcert=CA", Some(true)),
+            // The certificate names localhost, not the address.
+            ("127.0.0.1", "sslmode=verify-full&sslrootcert=CA", None),
+            ("127.0.0.1", "sslmode=require&sslrootcert=CA", Some(true)),
+            // A throwaway CA is not among the system's roots.
+            ("localhost", "sslmode=verify-full", None),
+        ] {
+            let outcome = encrypted(url(host, options)).await;
+            match expected {
+                Some(tls) => assert_eq!(outcome, Ok(tls), "{host} {options}"),
+                None => {
+                    let e = outcome.expect_err(&format!("{host} {options} must be refused"));
+                    assert!(e.contains("certificate") || e.contains("Certificate"), "{host} {options}: {e}");
+                }
+            }
+        }
     }
 }

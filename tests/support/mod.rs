@@ -128,7 +128,7 @@ impl PrivatePostgres {
             .postgres(&["up"])
             .lines()
             .last()
-            .and_then(|l| l.strip_prefix("export HOOKLINE_DATABASE_URL="))
+            .and_then(|l| l.strip_prefix("export HOOKLINE_DATABASE_URL=")?.split_whitespace().next())
             .expect("hack/postgres.sh up prints the URL last")
             .to_string();
         pg

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::PostgresStore;
 use crate::store::{Fence, StoreError};
@@ -165,7 +165,7 @@ impl PostgresStore {
 
     /// Listen to the members' announcements on a connection of its own.
     pub async fn listen(&self) -> Result<Listener, StoreError> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (client, mut connection) = self.config.connect(self.tls.clone()).await?;
         let (tx, notices) = mpsc::unbounded_channel();
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         tokio::spawn(async move {
