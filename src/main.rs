@@ -330,6 +330,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client.clone(),
         metrics.clone(),
         registry.clone(),
+        ownership.clone(),
         WriteBudget { interval: args.status_interval, per_second: args.status_writes_per_second },
         writer_stop.clone(),
     ));

@@ -72,9 +72,9 @@ pub enum StoreError {
     /// request of the transaction).
     #[error("commit failed")]
     Commit(#[source] std::sync::Arc<rusqlite::Error>),
-    /// The transaction shared by a group of attempt records failed (one error, shared by every
-    /// record of the group).
-    #[error("writing a group of attempt records")]
+    /// The transaction shared by a group of requests (publishes, or attempt records) failed: one
+    /// error, shared by every request of the group.
+    #[error("the transaction shared with other requests failed")]
     Shared(#[source] std::sync::Arc<StoreError>),
     /// The attempt was made under a claim that is no longer current: another replica owns the
     /// subscription now, and the outcome was not recorded.

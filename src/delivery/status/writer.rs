@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 use super::{DELIVERY_FIELD_MANAGER, Picked, StatusBoard, status_patch};
 use crate::api::{DeliveryStats, WebhookSubscription};
 use crate::metrics::Metrics;
+use crate::ownership::Ownership;
 use crate::registry::Registry;
 use crate::report::Chain;
 
@@ -64,6 +65,7 @@ pub async fn run_writer(
     client: Client,
     metrics: Arc<Metrics>,
     registry: Registry,
+    ownership: Ownership,
     budget: WriteBudget,
     stop: CancellationToken,
 ) {
@@ -86,7 +88,7 @@ pub async fn run_writer(
         metrics.status_writes_deferred(picked.newly_deferred);
         metrics.set_status_staleness(picked.oldest.map_or(Duration::ZERO, |t| now - t));
         for (uid, urgent) in picked.writes {
-            write(&board, &client, &metrics, &registry, &uid, urgent).await;
+            write(&board, &client, &metrics, (&registry, &ownership), &uid, urgent).await;
         }
         if stopping {
             return;
@@ -100,14 +102,18 @@ async fn write(
     board: &StatusBoard,
     client: &Client,
     metrics: &Metrics,
-    registry: &Registry,
+    (registry, ownership): (&Registry, &Ownership),
     uid: &str,
     urgent: bool,
 ) {
     let Some(tracker) = board.trackers.lock().unwrap_or_else(|e| e.into_inner()).get(uid).cloned() else {
         return;
     };
-    if registry.get_uid(&ObjectRef::new(&tracker.name).within(&tracker.namespace), uid).is_none() {
+    // Gone, or delivered by another replica now: that replica writes its status (attempts that
+    // ended here after the hand-over are in the delivery log, not in these counters).
+    if registry.get_uid(&ObjectRef::new(&tracker.name).within(&tracker.namespace), uid).is_none()
+        || !ownership.owns(uid)
+    {
         board.remove(uid);
         return;
     }
@@ -219,16 +225,24 @@ mod tests {
         registry.upsert(ActiveSubscription::test("ns", "s", Gate::Open));
         let (client, server) = answering(404);
         let metrics = Metrics::default();
-        write(&board, &client, &metrics, &registry, "uid-s", false).await;
+        let solo = Ownership::solo();
+        write(&board, &client, &metrics, (&registry, &solo), "uid-s", false).await;
         let tracker = board.trackers.lock().expect("lock").get("uid-s").cloned().expect("still tracked");
         assert!(tracker.dirty, "written again later");
         assert_eq!(tracker.local.delivered, 1, "the count is kept");
 
         // Once the registry no longer has it, the tracker is forgotten without a request.
         registry.remove(&ObjectRef::new("s").within("ns"));
-        write(&board, &client, &metrics, &registry, "uid-s", false).await;
+        write(&board, &client, &metrics, (&registry, &solo), "uid-s", false).await;
+        assert!(board.trackers.lock().expect("lock").get("uid-s").is_none());
+
+        // Nor does a replica write for a subscription another replica delivers now.
+        registry.upsert(ActiveSubscription::test("ns", "s", Gate::Open));
+        board.attempt("uid-s", "ns", "s", report(true));
+        let elsewhere = Ownership::shared("replica-a".into());
+        write(&board, &client, &metrics, (&registry, &elsewhere), "uid-s", false).await;
         assert!(board.trackers.lock().expect("lock").get("uid-s").is_none());
         drop(client);
-        assert_eq!(server.await.expect("server"), 1, "one PATCH, none for the forgotten one");
+        assert_eq!(server.await.expect("server"), 1, "one PATCH, none for the forgotten ones");
     }
 }
