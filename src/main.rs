@@ -340,12 +340,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cluster_tasks = {
         let (client, registry, store, metrics, dispatchers) =
             (client.clone(), registry.clone(), store.clone(), metrics.clone(), dispatchers.clone());
+        let readiness = readiness.clone();
         let (namespace, retention, dedup) =
             (args.watch_namespace.clone(), args.delivery_log_retention, args.dedup_window);
         tokio::spawn(cluster::while_owned(ownership.clone(), CLUSTER_TASKS, shutdown.clone(), move |stop| {
             let fev_ctx = Arc::new(FailedEventContext {
                 client: client.clone(),
                 registry: registry.clone(),
+                readiness: readiness.clone(),
                 store: store.clone(),
                 metrics: metrics.clone(),
                 dispatchers: dispatchers.clone(),

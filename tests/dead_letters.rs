@@ -147,6 +147,40 @@ async fn replay_redelivers_and_deletes_and_a_failed_replay_says_so(
     assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
 }
 
+/// Right after a start the registry does not hold every subscription yet: a replay request
+/// waiting then must wait for it, not be answered SubscriptionGone (and used up).
+#[rstest]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_requested_while_hookline_is_down_runs_when_it_is_back(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("replay-restart", store).await;
+    let data = env.new_store().await;
+    let h = env.start_hookline_in(&data, LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(500));
+    env.create_active(WebhookSubscription::test("s", &rx.url).failing_fast()).await;
+    h.publish_json(&env.namespace, event("d1")).await;
+    let one = failed_events(&env, 1).await[0].name_any();
+    h.kill().await;
+    rx.set_default(Reply::Status(200));
+    env.kubectl(&["annotate", "fev", &one, "hookline.dev/replay=true"]);
+    let _h = env.start_hookline_in(&data, LOCAL).await;
+    let api: Api<FailedEvent> = env.api();
+    wait_until("the replay delivers and deletes the FailedEvent", WAIT, || async {
+        let fev = api.get_opt(&one).await.ok()?;
+        let outcome = fev.and_then(|f| f.status?.replay).map(|r| r.outcome);
+        assert_ne!(
+            outcome.map(|o| serde_json::to_value(o).expect("outcome")),
+            Some(json!("SubscriptionGone")),
+            "the subscription exists"
+        );
+        api.get_opt(&one).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(rx.received().iter().any(|r| r.header("webhook-id") == "d1"), "the replay was delivered");
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cap_drops_and_counts(#[values(SQLITE, POSTGRES)] store: Backend) {

@@ -20,9 +20,12 @@ use crate::delivery::{Dispatchers, to_store};
 use crate::k8s::{FailureBackoff, apply_status};
 use crate::metrics::Metrics;
 use crate::policy::decision::Gate;
-use crate::registry::Registry;
+use crate::registry::{Readiness, Registry};
 use crate::report::Chain;
 use crate::store::{Replay, Store, now_ms};
+
+/// How long a replay request waits before it is looked at again while subscriptions load.
+const REPLAY_WAIT: Duration = Duration::from_secs(1);
 
 /// What the FailedEvent controller works with.
 pub struct FailedEventContext {
@@ -30,6 +33,8 @@ pub struct FailedEventContext {
     pub client: Client,
     /// The active subscriptions, which replays go to.
     pub registry: Registry,
+    /// Whether the registry holds every subscription yet (a replay waits until it does).
+    pub readiness: Readiness,
     /// Where replayed events are queued.
     pub store: Arc<dyn Store>,
     /// Metrics.
@@ -93,6 +98,11 @@ async fn reconcile(fev: Arc<FailedEvent>, ctx: Arc<FailedEventContext>) -> Resul
     }
     let expires_in = ctx.limits.ttl - age;
     if fev.annotations().get(annotations::REPLAY).map(String::as_str) == Some("true") {
+        // Right after a start the registry may not hold the subscription yet: answering
+        // SubscriptionGone then would be wrong, and would use the request up.
+        if !ctx.readiness.loaded() {
+            return Ok(Action::requeue(REPLAY_WAIT));
+        }
         replay(&fev, &ctx, &api).await?;
     }
     Ok(Action::requeue(expires_in.min(Duration::from_secs(3600))))
