@@ -47,6 +47,11 @@ export HOOKLINE_TEST_PYTHON="$ROOT/target/pyenv/bin/python"
 step "helm"
 hack/helm.sh version --short
 
+# Argo CD's health scripts are Lua 5.1 (tests/argocd_health.rs runs them).
+step "lua5.1"
+command -v lua5.1 >/dev/null || apt_install lua5.1
+lua5.1 -v
+
 # A control plane of its own, so a developer's `hack/cluster.sh up` is left alone.
 step "local control plane"
 hack/cluster.sh up
