@@ -40,7 +40,8 @@ install_postgres() {
 # pg CMD ARGS: run a PostgreSQL program as the owner of the state directory.
 pg() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$(bin_dir)/$1" "${@:2}"
+    # From /: the postgres user may not be allowed into the current directory.
+    (cd / && runuser -u postgres -- "$(bin_dir)/$1" "${@:2}")
   else
     "$(bin_dir)/$1" "${@:2}"
   fi
