@@ -78,8 +78,12 @@ impl PostgresStore {
         application_name: &str,
     ) -> Result<PostgresStore, StoreError> {
         let (mut config, tls) = tls::parse(url)?;
+        // Every statement is planned for its own parameters and the tables' current size: a
+        // generic plan, once cached, is kept while a table grows, and the one made for an empty
+        // `jobs` table scanned the whole table to delete a few rows by id (found with
+        // auto_explain: a fifth of the benchmark's CPU).
         let options = format!(
-            "{} -c synchronous_commit=on -c search_path=hookline",
+            "{} -c synchronous_commit=on -c search_path=hookline -c plan_cache_mode=force_custom_plan",
             config.get_options().unwrap_or_default()
         );
         config.options(options.trim_start());
