@@ -78,12 +78,8 @@ impl PostgresStore {
         application_name: &str,
     ) -> Result<PostgresStore, StoreError> {
         let (mut config, tls) = tls::parse(url)?;
-        // Every statement is planned for its own parameters and the tables' current size: a
-        // generic plan, once cached, is kept while a table grows, and the one made for an empty
-        // `jobs` table scanned the whole table to delete a few rows by id (found with
-        // auto_explain: a fifth of the benchmark's CPU).
         let options = format!(
-            "{} -c synchronous_commit=on -c search_path=hookline -c plan_cache_mode=force_custom_plan",
+            "{} -c synchronous_commit=on -c search_path=hookline",
             config.get_options().unwrap_or_default()
         );
         config.options(options.trim_start());
@@ -198,23 +194,34 @@ impl Store for PostgresStore {
 
     fn jobs(&self, job_ids: Vec<i64>) -> BoxFuture<'_, Result<Vec<Job>, StoreError>> {
         async move {
-            let mut found: HashMap<i64, Job> = self
-                .read(
-                    "SELECT j.id, j.sub_uid, j.attempts, j.first_attempt_ms, e.accepted_at_ms, e.body, j.replay_of
-                     FROM jobs j JOIN events e ON e.seq = j.event_seq WHERE j.id = ANY($1)",
-                    &[&job_ids],
-                    |r| Job {
-                        job_id: r.get(0),
-                        sub_uid: r.get(1),
-                        attempts: r.get::<_, i32>(2) as u32,
-                        first_attempt_at: r.get(3),
-                        accepted_at: r.get(4),
-                        event: r.get(5),
-                        replay_of: r.get(6),
-                    },
-                )
-                .await?
-                .into_iter()
+            // Read while a backlog grows the tables: planned for their current size (see
+            // `writes::plan_for_now`).
+            let rows = self
+                .write(&job_ids, |tx, job_ids| {
+                    async move {
+                        writes::plan_for_now(tx).await?;
+                        let stmt = tx
+                            .prepare_cached(
+                                "SELECT j.id, j.sub_uid, j.attempts, j.first_attempt_ms, e.accepted_at_ms, e.body, j.replay_of
+                                 FROM jobs j JOIN events e ON e.seq = j.event_seq WHERE j.id = ANY($1)",
+                            )
+                            .await?;
+                        tx.query(&stmt, &[job_ids]).await
+                    }
+                    .boxed()
+                })
+                .await?;
+            let mut found: HashMap<i64, Job> = rows
+                .iter()
+                .map(|r| Job {
+                    job_id: r.get(0),
+                    sub_uid: r.get(1),
+                    attempts: r.get::<_, i32>(2) as u32,
+                    first_attempt_at: r.get(3),
+                    accepted_at: r.get(4),
+                    event: r.get(5),
+                    replay_of: r.get(6),
+                })
                 .map(|job| (job.job_id, job))
                 .collect();
             // In the order asked for, as the SQLite store answers.

@@ -110,6 +110,7 @@ pub(super) async fn write_records(pool: Pool, mut rx: mpsc::UnboundedReceiver<(A
 async fn record(pool: &Pool, attempts: &[Attempt]) -> Result<Vec<bool>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    writes::plan_for_now(&tx).await?;
     let fences: Vec<(&str, &Fence)> =
         attempts.iter().filter_map(|a| Some((a.sub_uid.as_str(), a.fence.as_ref()?))).collect();
     let current = members::current(&tx, &fences).await?;

@@ -136,6 +136,15 @@ fn key(e: &NewEvent) -> (&str, &str, &str) {
     (&e.namespace, &e.source, &e.event_id)
 }
 
+/// Plan the rest of this transaction's statements for their parameters and the tables' current
+/// size. A generic plan, once cached, is kept while a table grows: the one made while `jobs` was
+/// empty went on scanning the whole table to delete a few hundred rows by id (auto_explain), its
+/// per-row array comparison a fifth of the benchmark's CPU (perf). Only the statements that look
+/// rows up by id need it; planning every statement (the publish's too) raised the publish p50.
+pub(super) async fn plan_for_now(tx: &Transaction<'_>) -> Result<(), Error> {
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan").await
+}
+
 /// Record a batch of attempts: the delivery log, then what each attempt does to its job.
 pub(super) async fn record(tx: &Transaction<'_>, attempts: &[Attempt]) -> Result<(), Error> {
     log_attempts(tx, attempts).await?;
