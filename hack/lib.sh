@@ -2,7 +2,21 @@
 # apt for what a fresh machine lacks, and for demo.sh and bench.sh a session: a private control
 # plane in target/<name>-cluster, a scratch directory, background processes, all removed on exit.
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port: a port free to listen on, below Linux's ephemeral range (32768 up), where the kernel
+# picks ports for outgoing connections and binds to port 0 (one of those took a port this had
+# handed out before its server started).
+free_port() {
+  python3 -c '
+import random, socket
+while True:
+    port = random.randrange(20000, 32000)
+    try:
+        socket.socket().bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break'
+}
 
 # as_root COMMAND...: run it as root (directly, or through sudo).
 as_root() {

@@ -635,8 +635,22 @@ pub fn process_memory(pid: u32, field: &str) -> u64 {
 }
 
 /// A free loopback port (the OS picks it; the listener is closed before returning).
+/// A port free to listen on, never handed out before in this process. Chosen below Linux's
+/// ephemeral range (32768 up), where the kernel picks ports for outgoing connections and for
+/// binds to port 0: two binds to port 0 in a row once returned the same port, and Hookline's
+/// metrics and ingest servers then collided.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
+    static HANDED_OUT: LazyLock<Mutex<HashSet<u16>>> = LazyLock::new(Default::default);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = 20_000 + (rand_suffix() % 12_000) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
 }
 
 fn rand_suffix() -> u32 {
