@@ -17,7 +17,7 @@
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
 # BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
 # BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them),
-# BENCH_RANDOM_IDS=1 (event ids scattered like UUIDs instead of counting up),
+# BENCH_SEQUENTIAL_IDS=1 (event ids that count up instead of UUIDs; the JSON line says which),
 # BENCH_LEASE (--failover: the replicas' --lease-duration, default Hookline's 45s; offered load
 # default 100 events/s, each to ten subscriptions).
 set -euo pipefail
@@ -167,4 +167,4 @@ fi
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
 "$BIN/hookline-bench" --ingest "$(join "${INGESTS[@]}")" --metrics "$(join "${METRICSES[@]}")" --pid "$(join "${HLS[@]}")" \
   --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
-  ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_RANDOM_IDS:+--random-ids} | labelled
+  ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_SEQUENTIAL_IDS:+--sequential-ids} | labelled

@@ -49,17 +49,21 @@ struct Args {
     /// Only run the receiver (answering handshakes) until interrupted; for `hack/bench.sh --scale`.
     #[arg(long)]
     receive_only: bool,
-    /// Measure only the store (no HTTP): accept and deliver this many events in a store under
-    /// `--store-dir`, and print the CPU time each step took per event.
+    /// Measure only the store (no HTTP): accept and deliver this many events, once with ids that
+    /// count up and once with UUIDs, each in a new store, and print the CPU time per event of each.
     #[arg(long, default_value_t = 0)]
     store_events: u64,
-    /// Where `--store-events` keeps its store (a scratch directory).
+    /// Where `--store-events` keeps its SQLite stores (a scratch directory).
     #[arg(long, default_value = "")]
     store_dir: String,
-    /// Event ids spread like UUIDs instead of counting up (what most producers send; the
-    /// store's dedup index then takes one scattered page per event).
+    /// `--store-events` on PostgreSQL instead of SQLite: a scratch database, whose `hookline`
+    /// schema is dropped before each run.
     #[arg(long)]
-    random_ids: bool,
+    database_url: Option<String>,
+    /// Event ids that count up (`e1`, `e2`, …) instead of the UUIDs most producers send; the
+    /// store's dedup check used to be cheaper for them.
+    #[arg(long)]
+    sequential_ids: bool,
     /// The phases to run (all but `failover` by default); fewer make profiling one phase quicker.
     #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency")]
     phases: Vec<Phase>,
@@ -99,9 +103,32 @@ struct Paths {
     first_after: HashMap<String, Instant>,
 }
 
-/// The id of the `n`th event: counting up, or (`random`) scattered like a UUID. Unique either way.
-fn event_id(n: u64, random: bool) -> String {
-    if random { format!("{:016x}-{n}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) } else { format!("e{n}") }
+/// The id of the `n`th event: counting up (`sequential`), or a UUID (version 4 in form, its bits
+/// scattered by odd multipliers, which keep it unique). Unique either way.
+fn event_id(n: u64, sequential: bool) -> String {
+    if sequential {
+        return format!("e{n}");
+    }
+    let (a, b) = (
+        n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        (n ^ 0x5851_F42D_4C95_7F2D).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+    );
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// A new event id, never handed out before by this process nor (starting from the clock) by an
+/// earlier run.
+fn next_event_id(sequential: bool) -> String {
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU64::new(now_us()));
+    event_id(next.fetch_add(1, Ordering::Relaxed), sequential)
 }
 
 fn now_us() -> u64 {
@@ -315,6 +342,22 @@ fn proc_stats(pid: u32) -> (f64, f64) {
     (hwm_kb / 1024.0, ticks / 100.0)
 }
 
+/// CPU seconds used so far by this process and, with `server`, every PostgreSQL process on the
+/// host (the store's work happens there).
+fn store_cpu_seconds(server: bool) -> f64 {
+    let postgres = || -> Option<f64> {
+        let mut sum = 0.0;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres") {
+                sum += proc_stats(pid).1;
+            }
+        }
+        Some(sum)
+    };
+    cpu_seconds() + if server { postgres().unwrap_or(0.0) } else { 0.0 }
+}
+
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
     let Ok(resp) = client.get(format!("{base}/metrics")).send().await else { return 0.0 };
     let text = resp.text().await.unwrap_or_default();
@@ -335,14 +378,48 @@ fn cpu_seconds() -> f64 {
 /// events while each accepted job is recorded as delivered by one of 1,024 concurrent attempts
 /// (dispatchers do not wait for their records). Deletes free pages that inserts then reuse, as in
 /// a real run; accepting everything first and delivering afterwards would hide that cost.
-async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<Value> {
-    use hookline::store::{Attempt, JobUpdate, NewEvent, SqliteStore, Store, now_ms};
+/// Each kind of id in a new store.
+async fn store_only(args: &Args) -> anyhow::Result<Value> {
+    let mut result = json!({"events": args.store_events, "store": if args.database_url.is_some() { "postgres" } else { "sqlite" }});
+    for (name, sequential) in [("sequential", true), ("uuid", false)] {
+        let store: Arc<dyn hookline::store::Store> = match &args.database_url {
+            Some(url) => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client.batch_execute("DROP SCHEMA IF EXISTS hookline CASCADE").await?;
+                Arc::new(hookline::store::PostgresStore::connect(url, 16, "hookline-bench").await?)
+            }
+            None => {
+                let dir = std::path::Path::new(&args.store_dir).join(name);
+                anyhow::ensure!(
+                    !dir.exists(),
+                    "{} exists: --store-dir must be a new directory",
+                    dir.display()
+                );
+                Arc::new(hookline::store::SqliteStore::open(&dir)?)
+            }
+        };
+        let server = args.database_url.is_some();
+        result[name] = store_run(store, args.store_events, sequential, server).await?;
+    }
+    let cost = |k: &str| result[k]["cpu_us_per_event"].as_f64().unwrap_or(f64::NAN);
+    result["uuid_cost_ratio"] = json!((cost("uuid") / cost("sequential") * 100.0).round() / 100.0);
+    Ok(result)
+}
+
+/// One run of `store_only`; `server`: count the PostgreSQL server's CPU too.
+async fn store_run(
+    store: Arc<dyn hookline::store::Store>,
+    events: u64,
+    sequential: bool,
+    server: bool,
+) -> anyhow::Result<Value> {
+    use hookline::store::{Attempt, JobUpdate, NewEvent, now_ms};
     const SUB: &str = "4f1c8a52-6c1e-4b8e-9d51-0d6c3b1e2a77";
-    let store = Arc::new(SqliteStore::open(std::path::Path::new(dir))?);
     let body = payload().into_bytes();
     let payload_bytes = body.len();
     let batches = events.div_ceil(100);
-    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let (cpu, wall) = (store_cpu_seconds(server), Instant::now());
     let next = Arc::new(AtomicU64::new(0));
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel::<i64>();
     let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
@@ -359,7 +436,7 @@ async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<
                     .map(|i| NewEvent {
                         namespace: "bench".into(),
                         source: "/bench".into(),
-                        event_id: event_id(b * 100 + i, random_ids),
+                        event_id: event_id(b * 100 + i, sequential),
                         event_type: "bench.event".into(),
                         body: body.clone(),
                         targets: vec![SUB.into()],
@@ -410,7 +487,7 @@ async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<
     for a in attempts {
         recorded += a.await??;
     }
-    let (cpu, wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+    let (cpu, wall) = (store_cpu_seconds(server) - cpu, wall.elapsed().as_secs_f64());
     let n = recorded as f64;
     Ok(json!({
         "events": recorded,
@@ -423,7 +500,7 @@ async fn store_only(dir: &str, events: u64, random_ids: bool) -> anyhow::Result<
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.store_events > 0 {
-        println!("{}", store_only(&args.store_dir, args.store_events, args.random_ids).await?);
+        println!("{}", store_only(&args).await?);
         return Ok(());
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -441,12 +518,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let body = payload();
-    let random_ids = args.random_ids;
-    let ev = move |ns: &str, base: &str, n: u64| -> (String, Vec<(String, String)>) {
+    let sequential = args.sequential_ids;
+    let ev = move |ns: &str, base: &str| -> (String, Vec<(String, String)>) {
         let url = format!("{base}/v1/namespaces/{ns}/events");
         let headers = vec![
             ("ce-specversion".into(), "1.0".into()),
-            ("ce-id".into(), format!("{}-{}", event_id(n, random_ids), now_us())),
+            ("ce-id".into(), next_event_id(sequential)),
             ("ce-source".into(), "/bench".into()),
             ("ce-type".into(), "bench.event".into()),
             ("ce-sentus".into(), now_us().to_string()),
@@ -476,6 +553,7 @@ async fn main() -> anyhow::Result<()> {
     let mut delivered_total = 0u64;
     let run = |phase| args.phases.contains(&phase);
     let mut result = serde_json::Map::new();
+    result.insert("ids".into(), if sequential { "sequential" } else { "uuid" }.into());
 
     // 1. Direct: the same HTTP stack straight to the receiver; measured again at the end, and the
     // ratios divide by the mean, so that one busy moment on the host cannot make a ratio.
@@ -488,7 +566,7 @@ async fn main() -> anyhow::Result<()> {
     let publish = |ns: String| {
         let (c, b, base_for) = (client.clone(), body.clone(), base_for.clone());
         move |n: u64| {
-            let (url, headers) = ev(&ns, &base_for(n), n);
+            let (url, headers) = ev(&ns, &base_for(n));
             let mut req = c.post(url).body(b.clone());
             for (k, v) in headers {
                 req = req.header(k, v);
@@ -506,7 +584,7 @@ async fn main() -> anyhow::Result<()> {
         Box::new(move |n| {
             let base = base_for(n);
             let events: Vec<Value> = (0..100)
-                .map(|i| json!({"specversion": "1.0", "id": format!("b{}-{}", event_id(n * 100 + i, random_ids), now_us()), "source": "/bench", "type": "bench.event", "data": item}))
+                .map(|_| json!({"specversion": "1.0", "id": next_event_id(sequential), "source": "/bench", "type": "bench.event", "data": item}))
                 .collect();
             c.post(format!("{base}/v1/namespaces/{ns}/events"))
                 .header("content-type", "application/cloudevents-batch+json")
