@@ -95,13 +95,25 @@ pub enum StoreError {
     /// The store's writer thread is gone (the process is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// A schema migration would have left rows referring to rows that are not there; it was
+    /// rolled back (a bug in the migration).
+    #[error("schema migration {version} would break references from table {table}")]
+    Migration {
+        /// The migration's number.
+        version: usize,
+        /// A table with a row whose reference would dangle.
+        table: String,
+    },
 }
 
 impl StoreError {
     /// A stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            StoreError::Sqlite(_) | StoreError::Commit(_) | StoreError::NotRun => "sqlite",
+            StoreError::Sqlite(_)
+            | StoreError::Commit(_)
+            | StoreError::NotRun
+            | StoreError::Migration { .. } => "sqlite",
             StoreError::Postgres(_) => "postgres",
             StoreError::Pool(_) | StoreError::Connect { .. } => "unavailable",
             StoreError::DatabaseUrl(_) | StoreError::DatabaseTls(_) | StoreError::PoolBuild(_) => "config",

@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 mod group;
+mod keys;
 mod migrations;
 mod writes;
 
@@ -24,7 +25,8 @@ use super::{
     Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
     ReplayResult, Store, StoreError, Verification,
 };
-use group::{Request, Writes, gather_records, write_loop};
+use group::{Request, Tx, Writes, gather_records, write_loop};
+use keys::Keys;
 use migrations::MIGRATIONS;
 use writes::{FORGET_BODY, accept, prune, replay};
 
@@ -47,14 +49,26 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Apply the migrations not yet applied, each in its own transaction. Foreign keys are off
+/// meanwhile, so that a migration can rebuild a table others refer to (SQLite's way to change a
+/// constraint); each migration must leave them intact, checked before it commits.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current.max(0) as usize >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+        if let Some(table) = broken {
+            return Err(StoreError::Migration { version: i + 1, table });
+        }
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
         tx.commit()?;
     }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
 
@@ -67,11 +81,18 @@ impl SqliteStore {
         let path = data_dir.join("hookline.db");
         let mut writer = open(&path)?;
         migrate(&mut writer)?;
+        let started = std::time::Instant::now();
+        let keys = Keys::load(&writer)?;
+        tracing::info!(
+            events = keys.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "dedup keys loaded"
+        );
         let reader = open(&path)?;
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("hookline-store".into())
-            .spawn(move || write_loop(writer, rx))
+            .spawn(move || write_loop(writer, keys, rx))
             .map_err(|source| StoreError::DataDir { path: path.display().to_string(), source })?;
         let (records, records_rx) = mpsc::unbounded_channel();
         tokio::spawn(gather_records(records_rx, tx.clone()));
@@ -81,7 +102,7 @@ impl SqliteStore {
     /// Run `work` on the writer thread, in the next group commit; resolves once it is durable.
     async fn write<T: Send + 'static>(
         &self,
-        work: impl FnMut(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+        work: impl FnMut(&Tx) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer.send(vec![Request::boxed(work, reply)]).await.map_err(|_| StoreError::Closed)?;

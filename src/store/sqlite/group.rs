@@ -2,11 +2,14 @@
 //! transaction and one fsync; attempt records, which are not urgent, are gathered for a few
 //! milliseconds first. Each request answers once its group is durable.
 
+use std::cell::{RefCell, RefMut};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::keys::Keys;
 use super::writes::record;
 use crate::store::records::{RecordReply, next_group};
 use crate::store::{Attempt, StoreError};
@@ -16,11 +19,32 @@ const MAX_GROUP: usize = 512;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// The writer's open transaction as a request sees it: the connection (which it derefs to) and
+/// the dedup keys, which change along with the transaction.
+pub(super) struct Tx<'a> {
+    conn: &'a Connection,
+    keys: &'a RefCell<Keys>,
+}
+
+impl Tx<'_> {
+    pub(super) fn keys(&self) -> RefMut<'_, Keys> {
+        self.keys.borrow_mut()
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
 /// A write request waiting for the writer thread. Its work borrows the request's data, so it can
 /// run again if the group it is in has to be retried with savepoints.
 pub(super) trait Write: Send {
     /// Run the work and keep its result; false when it failed.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, tx: &Tx) -> bool;
     /// The work ran but its savepoint could not be released: the request failed.
     fn fail(&mut self, e: rusqlite::Error);
     /// Answer with the last run's result, or with the error of the shared commit.
@@ -36,7 +60,7 @@ pub(super) struct Request<T, F> {
 impl<T, F> Request<T, F>
 where
     T: Send + 'static,
-    F: FnMut(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    F: FnMut(&Tx) -> Result<T, rusqlite::Error> + Send + 'static,
 {
     pub(super) fn boxed(work: F, reply: Reply<T>) -> Box<dyn Write> {
         Box::new(Request { work, result: None, reply })
@@ -46,10 +70,10 @@ where
 impl<T, F> Write for Request<T, F>
 where
     T: Send,
-    F: FnMut(&Connection) -> Result<T, rusqlite::Error> + Send,
+    F: FnMut(&Tx) -> Result<T, rusqlite::Error> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
-        let result = (self.work)(conn);
+    fn run(&mut self, tx: &Tx) -> bool {
+        let result = (self.work)(tx);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -92,7 +116,8 @@ pub(super) async fn gather_records(
 }
 
 /// Take every queued request, run them in one transaction, commit once, then answer all.
-pub(super) fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Writes>) {
+pub(super) fn write_loop(mut conn: Connection, keys: Keys, mut rx: mpsc::Receiver<Writes>) {
+    let keys = RefCell::new(keys);
     while let Some(mut group) = rx.blocking_recv() {
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -100,7 +125,7 @@ pub(super) fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Writes>) {
                 Err(_) => break,
             }
         }
-        let commit = write_group(&mut conn, &mut group).map_err(Arc::new);
+        let commit = write_group(&mut conn, &keys, &mut group).map_err(Arc::new);
         for request in group {
             request.answer(commit.as_ref().err());
         }
@@ -108,19 +133,36 @@ pub(super) fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Writes>) {
 }
 
 /// Run a group in one transaction and commit it: first all together; if a request fails, again
-/// from the start with each request in its own savepoint, so that it fails alone.
+/// from the start with each request in its own savepoint, so that it fails alone. The dedup keys
+/// keep what commits and lose what does not.
 pub(super) fn write_group(
     conn: &mut Connection,
+    keys: &RefCell<Keys>,
+    group: &mut [Box<dyn Write>],
+) -> Result<(), rusqlite::Error> {
+    let result = run_group(conn, keys, group);
+    match &result {
+        Ok(()) => keys.borrow_mut().commit(),
+        Err(_) => keys.borrow_mut().rollback(),
+    }
+    result
+}
+
+fn run_group(
+    conn: &mut Connection,
+    keys: &RefCell<Keys>,
     group: &mut [Box<dyn Write>],
 ) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if group.iter_mut().all(|request| request.run(&tx)) {
+    if group.iter_mut().all(|request| request.run(&Tx { conn: &tx, keys })) {
         return tx.commit();
     }
     tx.rollback()?;
+    keys.borrow_mut().rollback();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let t = Tx { conn: &tx, keys };
     for request in group.iter_mut() {
-        if let Err(e) = in_savepoint(&tx, |c| request.run(c)) {
+        if let Err(e) = in_savepoint(&t, |t| request.run(t)) {
             request.fail(e);
         }
     }
@@ -128,15 +170,21 @@ pub(super) fn write_group(
 }
 
 /// Run `run` inside a savepoint and keep its writes only if it returns true, so that a failing
-/// request undoes only its own writes and the shared transaction goes on for the others. Errs
-/// when the savepoint itself fails.
-fn in_savepoint(conn: &Connection, run: impl FnOnce(&Connection) -> bool) -> Result<(), rusqlite::Error> {
-    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
+/// request undoes only its own writes (and dedup keys) and the shared transaction goes on for the
+/// others. Errs when the savepoint itself fails.
+fn in_savepoint(t: &Tx, run: impl FnOnce(&Tx) -> bool) -> Result<(), rusqlite::Error> {
+    let exec = |sql: &str| t.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
     exec("SAVEPOINT request")?;
-    if run(conn) {
-        return exec("RELEASE request");
-    }
+    let mark = t.keys().mark();
+    let kept = run(t);
     // ROLLBACK TO keeps the savepoint open; RELEASE then drops it (now empty).
-    exec("ROLLBACK TO request")?;
-    exec("RELEASE request")
+    let result = if kept {
+        exec("RELEASE request")
+    } else {
+        exec("ROLLBACK TO request").and_then(|()| exec("RELEASE request"))
+    };
+    if !kept || result.is_err() {
+        t.keys().undo_to(mark);
+    }
+    result
 }

@@ -88,4 +88,24 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_time ON events (accepted_at_ms);
     CREATE INDEX dead_letters_by_event ON dead_letters (event_seq);
     "#,
+    // 5: deduplication leaves SQLite for the writer's memory (see `keys`): the events table loses
+    // its unique index on (namespace, source, event_id), whose scattered inserts cost a page per
+    // event, and its time index covers those columns instead, so the writer can load the keys at
+    // start. A constraint goes only by rebuilding the table (foreign keys are off meanwhile).
+    r#"
+    CREATE TABLE events_new (
+        seq INTEGER PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        source TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        accepted_at_ms INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    INSERT INTO events_new (seq, namespace, source, event_id, event_type, accepted_at_ms, body)
+        SELECT seq, namespace, source, event_id, event_type, accepted_at_ms, body FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_new RENAME TO events;
+    CREATE INDEX events_by_time ON events (accepted_at_ms, namespace, source, event_id);
+    "#,
 ];

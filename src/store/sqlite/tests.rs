@@ -1,3 +1,5 @@
+use std::cell::RefCell;
+
 use super::group::write_group;
 use super::writes::{PRUNE_EVENTS, PRUNE_LOG};
 use super::*;
@@ -6,14 +8,21 @@ use super::*;
 fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
     let mut conn = Connection::open_in_memory().expect("open");
     conn.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)").expect("schema");
-    let insert = |v: i64| move |c: &Connection| c.execute("INSERT INTO t VALUES (?1)", [v]);
+    let keys = RefCell::new(Keys::new());
+    let insert = |v: i64| {
+        move |c: &Tx| {
+            c.execute("INSERT INTO t VALUES (?1)", [v])?;
+            c.keys().add(v as u64, v);
+            Ok(())
+        }
+    };
     let (first, first_rx) = oneshot::channel();
     let (second, mut second_rx) = oneshot::channel();
     let (third, third_rx) = oneshot::channel();
     let mut group = vec![
         Request::boxed(insert(1), first),
         Request::boxed(
-            move |c: &Connection| {
+            move |c: &Tx| {
                 insert(2)(c)?;
                 insert(1)(c) // duplicate key: fails after a write
             },
@@ -21,7 +30,7 @@ fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
         ),
         Request::boxed(insert(3), third),
     ];
-    let commit = write_group(&mut conn, &mut group).map_err(std::sync::Arc::new);
+    let commit = write_group(&mut conn, &keys, &mut group).map_err(std::sync::Arc::new);
     for request in group {
         request.answer(commit.as_ref().err());
     }
@@ -37,6 +46,7 @@ fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
         .collect::<Result<_, _>>()
         .expect("rows");
     assert_eq!(rows, [1, 3], "the failed request's first write is undone, the others kept");
+    assert_eq!(keys.borrow().len(), 2, "and so are the dedup keys it added");
 }
 
 #[test]
@@ -54,4 +64,84 @@ fn pruning_finds_old_rows_by_index_not_by_scanning() {
             .expect("rows");
         assert!(plan.iter().all(|step| !step.starts_with("SCAN")), "{sql}: {plan:?}");
     }
+}
+
+/// A store written by schema 4 (deduplication by a unique index), with a pending job, a pending
+/// dead letter and an event kept only for deduplication, opened by this version.
+#[tokio::test]
+async fn a_store_of_the_previous_schema_is_rebuilt_and_keeps_its_queue_and_dedup_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hookline.db");
+    {
+        let conn = open(&path).expect("open");
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).expect("old schema");
+        }
+        conn.pragma_update(None, "user_version", 4).expect("version");
+        conn.execute_batch(
+            "INSERT INTO events (seq, namespace, source, event_id, event_type, accepted_at_ms, body) VALUES
+               (1, 'shop', '/orders', 'pending', 't', 1000, x'7b7d'),
+               (2, 'shop', '/orders', 'dead', 't', 1001, x'7b7d'),
+               (3, 'shop', '/orders', 'delivered', 't', 1002, x'');
+             INSERT INTO jobs (id, event_seq, sub_uid, due_at_ms) VALUES (10, 1, 'sub', 1000), (11, 2, 'sub', 1001);
+             INSERT INTO dead_letters (job_id, sub_uid, namespace, subscription, event_seq, failure)
+               VALUES (11, 'sub', 'shop', 'orders', 2, 'gave up');
+             DELETE FROM jobs WHERE id = 11;",
+        )
+        .expect("old rows");
+    }
+    let store = SqliteStore::open(dir.path()).expect("upgrade");
+    let pending = store.pending("sub").await.expect("pending");
+    assert_eq!(pending.iter().map(|j| j.job_id).collect::<Vec<_>>(), [10], "the pending job is still queued");
+    let jobs = store.jobs(vec![10]).await.expect("jobs");
+    assert_eq!(jobs[0].event, b"{}", "with its event");
+    let dead = store.dead_letters(10).await.expect("dead letters");
+    assert_eq!(
+        dead.iter().map(|d| d.job_id).collect::<Vec<_>>(),
+        [11],
+        "the dead letter waits in its outbox"
+    );
+    store
+        .record(Attempt {
+            job_id: 10,
+            sub_uid: "sub".into(),
+            event_id: "pending".into(),
+            event_type: "t".into(),
+            attempt: 1,
+            at: 2000,
+            status: Some(200),
+            duration_ms: 1,
+            error: None,
+            update: super::super::JobUpdate::Delivered,
+            payload_bytes: 2,
+            fence: None,
+        })
+        .await
+        .expect("delivered after the upgrade");
+    assert!(store.pending("sub").await.expect("pending").is_empty());
+    let publish = |id: &str| NewEvent {
+        namespace: "shop".into(),
+        source: "/orders".into(),
+        event_id: id.into(),
+        event_type: "t".into(),
+        body: b"{}".to_vec(),
+        targets: vec!["sub".into()],
+        accepted_at: 3000,
+    };
+    let again = store
+        .accept(vec![publish("pending"), publish("dead"), publish("delivered"), publish("new")])
+        .await
+        .expect("accept");
+    assert_eq!(
+        again.iter().map(|a| a.duplicate).collect::<Vec<_>>(),
+        [true, true, true, false],
+        "events stored before the upgrade are still duplicates; a new one is not"
+    );
+    let conn = open(&path).expect("open");
+    let unique: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'sqlite_autoindex_events%'", [], |r| {
+            r.get(0)
+        })
+        .expect("indexes");
+    assert_eq!(unique, 0, "the unique index is gone");
 }

@@ -2,20 +2,31 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::group::Tx;
+
 use crate::store::{
     Accepted, Attempt, DeadLetter, JobRef, JobUpdate, KEEP_PAYLOAD_UP_TO, Millis, NewEvent, Replay,
 };
 
-/// One bounded round of pruning (see [`Store::prune`]); every statement runs on an index.
+/// One bounded round of pruning (see [`Store::prune`]); every statement runs on an index. The
+/// events forgotten leave the dedup keys.
 pub(super) fn prune(
-    t: &Connection,
+    t: &Tx,
     log_before: Millis,
     events_before: Millis,
     limit: u32,
 ) -> Result<u64, rusqlite::Error> {
     let log = t.prepare_cached(PRUNE_LOG)?.execute(params![log_before, limit])?;
-    let events = t.prepare_cached(PRUNE_EVENTS)?.execute(params![events_before, limit])?;
-    Ok((log + events) as u64)
+    let mut stmt = t.prepare_cached(PRUNE_EVENTS)?;
+    let mut rows = stmt.query(params![events_before, limit])?;
+    let mut keys = t.keys();
+    let mut events = 0;
+    while let Some(r) = rows.next()? {
+        let hash = keys.hash(r.get_ref(1)?.as_str()?, r.get_ref(2)?.as_str()?, r.get_ref(3)?.as_str()?);
+        keys.remove(hash, r.get(0)?);
+        events += 1;
+    }
+    Ok(log as u64 + events)
 }
 
 pub(super) const PRUNE_LOG: &str =
@@ -24,18 +35,23 @@ pub(super) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE seq IN (
        SELECT seq FROM events WHERE accepted_at_ms < ?1
          AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_seq = events.seq)
          AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = events.seq)
-       LIMIT ?2)";
+       LIMIT ?2)
+     RETURNING seq, namespace, source, event_id";
 
-pub(super) fn accept(tx: &Connection, events: &[NewEvent]) -> Result<Vec<Accepted>, rusqlite::Error> {
-    let mut insert_event = tx.prepare_cached(
-        "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-    )?;
+/// Store each event not stored already (see `keys`) with one job per target.
+pub(super) fn accept(tx: &Tx, events: &[NewEvent]) -> Result<Vec<Accepted>, rusqlite::Error> {
+    let mut insert_event = tx.prepare_cached(INSERT_EVENT)?;
     let mut insert_job =
         tx.prepare_cached("INSERT INTO jobs (event_seq, sub_uid, due_at_ms) VALUES (?1, ?2, ?3)")?;
+    let mut keys = tx.keys();
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
-        let inserted = insert_event.execute(params![
+        let hash = keys.hash(&ev.namespace, &ev.source, &ev.event_id);
+        if keys.find(tx, hash, (&ev.namespace, &ev.source, &ev.event_id))?.is_some() {
+            out.push(Accepted { duplicate: true, jobs: vec![] });
+            continue;
+        }
+        insert_event.execute(params![
             ev.namespace,
             ev.source,
             ev.event_id,
@@ -43,11 +59,8 @@ pub(super) fn accept(tx: &Connection, events: &[NewEvent]) -> Result<Vec<Accepte
             ev.accepted_at,
             ev.body
         ])?;
-        if inserted == 0 {
-            out.push(Accepted { duplicate: true, jobs: vec![] });
-            continue;
-        }
         let seq = tx.last_insert_rowid();
+        keys.add(hash, seq);
         let mut jobs = Vec::with_capacity(ev.targets.len());
         for uid in &ev.targets {
             insert_job.execute(params![seq, uid, ev.accepted_at])?;
@@ -58,7 +71,11 @@ pub(super) fn accept(tx: &Connection, events: &[NewEvent]) -> Result<Vec<Accepte
     Ok(out)
 }
 
-pub(super) fn replay(tx: &Connection, r: &Replay) -> Result<Option<JobRef>, rusqlite::Error> {
+const INSERT_EVENT: &str =
+    "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+pub(super) fn replay(tx: &Tx, r: &Replay) -> Result<Option<JobRef>, rusqlite::Error> {
     let pending: Option<i64> = tx
         .prepare_cached("SELECT id FROM jobs WHERE replay_of = ?1")?
         .query_row([&r.replay_of], |row| row.get(0))
@@ -68,18 +85,28 @@ pub(super) fn replay(tx: &Connection, r: &Replay) -> Result<Option<JobRef>, rusq
     }
     let ev = &r.event;
     // The original event row may still exist (within the dedup window): reuse it.
-    let seq: i64 = tx
-        .prepare_cached(
-            "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (namespace, source, event_id)
-               DO UPDATE SET accepted_at_ms = excluded.accepted_at_ms, body = excluded.body
-             RETURNING seq",
-        )?
-        .query_row(
-            params![ev.namespace, ev.source, ev.event_id, ev.event_type, ev.accepted_at, ev.body],
-            |row| row.get(0),
-        )?;
+    let mut keys = tx.keys();
+    let hash = keys.hash(&ev.namespace, &ev.source, &ev.event_id);
+    let seq = match keys.find(tx, hash, (&ev.namespace, &ev.source, &ev.event_id))? {
+        Some(seq) => {
+            tx.prepare_cached("UPDATE events SET accepted_at_ms = ?2, body = ?3 WHERE seq = ?1")?
+                .execute(params![seq, ev.accepted_at, ev.body])?;
+            seq
+        }
+        None => {
+            tx.prepare_cached(INSERT_EVENT)?.execute(params![
+                ev.namespace,
+                ev.source,
+                ev.event_id,
+                ev.event_type,
+                ev.accepted_at,
+                ev.body
+            ])?;
+            let seq = tx.last_insert_rowid();
+            keys.add(hash, seq);
+            seq
+        }
+    };
     let uid = ev.targets.first().cloned().unwrap_or_default();
     tx.prepare_cached("INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![seq, uid, ev.accepted_at, r.replay_of])?;
