@@ -14,6 +14,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::{ListParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Api, ResourceExt};
+use serde::Deserialize;
 use serde_json::json;
 use support::receiver::{Receiver, Reply};
 use support::{TestEnv, install_crds, wait_until};
@@ -80,6 +81,13 @@ async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_rbac_is_minimal(&rendered);
+        assert_namespaced_objects_land_in(&rendered, &env.namespace);
+        let image = rendered.lines().find_map(|l| l.trim().strip_prefix("image: ")).expect("an image");
+        assert_eq!(
+            image.ends_with("@sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0\""),
+            values == Some(ALL_FEATURES),
+            "pulled by digest exactly when image.digest is set: {image}"
+        );
     }
     // The chart ships exactly the generated CRDs.
     let shipped = std::fs::read_to_string(format!("{CHART}/crds/hookline.dev.yaml")).expect("chart CRDs");
@@ -108,6 +116,25 @@ async fn the_values_schema_refuses_several_replicas_on_sqlite_and_postgres_witho
 }
 
 /// No wildcard anywhere, and Secrets only as the code uses them.
+/// `helm template | kubectl apply` puts every namespaced object in the release's namespace,
+/// whatever namespace kubectl's context has.
+fn assert_namespaced_objects_land_in(rendered: &str, namespace: &str) {
+    const CLUSTER_SCOPED: [&str; 2] = ["ClusterRole", "ClusterRoleBinding"];
+    for doc in serde_yaml::Deserializer::from_str(rendered) {
+        let object = serde_yaml::Value::deserialize(doc).expect("rendered YAML");
+        let Some(kind) = object["kind"].as_str() else { continue };
+        if CLUSTER_SCOPED.contains(&kind) {
+            continue;
+        }
+        assert_eq!(
+            object["metadata"]["namespace"].as_str(),
+            Some(namespace),
+            "{kind} {:?} names its namespace",
+            object["metadata"]["name"]
+        );
+    }
+}
+
 fn assert_rbac_is_minimal(rendered: &str) {
     for doc in rendered.split("\n---") {
         let Ok(obj) = serde_yaml::from_str::<serde_json::Value>(doc) else { continue };
