@@ -401,6 +401,12 @@ async fn store_only(args: &Args) -> anyhow::Result<Value> {
         };
         let server = args.database_url.is_some();
         result[name] = store_run(store, args.store_events, sequential, server).await?;
+        if !server {
+            // What a restart with all of them in the dedup window costs (the keys are read).
+            let started = Instant::now();
+            drop(hookline::store::SqliteStore::open(&std::path::Path::new(&args.store_dir).join(name))?);
+            result[name]["reopen_ms"] = (started.elapsed().as_millis() as u64).into();
+        }
     }
     let cost = |k: &str| result[k]["cpu_us_per_event"].as_f64().unwrap_or(f64::NAN);
     result["uuid_cost_ratio"] = json!((cost("uuid") / cost("sequential") * 100.0).round() / 100.0);
