@@ -1,5 +1,7 @@
 //! Prometheus metrics of the operator.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
@@ -15,11 +17,25 @@ struct ErrorLabels {
     error: &'static str,
 }
 
+/// A subscription, by namespace and name: what alerts and dashboards name (bounded by the number
+/// of subscriptions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabels {
+    namespace: String,
+    name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
+    namespace: String,
+    name: String,
     outcome: &'static str,
     class: &'static str,
 }
+
+/// Every `(outcome, class)` an attempt can be counted under.
+const OUTCOMES: [(&str, &str); 5] =
+    [("success", "2xx"), ("failure", "3xx"), ("failure", "4xx"), ("failure", "5xx"), ("failure", "none")];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AcceptLabels {
@@ -27,13 +43,25 @@ struct AcceptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct QueueLabels {
-    subscription_uid: String,
+struct DeadLetterLabels {
+    namespace: String,
+    name: String,
+    disposition: &'static str,
+}
+
+/// Every disposition a dead letter can be counted under.
+const DISPOSITIONS: [&str; 6] = ["queued", "dropped", "created", "capped", "orphaned", "unreadable"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyGaugeLabels {
+    namespace: String,
+    name: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DeadLetterLabels {
-    disposition: &'static str,
+struct WriterLabels {
+    writer: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,8 +85,13 @@ pub struct Metrics {
     events_accepted: Family<AcceptLabels, Counter>,
     deliveries: Family<OutcomeLabels, Counter>,
     attempt_duration: Histogram,
-    queue_depth: Family<QueueLabels, Gauge>,
+    queue_depth: Family<SubscriptionLabels, Gauge>,
+    oldest_pending: Family<SubscriptionLabels, Gauge<f64, AtomicU64>>,
+    ready: Family<ReadyGaugeLabels, Gauge>,
+    /// The reason each exported `subscription_ready` series carries, to replace it on a change.
+    ready_reasons: Mutex<HashMap<SubscriptionLabels, &'static str>>,
     dead_letters: Family<DeadLetterLabels, Counter>,
+    status_write_failures: Family<WriterLabels, Counter>,
     api_requests: Family<MethodLabels, Counter>,
     event_cache_bytes: Gauge,
     store_free_bytes: Gauge,
@@ -105,7 +138,7 @@ impl Default for Metrics {
         let deliveries = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "deliveries",
-            "Delivery attempts by outcome and HTTP status class",
+            "Delivery attempts per subscription, by outcome and HTTP status class",
             deliveries.clone(),
         );
         let attempt_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -114,10 +147,38 @@ impl Default for Metrics {
             "Duration of delivery attempts",
             attempt_duration.clone(),
         );
-        let queue_depth = Family::<QueueLabels, Gauge>::default();
-        registry.register("queue_depth", "Jobs queued or in flight per subscription", queue_depth.clone());
+        let queue_depth = Family::<SubscriptionLabels, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Jobs queued or in flight per subscription (exported by the subscription's owner)",
+            queue_depth.clone(),
+        );
+        let oldest_pending = Family::<SubscriptionLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "oldest_pending_job_age_seconds",
+            "Age of the oldest event waiting for an attempt (due or backing off) per subscription; 0 when none waits",
+            oldest_pending.clone(),
+        );
+        let ready = Family::<ReadyGaugeLabels, Gauge>::default();
+        registry.register(
+            "subscription_ready",
+            "1 while a subscription's Ready condition is True, else 0; reason: the condition's \
+             (exported by the subscription's owner)",
+            ready.clone(),
+        );
         let dead_letters = Family::<DeadLetterLabels, Counter>::default();
-        registry.register("dead_letters", "Events given up on, by what became of them", dead_letters.clone());
+        registry.register(
+            "dead_letters",
+            "Events given up on per subscription, by what became of them",
+            dead_letters.clone(),
+        );
+        let status_write_failures = Family::<WriterLabels, Counter>::default();
+        registry.register(
+            "status_write_failures",
+            "Subscription status writes the API server refused or did not answer, by writer \
+             (controller: conditions; delivery: delivery results)",
+            status_write_failures.clone(),
+        );
         let api_requests = Family::<MethodLabels, Counter>::default();
         registry.register(
             "api_requests",
@@ -172,7 +233,11 @@ impl Default for Metrics {
             deliveries,
             attempt_duration,
             queue_depth,
+            oldest_pending,
+            ready,
+            ready_reasons: Mutex::default(),
             dead_letters,
+            status_write_failures,
         }
     }
 }
@@ -249,37 +314,86 @@ impl Metrics {
         self.events_accepted.get_or_create(&AcceptLabels { duplicate }).inc();
     }
 
-    /// Count a finished delivery attempt by the endpoint's HTTP status (`None`: no answer).
-    pub fn attempt_finished(&self, status: Option<u16>, duration: std::time::Duration) {
-        let labels = match status {
-            Some(code) => OutcomeLabels {
-                outcome: if (200..300).contains(&code) { "success" } else { "failure" },
-                class: match code {
+    /// Count a finished delivery attempt to `namespace`/`name` by the endpoint's HTTP status
+    /// (`None`: no answer).
+    pub fn attempt_finished(&self, namespace: &str, name: &str, status: Option<u16>, duration: std::time::Duration) {
+        let (outcome, class) = match status {
+            Some(code) => (
+                if (200..300).contains(&code) { "success" } else { "failure" },
+                match code {
                     200..=299 => "2xx",
                     300..=399 => "3xx",
                     400..=499 => "4xx",
                     _ => "5xx",
                 },
-            },
-            None => OutcomeLabels { outcome: "failure", class: "none" },
+            ),
+            None => ("failure", "none"),
         };
+        let labels = OutcomeLabels { namespace: namespace.into(), name: name.into(), outcome, class };
         self.deliveries.get_or_create(&labels).inc();
         self.attempt_duration.observe(duration.as_secs_f64());
     }
 
-    /// Set a subscription's queue depth.
-    pub fn set_queue_depth(&self, uid: &str, depth: i64) {
-        self.queue_depth.get_or_create(&QueueLabels { subscription_uid: uid.to_string() }).set(depth);
+    /// Set a subscription's queue depth and the age of its oldest waiting event.
+    pub fn set_queue(&self, namespace: &str, name: &str, depth: i64, oldest: std::time::Duration) {
+        let labels = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
+        self.queue_depth.get_or_create(&labels).set(depth);
+        self.oldest_pending.get_or_create(&labels).set(oldest.as_secs_f64());
     }
 
-    /// Stop reporting a subscription's queue.
-    pub fn forget_queue(&self, uid: &str) {
-        self.queue_depth.remove(&QueueLabels { subscription_uid: uid.to_string() });
+    /// Stop reporting a subscription's queue (its dispatcher stopped here).
+    pub fn forget_queue(&self, namespace: &str, name: &str) {
+        let labels = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
+        self.queue_depth.remove(&labels);
+        self.oldest_pending.remove(&labels);
     }
 
-    /// Count an event given up on: `queued` for a FailedEvent, `dropped`, `created`, `capped`.
-    pub fn dead_lettered(&self, disposition: &'static str) {
-        self.dead_letters.get_or_create(&DeadLetterLabels { disposition }).inc();
+    /// Whether a subscription this replica owns is Ready, and the condition's reason.
+    pub fn set_ready(&self, namespace: &str, name: &str, ready: bool, reason: &'static str) {
+        let sub = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
+        let labels = |reason| ReadyGaugeLabels { namespace: namespace.into(), name: name.into(), reason };
+        let mut reasons = self.ready_reasons.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = reasons.insert(sub, reason).filter(|old| *old != reason) {
+            self.ready.remove(&labels(old));
+        }
+        self.ready.get_or_create(&labels(reason)).set(i64::from(ready));
+    }
+
+    /// Stop reporting a subscription's readiness (deleted, or owned by another replica now).
+    pub fn forget_ready(&self, namespace: &str, name: &str) {
+        let sub = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
+        let old = self.ready_reasons.lock().unwrap_or_else(|e| e.into_inner()).remove(&sub);
+        if let Some(reason) = old {
+            self.ready.remove(&ReadyGaugeLabels { namespace: namespace.into(), name: name.into(), reason });
+        }
+    }
+
+    /// Forget every series of a deleted subscription.
+    pub fn forget_subscription(&self, namespace: &str, name: &str) {
+        self.forget_ready(namespace, name);
+        self.forget_queue(namespace, name);
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        for (outcome, class) in OUTCOMES {
+            let (namespace, name) = (namespace.clone(), name.clone());
+            self.deliveries.remove(&OutcomeLabels { namespace, name, outcome, class });
+        }
+        for disposition in DISPOSITIONS {
+            let (namespace, name) = (namespace.clone(), name.clone());
+            self.dead_letters.remove(&DeadLetterLabels { namespace, name, disposition });
+        }
+    }
+
+    /// Count an event of `namespace`/`name` given up on, by what became of it (one of
+    /// `DISPOSITIONS`): `queued` for a FailedEvent, `dropped`, `created`, `capped`, `orphaned`,
+    /// `unreadable`.
+    pub fn dead_lettered(&self, namespace: &str, name: &str, disposition: &'static str) {
+        let labels = DeadLetterLabels { namespace: namespace.into(), name: name.into(), disposition };
+        self.dead_letters.get_or_create(&labels).inc();
+    }
+
+    /// Count a status write that failed; `writer` is `controller` or `delivery`.
+    pub fn status_write_failed(&self, writer: &'static str) {
+        self.status_write_failures.get_or_create(&WriterLabels { writer }).inc();
     }
 
     /// The metrics in Prometheus text format.
@@ -306,6 +420,34 @@ mod tests {
         assert!(text.contains("hookline_reconcile_errors_total{error=\"kube\"} 1"), "{text}");
         assert!(text.contains("hookline_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hookline_status_writes_total 1"), "{text}");
+    }
+
+    #[test]
+    fn subscriptions_have_series_of_their_own_that_leave_with_them() {
+        let m = Metrics::default();
+        m.attempt_finished("shop", "orders", Some(503), std::time::Duration::from_millis(5));
+        m.attempt_finished("shop", "orders", None, std::time::Duration::from_millis(5));
+        m.dead_lettered("shop", "orders", "queued");
+        m.set_queue("shop", "orders", 7, std::time::Duration::from_secs(90));
+        m.set_ready("shop", "orders", false, "AwaitingValidation");
+        m.set_ready("shop", "orders", true, "Active");
+        m.status_write_failed("delivery");
+        let text = m.encode();
+        for line in [
+            r#"hookline_deliveries_total{namespace="shop",name="orders",outcome="failure",class="5xx"} 1"#,
+            r#"hookline_deliveries_total{namespace="shop",name="orders",outcome="failure",class="none"} 1"#,
+            r#"hookline_dead_letters_total{namespace="shop",name="orders",disposition="queued"} 1"#,
+            r#"hookline_queue_depth{namespace="shop",name="orders"} 7"#,
+            r#"hookline_oldest_pending_job_age_seconds{namespace="shop",name="orders"} 90.0"#,
+            r#"hookline_subscription_ready{namespace="shop",name="orders",reason="Active"} 1"#,
+            r#"hookline_status_write_failures_total{writer="delivery"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("AwaitingValidation"), "a changed reason replaces the series: {text}");
+        m.forget_subscription("shop", "orders");
+        let text = m.encode();
+        assert!(!text.contains("orders"), "a deleted subscription leaves no series: {text}");
     }
 
     #[test]

@@ -83,6 +83,13 @@ async fn apply(
         decision.requeue_after = Some(decision.requeue_after.map_or(recheck, |d| d.min(recheck)));
     }
 
+    let (ns, name) = (sub.namespace().unwrap_or_default(), sub.name_any());
+    if acts {
+        let ready = decision.status.conditions.iter().any(|c| c.type_ == condition_type::READY && c.status == "True");
+        ctx.metrics.set_ready(&ns, &name, ready, decision.ready_reason.as_str());
+    } else {
+        ctx.metrics.forget_ready(&ns, &name);
+    }
     if acts && changed(sub.status.as_ref(), &decision.status) {
         write_status(sub, &decision, ctx, api).await?;
     }
@@ -130,6 +137,7 @@ async fn cleanup(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Err
         .await
         .map_err(|source| Error::Store { action: "dropping the queued deliveries", source })?;
     info!(subscription = %ObjectRef::from_obj(sub), dropped, "subscription deleted; its queued deliveries were dropped");
+    ctx.metrics.forget_subscription(&sub.namespace().unwrap_or_default(), &sub.name_any());
     Ok(Action::await_change())
 }
 
@@ -181,9 +189,10 @@ async fn write_status(
     ctx: &Context,
     api: &Api<WebhookSubscription>,
 ) -> Result<(), Error> {
-    apply_status(api, &sub.name_any(), FIELD_MANAGER, owned(&decision.status))
-        .await
-        .map_err(Error::kube("writing the subscription status"))?;
+    if let Err(e) = apply_status(api, &sub.name_any(), FIELD_MANAGER, owned(&decision.status)).await {
+        ctx.metrics.status_write_failed("controller");
+        return Err(Error::kube("writing the subscription status")(e));
+    }
     ctx.metrics.status_written();
     debug!(subscription = %ObjectRef::from_obj(sub), "status written");
     Ok(())

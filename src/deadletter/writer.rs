@@ -137,7 +137,11 @@ impl Writer {
                 Ok(None) => store.dead_letter_done(letter.job_id).await?,
                 Err(e) if e.is_permanent() => {
                     warn!(subscription = %letter.letter.subscription, error = %Chain(&e), "dropping a dead letter that cannot become a FailedEvent");
-                    self.metrics.dead_lettered("unreadable");
+                    self.metrics.dead_lettered(
+                        &letter.letter.namespace,
+                        &letter.letter.subscription,
+                        "unreadable",
+                    );
                     self.board.dead_letter_dropped(
                         &letter.sub_uid,
                         &letter.letter.namespace,
@@ -174,13 +178,13 @@ impl Writer {
             }
             // The subscription is gone: its FailedEvents would be garbage-collected anyway.
             debug!(subscription = %name, "dropping a dead letter of a deleted subscription");
-            self.metrics.dead_lettered("orphaned");
+            self.metrics.dead_lettered(ns, name, "orphaned");
             return Ok(None);
         };
         let count = counts.entry(letter.sub_uid.clone()).or_insert(0);
         if *count >= self.limits.cap {
             self.board.dead_letter_dropped(&letter.sub_uid, ns, name);
-            self.metrics.dead_lettered("capped");
+            self.metrics.dead_lettered(ns, name, "capped");
             let note = format!(
                 "{} FailedEvents exist (the cap): an undeliverable event was dropped; delete or replay FailedEvents",
                 self.limits.cap
@@ -224,7 +228,7 @@ impl Writer {
         match api.create(&params, &fev).await {
             Ok(_) => {
                 *count += 1;
-                self.metrics.dead_lettered("created");
+                self.metrics.dead_lettered(ns, name, "created");
                 info!(subscription = %name, failed_event = %fev_name, "FailedEvent created");
                 Ok(Some(ObjectRef::new(&fev_name).within(ns)))
             }

@@ -233,7 +233,8 @@ async fn run(
     slot.release();
     let attempt_no = job.attempts + 1;
     let decision = next(&sent.outcome, attempt_no, age, schedule, rand::rng().random());
-    shared.metrics.attempt_finished(sent.outcome.status_code(), sent.duration);
+    let ns = sub.key.namespace.as_deref().unwrap_or_default();
+    shared.metrics.attempt_finished(ns, &sub.key.name, sent.outcome.status_code(), sent.duration);
     finish(shared, sub, &job, Some(event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
         .await
 }
@@ -316,9 +317,9 @@ async fn finish(
         shared.board.gave_up(&sub.uid, &ns, &sub.key.name);
     }
     match &update {
-        JobUpdate::DeadLetter(_) => shared.metrics.dead_lettered("queued"),
+        JobUpdate::DeadLetter(_) => shared.metrics.dead_lettered(&ns, &sub.key.name, "queued"),
         JobUpdate::Dropped => {
-            shared.metrics.dead_lettered("dropped");
+            shared.metrics.dead_lettered(&ns, &sub.key.name, "dropped");
             shared.board.dead_letter_dropped(&sub.uid, &ns, &sub.key.name);
         }
         _ => {}

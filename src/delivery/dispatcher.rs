@@ -30,6 +30,9 @@ pub struct Dispatcher {
     pub(super) running: Running,
 }
 
+/// How often the age of the oldest waiting event is brought up to date.
+const AGE_EVERY: Duration = Duration::from_secs(5);
+
 /// How often jobs held behind a closed gate are checked against their TTL.
 const HELD_SWEEP: Duration = Duration::from_secs(15);
 
@@ -42,6 +45,9 @@ impl Dispatcher {
         let Some((mut queue, mut loaded)) = self.load(&uid, &name).await else { return };
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
         let mut sweep = tokio::time::interval(HELD_SWEEP);
+        // The oldest waiting event's age is a walk over the queue: looked at every few seconds.
+        let mut age_tick = tokio::time::interval(AGE_EVERY);
+        let mut oldest: Option<Millis> = None;
         loop {
             let sub = self.sub.borrow().clone();
             let now = now_ms();
@@ -59,7 +65,9 @@ impl Dispatcher {
             let depth = queue.depth() as u64;
             let next_retry = queue.next_retry(now).and_then(time);
             self.shared.board.queue(&uid, &ns, &name, depth, next_retry);
-            self.shared.metrics.set_queue_depth(&uid, depth as i64);
+            oldest = oldest.filter(|_| queue.has_waiting());
+            let age = oldest.map_or(0, |at| now.saturating_sub(at).max(0));
+            self.shared.metrics.set_queue(&ns, &name, depth as i64, Duration::from_millis(age as u64));
 
             tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -72,6 +80,7 @@ impl Dispatcher {
                 changed = self.sub.changed() => if changed.is_err() { break },
                 Some(finished) = done_rx.recv() => queue.finished(&sub, finished),
                 _ = tokio::time::sleep(plan.wake.unwrap_or_default()), if plan.wake.is_some() => {}
+                _ = age_tick.tick() => oldest = queue.oldest_waiting(),
                 _ = sweep.tick(), if !queue.is_open(&sub) => {
                     let expired = queue.expired(sub.schedule.event_ttl, now);
                     if !expired.is_empty() {
@@ -89,7 +98,7 @@ impl Dispatcher {
                 None => break,
             }
         }
-        self.shared.metrics.forget_queue(&uid);
+        self.shared.metrics.forget_queue(&ns, &name);
         debug!(subscription = %name, "dispatcher stopped");
         drop(self.running);
     }

@@ -229,6 +229,17 @@ impl Queue {
         self.jobs.len() + self.in_flight
     }
 
+    /// Whether any job waits for an attempt (due or backing off).
+    pub fn has_waiting(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// When the oldest event waiting for an attempt was accepted (a walk over the queue: call it
+    /// at most every few seconds).
+    pub fn oldest_waiting(&self) -> Option<Millis> {
+        self.jobs.iter().map(|j| j.accepted_at).min()
+    }
+
     /// When the first queued job falls due, if that is after `now`.
     pub fn next_retry(&self, now: Millis) -> Option<Millis> {
         self.jobs.first().map(|j| j.due_at).filter(|due| *due > now)

@@ -154,6 +154,7 @@ async fn write(
         // Not "deleted" (the registry says it exists): an API server that is starting answers 404
         // until it serves the group again. Forgetting the counts here lost them.
         Err(e) => {
+            metrics.status_write_failed("delivery");
             warn!(subscription = %tracker.name, error = %Chain(&e), "writing delivery status; will retry");
             board.mark_dirty(uid, urgent);
         }
