@@ -92,6 +92,7 @@ pub struct Metrics {
     ready_reasons: Mutex<HashMap<SubscriptionLabels, &'static str>>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     status_write_failures: Family<WriterLabels, Counter>,
+    ready_process: Gauge,
     api_requests: Family<MethodLabels, Counter>,
     event_cache_bytes: Gauge,
     store_free_bytes: Gauge,
@@ -216,7 +217,26 @@ impl Default for Metrics {
             "Age of the oldest delivery result not yet written to a subscription's status",
             status_staleness.clone(),
         );
+        // Counters a failure or a first event may be the first to touch start at zero, so that
+        // their family is declared from the start and rate() sees the first increase.
+        for error in ["kube_api", "store", "failed_event_kube_api", "failed_event_store"] {
+            drop(reconcile_errors.get_or_create(&ErrorLabels { error }));
+        }
+        for writer in ["controller", "delivery"] {
+            drop(status_write_failures.get_or_create(&WriterLabels { writer }));
+        }
+        for duplicate in ["false", "true"] {
+            drop(events_accepted.get_or_create(&AcceptLabels { duplicate }));
+        }
+        let ready_process = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while this replica is ready (its /readyz answers 200: watches synced, subscriptions \
+             loaded, store reachable), else 0",
+            ready_process.clone(),
+        );
         Self {
+            ready_process,
             status_writes_deferred,
             status_staleness,
             store_errors,
@@ -316,7 +336,13 @@ impl Metrics {
 
     /// Count a finished delivery attempt to `namespace`/`name` by the endpoint's HTTP status
     /// (`None`: no answer).
-    pub fn attempt_finished(&self, namespace: &str, name: &str, status: Option<u16>, duration: std::time::Duration) {
+    pub fn attempt_finished(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: Option<u16>,
+        duration: std::time::Duration,
+    ) {
         let (outcome, class) = match status {
             Some(code) => (
                 if (200..300).contains(&code) { "success" } else { "failure" },
@@ -389,6 +415,11 @@ impl Metrics {
     pub fn dead_lettered(&self, namespace: &str, name: &str, disposition: &'static str) {
         let labels = DeadLetterLabels { namespace: namespace.into(), name: name.into(), disposition };
         self.dead_letters.get_or_create(&labels).inc();
+    }
+
+    /// Whether this replica is ready (set as `/metrics` is read).
+    pub fn set_process_ready(&self, ready: bool) {
+        self.ready_process.set(i64::from(ready));
     }
 
     /// Count a status write that failed; `writer` is `controller` or `delivery`.

@@ -58,6 +58,7 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
+    state.metrics.set_process_ready(state.readiness.missing().is_none());
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),
