@@ -52,6 +52,12 @@ step "lua5.1"
 command -v lua5.1 >/dev/null || apt_install lua5.1
 lua5.1 -v
 
+# promtool (Debian's prometheus package) checks and unit-tests the chart's alerts and dashboard
+# (tests/monitoring.rs); the package's server is not started.
+step "promtool"
+command -v promtool >/dev/null || apt_install prometheus
+promtool --version | head -n 1
+
 # A control plane of its own, so a developer's `hack/cluster.sh up` is left alone.
 step "local control plane"
 hack/cluster.sh up

@@ -50,19 +50,33 @@ const SERVICE_MONITOR_CRD: &str = r#"{"apiVersion":"apiextensions.k8s.io/v1","ki
   "names":{"kind":"ServiceMonitor","plural":"servicemonitors","singular":"servicemonitor"},
   "versions":[{"name":"v1","served":true,"storage":true,
    "schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+const PROMETHEUS_RULE_CRD: &str = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+ "metadata":{"name":"prometheusrules.monitoring.coreos.com"},
+ "spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
+  "names":{"kind":"PrometheusRule","plural":"prometheusrules","singular":"prometheusrule"},
+  "versions":[{"name":"v1","served":true,"storage":true,
+   "schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
     let env = TestEnv::start("chart-render").await;
     install_crds(&env.client).await;
-    let _ = kubectl_stdin(&env, &["apply", "-f", "-"], SERVICE_MONITOR_CRD);
+    for crd in [SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD] {
+        let _ = kubectl_stdin(&env, &["apply", "-f", "-"], crd);
+    }
     env.kubectl(&[
         "wait",
         "--for=condition=Established",
         "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
         "--timeout=30s",
     ]);
-    support::wait_until_served(&env.client, "monitoring.coreos.com/v1", &["servicemonitors"]).await;
+    support::wait_until_served(
+        &env.client,
+        "monitoring.coreos.com/v1",
+        &["servicemonitors", "prometheusrules"],
+    )
+    .await;
     helm(&env, &["lint", "--strict", CHART]);
     helm(&env, &["lint", "--strict", CHART, "-f", ALL_FEATURES]);
     helm(&env, &["lint", "--strict", CHART, "-f", POSTGRES]);

@@ -85,7 +85,8 @@ async fn apply(
 
     let (ns, name) = (sub.namespace().unwrap_or_default(), sub.name_any());
     if acts {
-        let ready = decision.status.conditions.iter().any(|c| c.type_ == condition_type::READY && c.status == "True");
+        let ready =
+            decision.status.conditions.iter().any(|c| c.type_ == condition_type::READY && c.status == "True");
         ctx.metrics.set_ready(&ns, &name, ready, decision.ready_reason.as_str());
     } else {
         ctx.metrics.forget_ready(&ns, &name);
