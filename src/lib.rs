@@ -17,4 +17,5 @@ pub mod registry;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod verify;

@@ -27,6 +27,7 @@ use hookline::registry::{Readiness, Registry};
 use hookline::report::Chain;
 use hookline::server;
 use hookline::store::{PostgresStore, SqliteStore, Store};
+use hookline::telemetry;
 use hookline::verify::Verifier;
 use ipnet::IpNet;
 use kube::runtime::events::Recorder;
@@ -146,6 +147,10 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "HOOKLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export spans (publish, delivery attempts, handshakes) to this OTLP/HTTP collector, e.g.
+    /// `http://otel-collector:4318` (JSON to `<url>/v1/traces`). Off when unset.
+    #[arg(long, env = "HOOKLINE_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -176,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_telemetry(format: LogFormat) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "info,kube=warn,tower=warn,hyper=warn,rustls_platform_verifier=off",
@@ -247,7 +252,13 @@ fn lease_duration(s: &str) -> Result<Duration, String> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_telemetry(args.log_format);
+    init_logging(args.log_format);
+    // The exporter's HTTP client is reqwest's, built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tracing = telemetry::init(args.otlp_endpoint.as_deref())?;
+    if let Some(endpoint) = &args.otlp_endpoint {
+        info!(%endpoint, "exporting spans over OTLP/HTTP");
+    }
     let metrics = Arc::new(Metrics::default());
     let client = kube_client(metrics.clone()).await?;
     let policy = Policy { allow_http: args.allow_http, allow_unverified: args.allow_unverified_endpoints };
@@ -436,8 +447,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         membership.await.context("membership task")?;
     }
     ops.await.context("operations server task")?.context("operations server")?;
+    tokio::task::spawn_blocking(move || tracing.shutdown()).await.context("span export")?;
     info!("stopped");
     Ok(())
+}
+
+/// An http(s) URL without query or fragment.
+fn otlp_endpoint(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{s:?} is not an http(s) URL without query or fragment"));
+    }
+    Ok(s.to_string())
 }
 
 /// A rate above zero (writes per second).

@@ -32,15 +32,28 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         &[],
         "which subscriptions this replica owns, its lease, and rendezvous hashing; state, no IO",
     ),
+    ("telemetry", &["event"], "trace context carried by events, and OTLP span export"),
     // Floor 3: the engines, side by side.
     (
         "delivery",
-        &["report", "api", "event", "policy", "metrics", "store", "registry", "k8s", "outbound", "ownership"],
+        &[
+            "report",
+            "api",
+            "event",
+            "policy",
+            "metrics",
+            "store",
+            "registry",
+            "k8s",
+            "outbound",
+            "ownership",
+            "telemetry",
+        ],
         "dispatchers, attempts and delivery status",
     ),
     (
         "verify",
-        &["report", "api", "event", "policy", "store", "outbound"],
+        &["report", "api", "event", "policy", "store", "outbound", "telemetry"],
         "the endpoint ownership handshakes",
     ),
     // Floor 4: the parts facing Kubernetes and publishers.
@@ -73,7 +86,18 @@ const PARTS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "ingest",
-        &["report", "api", "event", "policy", "metrics", "store", "registry", "delivery", "server"],
+        &[
+            "report",
+            "api",
+            "event",
+            "policy",
+            "metrics",
+            "store",
+            "registry",
+            "telemetry",
+            "delivery",
+            "server",
+        ],
         "the publish and delivery-log HTTP API",
     ),
     (

@@ -102,8 +102,8 @@ pub struct EventFilter {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!has(self.headers) || self.headers.all(k, !(k.lowerAscii() in ['content-type', 'content-length', 'host', 'transfer-encoding', 'connection']) && !k.lowerAscii().startsWith('ce-') && !k.lowerAscii().startsWith('webhook-'))",
-        "message": "endpoint.headers must not set reserved headers (Content-Type, Content-Length, Host, Transfer-Encoding, Connection, ce-*, webhook-*)",
+        "rule": "!has(self.headers) || self.headers.all(k, !(k.lowerAscii() in ['content-type', 'content-length', 'host', 'transfer-encoding', 'connection', 'traceparent', 'tracestate']) && !k.lowerAscii().startsWith('ce-') && !k.lowerAscii().startsWith('webhook-'))",
+        "message": "endpoint.headers must not set reserved headers (Content-Type, Content-Length, Host, Transfer-Encoding, Connection, traceparent, tracestate, ce-*, webhook-*)",
         "fieldPath": ".headers"
     },
     {

@@ -18,6 +18,7 @@ use crate::policy::retry::{Answer, Next, next};
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
 use crate::store::{Attempt, DeadLetter, Fence, Job, JobRef, JobUpdate, Millis, StoreError, now_ms};
+use crate::telemetry;
 
 /// What the dispatcher hears back from the tasks it spawned: what to do with a job after its
 /// attempt, or the jobs it asked the store for.
@@ -222,6 +223,9 @@ async fn run(
             return requeue_in(job.job, LOCAL_RETRY);
         }
     };
+    let attempt_no = job.attempts + 1;
+    let span = telemetry::attempt(event, ns, &sub.key.name, attempt_no, &sub.spec.endpoint.url);
+    headers.extend(span.headers.iter().cloned());
     let target = Target {
         url: &sub.spec.endpoint.url,
         mode: sub.spec.delivery.mode,
@@ -231,9 +235,12 @@ async fn run(
     };
     let sent = send(&http, &target, event).await;
     slot.release();
-    let attempt_no = job.attempts + 1;
+    let error = match &sent.outcome {
+        Answer::NoAnswer(why) => Some(why.as_str()),
+        Answer::Status { .. } => None,
+    };
+    span.end(sent.outcome.status_code(), error);
     let decision = next(&sent.outcome, attempt_no, age, schedule, rand::rng().random());
-    let ns = sub.key.namespace.as_deref().unwrap_or_default();
     shared.metrics.attempt_finished(ns, &sub.key.name, sent.outcome.status_code(), sent.duration);
     finish(shared, sub, &job, Some(event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
         .await

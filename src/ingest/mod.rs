@@ -24,13 +24,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::api::WebhookSubscription;
-use crate::delivery::{Dispatchers, Incoming};
+use crate::delivery::{Dispatchers, Incoming, Routed};
 use crate::event::{BATCH, CloudEvent, EventError, STRUCTURED};
 use crate::metrics::Metrics;
 use crate::registry::Readiness;
 use crate::registry::Registry;
 use crate::report::Chain;
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 use auth::{Action, Auth, PUBLISH, READ_LOG, SEND_TEST};
 
 /// A refusal: HTTP status plus a JSON body naming the problem.
@@ -252,30 +253,17 @@ async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = std::time::SystemTime::now();
     state.admit(&headers, &ns, PUBLISH).await?;
     let max = state.config.max_event_bytes;
     let ct = content_type(&headers);
-    let events: Vec<Incoming> = if ct == STRUCTURED {
-        vec![CloudEvent::from_structured(&read_body(body, max).await?).map_err(ApiError::bad_event)?.into()]
+    let mut events: Vec<CloudEvent> = if ct == STRUCTURED {
+        vec![CloudEvent::from_structured(&read_body(body, max).await?).map_err(ApiError::bad_event)?]
     } else if ct == BATCH {
-        let events: Vec<Incoming> = CloudEvent::from_batch(&read_body(body, max * BATCH_FACTOR).await?)
-            .map_err(ApiError::bad_event)?
-            .into_iter()
-            .map(Incoming::from)
-            .collect();
-        if let Some(i) = events.iter().position(|e| e.json.len() > max) {
-            return Err(ApiError {
-                attribute: Some(format!("batch[{i}]")),
-                ..ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("batch[{i}] exceeds the per-event limit of {max} bytes"),
-                )
-            });
-        }
-        events
+        CloudEvent::from_batch(&read_body(body, max * BATCH_FACTOR).await?).map_err(ApiError::bad_event)?
     } else if headers.contains_key("ce-specversion") {
         CloudEvent::from_binary(&headers, read_body(body, max).await?)
-            .map(|e| vec![e.into()])
+            .map(|e| vec![e])
             .map_err(ApiError::bad_event)?
     } else {
         return Err(ApiError::new(
@@ -285,16 +273,42 @@ async fn publish(
             ),
         ));
     };
-    state.check_room().await?;
-    let routed = state.dispatchers.route(&state.registry, &ns, events).await.map_err(|e| {
-        state.metrics.store_failed(e.metric_label());
-        store_refusal(&ns, e)
-    })?;
+    // The trace context each event carries on to its deliveries (see `telemetry`).
+    let span = telemetry::publish(&headers, &ns, &mut events, started);
+    let answer = store(&state, &ns, events, ct == BATCH).await;
+    span.end(answer.as_ref().map_or_else(|e| e.status.as_u16(), |_| StatusCode::ACCEPTED.as_u16()));
+    let routed = answer?;
     let body: Vec<_> = routed
         .into_iter()
         .map(|r| json!({"id": r.id, "source": r.source, "matched": r.matched, "duplicate": r.duplicate}))
         .collect();
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "events": body }))).into_response())
+}
+
+/// Route and store parsed events (each within the per-event limit once serialized; a batch names
+/// the one that is not).
+async fn store(
+    state: &IngestState,
+    ns: &str,
+    events: Vec<CloudEvent>,
+    batch: bool,
+) -> Result<Vec<Routed>, ApiError> {
+    let max = state.config.max_event_bytes;
+    let events: Vec<Incoming> = events.into_iter().map(Incoming::from).collect();
+    if batch && let Some(i) = events.iter().position(|e| e.json.len() > max) {
+        return Err(ApiError {
+            attribute: Some(format!("batch[{i}]")),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("batch[{i}] exceeds the per-event limit of {max} bytes"),
+            )
+        });
+    }
+    state.check_room().await?;
+    state.dispatchers.route(&state.registry, ns, events).await.map_err(|e| {
+        state.metrics.store_failed(e.metric_label());
+        store_refusal(ns, e)
+    })
 }
 
 /// The answer to a publish the store could not take: 507 when its disk is full, else 503.

@@ -31,8 +31,15 @@ impl Problem {
 }
 
 /// Header names Hookline sets itself; a subscription may not override them.
-const RESERVED_HEADERS: &[&str] =
-    &["content-type", "content-length", "host", "transfer-encoding", "connection"];
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "traceparent",
+    "tracestate",
+];
 const RESERVED_HEADER_PREFIXES: &[&str] = &["ce-", "webhook-"];
 
 /// The retry schedule of a valid spec, as durations.

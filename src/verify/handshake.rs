@@ -15,6 +15,7 @@ use crate::outbound::http::{describe, read_capped};
 use crate::outbound::webhook::render;
 use crate::report::Chain;
 use crate::store::{Millis, Verification};
+use crate::telemetry;
 
 /// How long one handshake request may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,15 +76,20 @@ async fn event(
             .unwrap_or_default(),
         None => vec![],
     };
-    let (headers, body) = render(&event, sub.spec.delivery.mode, &keys, jiff::Timestamp::now().as_second());
+    let (mut headers, body) =
+        render(&event, sub.spec.delivery.mode, &keys, jiff::Timestamp::now().as_second());
     let url = &sub.spec.endpoint.url;
     let Some(http) = client(verifier, sub, v).await else { return };
+    let span = telemetry::handshake(&namespace, &sub.name_any(), "event");
+    headers.extend(span.headers.iter().cloned().map(|(k, v)| (Some(k), v)));
     let request = http.post(url).headers(headers).body(body).timeout(TIMEOUT);
     let async_hint = match &validation_url {
         Some(_) => " or GET the validationUrl from the event within 10 minutes",
         None => "",
     };
-    v.message = match request.send().await {
+    let sent = request.send().await;
+    span.end(sent.as_ref().ok().map(|r| r.status().as_u16()), sent.as_ref().err().map(describe).as_deref());
+    v.message = match sent {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
             let answer = read_capped(&mut resp, TIMEOUT).await;
@@ -140,14 +146,20 @@ async fn options(verifier: &Verifier, sub: &WebhookSubscription, v: &mut Verific
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_else(|| "hookline".into());
     let Some(http) = client(verifier, sub, v).await else { return };
-    let request = http
+    let span = telemetry::handshake(&sub.namespace().unwrap_or_default(), &sub.name_any(), "options");
+    let mut request = http
         .request(Method::OPTIONS, url)
         .header("WebHook-Request-Origin", origin.clone())
         .header("WebHook-Request-Rate", "120")
         .timeout(TIMEOUT);
+    for (name, value) in &span.headers {
+        request = request.header(name, value);
+    }
     v.code = None;
     v.token = None;
-    v.message = match request.send().await {
+    let sent = request.send().await;
+    span.end(sent.as_ref().ok().map(|r| r.status().as_u16()), sent.as_ref().err().map(describe).as_deref());
+    v.message = match sent {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let header = |name: &str| {

@@ -46,10 +46,16 @@ pub fn cases() -> Vec<Case> {
     };
     vec![
         sub(
-            "endpoint.headers must not set reserved headers (Content-Type, Content-Length, Host, Transfer-Encoding, Connection, ce-*, webhook-*)",
+            "endpoint.headers must not set reserved headers (Content-Type, Content-Length, Host, Transfer-Encoding, Connection, traceparent, tracestate, ce-*, webhook-*)",
             "spec.endpoint.headers",
             json!({"endpoint": {"headers": {"X-Team": "payments", "Authorization-Hint": "none"}}}),
             json!({"endpoint": {"headers": {"Webhook-Signature": "forged"}}}),
+        ),
+        sub(
+            "endpoint.headers must not set reserved headers (Content-Type, Content-Length, Host, Transfer-Encoding, Connection, traceparent, tracestate, ce-*, webhook-*)",
+            "spec.endpoint.headers",
+            json!({"endpoint": {"headers": {"X-Trace": "mine"}}}),
+            json!({"endpoint": {"headers": {"TraceParent": "00-forged"}}}),
         ),
         sub(
             "endpoint.headers keys must be valid HTTP header names",

@@ -49,7 +49,7 @@ fn unverified_endpoints_need_the_operator_flag() {
 #[test]
 fn reserved_and_malformed_headers_are_named() {
     let s = spec(
-        "eventTypes: ['*']\nendpoint:\n  url: 'https://example.com/'\n  headers:\n    Content-Type: x\n    ce-id: y\n    Webhook-Signature: z\n    Host: h\n    'bad header': v\n    X-Fine: ok\n",
+        "eventTypes: ['*']\nendpoint:\n  url: 'https://example.com/'\n  headers:\n    Content-Type: x\n    ce-id: y\n    Webhook-Signature: z\n    Host: h\n    'bad header': v\n    X-Fine: ok\n    Traceparent: t\n    tracestate: s\n",
     );
     let got = fields(&s, Policy::default());
     assert_eq!(
@@ -57,9 +57,11 @@ fn reserved_and_malformed_headers_are_named() {
         [
             "spec.endpoint.headers[Content-Type]",
             "spec.endpoint.headers[Host]",
+            "spec.endpoint.headers[Traceparent]",
             "spec.endpoint.headers[Webhook-Signature]",
             "spec.endpoint.headers[bad header]",
             "spec.endpoint.headers[ce-id]",
+            "spec.endpoint.headers[tracestate]",
         ]
     );
 }
