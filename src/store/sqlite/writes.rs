@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::group::Tx;
+use super::keys::Keys;
 
 use crate::store::{
     Accepted, Attempt, DeadLetter, JobRef, JobUpdate, KEEP_PAYLOAD_UP_TO, Millis, NewEvent, Replay,
@@ -40,7 +41,6 @@ pub(super) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE seq IN (
 
 /// Store each event not stored already (see `keys`) with one job per target.
 pub(super) fn accept(tx: &Tx, events: &[NewEvent]) -> Result<Vec<Accepted>, rusqlite::Error> {
-    let mut insert_event = tx.prepare_cached(INSERT_EVENT)?;
     let mut insert_job =
         tx.prepare_cached("INSERT INTO jobs (event_seq, sub_uid, due_at_ms) VALUES (?1, ?2, ?3)")?;
     let mut keys = tx.keys();
@@ -51,16 +51,7 @@ pub(super) fn accept(tx: &Tx, events: &[NewEvent]) -> Result<Vec<Accepted>, rusq
             out.push(Accepted { duplicate: true, jobs: vec![] });
             continue;
         }
-        insert_event.execute(params![
-            ev.namespace,
-            ev.source,
-            ev.event_id,
-            ev.event_type,
-            ev.accepted_at,
-            ev.body
-        ])?;
-        let seq = tx.last_insert_rowid();
-        keys.add(hash, seq);
+        let seq = insert_event(tx, &mut keys, hash, ev)?;
         let mut jobs = Vec::with_capacity(ev.targets.len());
         for uid in &ev.targets {
             insert_job.execute(params![seq, uid, ev.accepted_at])?;
@@ -71,9 +62,17 @@ pub(super) fn accept(tx: &Tx, events: &[NewEvent]) -> Result<Vec<Accepted>, rusq
     Ok(out)
 }
 
-const INSERT_EVENT: &str =
-    "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// Store `ev` as a new row and remember its key; returns the row.
+fn insert_event(tx: &Tx, keys: &mut Keys, hash: u64, ev: &NewEvent) -> Result<i64, rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO events (namespace, source, event_id, event_type, accepted_at_ms, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![ev.namespace, ev.source, ev.event_id, ev.event_type, ev.accepted_at, ev.body])?;
+    let seq = tx.last_insert_rowid();
+    keys.add(hash, seq);
+    Ok(seq)
+}
 
 pub(super) fn replay(tx: &Tx, r: &Replay) -> Result<Option<JobRef>, rusqlite::Error> {
     let pending: Option<i64> = tx
@@ -93,19 +92,7 @@ pub(super) fn replay(tx: &Tx, r: &Replay) -> Result<Option<JobRef>, rusqlite::Er
                 .execute(params![seq, ev.accepted_at, ev.body])?;
             seq
         }
-        None => {
-            tx.prepare_cached(INSERT_EVENT)?.execute(params![
-                ev.namespace,
-                ev.source,
-                ev.event_id,
-                ev.event_type,
-                ev.accepted_at,
-                ev.body
-            ])?;
-            let seq = tx.last_insert_rowid();
-            keys.add(hash, seq);
-            seq
-        }
+        None => insert_event(tx, &mut keys, hash, ev)?,
     };
     let uid = ev.targets.first().cloned().unwrap_or_default();
     tx.prepare_cached("INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of) VALUES (?1, ?2, ?3, ?4)")?
