@@ -306,6 +306,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         dead_letters_waiting: dead_letters_waiting.clone(),
         ownership: ownership.clone(),
         forward,
+        recorder: Recorder::new(client.clone(), hookline::k8s::reporter()),
     });
 
     let auth = match args.ingest_auth {

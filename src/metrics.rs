@@ -87,6 +87,7 @@ pub struct Metrics {
     attempt_duration: Histogram,
     queue_depth: Family<SubscriptionLabels, Gauge>,
     oldest_pending: Family<SubscriptionLabels, Gauge<f64, AtomicU64>>,
+    circuit_open: Family<SubscriptionLabels, Gauge>,
     ready: Family<ReadyGaugeLabels, Gauge>,
     /// The reason each exported `subscription_ready` series carries, to replace it on a change.
     ready_reasons: Mutex<HashMap<SubscriptionLabels, &'static str>>,
@@ -159,6 +160,12 @@ impl Default for Metrics {
             "oldest_pending_job_age_seconds",
             "Age of the oldest event waiting for an attempt (due or backing off) per subscription; 0 when none waits",
             oldest_pending.clone(),
+        );
+        let circuit_open = Family::<SubscriptionLabels, Gauge>::default();
+        registry.register(
+            "circuit_open",
+            "1 while a subscription's circuit breaker is open (nothing is sent until a probe), else 0",
+            circuit_open.clone(),
         );
         let ready = Family::<ReadyGaugeLabels, Gauge>::default();
         registry.register(
@@ -254,6 +261,7 @@ impl Default for Metrics {
             attempt_duration,
             queue_depth,
             oldest_pending,
+            circuit_open,
             ready,
             ready_reasons: Mutex::default(),
             dead_letters,
@@ -372,6 +380,13 @@ impl Metrics {
         let labels = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
         self.queue_depth.remove(&labels);
         self.oldest_pending.remove(&labels);
+        self.circuit_open.remove(&labels);
+    }
+
+    /// Whether a subscription's circuit breaker is open.
+    pub fn set_circuit_open(&self, namespace: &str, name: &str, open: bool) {
+        let labels = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
+        self.circuit_open.get_or_create(&labels).set(i64::from(open));
     }
 
     /// Whether a subscription this replica owns is Ready, and the condition's reason.

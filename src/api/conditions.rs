@@ -30,6 +30,8 @@ pub enum Reason {
     DeliveryFailing,
     /// `Healthy`: the endpoint answered 410 Gone.
     EndpointGone,
+    /// `Healthy`: the circuit breaker is open: nothing is sent until the next probe.
+    CircuitOpen,
     /// Events are delivered.
     Active,
     /// Events wait until the endpoint is verified.
@@ -57,6 +59,7 @@ impl Reason {
             Reason::Delivering => "Delivering",
             Reason::DeliveryFailing => "DeliveryFailing",
             Reason::EndpointGone => "EndpointGone",
+            Reason::CircuitOpen => "CircuitOpen",
             Reason::Active => "Active",
             Reason::AwaitingValidation => "AwaitingValidation",
             Reason::Suspended => "Suspended",

@@ -200,6 +200,9 @@ pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub rate_limit_per_second: Option<u32>,
+    /// Stop sending to an endpoint that keeps failing; probe it now and then.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerSpec,
 }
 
 impl Default for DeliverySpec {
@@ -208,6 +211,56 @@ impl Default for DeliverySpec {
             mode: DeliveryMode::Binary,
             max_concurrency: default_max_concurrency(),
             rate_limit_per_second: None,
+            circuit_breaker: CircuitBreakerSpec::default(),
+        }
+    }
+}
+
+/// The circuit breaker: after `consecutiveFailures` failed attempts in a row nothing is sent to
+/// the endpoint (jobs wait without using up attempts; their TTL still runs) until, after
+/// `cooldown`, one probe goes out: success closes the breaker, failure opens it again for twice
+/// as long (up to `maxCooldown`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.cooldown) >= duration('1s') && duration(self.cooldown) <= duration('1h')",
+        "message": "delivery.circuitBreaker.cooldown must be between 1s and 1h",
+        "fieldPath": ".cooldown"
+    },
+    {
+        "rule": "duration(self.maxCooldown) >= duration('1s') && duration(self.maxCooldown) <= duration('24h')",
+        "message": "delivery.circuitBreaker.maxCooldown must be between 1s and 24h",
+        "fieldPath": ".maxCooldown"
+    },
+    {
+        "rule": "duration(self.maxCooldown) >= duration(self.cooldown)",
+        "message": "delivery.circuitBreaker.maxCooldown must not be shorter than cooldown",
+        "fieldPath": ".maxCooldown"
+    }
+]))]
+pub struct CircuitBreakerSpec {
+    /// Failed attempts in a row that open the breaker (0 to 1000); 0 turns it off.
+    #[serde(default = "default_consecutive_failures")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_failures: u32,
+    /// How long the breaker stays open before the first probe (Go duration, 1s to 1h).
+    #[serde(default = "default_cooldown")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub cooldown: String,
+    /// The longest it stays open: the cooldown doubles after each failed probe up to this (Go
+    /// duration, 1s to 24h).
+    #[serde(default = "default_max_cooldown")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub max_cooldown: String,
+}
+
+impl Default for CircuitBreakerSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            cooldown: default_cooldown(),
+            max_cooldown: default_max_cooldown(),
         }
     }
 }
@@ -404,4 +457,13 @@ fn default_max_backoff() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_consecutive_failures() -> u32 {
+    10
+}
+fn default_cooldown() -> String {
+    "30s".into()
+}
+fn default_max_cooldown() -> String {
+    "10m".into()
 }

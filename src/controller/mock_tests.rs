@@ -86,6 +86,7 @@ fn context(client: Client, policy: Policy) -> Fixture {
         dead_letters_waiting: Default::default(),
         ownership: crate::ownership::Ownership::solo(),
         forward: None,
+        recorder: kube::runtime::events::Recorder::new(client.clone(), crate::k8s::reporter()),
     });
     let verifier = Verifier { store: store.clone(), clients, guard, secrets, public_url: None };
     let ctx = Context::new(

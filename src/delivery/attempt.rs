@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rand::Rng;
@@ -32,6 +32,9 @@ pub enum Finished {
     Requeue(JobRef),
     /// The endpoint answered 410 for this generation of the subscription: stop sending.
     Gone(i64),
+    /// A request was answered (`success`: 2xx) at `at`; `error` says how it failed. Sent before
+    /// [`Finished::SlotFree`], for the circuit breaker.
+    Answered { success: bool, error: String, at: Instant },
     /// A read-ahead ([`read_ahead`]) is back: the jobs asked for, and those the store still has
     /// (or why it could not be read).
     Read(Vec<JobRef>, Result<Vec<Loaded>, StoreError>),
@@ -234,11 +237,17 @@ async fn run(
         keys: &keys,
     };
     let sent = send(&http, &target, event).await;
-    slot.release();
     let error = match &sent.outcome {
         Answer::NoAnswer(why) => Some(why.as_str()),
         Answer::Status { .. } => None,
     };
+    let success = sent.outcome.status_code().is_some_and(|c| (200..300).contains(&c));
+    let cause = match (sent.outcome.status_code(), error) {
+        (Some(code), _) => format!("HTTP {code}"),
+        (None, e) => e.unwrap_or("no answer").to_string(),
+    };
+    let _ = done.send(Finished::Answered { success, error: cause, at: Instant::now() });
+    slot.release();
     span.end(sent.outcome.status_code(), error);
     let decision = next(&sent.outcome, attempt_no, age, schedule, rand::rng().random());
     shared.metrics.attempt_finished(ns, &sub.key.name, sent.outcome.status_code(), sent.duration);

@@ -6,14 +6,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::attempt::{Finished, attempt, expire, read_ahead, unreadable};
-use super::queue::{Queue, Start};
+use super::queue::{CircuitChange, Queue, Start};
 use super::{NewJob, Shared};
+use crate::api::WebhookSubscription;
 use crate::ownership::Running;
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
@@ -48,10 +52,14 @@ impl Dispatcher {
         // The oldest waiting event's age is a walk over the queue: looked at every few seconds.
         let mut age_tick = tokio::time::interval(AGE_EVERY);
         let mut oldest: Option<Millis> = None;
+        self.shared.metrics.set_circuit_open(&ns, &name, false);
         loop {
             let sub = self.sub.borrow().clone();
             let now = now_ms();
             let plan = queue.plan(&sub, now, Instant::now());
+            for change in queue.take_changes() {
+                self.show(&sub, change);
+            }
             for start in plan.start {
                 let (shared, sub, done) = (self.shared.clone(), sub.clone(), done_tx.clone());
                 match start {
@@ -78,10 +86,15 @@ impl Dispatcher {
                     None => break,
                 },
                 changed = self.sub.changed() => if changed.is_err() { break },
-                Some(finished) = done_rx.recv() => queue.finished(&sub, finished),
+                Some(finished) = done_rx.recv() => {
+                    queue.finished(&sub, finished);
+                    for change in queue.take_changes() {
+                        self.show(&sub, change);
+                    }
+                }
                 _ = tokio::time::sleep(plan.wake.unwrap_or_default()), if plan.wake.is_some() => {}
                 _ = age_tick.tick() => oldest = queue.oldest_waiting(),
-                _ = sweep.tick(), if !queue.is_open(&sub) => {
+                _ = sweep.tick(), if !queue.is_sending(&sub) => {
                     let expired = queue.expired(sub.schedule.event_ttl, now);
                     if !expired.is_empty() {
                         tokio::spawn(expire(self.shared.clone(), sub, expired, done_tx.clone()));
@@ -101,6 +114,54 @@ impl Dispatcher {
         self.shared.metrics.forget_queue(&ns, &name);
         debug!(subscription = %name, "dispatcher stopped");
         drop(self.running);
+    }
+
+    /// Show a change of the circuit breaker: the `Healthy` condition, a Kubernetes Event and the
+    /// `hookline_circuit_open` gauge.
+    fn show(&self, sub: &ActiveSubscription, change: CircuitChange) {
+        let (ns, name) = (sub.key.namespace.as_deref().unwrap_or_default(), sub.key.name.as_str());
+        let (type_, reason, note, open) = match change {
+            CircuitChange::Opened { failures, error, probe_in } => {
+                let probe = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::try_from(probe_in).unwrap_or_default())
+                    .unwrap_or_else(|_| jiff::Timestamp::now());
+                let note = format!(
+                    "{failures} attempts in a row failed, the last with {error}: nothing is sent to the endpoint \
+                     until a probe at {probe:.0}"
+                );
+                (EventType::Warning, "CircuitOpened", note, true)
+            }
+            CircuitChange::Closed => (
+                EventType::Normal,
+                "CircuitClosed",
+                "The endpoint answered a probe: delivery resumes".into(),
+                false,
+            ),
+        };
+        info!(subscription = %name, reason, "{note}");
+        self.shared.metrics.set_circuit_open(ns, name, open);
+        self.shared.board.circuit(&sub.uid, ns, name, open.then(|| note.clone()), sub.generation);
+        let recorder = self.shared.recorder.clone();
+        let reference = ObjectReference {
+            api_version: Some(WebhookSubscription::api_version(&()).into_owned()),
+            kind: Some(WebhookSubscription::kind(&()).into_owned()),
+            namespace: Some(ns.to_string()),
+            name: Some(name.to_string()),
+            uid: Some(sub.uid.clone()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Deliver".into(),
+            secondary: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(error = %Chain(&e), "could not record a Kubernetes Event");
+            }
+        });
     }
 
     /// The queue of the jobs the store holds for this subscription, read until it succeeds or

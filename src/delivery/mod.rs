@@ -50,6 +50,8 @@ pub struct Parts {
     /// Where new jobs of subscriptions another replica owns go, to be handed over to it (`None`
     /// with one replica).
     pub forward: Option<mpsc::UnboundedSender<(String, JobRef)>>,
+    /// Records Kubernetes Events on subscriptions (the circuit breaker's).
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 /// What every dispatcher shares; private to delivery.

@@ -59,6 +59,31 @@ fn unrecorded_limit(sub: &ActiveSubscription) -> usize {
     8 * sub.spec.delivery.max_concurrency as usize + 256
 }
 
+/// The endpoint's circuit breaker (`spec.delivery.circuitBreaker`, parsed as
+/// [`crate::policy::spec::Breaker`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Circuit {
+    Closed,
+    /// Nothing is sent until `probe_at`, when one probe may go.
+    Open {
+        probe_at: Instant,
+        cooldown: Duration,
+    },
+    /// The probe is out; its answer closes the breaker or opens it again.
+    Probing {
+        cooldown: Duration,
+    },
+}
+
+/// A change of the circuit breaker, for the dispatcher to show (condition, Event, metric).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum CircuitChange {
+    /// `failures` attempts in a row failed, the last with `error`; a probe goes in `probe_in`.
+    Opened { failures: u32, error: String, probe_in: Duration },
+    /// A probe succeeded (or the breaker was turned off): delivery resumes.
+    Closed,
+}
+
 /// A job to start now, with its event or why its stored event could not be read.
 #[derive(Debug)]
 pub(super) enum Start {
@@ -97,6 +122,11 @@ pub(super) struct Queue {
     /// The subscription generation that the endpoint answered 410 Gone to.
     gone_generation: Option<i64>,
     limiter: RateLimiter,
+    /// Failed answers in a row.
+    failures: u32,
+    circuit: Circuit,
+    /// Circuit changes not yet taken by the dispatcher.
+    changes: Vec<CircuitChange>,
 }
 
 impl Queue {
@@ -111,7 +141,21 @@ impl Queue {
             outstanding: 0,
             gone_generation: None,
             limiter: RateLimiter { next: now },
+            failures: 0,
+            circuit: Circuit::Closed,
+            changes: Vec::new(),
         }
+    }
+
+    /// Whether requests may go to `sub`'s endpoint: it is open ([`Queue::is_open`]) and the
+    /// circuit breaker is closed. Otherwise jobs only wait (and expire).
+    pub fn is_sending(&self, sub: &ActiveSubscription) -> bool {
+        self.is_open(sub) && self.circuit == Circuit::Closed
+    }
+
+    /// The circuit changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<CircuitChange> {
+        std::mem::take(&mut self.changes)
     }
 
     /// Whether events may be sent to `sub` now: its gate is open, and the endpoint has not
@@ -135,8 +179,23 @@ impl Queue {
         let open = self.is_open(sub);
         self.cache.account.set_active(!self.jobs.is_empty() || self.in_flight > 0);
         let mut plan = Plan::default();
+        if sub.schedule.breaker.is_none() && self.circuit != Circuit::Closed {
+            self.circuit = Circuit::Closed;
+            self.changes.push(CircuitChange::Closed);
+        }
+        // An open breaker lets one probe go once its cooldown is over and the requests sent
+        // before it opened are answered; until then nothing goes.
+        let (sending, probe) = match self.circuit {
+            Circuit::Closed => (open, false),
+            Circuit::Open { probe_at, .. } if clock >= probe_at => (open && self.in_flight == 0, true),
+            Circuit::Open { probe_at, .. } => {
+                plan.wake = Some(probe_at - clock);
+                (false, false)
+            }
+            Circuit::Probing { .. } => (false, false),
+        };
         let mut head_unread = false;
-        while open && free_slots(sub, self.in_flight) > 0 && self.outstanding < unrecorded_limit(sub) {
+        while sending && free_slots(sub, self.in_flight) > 0 && self.outstanding < unrecorded_limit(sub) {
             let Some(&head) = self.jobs.first() else { break };
             if head.due_at > now {
                 plan.wake = Some(Duration::from_millis((head.due_at - now) as u64));
@@ -154,6 +213,9 @@ impl Queue {
             self.jobs.pop_first();
             self.in_flight += 1;
             self.outstanding += 1;
+            if let (true, Circuit::Open { cooldown, .. }) = (probe, self.circuit) {
+                self.circuit = Circuit::Probing { cooldown };
+            }
             match self.cache.take(&head) {
                 Some(Cached::Fresh(event)) => plan.start.push(Start::Attempt(JobState::fresh(head), event)),
                 Some(Cached::Loaded(job)) => {
@@ -165,13 +227,16 @@ impl Queue {
                 }
                 None => {}
             }
+            if probe {
+                break;
+            }
         }
         let slots = free_slots(sub, self.in_flight);
         self.cache.shed(if open { slots } else { 0 });
         // Read due jobs whose events are not in memory: as many as the budget has room for, and
         // at least those that free concurrency slots would attempt at once.
         let read_ahead = self.more_to_read && self.cache.loaded < READ_AHEAD;
-        if open && !self.reading && (head_unread || read_ahead) {
+        if sending && !self.reading && (head_unread || read_ahead) {
             let size = self.cache.read_size(if head_unread { slots.max(1) } else { 0 }, head_unread);
             plan.read = self
                 .jobs
@@ -202,12 +267,35 @@ impl Queue {
                 self.outstanding -= 1;
                 self.gone_generation = Some(generation);
             }
+            Finished::Answered { success, error, at } => self.answered(sub, success, error, at),
             Finished::Read(asked, found) => {
                 self.reading = false;
                 let attempt_now = free_slots(sub, self.in_flight);
                 self.read_back(&sub.key.name, asked, found, attempt_now);
             }
         }
+    }
+
+    /// Count an answer for the circuit breaker, and open or close it.
+    fn answered(&mut self, sub: &ActiveSubscription, success: bool, error: String, at: Instant) {
+        if success {
+            self.failures = 0;
+            if self.circuit != Circuit::Closed {
+                self.circuit = Circuit::Closed;
+                self.changes.push(CircuitChange::Closed);
+            }
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let Some(breaker) = sub.schedule.breaker else { return };
+        let cooldown = match self.circuit {
+            Circuit::Closed if self.failures >= breaker.failures => breaker.cooldown,
+            Circuit::Probing { cooldown } => breaker.next_cooldown(cooldown),
+            // Answers to requests sent before it opened, or too few failures yet.
+            _ => return,
+        };
+        self.circuit = Circuit::Open { probe_at: at + cooldown, cooldown };
+        self.changes.push(CircuitChange::Opened { failures: self.failures, error, probe_in: cooldown });
     }
 
     /// Take the jobs whose event TTL passed by `now` out of the queue, to be given up in one

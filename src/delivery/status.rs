@@ -47,6 +47,8 @@ struct Tracker {
     dirty_since: Option<Instant>,
     /// The `Healthy` condition moved (status or reason) since the last write: written first.
     urgent: bool,
+    /// The circuit breaker is open: why, and when the next probe goes.
+    circuit: Option<String>,
     /// When the writer last took this tracker.
     written_at: Option<Instant>,
     /// Counted once as deferred since it fell due.
@@ -113,7 +115,23 @@ impl StatusBoard {
             }
             let generation = Some(report.generation);
             let failures = t.local.consecutive_failures;
-            if report.gone {
+            if report.last.success {
+                t.circuit = None;
+            }
+            if let (Some(msg), false) = (&t.circuit, report.gone || report.last.success) {
+                // A failure while the breaker is open (the probe, or a request sent before it
+                // opened) leaves it saying so.
+                let msg = msg.clone();
+                set_condition(
+                    &mut t.healthy,
+                    condition_type::HEALTHY,
+                    false,
+                    Reason::CircuitOpen,
+                    &msg,
+                    generation,
+                    &now,
+                );
+            } else if report.gone {
                 let msg = "The endpoint answered 410 Gone: delivery is disabled until the spec changes";
                 set_condition(
                     &mut t.healthy,
@@ -162,6 +180,29 @@ impl StatusBoard {
                 );
             }
             t.last = Some(report.last);
+            t.urgent |= health(&t.healthy) != before;
+            t.touch();
+        });
+    }
+
+    /// The circuit breaker opened (`Some`: why, and when the next probe goes) or closed. Opening
+    /// shows at once as `Healthy=False/CircuitOpen`; closing shows with the successful probe.
+    pub fn circuit(&self, uid: &str, namespace: &str, name: &str, open: Option<String>, generation: i64) {
+        self.with(uid, namespace, name, |t| {
+            let before = health(&t.healthy);
+            if let Some(msg) = &open {
+                let now = Time(jiff::Timestamp::now());
+                set_condition(
+                    &mut t.healthy,
+                    condition_type::HEALTHY,
+                    false,
+                    Reason::CircuitOpen,
+                    msg,
+                    Some(generation),
+                    &now,
+                );
+            }
+            t.circuit = open;
             t.urgent |= health(&t.healthy) != before;
             t.touch();
         });

@@ -99,6 +99,7 @@ mod tests {
             event_ttl: Duration::from_secs(3600),
             initial_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(60),
+            breaker: None,
         }
     }
 
@@ -193,6 +194,7 @@ mod properties {
                 event_ttl: Duration::from_secs(86_400),
                 initial_backoff: Duration::from_secs(5),
                 max_backoff: Duration::from_secs(3600),
+                breaker: None,
             };
             let age = Duration::from_secs(age_s);
             match next(&Answer::Status { code, retry_after: None }, attempt, age, &s, 0.5) {

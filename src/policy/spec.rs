@@ -53,6 +53,26 @@ pub struct RetrySchedule {
     pub initial_backoff: Duration,
     /// Longest backoff.
     pub max_backoff: Duration,
+    /// The circuit breaker (`None`: off).
+    pub breaker: Option<Breaker>,
+}
+
+/// When the circuit breaker opens and how long it stays open (`spec.delivery.circuitBreaker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Breaker {
+    /// Failed attempts in a row that open it.
+    pub failures: u32,
+    /// How long it stays open first.
+    pub cooldown: Duration,
+    /// The longest it stays open (the cooldown doubles after each failed probe).
+    pub max_cooldown: Duration,
+}
+
+impl Breaker {
+    /// How long to stay open after a failed probe that followed `cooldown`.
+    pub fn next_cooldown(&self, cooldown: Duration) -> Duration {
+        (cooldown * 2).min(self.max_cooldown)
+    }
 }
 
 /// Parse a Go-style duration (`5s`, `1h30m`, `250ms`), rejecting negative values.
@@ -133,6 +153,7 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
     let ttl = parse("eventTTL", &rp.event_ttl);
     let initial = parse("initialBackoff", &rp.initial_backoff);
     let max = parse("maxBackoff", &rp.max_backoff);
+    let breaker = circuit_breaker(spec, &mut problems);
     if !(1..=100).contains(&rp.max_attempts) {
         problems.push(Problem::new("spec.retryPolicy.maxAttempts", "must be between 1 and 100"));
     }
@@ -161,10 +182,58 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
     }
     match (ttl, initial, max) {
         (Some(event_ttl), Some(initial_backoff), Some(max_backoff)) if problems.is_empty() => {
-            Ok(RetrySchedule { max_attempts: rp.max_attempts, event_ttl, initial_backoff, max_backoff })
+            Ok(RetrySchedule {
+                max_attempts: rp.max_attempts,
+                event_ttl,
+                initial_backoff,
+                max_backoff,
+                breaker,
+            })
         }
         _ => Err(problems),
     }
+}
+
+/// The circuit breaker of `spec.delivery.circuitBreaker` (`None` when off or invalid).
+fn circuit_breaker(spec: &WebhookSubscriptionSpec, problems: &mut Vec<Problem>) -> Option<Breaker> {
+    let cb = &spec.delivery.circuit_breaker;
+    let mut parse = |field: &str, value: &str, range: (Duration, Duration), bounds: &str| {
+        let field = format!("spec.delivery.circuitBreaker.{field}");
+        match parse_duration(value) {
+            Ok(d) if (range.0..=range.1).contains(&d) => Some(d),
+            Ok(_) => {
+                problems.push(Problem::new(field, format!("must be between {bounds}")));
+                None
+            }
+            Err(e) => {
+                problems.push(Problem::new(field, e));
+                None
+            }
+        }
+    };
+    let second = Duration::from_secs(1);
+    let cooldown = parse("cooldown", &cb.cooldown, (second, Duration::from_secs(3600)), "1s and 1h");
+    let max_cooldown =
+        parse("maxCooldown", &cb.max_cooldown, (second, Duration::from_secs(24 * 3600)), "1s and 24h");
+    if cb.consecutive_failures > 1000 {
+        problems.push(Problem::new(
+            "spec.delivery.circuitBreaker.consecutiveFailures",
+            "must be between 0 and 1000",
+        ));
+    }
+    let (cooldown, max_cooldown) = (cooldown?, max_cooldown?);
+    if max_cooldown < cooldown {
+        problems.push(Problem::new(
+            "spec.delivery.circuitBreaker.maxCooldown",
+            "must not be shorter than spec.delivery.circuitBreaker.cooldown",
+        ));
+        return None;
+    }
+    (cb.consecutive_failures > 0).then_some(Breaker {
+        failures: cb.consecutive_failures,
+        cooldown,
+        max_cooldown,
+    })
 }
 
 fn check_event_types(spec: &WebhookSubscriptionSpec, problems: &mut Vec<Problem>) {

@@ -58,6 +58,24 @@ pub fn cases() -> Vec<Case> {
             json!({"endpoint": {"headers": {"TraceParent": "00-forged"}}}),
         ),
         sub(
+            "delivery.circuitBreaker.cooldown must be between 1s and 1h",
+            "spec.delivery.circuitBreaker.cooldown",
+            json!({"delivery": {"circuitBreaker": {"cooldown": "1s", "maxCooldown": "1h"}}}),
+            json!({"delivery": {"circuitBreaker": {"cooldown": "500ms"}}}),
+        ),
+        sub(
+            "delivery.circuitBreaker.maxCooldown must be between 1s and 24h",
+            "spec.delivery.circuitBreaker.maxCooldown",
+            json!({"delivery": {"circuitBreaker": {"maxCooldown": "24h"}}}),
+            json!({"delivery": {"circuitBreaker": {"maxCooldown": "25h"}}}),
+        ),
+        sub(
+            "delivery.circuitBreaker.maxCooldown must not be shorter than cooldown",
+            "spec.delivery.circuitBreaker.maxCooldown",
+            json!({"delivery": {"circuitBreaker": {"cooldown": "1m", "maxCooldown": "1m"}}}),
+            json!({"delivery": {"circuitBreaker": {"cooldown": "1m", "maxCooldown": "30s"}}}),
+        ),
+        sub(
             "endpoint.headers keys must be valid HTTP header names",
             "spec.endpoint.headers",
             json!({"endpoint": {"headers": {"X-Request-Source": "hookline"}}}),

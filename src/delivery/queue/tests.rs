@@ -159,3 +159,89 @@ fn a_failed_read_ahead_retries_its_jobs_later() {
     let due: Vec<(i64, bool)> = q.jobs.iter().map(|j| (j.job_id, j.due_at > now_ms())).collect();
     assert_eq!(due, [(2, false), (1, true)], "job 1 waits; job 2 was not part of the read");
 }
+
+/// The breaker of `sub`: opens after `failures`, probes after 1 s, then 2 s.
+fn with_breaker(mut sub: ActiveSubscription, failures: u32) -> ActiveSubscription {
+    sub.schedule.breaker = Some(crate::policy::spec::Breaker {
+        failures,
+        cooldown: Duration::from_secs(1),
+        max_cooldown: Duration::from_secs(2),
+    });
+    sub
+}
+
+fn answered(success: bool, at: Instant) -> Finished {
+    Finished::Answered { success, error: if success { String::new() } else { "HTTP 503".into() }, at }
+}
+
+#[test]
+fn the_circuit_opens_after_failures_in_a_row_probes_alone_and_closes_on_success() {
+    let sub = with_breaker(subscription(4), 2);
+    let t0 = Instant::now();
+    let mut q = queue(&[]);
+    for id in 1..=8 {
+        q.admit(fresh(due(id, 10)));
+    }
+    assert_eq!(started(&q.plan(&sub, 10, t0)), [1, 2, 3, 4]);
+    q.finished(&sub, answered(true, t0));
+    q.finished(&sub, answered(false, t0));
+    assert!(q.take_changes().is_empty(), "one failure in a row is not enough");
+    q.finished(&sub, answered(false, t0));
+    let opened =
+        CircuitChange::Opened { failures: 2, error: "HTTP 503".into(), probe_in: Duration::from_secs(1) };
+    assert_eq!(q.take_changes(), [opened]);
+    assert!(!q.is_sending(&sub));
+    for _ in 0..4 {
+        q.finished(&sub, Finished::SlotFree);
+    }
+    // Open: nothing goes, however many slots are free, until the cooldown is over.
+    let plan = q.plan(&sub, 10, t0 + Duration::from_millis(400));
+    assert_eq!((started(&plan), plan.wake), (vec![], Some(Duration::from_millis(600))));
+    // Then exactly one probe, which fails: open again, twice as long.
+    assert_eq!(started(&q.plan(&sub, 10, t0 + Duration::from_secs(1))), [5]);
+    assert!(started(&q.plan(&sub, 10, t0 + Duration::from_secs(1))).is_empty(), "one probe at a time");
+    let t1 = t0 + Duration::from_millis(1100);
+    q.finished(&sub, answered(false, t1));
+    q.finished(&sub, Finished::SlotFree);
+    let reopened =
+        CircuitChange::Opened { failures: 3, error: "HTTP 503".into(), probe_in: Duration::from_secs(2) };
+    assert_eq!(q.take_changes(), [reopened]);
+    assert!(started(&q.plan(&sub, 10, t1 + Duration::from_millis(1500))).is_empty());
+    // The second probe succeeds: closed, and delivery resumes at full concurrency.
+    assert_eq!(started(&q.plan(&sub, 10, t1 + Duration::from_secs(2))), [6]);
+    q.finished(&sub, answered(true, t1 + Duration::from_secs(2)));
+    q.finished(&sub, Finished::SlotFree);
+    assert_eq!(q.take_changes(), [CircuitChange::Closed]);
+    assert!(q.is_sending(&sub));
+    assert_eq!(started(&q.plan(&sub, 10, t1 + Duration::from_secs(2))), [7, 8]);
+}
+
+#[test]
+fn a_probe_waits_for_the_requests_sent_before_the_circuit_opened_and_turning_it_off_closes_it() {
+    let sub = with_breaker(subscription(2), 1);
+    let t0 = Instant::now();
+    let mut q = queue(&[]);
+    for id in 1..=3 {
+        q.admit(fresh(due(id, 10)));
+    }
+    assert_eq!(started(&q.plan(&sub, 10, t0)), [1, 2]);
+    q.finished(&sub, answered(false, t0));
+    q.finished(&sub, Finished::SlotFree);
+    assert_eq!(q.take_changes().len(), 1, "opened");
+    // Job 2's request is still out when the cooldown ends: no probe beside it.
+    assert!(started(&q.plan(&sub, 10, t0 + Duration::from_secs(5))).is_empty());
+    // Its failure, sent before the circuit opened, does not reopen it for longer.
+    q.finished(&sub, answered(false, t0 + Duration::from_secs(5)));
+    q.finished(&sub, Finished::SlotFree);
+    assert!(q.take_changes().is_empty());
+    assert_eq!(
+        started(&q.plan(&sub, 10, t0 + Duration::from_secs(5))),
+        [3],
+        "the probe, once it is answered"
+    );
+    // A spec without a breaker closes it.
+    let mut off = subscription(2);
+    off.schedule.breaker = None;
+    q.plan(&off, 10, t0 + Duration::from_secs(5));
+    assert_eq!(q.take_changes(), [CircuitChange::Closed]);
+}

@@ -164,3 +164,30 @@ proptest::proptest! {
         proptest::prop_assert_eq!(schema_pattern().is_match(&t), is_event_type_pattern(&t), "{:?}", t);
     }
 }
+
+#[test]
+fn the_circuit_breaker_defaults_on_turns_off_at_zero_and_checks_its_bounds() {
+    let default = retry_schedule(&spec(MINIMAL)).expect("schedule").breaker;
+    let expected =
+        Breaker { failures: 10, cooldown: Duration::from_secs(30), max_cooldown: Duration::from_secs(600) };
+    assert_eq!(default, Some(expected));
+    let cb = |yaml: &str| spec(&format!("{MINIMAL}delivery: {{circuitBreaker: {yaml}}}\n"));
+    assert_eq!(retry_schedule(&cb("{consecutiveFailures: 0}")).expect("off").breaker, None);
+    let policy = Policy::default();
+    assert_eq!(
+        fields(&cb("{consecutiveFailures: 1001}"), policy),
+        ["spec.delivery.circuitBreaker.consecutiveFailures"]
+    );
+    assert_eq!(fields(&cb("{cooldown: 500ms}"), policy), ["spec.delivery.circuitBreaker.cooldown"]);
+    assert_eq!(
+        fields(&cb("{cooldown: 2h, maxCooldown: 3h}"), policy),
+        ["spec.delivery.circuitBreaker.cooldown"]
+    );
+    assert_eq!(fields(&cb("{maxCooldown: 25h}"), policy), ["spec.delivery.circuitBreaker.maxCooldown"]);
+    assert_eq!(
+        fields(&cb("{cooldown: 1m, maxCooldown: 30s}"), policy),
+        ["spec.delivery.circuitBreaker.maxCooldown"],
+        "maxCooldown must not be shorter than cooldown"
+    );
+    assert!(check(&cb("{consecutiveFailures: 3, cooldown: 1s, maxCooldown: 24h}"), policy).is_empty());
+}
