@@ -6,16 +6,30 @@
 # picks ports for outgoing connections and binds to port 0 (one of those took a port this had
 # handed out before its server started).
 free_port() {
-  python3 -c '
-import random, socket
-while True:
-    port = random.randrange(20000, 32000)
-    try:
-        socket.socket().bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    print(port)
-    break'
+  # A port is handed out once: the ones given (to this and every other script, e.g.
+  # hack/postgres.sh) are kept in a shared file under a lock, because a port chosen but not yet
+  # bound looks free to the next caller (a bench run's receiver once got a replica's port).
+  python3 - "${TMPDIR:-/tmp}/hookline-free-ports" <<'PY'
+import fcntl, random, socket, sys
+with open(sys.argv[1], "a+") as given:
+    fcntl.flock(given, fcntl.LOCK_EX)
+    given.seek(0)
+    used = set(given.read().split())
+    if len(used) > 4000:
+        given.truncate(0)
+        used = set()
+    while True:
+        port = random.randrange(20000, 32000)
+        if str(port) in used:
+            continue
+        try:
+            socket.socket().bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        given.write(f"{port}\n")
+        print(port)
+        break
+PY
 }
 
 # as_root COMMAND...: run it as root (directly, or through sudo).
