@@ -152,7 +152,8 @@ pub fn publish(
         _ => None,
     });
     let cx = exporting().then(|| {
-        let span = tracer()
+        let tracer = tracer();
+        let span = tracer
             .span_builder("publish")
             .with_kind(SpanKind::Server)
             .with_start_time(started)
@@ -160,7 +161,7 @@ pub fn publish(
                 KeyValue::new("hookline.namespace", namespace.to_string()),
                 KeyValue::new("messaging.batch.message_count", events.len() as i64),
             ])
-            .start_with_context(&tracer(), parent.as_ref().unwrap_or(&Context::new()));
+            .start_with_context(&tracer, parent.as_ref().unwrap_or(&Context::new()));
         Context::new().with_span(span)
     });
     let carried = cx.as_ref().or(parent.as_ref());
@@ -206,7 +207,8 @@ pub struct Attempt {
 pub fn attempt(event: &CloudEvent, namespace: &str, name: &str, attempt: u32, url: &str) -> Attempt {
     let parent = extract(&Extensions(event));
     let (span, cx) = if exporting() {
-        let span = tracer()
+        let tracer = tracer();
+        let span = tracer
             .span_builder("deliver")
             .with_kind(SpanKind::Client)
             .with_attributes([
@@ -217,7 +219,7 @@ pub fn attempt(event: &CloudEvent, namespace: &str, name: &str, attempt: u32, ur
                 KeyValue::new("cloudevents.event_type", event.type_.clone()),
                 KeyValue::new("url.full", url.to_string()),
             ])
-            .start_with_context(&tracer(), parent.as_ref().unwrap_or(&Context::new()));
+            .start_with_context(&tracer, parent.as_ref().unwrap_or(&Context::new()));
         let cx = Context::new().with_remote_span_context(span.span_context().clone());
         (Some(span), Some(cx))
     } else {
@@ -257,14 +259,15 @@ pub fn handshake(namespace: &str, name: &str, method: &str) -> Attempt {
     if !exporting() {
         return Attempt { span: None, headers: Vec::new() };
     }
-    let span = tracer()
+    let tracer = tracer();
+    let span = tracer
         .span_builder("handshake")
         .with_kind(SpanKind::Client)
         .with_attributes([
             KeyValue::new("hookline.subscription", format!("{namespace}/{name}")),
             KeyValue::new("hookline.handshake.method", method.to_string()),
         ])
-        .start(&tracer());
+        .start(&tracer);
     let cx = Context::new().with_remote_span_context(span.span_context().clone());
     Attempt { span: Some(span), headers: header_pairs(inject(&cx)) }
 }
