@@ -51,6 +51,7 @@ impl Dispatcher {
         let mut sweep = tokio::time::interval(HELD_SWEEP);
         // The oldest waiting event's age is a walk over the queue: looked at every few seconds.
         let mut age_tick = tokio::time::interval(AGE_EVERY);
+        age_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut oldest: Option<Millis> = None;
         self.shared.metrics.set_circuit_open(&ns, &name, false);
         loop {
@@ -93,7 +94,8 @@ impl Dispatcher {
                     }
                 }
                 _ = tokio::time::sleep(plan.wake.unwrap_or_default()), if plan.wake.is_some() => {}
-                _ = age_tick.tick() => oldest = queue.oldest_waiting(),
+                // An empty queue has no age to bring up to date: idle dispatchers stay asleep.
+                _ = age_tick.tick(), if queue.has_waiting() => oldest = queue.oldest_waiting(),
                 _ = sweep.tick(), if !queue.is_sending(&sub) => {
                     let expired = queue.expired(sub.schedule.event_ttl, now);
                     if !expired.is_empty() {
