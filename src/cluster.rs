@@ -24,11 +24,11 @@ use crate::delivery::Dispatchers;
 use crate::ownership::{CLUSTER_TASKS, Ownership, owner_of};
 use crate::registry::{Readiness, Registry};
 use crate::report::Chain;
-use crate::store::{Claim, JobRef, Listener, Member, Notice, PostgresStore, StoreError};
+use crate::store::{Claim, JobRef, Listener, Member, Notice, PartitionKey, PostgresStore, StoreError};
 
-/// Most new jobs announced in one notification: each takes at most 85 bytes (a UID and three
-/// numbers) of the 8,000 a PostgreSQL notification may carry.
-const JOBS_PER_NOTICE: usize = 90;
+/// Most new jobs announced in one notification: each takes at most 106 bytes (a UID, the job's
+/// id and times, a partition key's hash) of the 8,000 a PostgreSQL notification may carry.
+const JOBS_PER_NOTICE: usize = 75;
 /// How soon after another member's lease runs out its work is claimed.
 const TAKEOVER_DELAY: Duration = Duration::from_millis(50);
 /// How long a round waits after a registry change for more: at start every subscription is one
@@ -355,11 +355,16 @@ fn plan(me: &str, members: &[Member], claims: &[Claim], keys: &[&str]) -> Plan {
     plan
 }
 
-/// Jobs as one notification's payload: `uid job_id due_at accepted_at` per line.
+/// Jobs as one notification's payload: `uid job_id due_at accepted_at` per line, and the
+/// partition key's hash when the job has one.
 fn encode_jobs(jobs: &[(String, JobRef)]) -> String {
     let mut out = String::new();
     for (uid, j) in jobs {
-        out.push_str(&format!("{uid} {} {} {}\n", j.job_id, j.due_at, j.accepted_at));
+        out.push_str(&format!("{uid} {} {} {}", j.job_id, j.due_at, j.accepted_at));
+        if let Some(p) = j.partition {
+            out.push_str(&format!(" {}", p.0));
+        }
+        out.push('\n');
     }
     out
 }
@@ -372,7 +377,8 @@ fn decode_jobs(payload: &str) -> Vec<(String, JobRef)> {
             let uid = parts.next()?.to_string();
             let mut number = || parts.next()?.parse::<i64>().ok();
             let (job_id, due_at, accepted_at) = (number()?, number()?, number()?);
-            Some((uid, JobRef { due_at, job_id, accepted_at }))
+            let partition = number().map(PartitionKey);
+            Some((uid, JobRef { due_at, job_id, accepted_at, partition }))
         })
         .collect()
 }
@@ -496,12 +502,23 @@ mod tests {
     #[test]
     fn jobs_survive_their_notification() {
         let jobs = vec![
-            ("uid-1".to_string(), JobRef { due_at: 5, job_id: 7, accepted_at: 3 }),
-            ("uid-2".to_string(), JobRef { due_at: 9, job_id: 8, accepted_at: 9 }),
+            ("uid-1".to_string(), JobRef { due_at: 5, job_id: 7, accepted_at: 3, partition: None }),
+            (
+                "uid-2".to_string(),
+                JobRef { due_at: 9, job_id: 8, accepted_at: 9, partition: Some(PartitionKey(-4)) },
+            ),
         ];
         let payload = encode_jobs(&jobs);
         assert_eq!(decode_jobs(&payload), jobs);
-        let longest = ("f".repeat(36), JobRef { due_at: i64::MAX / 1000, job_id: i64::MAX, accepted_at: 0 });
+        let longest = (
+            "f".repeat(36),
+            JobRef {
+                due_at: i64::MAX / 1000,
+                job_id: i64::MAX,
+                accepted_at: 0,
+                partition: Some(PartitionKey(i64::MIN)),
+            },
+        );
         assert!(encode_jobs(&vec![longest; JOBS_PER_NOTICE]).len() < 8000, "a full notification fits");
         assert!(decode_jobs("garbage\nuid 1 x 3\n").is_empty());
     }

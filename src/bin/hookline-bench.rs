@@ -447,6 +447,7 @@ async fn store_run(
                         body: body.clone(),
                         targets: vec![SUB.into()],
                         accepted_at: now_ms(),
+                        partition: None,
                     })
                     .collect();
                 for (_, job_id) in store.accept(batch).await?.into_iter().flat_map(|a| a.jobs) {

@@ -238,6 +238,7 @@ async fn a_deleted_subscription_drops_its_queue_and_releases_the_finalizer() {
         body: b"{}".to_vec(),
         targets: vec![uid.clone()],
         accepted_at: 1,
+        partition: None,
     };
     store.accept(vec![event]).await.expect("queue a job");
     reconcile(Arc::new(sub), f.ctx.clone()).await.expect("reconcile");

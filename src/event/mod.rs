@@ -27,6 +27,9 @@ pub const BATCH: &str = "application/cloudevents-batch+json";
 /// The `source` of the events Hookline itself sends (test and validation events).
 pub const HOOKLINE_SOURCE: &str = "/hookline";
 
+/// The extension attribute of the CloudEvents Partitioning extension.
+pub const PARTITION_KEY: &str = "partitionkey";
+
 /// An extension attribute value (CloudEvents types String, Integer, Boolean).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExtValue {
@@ -297,6 +300,12 @@ impl CloudEvent {
             return Err(err("body", "a batch must hold at least one event"));
         }
         items.into_iter().enumerate().map(|(i, v)| CloudEvent::from_raw(v, &format!("batch[{i}]."))).collect()
+    }
+
+    /// The CloudEvents Partitioning extension's `partitionkey` (in its string form), which
+    /// ordered delivery keeps the events of one key in order by.
+    pub fn partition_key(&self) -> Option<String> {
+        self.extensions.get(PARTITION_KEY).map(ExtValue::as_header)
     }
 
     /// The event in the CloudEvents JSON format (structured mode, and how it is stored).

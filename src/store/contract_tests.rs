@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use rstest::rstest;
 
-use super::{Attempt, DeadLetter, JobRef, JobUpdate, NewEvent, PostgresStore, Replay, SqliteStore, Store};
+use super::{
+    Attempt, DeadLetter, JobRef, JobUpdate, NewEvent, PartitionKey, PostgresStore, Replay, SqliteStore, Store,
+};
 
 /// Which store a case runs against.
 #[derive(Clone, Copy, Debug)]
@@ -104,6 +106,7 @@ fn event(id: &str, targets: &[&str]) -> NewEvent {
         body: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
         targets: targets.iter().map(|s| s.to_string()).collect(),
         accepted_at: 1_000,
+        partition: None,
     }
 }
 
@@ -139,6 +142,36 @@ async fn accepted_events_get_one_job_per_target_and_duplicates_none(#[values(SQL
 
 #[rstest]
 #[tokio::test]
+async fn jobs_keep_their_partition_key_in_publish_order_and_the_earlier_jobs_of_a_lane_are_found(
+    #[values(SQLITE, POSTGRES)] kind: Kind,
+) {
+    let store = TestStore::open(kind).await;
+    let (a, b) = (PartitionKey::of("a"), PartitionKey::of("b"));
+    // Ids out of key order, so a store that inserted jobs in key order would be caught.
+    let keyed = |id: &str, partition| NewEvent { partition, ..event(id, &["s"]) };
+    let batch = vec![keyed("z", Some(a)), keyed("y", Some(b)), keyed("x", Some(a)), keyed("w", None)];
+    let out = store.accept(batch).await.expect("accept");
+    let ids: Vec<i64> = out.iter().map(|o| o.jobs[0].1).collect();
+    assert!(ids.is_sorted(), "job ids follow the order of publishing: {ids:?}");
+    let late = store.replay(Replay { event: keyed("v", Some(a)), replay_of: "ns/f/u".into() }).await;
+    let late = late.expect("replay").expect("queued");
+    assert_eq!(late.partition, Some(a));
+    let mut pending = store.pending("s").await.expect("pending");
+    pending.sort_by_key(|j| j.job_id);
+    let partitions: Vec<_> = pending.iter().map(|j| j.partition).collect();
+    assert_eq!(partitions, [Some(a), Some(b), Some(a), None, Some(a)]);
+
+    let found = |lanes| async { store.earlier("s", lanes).await.expect("earlier") };
+    let ids_of = |jobs: Vec<JobRef>| jobs.iter().map(|j| j.job_id).collect::<Vec<_>>();
+    assert_eq!(ids_of(found(vec![(Some(a), late.job_id)]).await), [ids[0], ids[2]]);
+    assert_eq!(ids_of(found(vec![(Some(a), ids[2]), (Some(b), late.job_id)]).await), [ids[0], ids[1]]);
+    assert_eq!(ids_of(found(vec![(None, ids[3])]).await), ids[..3]);
+    assert!(found(vec![(Some(b), ids[1])]).await.is_empty());
+    assert!(store.earlier("other", vec![(None, late.job_id)]).await.expect("earlier").is_empty());
+}
+
+#[rstest]
+#[tokio::test]
 async fn a_job_carries_its_event_and_retries_update_it(#[values(SQLITE, POSTGRES)] kind: Kind) {
     let store = TestStore::open(kind).await;
     let out = store.accept(vec![event("e1", &["a"])]).await.expect("accept");
@@ -151,7 +184,7 @@ async fn a_job_carries_its_event_and_retries_update_it(#[values(SQLITE, POSTGRES
     assert_eq!((job.attempts, job.first_attempt_at), (1, Some(2_001)));
     assert_eq!(
         store.pending("a").await.expect("pending"),
-        vec![JobRef { due_at: 9_000, job_id, accepted_at: 1_000 }]
+        vec![JobRef { due_at: 9_000, job_id, accepted_at: 1_000, partition: None }]
     );
     store.record(attempt(job_id, 2, JobUpdate::Delivered)).await.expect("record");
     assert!(store.job(job_id).await.expect("read").is_none());

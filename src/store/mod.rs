@@ -174,6 +174,25 @@ pub struct NewEvent {
     pub targets: Vec<String>,
     /// When it was accepted.
     pub accepted_at: Millis,
+    /// Its CloudEvents `partitionkey`, hashed.
+    pub partition: Option<PartitionKey>,
+}
+
+/// An event's CloudEvents `partitionkey` extension as the store keeps it with each job: the first
+/// eight bytes of its SHA-256. Ordered delivery holds jobs of one key back behind each other; two
+/// keys that hash alike would only share their order, never lose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionKey(pub i64);
+
+impl PartitionKey {
+    /// The stored form of `key`: the same in every process and version.
+    pub fn of(key: &str) -> PartitionKey {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        PartitionKey(i64::from_be_bytes(first))
+    }
 }
 
 /// What became of one stored event.
@@ -185,6 +204,9 @@ pub struct Accepted {
     pub jobs: Vec<(String, i64)>,
 }
 
+/// Most jobs [`Store::earlier`] returns per lane: more are found when these are done.
+pub const EARLIER_LIMIT: i64 = 100;
+
 /// A pending delivery job, as a dispatcher schedules it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct JobRef {
@@ -194,6 +216,8 @@ pub struct JobRef {
     pub job_id: i64,
     /// When the event was accepted (its TTL counts from here).
     pub accepted_at: Millis,
+    /// The event's `partitionkey`, for ordered delivery.
+    pub partition: Option<PartitionKey>,
 }
 
 /// Everything needed to attempt one job.
@@ -388,6 +412,16 @@ pub trait Store: Send + Sync + 'static {
     fn accept(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, StoreError>>;
     /// The pending jobs of a subscription (used when its dispatcher starts).
     fn pending(&self, sub_uid: &str) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>>;
+    /// Of each lane (a subscription's jobs of one `partitionkey`, or all of them for `None`),
+    /// the pending jobs with an id below the given one, lowest first (at most
+    /// [`EARLIER_LIMIT`] per lane). Ordered delivery asks before it sends a job it heard of from
+    /// ingest: with several replicas, the earlier job of its key may have been accepted on
+    /// another replica and still be on its way.
+    fn earlier(
+        &self,
+        sub_uid: &str,
+        lanes: Vec<(Option<PartitionKey>, i64)>,
+    ) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>>;
     /// The jobs with these ids that still exist, with their events, in one read.
     fn jobs(&self, job_ids: Vec<i64>) -> BoxFuture<'_, Result<Vec<Job>, StoreError>>;
     /// One job with its event, if it still exists.

@@ -25,8 +25,8 @@ pub use tls::with_ca_file;
 use super::records::{self, Records};
 use super::rfc3339;
 use super::{
-    Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
-    ReplayResult, Store, StoreError, Verification,
+    Accepted, Attempt, DeadLetter, EARLIER_LIMIT, Job, JobRef, LogEntry, Millis, NewEvent, PartitionKey,
+    QueuedDeadLetter, Replay, ReplayResult, Store, StoreError, Verification,
 };
 use migrations::{MIGRATION_LOCK, MIGRATIONS};
 
@@ -164,8 +164,14 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), tokio_pos
     tx.commit().await
 }
 
+/// A [`JobRef`] from a row of `due_at_ms, id, accepted_at_ms, partition_hash`.
 fn job_ref(r: &Row) -> JobRef {
-    JobRef { due_at: r.get(0), job_id: r.get(1), accepted_at: r.get(2) }
+    JobRef {
+        due_at: r.get(0),
+        job_id: r.get(1),
+        accepted_at: r.get(2),
+        partition: r.get::<_, Option<i64>>(3).map(PartitionKey),
+    }
 }
 
 impl Store for PostgresStore {
@@ -182,12 +188,56 @@ impl Store for PostgresStore {
         let uid = sub_uid.to_string();
         async move {
             self.read(
-                "SELECT j.due_at_ms, j.id, e.accepted_at_ms FROM jobs j JOIN events e ON e.seq = j.event_seq
-                 WHERE j.sub_uid = $1",
+                "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+                 FROM jobs j JOIN events e ON e.seq = j.event_seq WHERE j.sub_uid = $1",
                 &[&uid],
                 job_ref,
             )
             .await
+        }
+        .boxed()
+    }
+
+    fn earlier(
+        &self,
+        sub_uid: &str,
+        lanes: Vec<(Option<PartitionKey>, i64)>,
+    ) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>> {
+        let uid = sub_uid.to_string();
+        async move {
+            // The lanes of keys in one statement, each on the partition index; the lane of all
+            // of a subscription's jobs (`Strict`) on the subscription index.
+            let (keyed, all): (Vec<_>, Vec<_>) = lanes.into_iter().partition(|(p, _)| p.is_some());
+            let hashes: Vec<i64> = keyed.iter().filter_map(|(p, _)| p.map(|p| p.0)).collect();
+            let below: Vec<i64> = keyed.iter().map(|(_, b)| *b).collect();
+            let mut found = if keyed.is_empty() {
+                Vec::new()
+            } else {
+                self.read(
+                    "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+                     FROM unnest($2::bigint[], $3::bigint[]) AS l (partition_hash, below)
+                     CROSS JOIN LATERAL (
+                         SELECT * FROM jobs j WHERE j.sub_uid = $1 AND j.partition_hash = l.partition_hash
+                             AND j.id < l.below ORDER BY j.id LIMIT $4) j
+                     JOIN events e ON e.seq = j.event_seq",
+                    &[&uid, &hashes, &below, &EARLIER_LIMIT],
+                    job_ref,
+                )
+                .await?
+            };
+            for (_, below) in all {
+                found.extend(
+                    self.read(
+                        "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+                         FROM jobs j JOIN events e ON e.seq = j.event_seq
+                         WHERE j.sub_uid = $1 AND j.id < $2 ORDER BY j.id LIMIT $3",
+                        &[&uid, &below, &EARLIER_LIMIT],
+                        job_ref,
+                    )
+                    .await?,
+                );
+            }
+            Ok(found)
         }
         .boxed()
     }
@@ -514,6 +564,7 @@ mod tests {
             body: b"{}".to_vec(),
             targets: vec!["s".into()],
             accepted_at: 1,
+            partition: None,
         }]);
         let job_id = accepted.await.expect("accept")[0].jobs[0].1;
         let attempt = |owner: &str, epoch| Attempt {

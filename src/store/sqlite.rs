@@ -22,8 +22,8 @@ mod writes;
 use super::records::{self, Records};
 use super::rfc3339;
 use super::{
-    Accepted, Attempt, DeadLetter, Job, JobRef, LogEntry, Millis, NewEvent, QueuedDeadLetter, Replay,
-    ReplayResult, Store, StoreError, Verification,
+    Accepted, Attempt, DeadLetter, EARLIER_LIMIT, Job, JobRef, LogEntry, Millis, NewEvent, PartitionKey,
+    QueuedDeadLetter, Replay, ReplayResult, Store, StoreError, Verification,
 };
 use group::{Request, Tx, Writes, gather_records, write_loop};
 use keys::Keys;
@@ -132,13 +132,43 @@ impl Store for SqliteStore {
         let uid = sub_uid.to_string();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT j.due_at_ms, j.id, e.accepted_at_ms FROM jobs j JOIN events e ON e.seq = j.event_seq
-                 WHERE j.sub_uid = ?1",
+                "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+                 FROM jobs j JOIN events e ON e.seq = j.event_seq WHERE j.sub_uid = ?1",
             )?;
-            let rows = stmt.query_map([uid], |r| {
-                Ok(JobRef { due_at: r.get(0)?, job_id: r.get(1)?, accepted_at: r.get(2)? })
-            })?;
+            let rows = stmt.query_map([uid], job_ref)?;
             rows.collect()
+        })
+        .boxed()
+    }
+
+    fn earlier(
+        &self,
+        sub_uid: &str,
+        lanes: Vec<(Option<PartitionKey>, i64)>,
+    ) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>> {
+        let uid = sub_uid.to_string();
+        self.read(move |c| {
+            let mut keyed = c.prepare_cached(
+                "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+                 FROM jobs j JOIN events e ON e.seq = j.event_seq
+                 WHERE j.sub_uid = ?1 AND j.partition_hash = ?2 AND j.id < ?3 ORDER BY j.id LIMIT ?4",
+            )?;
+            let mut all = c.prepare_cached(
+                "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+                 FROM jobs j JOIN events e ON e.seq = j.event_seq
+                 WHERE j.sub_uid = ?1 AND j.id < ?2 ORDER BY j.id LIMIT ?3",
+            )?;
+            let mut found = Vec::new();
+            for (partition, below) in lanes {
+                let rows = match partition {
+                    Some(p) => keyed.query_map(params![uid, p.0, below, EARLIER_LIMIT], job_ref)?,
+                    None => all.query_map(params![uid, below, EARLIER_LIMIT], job_ref)?,
+                };
+                for row in rows {
+                    found.push(row?);
+                }
+            }
+            Ok(found)
         })
         .boxed()
     }
@@ -386,3 +416,13 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests;
+
+/// A [`JobRef`] from a row of `due_at_ms, id, accepted_at_ms, partition_hash`.
+fn job_ref(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRef> {
+    Ok(JobRef {
+        due_at: r.get(0)?,
+        job_id: r.get(1)?,
+        accepted_at: r.get(2)?,
+        partition: r.get::<_, Option<i64>>(3)?.map(PartitionKey),
+    })
+}

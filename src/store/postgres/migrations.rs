@@ -97,4 +97,14 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX owners_by_owner ON owners (owner);
     "#,
+    // 3: ordered delivery: each job keeps its event's `partitionkey` (hashed), and a job's lane
+    // (its key's jobs, or all of a subscription's) is found in id order on an index. The
+    // subscription index leaves `due_at_ms`, which no query ranges over and which every retry
+    // moves (a retry can now be a HOT update).
+    r#"
+    ALTER TABLE jobs ADD COLUMN partition_hash BIGINT;
+    DROP INDEX jobs_by_sub;
+    CREATE INDEX jobs_by_sub ON jobs (sub_uid, id);
+    CREATE INDEX jobs_by_partition ON jobs (sub_uid, partition_hash, id) WHERE partition_hash IS NOT NULL;
+    "#,
 ];

@@ -19,14 +19,17 @@ const ACCEPT: &str = "
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
         ON CONFLICT DO NOTHING RETURNING seq, namespace, source, event_id),
     j AS (
-        INSERT INTO jobs (event_seq, sub_uid, due_at_ms)
-        SELECT e.seq, t.sub_uid, t.due_at_ms FROM e JOIN
-            unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[])
-            AS t (namespace, source, event_id, sub_uid, due_at_ms) USING (namespace, source, event_id)
+        INSERT INTO jobs (event_seq, sub_uid, due_at_ms, partition_hash)
+        SELECT e.seq, t.sub_uid, t.due_at_ms, t.partition_hash FROM e JOIN
+            unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[]) WITH ORDINALITY
+            AS t (namespace, source, event_id, sub_uid, due_at_ms, partition_hash, n) USING (namespace, source, event_id)
+        ORDER BY t.n
         RETURNING id, event_seq, sub_uid)
     SELECT e.seq, e.namespace, e.source, e.event_id, j.id, j.sub_uid FROM e LEFT JOIN j ON j.event_seq = e.seq";
 
-/// The parameters of [`ACCEPT`] for `events`, which are distinct and in key order.
+/// The parameters of [`ACCEPT`]: for `events`, which are distinct and in key order; for their
+/// jobs, in the order the events were published, which gives job ids (and so ordered delivery)
+/// that order.
 struct AcceptColumns<'a> {
     namespaces: Vec<&'a str>,
     sources: Vec<&'a str>,
@@ -38,12 +41,13 @@ struct AcceptColumns<'a> {
     target_keys: [Vec<&'a str>; 3],
     target_subs: Vec<&'a str>,
     target_due: Vec<i64>,
+    target_partitions: Vec<Option<i64>>,
 }
 
 impl<'a> AcceptColumns<'a> {
-    fn new(events: &[&'a NewEvent]) -> Self {
+    fn new(events: &[&'a NewEvent], published: &[&'a NewEvent]) -> Self {
         let column = |f: fn(&'a NewEvent) -> &'a str| events.iter().map(|e| f(e)).collect::<Vec<_>>();
-        let targets = || events.iter().flat_map(|e| e.targets.iter().map(move |t| (*e, t.as_str())));
+        let targets = || published.iter().flat_map(|e| e.targets.iter().map(move |t| (*e, t.as_str())));
         let target_column = |f: fn(&'a NewEvent) -> &'a str| targets().map(|(e, _)| f(e)).collect::<Vec<_>>();
         AcceptColumns {
             namespaces: column(|e| &e.namespace),
@@ -59,10 +63,11 @@ impl<'a> AcceptColumns<'a> {
             ],
             target_subs: targets().map(|(_, t)| t).collect(),
             target_due: targets().map(|(e, _)| e.accepted_at).collect(),
+            target_partitions: targets().map(|(e, _)| e.partition.map(|p| p.0)).collect(),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
         let [keys_ns, keys_src, keys_id] = &self.target_keys;
         [
             &self.namespaces,
@@ -76,6 +81,7 @@ impl<'a> AcceptColumns<'a> {
             keys_id,
             &self.target_subs,
             &self.target_due,
+            &self.target_partitions,
         ]
     }
 }
@@ -89,9 +95,10 @@ pub(super) async fn accept(client: &Client, events: &[NewEvent]) -> Result<Vec<A
     // groups sharing keys lock them in the same order (one waits for the other instead of both
     // deadlocking).
     let mut seen = HashSet::new();
-    let mut distinct: Vec<&NewEvent> = events.iter().filter(|e| seen.insert(key(e))).collect();
+    let published: Vec<&NewEvent> = events.iter().filter(|e| seen.insert(key(e))).collect();
+    let mut distinct = published.clone();
     distinct.sort_by(|a, b| key(a).cmp(&key(b)));
-    let columns = AcceptColumns::new(&distinct);
+    let columns = AcceptColumns::new(&distinct, &published);
     let statement = client.prepare_cached(ACCEPT).await?;
     // Each request is sent when its future is first polled, and `join!` polls them in order. If
     // the statement fails, the server turns the COMMIT into a rollback (and answers it without
@@ -386,11 +393,14 @@ pub(super) async fn replay(tx: &Transaction<'_>, r: &Replay) -> Result<Option<Jo
     let uid = ev.targets.first().map(String::as_str).unwrap_or_default();
     let insert = tx
         .prepare_cached(
-            "INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of) VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of, partition_hash)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .await?;
-    let job_id: i64 = tx.query_one(&insert, &[&seq, &uid, &ev.accepted_at, &r.replay_of]).await?.get(0);
-    Ok(Some(JobRef { due_at: ev.accepted_at, job_id, accepted_at: ev.accepted_at }))
+    let partition = ev.partition.map(|p| p.0);
+    let job_id: i64 =
+        tx.query_one(&insert, &[&seq, &uid, &ev.accepted_at, &r.replay_of, &partition]).await?.get(0);
+    Ok(Some(JobRef { due_at: ev.accepted_at, job_id, accepted_at: ev.accepted_at, partition: ev.partition }))
 }
 
 /// One bounded round of pruning (see `Store::prune`); every statement runs on an index. The

@@ -108,4 +108,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE events_new RENAME TO events;
     CREATE INDEX events_by_time ON events (accepted_at_ms, namespace, source, event_id);
     "#,
+    // 6: ordered delivery: each job keeps its event's `partitionkey` (hashed), and a job's lane
+    // (its key's jobs, or all of a subscription's) is found in id order on an index. The
+    // subscription index leaves `due_at_ms`, which no query ranges over and every retry moves.
+    r#"
+    ALTER TABLE jobs ADD COLUMN partition_hash INTEGER;
+    DROP INDEX jobs_by_sub;
+    CREATE INDEX jobs_by_sub ON jobs (sub_uid, id);
+    CREATE INDEX jobs_by_partition ON jobs (sub_uid, partition_hash, id) WHERE partition_hash IS NOT NULL;
+    "#,
 ];

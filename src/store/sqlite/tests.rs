@@ -127,6 +127,7 @@ async fn a_store_of_the_previous_schema_is_rebuilt_and_keeps_its_queue_and_dedup
         body: b"{}".to_vec(),
         targets: vec!["sub".into()],
         accepted_at: 3000,
+        partition: None,
     };
     let again = store
         .accept(vec![publish("pending"), publish("dead"), publish("delivered"), publish("new")])

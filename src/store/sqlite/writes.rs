@@ -41,8 +41,9 @@ pub(super) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE seq IN (
 
 /// Store each event not stored already (see `keys`) with one job per target.
 pub(super) fn accept(tx: &Tx, events: &[NewEvent]) -> Result<Vec<Accepted>, rusqlite::Error> {
-    let mut insert_job =
-        tx.prepare_cached("INSERT INTO jobs (event_seq, sub_uid, due_at_ms) VALUES (?1, ?2, ?3)")?;
+    let mut insert_job = tx.prepare_cached(
+        "INSERT INTO jobs (event_seq, sub_uid, due_at_ms, partition_hash) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     let mut keys = tx.keys();
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
@@ -54,7 +55,7 @@ pub(super) fn accept(tx: &Tx, events: &[NewEvent]) -> Result<Vec<Accepted>, rusq
         let seq = insert_event(tx, &mut keys, hash, ev)?;
         let mut jobs = Vec::with_capacity(ev.targets.len());
         for uid in &ev.targets {
-            insert_job.execute(params![seq, uid, ev.accepted_at])?;
+            insert_job.execute(params![seq, uid, ev.accepted_at, ev.partition.map(|p| p.0)])?;
             jobs.push((uid.clone(), tx.last_insert_rowid()));
         }
         out.push(Accepted { duplicate: false, jobs });
@@ -95,9 +96,16 @@ pub(super) fn replay(tx: &Tx, r: &Replay) -> Result<Option<JobRef>, rusqlite::Er
         None => insert_event(tx, &mut keys, hash, ev)?,
     };
     let uid = ev.targets.first().cloned().unwrap_or_default();
-    tx.prepare_cached("INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![seq, uid, ev.accepted_at, r.replay_of])?;
-    Ok(Some(JobRef { due_at: ev.accepted_at, job_id: tx.last_insert_rowid(), accepted_at: ev.accepted_at }))
+    tx.prepare_cached(
+        "INSERT INTO jobs (event_seq, sub_uid, due_at_ms, replay_of, partition_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![seq, uid, ev.accepted_at, r.replay_of, ev.partition.map(|p| p.0)])?;
+    Ok(Some(JobRef {
+        due_at: ev.accepted_at,
+        job_id: tx.last_insert_rowid(),
+        accepted_at: ev.accepted_at,
+        partition: ev.partition,
+    }))
 }
 
 /// Empty the payload of an event once nothing needs it any more (no job, no queued dead letter):
