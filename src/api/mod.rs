@@ -15,8 +15,8 @@ pub use failed_event::{
 };
 pub use subscription::{
     DeadLetterSpec, DeadLetterStats, DeliveryMode, DeliverySpec, DeliveryStats, Endpoint, EventFilter,
-    HeadersFrom, LastDelivery, RetryPolicy, SecretRef, SigningSpec, ValidationMethod, ValidationSpec,
-    WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus,
+    HeadersFrom, LastDelivery, Ordering, RetryPolicy, SecretRef, SigningSpec, ValidationMethod,
+    ValidationSpec, WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus,
 };
 
 /// The API group of every Hookline resource.

@@ -203,6 +203,25 @@ pub struct DeliverySpec {
     /// Stop sending to an endpoint that keeps failing; probe it now and then.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerSpec,
+    /// In what order events go out: `Unordered` (default), `PartitionKey` (one at a time per
+    /// CloudEvents `partitionkey`, in the order they were accepted) or `Strict` (one at a time).
+    #[serde(default)]
+    pub ordering: Ordering,
+}
+
+/// The order of deliveries to one subscription.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Ordering {
+    /// Up to `maxConcurrency` at once, in any order (retries overtake nothing).
+    #[default]
+    Unordered,
+    /// Events carrying the same CloudEvents `partitionkey` extension go one at a time, in the
+    /// order they were accepted: a failing event holds back only the later events of its own key
+    /// until it is delivered, dead-lettered or expired. Other keys keep flowing up to
+    /// `maxConcurrency`; events without the extension are unordered.
+    PartitionKey,
+    /// One at a time for the whole subscription, in the order the events were accepted.
+    Strict,
 }
 
 impl Default for DeliverySpec {
@@ -212,6 +231,7 @@ impl Default for DeliverySpec {
             max_concurrency: default_max_concurrency(),
             rate_limit_per_second: None,
             circuit_breaker: CircuitBreakerSpec::default(),
+            ordering: Ordering::Unordered,
         }
     }
 }

@@ -17,7 +17,9 @@ use crate::event::{CloudEvent, EventError};
 use crate::policy::retry::{Answer, Next, next};
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
-use crate::store::{Attempt, DeadLetter, Fence, Job, JobRef, JobUpdate, Millis, StoreError, now_ms};
+use crate::store::{
+    Attempt, DeadLetter, Fence, Job, JobRef, JobUpdate, Millis, PartitionKey, StoreError, now_ms,
+};
 use crate::telemetry;
 
 /// What the dispatcher hears back from the tasks it spawned: what to do with a job after its
@@ -26,15 +28,19 @@ use crate::telemetry;
 pub enum Finished {
     /// The request is done (or none was made): its concurrency slot is free. Always sent first.
     SlotFree,
-    /// Nothing: delivered, given up, or gone from the store.
-    Done,
+    /// The job left the queue: delivered, given up, or gone from the store.
+    Done(JobRef),
     /// Put back in the queue.
     Requeue(JobRef),
-    /// The endpoint answered 410 for this generation of the subscription: stop sending.
-    Gone(i64),
+    /// The endpoint answered 410 for this generation of the subscription: stop sending. The job
+    /// was given up.
+    Gone(i64, JobRef),
     /// A request was answered (`success`: 2xx) at `at`; `error` says how it failed. Sent before
     /// [`Finished::SlotFree`], for the circuit breaker.
     Answered { success: bool, error: String, at: Instant },
+    /// A check of ordered lanes ([`check_earlier`]) is back: the jobs asked about, and the
+    /// jobs of their lanes with lower ids (or why the store could not be read).
+    Checked(Vec<JobRef>, Result<Vec<JobRef>, StoreError>),
     /// A read-ahead ([`read_ahead`]) is back: the jobs asked for, and those the store still has
     /// (or why it could not be read).
     Read(Vec<JobRef>, Result<Vec<Loaded>, StoreError>),
@@ -130,6 +136,22 @@ pub async fn read_ahead(shared: Arc<Shared>, jobs: Vec<JobRef>, done: mpsc::Unbo
     }
     let loaded = found.map(|found| found.into_iter().map(Loaded::from).collect());
     let _ = done.send(Finished::Read(jobs, loaded));
+}
+
+/// Ask the store for the earlier jobs of ordered lanes (`question`, for the jobs `asked`);
+/// reports back with [`Finished::Checked`].
+pub async fn check_earlier(
+    shared: Arc<Shared>,
+    uid: String,
+    asked: Vec<JobRef>,
+    question: Vec<(Option<PartitionKey>, i64)>,
+    done: mpsc::UnboundedSender<Finished>,
+) {
+    let found = shared.store.earlier(&uid, question).await;
+    if let Err(e) = &found {
+        shared.metrics.store_failed(e.metric_label());
+    }
+    let _ = done.send(Finished::Checked(asked, found));
 }
 
 /// A stored event that cannot be parsed (which events this process accepted never are): give the
@@ -345,9 +367,9 @@ async fn finish(
     }
     debug!(subscription = %sub.key.name, job = job.job.job_id, attempt = attempt_no, ?decision, "attempt recorded");
     match (decision, update) {
-        (Next::Gone, _) => Finished::Gone(sub.generation),
+        (Next::Gone, _) => Finished::Gone(sub.generation, job.job),
         (_, JobUpdate::Retry { due_at }) => Finished::Requeue(JobRef { due_at, ..job.job }),
-        _ => Finished::Done,
+        _ => Finished::Done(job.job),
     }
 }
 
@@ -412,7 +434,7 @@ pub async fn expire(
     for job_ref in jobs {
         let Some(job) = found.remove(&job_ref.job_id) else {
             // Gone from the store meanwhile (its subscription was dropped).
-            let _ = done.send(Finished::Done);
+            let _ = done.send(Finished::Done(job_ref));
             continue;
         };
         let job = Loaded::from(job);

@@ -131,7 +131,7 @@ pub(super) mod tests {
     use super::*;
 
     pub(in crate::delivery) fn job(job_id: i64) -> JobRef {
-        JobRef { due_at: 1_000, job_id, accepted_at: 1_000 }
+        JobRef { due_at: 1_000, job_id, accepted_at: 1_000, partition: None }
     }
 
     pub(in crate::delivery) fn cache(limit: usize) -> Cache {
@@ -172,7 +172,7 @@ pub(super) mod tests {
         let mut account = budget.account();
         account.set_active(true);
         let mut c = Cache::new(account);
-        let due = |i: i64| JobRef { due_at: 10 - i, job_id: i, accepted_at: 0 };
+        let due = |i: i64| JobRef { due_at: 10 - i, job_id: i, accepted_at: 0, partition: None };
         for i in 1..=4 {
             assert!(c.keep(due(i), fresh(&i.to_string(), 200 * 1024), false));
         }
@@ -234,7 +234,7 @@ pub(super) mod tests {
     fn events_due_sooner_displace_events_due_later() {
         let one = footprint(&event("1", 10));
         let mut c = cache(one * 2);
-        let due = |at: i64| JobRef { due_at: at, job_id: at, accepted_at: 0 };
+        let due = |at: i64| JobRef { due_at: at, job_id: at, accepted_at: 0, partition: None };
         assert!(c.keep(due(20), fresh("1", 10), false));
         assert!(c.keep(due(30), fresh("2", 10), false));
         assert!(!c.keep(due(40), fresh("3", 10), false), "due last, and no room: not kept");

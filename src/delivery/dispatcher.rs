@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::attempt::{Finished, attempt, expire, read_ahead, unreadable};
+use super::attempt::{Finished, attempt, check_earlier, expire, read_ahead, unreadable};
 use super::queue::{CircuitChange, Queue, Start};
 use super::{NewJob, Shared};
 use crate::api::WebhookSubscription;
@@ -70,6 +70,12 @@ impl Dispatcher {
             }
             if !plan.read.is_empty() {
                 tokio::spawn(read_ahead(self.shared.clone(), plan.read, done_tx.clone()));
+            }
+            if !plan.check.is_empty() {
+                let question = queue.question(&plan.check);
+                let check =
+                    check_earlier(self.shared.clone(), uid.clone(), plan.check, question, done_tx.clone());
+                tokio::spawn(check);
             }
             let depth = queue.depth() as u64;
             let next_retry = queue.next_retry(now).and_then(time);
@@ -174,7 +180,11 @@ impl Dispatcher {
                 Ok(jobs) => {
                     debug!(subscription = %name, queued = jobs.len(), "dispatcher started");
                     let loaded = Loaded { ids: jobs.iter().map(|j| j.job_id).collect(), at: Instant::now() };
-                    return Some((Queue::new(jobs, self.shared.budget.account(), Instant::now()), loaded));
+                    // With several replicas an ordered job can arrive before an earlier one of
+                    // its lane that another replica accepted: the store is asked first.
+                    let check = !self.shared.ownership.is_solo();
+                    let queue = Queue::new(jobs, self.shared.budget.account(), Instant::now(), check);
+                    return Some((queue, loaded));
                 }
                 Err(e) => {
                     self.shared.metrics.store_failed(e.metric_label());

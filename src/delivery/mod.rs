@@ -22,7 +22,7 @@ use crate::outbound::clients::Clients;
 use crate::outbound::secrets::SecretCache;
 use crate::ownership::Ownership;
 use crate::registry::{ActiveSubscription, Registry};
-use crate::store::{Accepted, JobRef, Millis, NewEvent, Store, StoreError, now_ms};
+use crate::store::{Accepted, JobRef, Millis, NewEvent, PartitionKey, Store, StoreError, now_ms};
 use dispatcher::Dispatcher;
 use status::StatusBoard;
 
@@ -74,6 +74,7 @@ pub fn to_store(
         body,
         targets,
         accepted_at,
+        partition: event.partition_key().map(|k| PartitionKey::of(&k)),
     }
 }
 
@@ -156,12 +157,13 @@ impl Dispatchers {
                 .filter(|s| crate::policy::matching::wants(&s.spec, &ev))
                 .map(|s| s.uid.clone())
                 .collect();
-            new.push(to_store(namespace, &ev, json, targets, accepted_at));
-            parsed.push(ev);
+            let stored = to_store(namespace, &ev, json, targets, accepted_at);
+            parsed.push((ev, stored.partition));
+            new.push(stored);
         }
         let accepted: Vec<Accepted> = self.shared.store.accept(new).await?;
         let mut routed = Vec::with_capacity(accepted.len());
-        for (ev, acc) in parsed.into_iter().zip(accepted) {
+        for ((ev, partition), acc) in parsed.into_iter().zip(accepted) {
             routed.push(Routed {
                 id: ev.id.clone(),
                 source: ev.source.clone(),
@@ -171,7 +173,7 @@ impl Dispatchers {
             self.shared.metrics.event_accepted(acc.duplicate);
             let event = Arc::new(ev);
             for (uid, job_id) in &acc.jobs {
-                let job = JobRef { due_at: accepted_at, job_id: *job_id, accepted_at };
+                let job = JobRef { due_at: accepted_at, job_id: *job_id, accepted_at, partition };
                 self.hand_over(uid, NewJob { job, event: Some(event.clone()) });
             }
         }
@@ -195,7 +197,7 @@ impl Dispatchers {
         let accepted = self.shared.store.accept(vec![new]).await?;
         let jobs = accepted.into_iter().flat_map(|a| a.jobs).collect::<Vec<_>>();
         for (uid, job_id) in &jobs {
-            self.notify(uid, JobRef { due_at: accepted_at, job_id: *job_id, accepted_at });
+            self.notify(uid, JobRef { due_at: accepted_at, job_id: *job_id, accepted_at, partition: None });
         }
         Ok(jobs.len())
     }

@@ -18,6 +18,7 @@ use crate::policy::decision::Gate;
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
 use crate::store::{JobRef, Millis};
+use lanes::Lanes;
 
 /// Spaces sends at least `1/rate` apart.
 struct RateLimiter {
@@ -100,6 +101,9 @@ pub(super) struct Plan {
     pub start: Vec<Start>,
     /// Due jobs whose events to read from the store, in one read.
     pub read: Vec<JobRef>,
+    /// Jobs of ordered lanes to check (see [`lanes`]): the store is asked, in one read, for the
+    /// jobs of their lanes with lower ids ([`Queue::question`]).
+    pub check: Vec<JobRef>,
     /// When to plan again although nothing was heard: the next job falls due, or the rate
     /// limit lets the next send go.
     pub wake: Option<Duration>,
@@ -107,8 +111,10 @@ pub(super) struct Plan {
 
 /// See the module docs.
 pub(super) struct Queue {
-    /// Jobs waiting for an attempt, due first.
+    /// Jobs waiting for an attempt, due first; of ordered lanes only each lane's first.
     jobs: BTreeSet<JobRef>,
+    /// Ordered delivery: the jobs of each lane, and what is out.
+    lanes: Lanes,
     /// Their events in memory, where the budget allows.
     cache: Cache,
     /// A read of events from the store is out.
@@ -130,10 +136,13 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    /// A queue of the jobs the store has for a subscription, with `account` for their events.
-    pub fn new(jobs: Vec<JobRef>, account: Account, now: Instant) -> Self {
+    /// A queue of the jobs the store has for a subscription, with `account` for their events;
+    /// `check_earlier`: ordered jobs heard of from ingest are checked against the store before
+    /// they go (several replicas; see [`lanes`]).
+    pub fn new(jobs: Vec<JobRef>, account: Account, now: Instant, check_earlier: bool) -> Self {
         Queue {
             jobs: jobs.into_iter().collect(),
+            lanes: Lanes::new(check_earlier),
             cache: Cache::new(account),
             reading: false,
             more_to_read: false,
@@ -164,20 +173,27 @@ impl Queue {
         sub.gate == Gate::Open && self.gone_generation.is_none_or(|g| g < sub.generation)
     }
 
-    /// Queue a new job, keeping its event in memory if it came along and the budget allows.
+    /// Queue a new job heard of from ingest, keeping its event in memory if it came along and
+    /// the budget allows (unless it is queued already).
     pub fn admit(&mut self, NewJob { job, event }: NewJob) {
+        let was_empty = self.jobs.is_empty();
+        if !self.lanes.admit(job, &mut self.jobs, true) {
+            return;
+        }
         if let Some(event) = event {
-            self.cache.behind &= !self.jobs.is_empty();
+            self.cache.behind &= !was_empty;
             self.cache.offer_fresh(job, event);
         }
-        self.jobs.insert(job);
     }
 
     /// Decide what to start at `now` (`clock` for the rate limit): the due jobs that free slots,
     /// the rate limit and the events in memory allow, and a read of the due events that are not.
     pub fn plan(&mut self, sub: &ActiveSubscription, now: Millis, clock: Instant) -> Plan {
         let open = self.is_open(sub);
-        self.cache.account.set_active(!self.jobs.is_empty() || self.in_flight > 0);
+        if !self.lanes.ordered_by(sub.spec.delivery.ordering) {
+            self.lanes.reorder(sub.spec.delivery.ordering, &mut self.jobs);
+        }
+        self.cache.account.set_active(self.has_waiting() || self.in_flight > 0);
         let mut plan = Plan::default();
         if sub.schedule.breaker.is_none() && self.circuit != Circuit::Closed {
             self.circuit = Circuit::Closed;
@@ -210,7 +226,7 @@ impl Queue {
                 plan.wake = Some(wait);
                 break;
             }
-            self.jobs.pop_first();
+            self.lanes.start(head, &mut self.jobs);
             self.in_flight += 1;
             self.outstanding += 1;
             if let (true, Circuit::Open { cooldown, .. }) = (probe, self.circuit) {
@@ -251,21 +267,43 @@ impl Queue {
             self.cache.behind &= self.more_to_read;
             self.reading = !plan.read.is_empty();
         }
+        let (check, check_in) = self.lanes.checks(clock);
+        plan.check = check;
+        plan.wake = match (plan.wake, check_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         plan
+    }
+
+    /// What the store is asked for the jobs of [`Plan::check`]: each one's lane (its
+    /// `partitionkey`, or none for all of the subscription's jobs) and its id.
+    pub fn question(&self, jobs: &[JobRef]) -> Vec<(Option<crate::store::PartitionKey>, i64)> {
+        self.lanes.question(jobs)
     }
 
     /// Take in what a task reported back (see [`Finished`]).
     pub fn finished(&mut self, sub: &ActiveSubscription, finished: Finished) {
         match finished {
             Finished::SlotFree => self.in_flight -= 1,
-            Finished::Done => self.outstanding -= 1,
+            Finished::Done(job) => {
+                self.outstanding -= 1;
+                self.lanes.finished(job, None, &mut self.jobs);
+            }
             Finished::Requeue(job) => {
                 self.outstanding -= 1;
-                self.jobs.insert(job);
+                self.lanes.finished(job, Some(job), &mut self.jobs);
             }
-            Finished::Gone(generation) => {
+            Finished::Gone(generation, job) => {
                 self.outstanding -= 1;
                 self.gone_generation = Some(generation);
+                self.lanes.finished(job, None, &mut self.jobs);
+            }
+            Finished::Checked(asked, found) => {
+                let found = found.map_err(|e| {
+                    warn!(subscription = %sub.key.name, error = %Chain(&e), "checking for earlier jobs of ordered lanes; will retry");
+                });
+                self.lanes.checked(asked, found, &mut self.jobs, Instant::now(), LOCAL_RETRY);
             }
             Finished::Answered { success, error, at } => self.answered(sub, success, error, at),
             Finished::Read(asked, found) => {
@@ -302,10 +340,12 @@ impl Queue {
     /// batch; each reports back like an attempt.
     pub fn expired(&mut self, ttl: Duration, now: Millis) -> Vec<JobRef> {
         let ttl = ttl.as_millis() as Millis;
+        let mut queued: Vec<JobRef> = self.jobs.iter().copied().collect();
+        queued.extend(self.lanes.held_jobs(&self.jobs));
         let expired: Vec<JobRef> =
-            self.jobs.iter().copied().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
+            queued.into_iter().filter(|j| j.accepted_at.saturating_add(ttl) <= now).collect();
         for job in &expired {
-            self.jobs.remove(job);
+            self.lanes.start(*job, &mut self.jobs);
             self.cache.take(job);
         }
         self.outstanding += expired.len();
@@ -314,18 +354,19 @@ impl Queue {
 
     /// Jobs queued or in flight.
     pub fn depth(&self) -> usize {
-        self.jobs.len() + self.in_flight
+        self.jobs.len() + self.lanes.held() + self.in_flight
     }
 
-    /// Whether any job waits for an attempt (due or backing off).
+    /// Whether any job waits for an attempt (due, backing off, or behind its lane's first).
     pub fn has_waiting(&self) -> bool {
-        !self.jobs.is_empty()
+        !self.jobs.is_empty() || self.lanes.held() > 0
     }
 
     /// When the oldest event waiting for an attempt was accepted (a walk over the queue: call it
     /// at most every few seconds).
     pub fn oldest_waiting(&self) -> Option<Millis> {
-        self.jobs.iter().map(|j| j.accepted_at).min()
+        let held = self.lanes.held_jobs(&self.jobs);
+        self.jobs.iter().chain(held.iter()).map(|j| j.accepted_at).min()
     }
 
     /// When the first queued job falls due, if that is after `now`.
@@ -354,9 +395,7 @@ impl Queue {
                 warn!(subscription = %name, error = %Chain(&e), jobs = asked.len(), "reading jobs; will retry");
                 let later = crate::store::now_ms() + LOCAL_RETRY.as_millis() as Millis;
                 for job in asked {
-                    if self.jobs.remove(&job) {
-                        self.jobs.insert(JobRef { due_at: later, ..job });
-                    }
+                    self.lanes.reschedule(job, JobRef { due_at: later, ..job }, &mut self.jobs);
                 }
                 return;
             }
@@ -373,13 +412,12 @@ impl Queue {
                     }
                 }
                 Some(_) => {}
-                None => {
-                    self.jobs.remove(&job);
-                }
+                None => self.lanes.forget(job, &mut self.jobs),
             }
         }
     }
 }
 
+mod lanes;
 #[cfg(test)]
 mod tests;

@@ -20,11 +20,11 @@ fn subscription(max_concurrency: u32) -> ActiveSubscription {
 
 fn queue(jobs: &[JobRef]) -> Queue {
     let budget = EventBudget::new(1 << 20, Gauge::default());
-    Queue::new(jobs.to_vec(), budget.account(), Instant::now())
+    Queue::new(jobs.to_vec(), budget.account(), Instant::now(), false)
 }
 
 fn due(job_id: i64, due_at: Millis) -> JobRef {
-    JobRef { due_at, job_id, accepted_at: 0 }
+    JobRef { due_at, job_id, accepted_at: 0, partition: None }
 }
 
 fn fresh(job: JobRef) -> NewJob {
@@ -104,7 +104,7 @@ fn a_closed_gate_or_a_gone_endpoint_starts_nothing() {
     let sub = subscription(1);
     assert_eq!(started(&q.plan(&sub, 100, Instant::now())), [1]);
     q.finished(&sub, Finished::SlotFree);
-    q.finished(&sub, Finished::Gone(sub.generation));
+    q.finished(&sub, Finished::Gone(sub.generation, due(1, 0)));
     assert!(!q.is_open(&sub));
     assert!(q.plan(&sub, 100, Instant::now()).start.is_empty(), "410 for this generation");
     let mut next = sub.clone();
@@ -129,14 +129,15 @@ fn a_requeued_job_waits_for_its_new_due_time() {
 fn expiry_takes_only_the_jobs_past_their_ttl_and_waits_for_their_records() {
     let mut q = queue(&[]);
     for (id, accepted_at) in [(1, 0), (2, 50), (3, 90)] {
-        q.admit(fresh(JobRef { due_at: accepted_at, job_id: id, accepted_at }));
+        q.admit(fresh(JobRef { due_at: accepted_at, job_id: id, accepted_at, partition: None }));
     }
     let expired = q.expired(Duration::from_millis(50), 100);
     assert_eq!(expired.iter().map(|j| j.job_id).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(q.depth(), 1);
     assert_eq!(q.outstanding(), 2, "each expiry reports back like an attempt");
-    q.finished(&subscription(1), Finished::Done);
-    q.finished(&subscription(1), Finished::Done);
+    for job in expired {
+        q.finished(&subscription(1), Finished::Done(job));
+    }
     assert_eq!(q.outstanding(), 0);
 }
 
@@ -244,4 +245,151 @@ fn a_probe_waits_for_the_requests_sent_before_the_circuit_opened_and_turning_it_
     off.schedule.breaker = None;
     q.plan(&off, 10, t0 + Duration::from_secs(5));
     assert_eq!(q.take_changes(), [CircuitChange::Closed]);
+}
+
+fn ordered(ordering: crate::api::Ordering, max_concurrency: u32) -> ActiveSubscription {
+    let mut sub = subscription(max_concurrency);
+    Arc::make_mut(&mut sub.spec).delivery.ordering = ordering;
+    sub
+}
+
+fn keyed(job_id: i64, key: Option<&str>) -> JobRef {
+    JobRef { due_at: 0, job_id, accepted_at: 0, partition: key.map(crate::store::PartitionKey::of) }
+}
+
+/// Plan at `now`, reading the events the plan asks for (as the store would give them), and plan
+/// again: the jobs started.
+fn go(q: &mut Queue, sub: &ActiveSubscription, now: Millis) -> Vec<i64> {
+    let plan = q.plan(sub, now, Instant::now());
+    let mut ids = started(&plan);
+    if !plan.read.is_empty() {
+        let found =
+            plan.read.iter().map(|j| Loaded { event: Ok(event("e", 10)), ..loaded(j.job_id) }).collect();
+        q.finished(sub, Finished::Read(plan.read, Ok(found)));
+        ids.extend(started(&q.plan(sub, now, Instant::now())));
+    }
+    ids
+}
+
+/// Report a started job's request and outcome (`back`: its retry, due then).
+fn answer(q: &mut Queue, sub: &ActiveSubscription, job: JobRef, back: Option<Millis>) {
+    q.finished(sub, Finished::SlotFree);
+    q.finished(
+        sub,
+        match back {
+            Some(due_at) => Finished::Requeue(JobRef { due_at, ..job }),
+            None => Finished::Done(job),
+        },
+    );
+}
+
+#[test]
+fn a_partition_key_goes_one_at_a_time_in_id_order_and_a_retry_holds_back_only_its_key() {
+    use crate::api::Ordering;
+    let sub = ordered(Ordering::PartitionKey, 8);
+    let mut q = queue(&[]);
+    let jobs =
+        [keyed(1, Some("a")), keyed(2, Some("a")), keyed(3, Some("b")), keyed(4, None), keyed(5, Some("a"))];
+    for job in jobs {
+        q.admit(fresh(job));
+    }
+    assert_eq!(go(&mut q, &sub, 100), [1, 3, 4], "one per key; no key: unordered");
+    assert_eq!(q.depth(), 5);
+    answer(&mut q, &sub, jobs[0], Some(500));
+    answer(&mut q, &sub, jobs[2], None);
+    q.admit(fresh(keyed(6, Some("b"))));
+    assert_eq!(go(&mut q, &sub, 100), [6], "b flows while a backs off");
+    assert!(q.plan(&sub, 400, Instant::now()).start.is_empty(), "2 and 5 wait behind 1's retry");
+    assert_eq!(go(&mut q, &sub, 500), [1]);
+    answer(&mut q, &sub, jobs[0], None);
+    assert_eq!(go(&mut q, &sub, 500), [2]);
+    answer(&mut q, &sub, jobs[1], None);
+    assert_eq!(go(&mut q, &sub, 500), [5]);
+    assert_eq!(q.depth(), 3, "4, 5 and 6 are out");
+    assert!(!q.has_waiting());
+}
+
+#[test]
+fn strict_never_has_two_in_flight_and_an_earlier_job_arriving_late_goes_first() {
+    use crate::api::Ordering;
+    let sub = ordered(Ordering::Strict, 8);
+    let mut q = queue(&[keyed(3, Some("x")), keyed(1, None)]);
+    q.admit(fresh(keyed(4, None)));
+    assert_eq!(go(&mut q, &sub, 100), [1], "lowest id first, whatever the key");
+    answer(&mut q, &sub, keyed(1, None), None);
+    q.admit(fresh(keyed(2, Some("y"))));
+    assert_eq!(go(&mut q, &sub, 100), [2], "2 overtakes the released 3");
+    for next in [3, 4] {
+        assert!(q.plan(&sub, 100, Instant::now()).start.is_empty(), "one at a time");
+        answer(&mut q, &sub, keyed(next - 1, None), None);
+        assert_eq!(go(&mut q, &sub, 100), [next]);
+    }
+}
+
+#[test]
+fn with_replicas_a_job_heard_of_goes_only_after_the_store_was_asked_for_earlier_ones() {
+    use crate::api::Ordering;
+    let sub = ordered(Ordering::PartitionKey, 8);
+    let budget = EventBudget::new(1 << 20, Gauge::default());
+    let mut q = Queue::new(vec![], budget.account(), Instant::now(), true);
+    q.admit(fresh(keyed(5, Some("a"))));
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert!(plan.start.is_empty());
+    assert_eq!(plan.check.iter().map(|j| j.job_id).collect::<Vec<_>>(), [5]);
+    assert_eq!(q.question(&plan.check), [(Some(crate::store::PartitionKey::of("a")), 5)]);
+    assert!(q.plan(&sub, 100, Instant::now()).check.is_empty(), "one check at a time");
+
+    // Job 3 was accepted on another replica; its announcement is still on the way.
+    q.finished(&sub, Finished::Checked(plan.check, Ok(vec![keyed(3, Some("a"))])));
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert_eq!(plan.read.iter().map(|j| j.job_id).collect::<Vec<_>>(), [3], "its event is read first");
+    q.finished(&sub, Finished::Read(plan.read, Ok(vec![loaded(3)])));
+    assert_eq!(go(&mut q, &sub, 100), [3]);
+    q.admit(NewJob { job: keyed(3, Some("a")), event: None });
+    assert_eq!(q.depth(), 2, "the late announcement of 3 is not queued twice");
+    answer(&mut q, &sub, keyed(3, Some("a")), None);
+    assert_eq!(go(&mut q, &sub, 100), [5], "checked already");
+
+    // A failed check is repeated later; nothing goes meanwhile.
+    q.admit(fresh(keyed(7, Some("b"))));
+    let plan = q.plan(&sub, 100, Instant::now());
+    q.finished(&sub, Finished::Checked(plan.check, Err(StoreError::Closed)));
+    let plan = q.plan(&sub, 100, Instant::now());
+    assert!(plan.start.is_empty() && plan.check.is_empty());
+    assert!(plan.wake.is_some_and(|w| w <= LOCAL_RETRY));
+}
+
+#[test]
+fn a_change_of_ordering_rebuilds_the_lanes_around_what_is_out() {
+    use crate::api::Ordering;
+    let unordered = subscription(8);
+    let mut q = queue(&[]);
+    for id in 1..=4 {
+        q.admit(fresh(keyed(id, None)));
+    }
+    q.plan(&ActiveSubscription::test("ns", "s", Gate::Held(Reason::Suspended)), 100, Instant::now());
+    let plan = q.plan(&subscription(2), 100, Instant::now());
+    assert_eq!(started(&plan), [1, 2]);
+    let strict = ordered(Ordering::Strict, 8);
+    assert!(q.plan(&strict, 100, Instant::now()).start.is_empty(), "1 and 2 are still out");
+    answer(&mut q, &strict, keyed(1, None), None);
+    assert!(q.plan(&strict, 100, Instant::now()).start.is_empty());
+    answer(&mut q, &strict, keyed(2, None), None);
+    assert_eq!(go(&mut q, &strict, 100), [3]);
+    assert_eq!(go(&mut q, &unordered, 100), [4], "unordered again");
+}
+
+#[test]
+fn expiry_takes_jobs_held_behind_their_lane_too() {
+    use crate::api::Ordering;
+    let sub = ordered(Ordering::Strict, 8);
+    let mut q = queue(&[]);
+    for id in 1..=3 {
+        q.admit(fresh(JobRef { accepted_at: id * 10, ..keyed(id, None) }));
+    }
+    q.plan(&sub, 100, Instant::now());
+    assert_eq!(q.oldest_waiting(), Some(20), "1 is out; 2 and 3 wait");
+    let expired = q.expired(Duration::from_millis(75), 100);
+    assert_eq!(expired.iter().map(|j| j.job_id).collect::<Vec<_>>(), [2]);
+    assert_eq!(q.depth(), 2);
 }
