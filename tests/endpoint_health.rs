@@ -1,19 +1,23 @@
-//! Endpoint health: the circuit breaker stops sending to an endpoint that keeps failing, probes
-//! it after a cooldown (doubling after a failed probe), and resumes once a probe succeeds; each
-//! step shows as the `Healthy` condition, Kubernetes Events and `hookline_circuit_open`.
+//! Endpoint health and order: the circuit breaker stops sending to an endpoint that keeps
+//! failing, probes it after a cooldown (doubling after a failed probe), and resumes once a probe
+//! succeeds; each step shows as the `Healthy` condition, Kubernetes Events and
+//! `hookline_circuit_open`. Ordered delivery keeps the events of a partition key (or of the whole
+//! subscription) one at a time, in the order they were accepted, through failures and a kill -9.
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use hookline::api::WebhookSubscription;
+use hookline::api::{Ordering, WebhookSubscription};
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
+use rstest::rstest;
 use serde_json::json;
 use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{LOCAL, TestEnv, wait_until};
+use support::receiver::{Received, Receiver, Reply};
+use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -99,4 +103,114 @@ async fn the_breaker_opens_probes_reopens_probes_and_closes() {
     .await;
     assert!(found[0].1.contains("3 attempts in a row failed"), "{}", found[0].1);
     assert_eq!(h.metric_sum("hookline_circuit_open").await, Some(0.0));
+}
+
+/// Events `from..to`, each with its partition key (`e{i}` has key `k{i % keys}`).
+fn keyed_events(from: usize, to: usize, keys: usize) -> Vec<(String, String)> {
+    (from..to).map(|i| (format!("e{i}"), format!("k{}", i % keys))).collect()
+}
+
+/// Publish `events` in batches of 20, each batch once the one before was accepted.
+async fn publish_keyed(h: &Hookline, namespace: &str, events: &[(String, String)]) {
+    for batch in events.chunks(20) {
+        let batch: Vec<_> = batch
+            .iter()
+            .map(|(id, key)| json!({"specversion": "1.0", "id": id, "source": "/shop", "type": "order.updated", "partitionkey": key}))
+            .collect();
+        let body = serde_json::Value::Array(batch).to_string();
+        let (status, answer) =
+            h.publish(namespace, &[("content-type", "application/cloudevents-batch+json")], body, None).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+}
+
+/// The event ids in the order of their first successful delivery, and how many requests each
+/// took.
+fn first_successes(received: &[Received]) -> (Vec<String>, HashMap<String, usize>) {
+    let mut order = Vec::new();
+    let mut requests: HashMap<String, usize> = HashMap::new();
+    for r in received {
+        let id = r.header("ce-id");
+        let n = requests.entry(id.clone()).or_default();
+        *n += 1;
+        if (200..300).contains(&r.status) && !order.contains(&id) {
+            order.push(id);
+        }
+    }
+    (order, requests)
+}
+
+/// Wait until every event of `published` was delivered; then, of each key (every event's when
+/// `by_key` is false), the first successful deliveries are in the order of publishing.
+async fn assert_delivered_in_order(rx: &Receiver, published: &[(String, String)], by_key: bool) -> usize {
+    let order = wait_until("every event delivered", Duration::from_secs(120), || async {
+        let (order, _) = first_successes(&rx.received());
+        (order.len() >= published.len()).then_some(order)
+    })
+    .await;
+    let key_of: HashMap<&str, &str> = published.iter().map(|(id, key)| (id.as_str(), key.as_str())).collect();
+    let lane = |id: &str| if by_key { key_of[id].to_string() } else { String::new() };
+    let mut expected: HashMap<String, Vec<&str>> = HashMap::new();
+    for (id, _) in published {
+        expected.entry(lane(id)).or_default().push(id);
+    }
+    let mut delivered: HashMap<String, Vec<&str>> = HashMap::new();
+    for id in &order {
+        delivered.entry(lane(id)).or_default().push(id);
+    }
+    assert_eq!(delivered, expected, "first successful deliveries out of order");
+    let (_, requests) = first_successes(&rx.received());
+    requests.values().map(|n| n - 1).sum()
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_key_is_delivered_in_order_one_at_a_time_through_failures_and_a_kill_9(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("ordering-by-key", store).await;
+    let data = env.new_store().await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Delay(Duration::from_millis(3)));
+    rx.fail_every(5, 503);
+    let h = env.start_hookline_in(&data, LOCAL).await;
+    let sub = WebhookSubscription::test("by-key", &rx.url)
+        .ordered(Ordering::PartitionKey)
+        .concurrency(10)
+        .backoff("100ms", "200ms")
+        .max_attempts(50);
+    env.create_active(sub).await;
+
+    // Half the events, a kill -9 while they are being delivered, then the other half.
+    let published = keyed_events(0, 400, 10);
+    publish_keyed(&h, &env.namespace, &published[..200]).await;
+    rx.wait_for(100, WAIT).await;
+    h.kill().await;
+    let h = env.start_hookline_in(&data, LOCAL).await;
+    publish_keyed(&h, &env.namespace, &published[200..]).await;
+
+    let retries = assert_delivered_in_order(&rx, &published, true).await;
+    assert_eq!(rx.max_in_flight_per_key(), 1, "two requests of one key were in flight together");
+    assert!(rx.max_in_flight() > 1, "the keys did not flow side by side");
+    eprintln!("ordering by key: 400 events, {} requests, {retries} repeated", rx.received().len());
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_ordering_never_has_two_requests_in_flight(#[values(SQLITE, POSTGRES)] store: Backend) {
+    let env = TestEnv::with_crds_on("ordering-strict", store).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Delay(Duration::from_millis(3)));
+    rx.fail_every(5, 500);
+    let h = env.start_hookline(LOCAL).await;
+    let sub = WebhookSubscription::test("strict", &rx.url)
+        .ordered(Ordering::Strict)
+        .concurrency(8)
+        .backoff("100ms", "200ms")
+        .max_attempts(50);
+    env.create_active(sub).await;
+    let published = keyed_events(0, 60, 7);
+    publish_keyed(&h, &env.namespace, &published).await;
+    assert_delivered_in_order(&rx, &published, false).await;
+    assert_eq!(rx.max_in_flight(), 1, "two requests in flight under Strict");
 }

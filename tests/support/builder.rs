@@ -1,7 +1,7 @@
 //! Subscriptions for scenario tests, built in the test's own words:
 //! `WebhookSubscription::test("orders", &rx.url).for_types(&["order.*"]).structured()`.
 
-use hookline::api::{DeliveryMode, EventFilter, SecretRef, SigningSpec, WebhookSubscription};
+use hookline::api::{DeliveryMode, EventFilter, Ordering, SecretRef, SigningSpec, WebhookSubscription};
 
 /// Builder methods on [`WebhookSubscription`] for tests (a trait, since the type is the library's).
 pub trait TestSubscription: Sized {
@@ -32,6 +32,8 @@ pub trait TestSubscription: Sized {
     fn without_dead_letters(self) -> Self;
     /// Created suspended.
     fn suspended(self) -> Self;
+    /// Delivered in this order.
+    fn ordered(self, ordering: Ordering) -> Self;
 }
 
 impl TestSubscription for WebhookSubscription {
@@ -104,6 +106,11 @@ impl TestSubscription for WebhookSubscription {
 
     fn suspended(mut self) -> Self {
         self.spec.suspend = true;
+        self
+    }
+
+    fn ordered(mut self, ordering: Ordering) -> Self {
+        self.spec.delivery.ordering = ordering;
         self
     }
 }

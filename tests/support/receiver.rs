@@ -1,6 +1,6 @@
 //! A real HTTP receiver on loopback that records every request and answers from a script.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +20,8 @@ pub struct Received {
     pub body: Bytes,
     pub at: Instant,
     pub wall: SystemTime,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -64,15 +66,24 @@ struct Inner {
     /// Deliveries being answered now, and the most at once so far.
     in_flight: usize,
     max_in_flight: usize,
+    /// Deliveries being answered now per `ce-partitionkey`, and the most of one key at once.
+    in_flight_by_key: HashMap<String, usize>,
+    max_in_flight_per_key: usize,
+    /// Every this many deliveries, one is answered with this status instead.
+    fail_every: Option<(usize, u16)>,
 }
 
-/// Counts one delivery as in flight until dropped (answered, or the sender hung up).
-struct InFlight(Arc<Mutex<Inner>>);
+/// Counts one delivery (of a partition key, if it has one) as in flight until dropped
+/// (answered, or the sender hung up).
+struct InFlight(Arc<Mutex<Inner>>, Option<String>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.0.lock() {
             inner.in_flight -= 1;
+            if let Some(n) = self.1.as_ref().and_then(|key| inner.in_flight_by_key.get_mut(key)) {
+                *n -= 1;
+            }
         }
     }
 }
@@ -116,18 +127,38 @@ async fn handle(
             let code = data["validationCode"].as_str().unwrap_or_default().to_string();
             return axum::Json(serde_json::json!({ "validationResponse": code })).into_response();
         }
+        let key = headers.get("ce-partitionkey").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let mut reply =
+            inner.script.pop_front().or_else(|| inner.default.clone()).unwrap_or(Reply::Status(200));
+        if let Some((every, code)) = inner.fail_every
+            && (inner.received.len() + 1) % every == 0
+        {
+            reply = Reply::Status(code);
+        }
+        let status = match &reply {
+            Reply::Status(code) | Reply::RetryAfter(code, _) | Reply::Redirect(code, _) => *code,
+            _ => 200,
+        };
         inner.received.push(Received {
             path: uri.path().to_string(),
             headers,
             body,
             at: Instant::now(),
             wall: SystemTime::now(),
+            status,
         });
         inner.in_flight += 1;
         inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-        inner.script.pop_front().or_else(|| inner.default.clone()).unwrap_or(Reply::Status(200))
+        if let Some(key) = &key {
+            let n = inner.in_flight_by_key.entry(key.clone()).or_default();
+            *n += 1;
+            let n = *n;
+            inner.max_in_flight_per_key = inner.max_in_flight_per_key.max(n);
+        }
+        (reply, key)
     };
-    let _in_flight = InFlight(inner.clone());
+    let (reply, key) = reply;
+    let _in_flight = InFlight(inner.clone(), key);
     match reply {
         Reply::Status(code) => StatusCode::from_u16(code).expect("status").into_response(),
         Reply::RetryAfter(code, secs) => {
@@ -226,12 +257,22 @@ impl Receiver {
         self.inner.lock().expect("lock").validations.clone()
     }
 
-    /// Everything received so far (validation events excluded).
+    /// Answer every `every`th delivery with `code` (after the script's reply is chosen).
+    pub fn fail_every(&self, every: usize, code: u16) {
+        self.inner.lock().expect("lock").fail_every = Some((every, code));
+    }
+
     /// The most deliveries this receiver was answering at once.
     pub fn max_in_flight(&self) -> usize {
         self.inner.lock().expect("receiver lock").max_in_flight
     }
 
+    /// The most deliveries of one `ce-partitionkey` this receiver was answering at once.
+    pub fn max_in_flight_per_key(&self) -> usize {
+        self.inner.lock().expect("receiver lock").max_in_flight_per_key
+    }
+
+    /// Everything received so far (validation events excluded).
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().expect("lock").received.clone()
     }
