@@ -18,6 +18,8 @@
 # BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
 # BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them),
 # BENCH_SEQUENTIAL_IDS=1 (event ids that count up instead of UUIDs; the JSON line says which),
+# BENCH_ORDERING (the subscriptions' delivery.ordering, default Unordered) and BENCH_KEYS (events
+# carry a partitionkey, one of this many in turn; default none),
 # BENCH_LEASE (--failover: the replicas' --lease-duration, default Hookline's 45s; offered load
 # default 100 events/s, each to ten subscriptions).
 set -euo pipefail
@@ -36,6 +38,7 @@ done
 case "$STORE" in sqlite|postgres) ;; *) echo "--store: sqlite or postgres" >&2; exit 2 ;; esac
 [ "$STORE" = postgres ] || [ "$REPLICAS" = 1 ] || { echo "--replicas needs --store postgres" >&2; exit 2; }
 [ "$MODE" != --failover ] || [ "$REPLICAS" -ge 2 ] || { echo "--failover needs --store postgres --replicas 2 (or more)" >&2; exit 2; }
+ORDERING=${BENCH_ORDERING:-Unordered}; KEYS=${BENCH_KEYS:-0}
 SECONDS_PER=${BENCH_SECONDS:-10}; RATE=${BENCH_RATE:-1000}; CONC=${BENCH_CONCURRENCY:-32}; SUBS=${BENCH_SUBS:-1000}
 DELIVERY_S=${BENCH_DELIVERY_SECONDS:-60}; DELIVERY_RATE=${BENCH_DELIVERY_RATE:-2}
 PROFILE=release
@@ -78,7 +81,7 @@ join() { local IFS=,; echo "$*"; }
 labelled() { sed "s/^{/{\"store\": \"$STORE\", \"replicas\": $REPLICAS, /"; }
 
 subscription() { # namespace name
-  printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook/%s"}\n  delivery: {maxConcurrency: 64}\n---\n' "$2" "$1" "$RECEIVER" "$2"
+  printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook/%s"}\n  delivery: {maxConcurrency: 64, ordering: %s}\n---\n' "$2" "$1" "$RECEIVER" "$2" "$ORDERING"
 }
 
 if [ "$MODE" = "--scale" ]; then
@@ -167,4 +170,5 @@ fi
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
 "$BIN/hookline-bench" --ingest "$(join "${INGESTS[@]}")" --metrics "$(join "${METRICSES[@]}")" --pid "$(join "${HLS[@]}")" \
   --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
-  ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_SEQUENTIAL_IDS:+--sequential-ids} | labelled
+  --partition-keys "$KEYS" ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_SEQUENTIAL_IDS:+--sequential-ids} |
+  sed "s/^{/{\"ordering\": \"$ORDERING\", /" | labelled

@@ -64,6 +64,10 @@ struct Args {
     /// store's dedup check used to be cheaper for them.
     #[arg(long)]
     sequential_ids: bool,
+    /// Events carry a CloudEvents `partitionkey`, one of this many in turn (0: none); for the
+    /// subscriptions' `delivery.ordering: PartitionKey`.
+    #[arg(long, default_value_t = 0)]
+    partition_keys: u64,
     /// The phases to run (all but `failover` by default); fewer make profiling one phase quicker.
     #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency")]
     phases: Vec<Phase>,
@@ -129,6 +133,12 @@ fn next_event_id(sequential: bool) -> String {
     static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
     let next = NEXT.get_or_init(|| AtomicU64::new(now_us()));
     event_id(next.fetch_add(1, Ordering::Relaxed), sequential)
+}
+
+/// The `partitionkey` of the next event: `k0` … `k{keys-1}` in turn; none when `keys` is 0.
+fn next_partition_key(keys: u64) -> Option<String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    (keys > 0).then(|| format!("k{}", NEXT.fetch_add(1, Ordering::Relaxed) % keys))
 }
 
 fn now_us() -> u64 {
@@ -526,9 +536,10 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let body = payload();
     let sequential = args.sequential_ids;
+    let keys = args.partition_keys;
     let ev = move |ns: &str, base: &str| -> (String, Vec<(String, String)>) {
         let url = format!("{base}/v1/namespaces/{ns}/events");
-        let headers = vec![
+        let mut headers = vec![
             ("ce-specversion".into(), "1.0".into()),
             ("ce-id".into(), next_event_id(sequential)),
             ("ce-source".into(), "/bench".into()),
@@ -536,6 +547,9 @@ async fn main() -> anyhow::Result<()> {
             ("ce-sentus".into(), now_us().to_string()),
             ("content-type".into(), "application/json".into()),
         ];
+        if let Some(key) = next_partition_key(keys) {
+            headers.push(("ce-partitionkey".into(), key));
+        }
         (url, headers)
     };
     let status_writes = async || {
@@ -561,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
     let run = |phase| args.phases.contains(&phase);
     let mut result = serde_json::Map::new();
     result.insert("ids".into(), if sequential { "sequential" } else { "uuid" }.into());
+    result.insert("partition_keys".into(), keys.into());
 
     // 1. Direct: the same HTTP stack straight to the receiver; measured again at the end, and the
     // ratios divide by the mean, so that one busy moment on the host cannot make a ratio.
@@ -591,7 +606,13 @@ async fn main() -> anyhow::Result<()> {
         Box::new(move |n| {
             let base = base_for(n);
             let events: Vec<Value> = (0..100)
-                .map(|_| json!({"specversion": "1.0", "id": next_event_id(sequential), "source": "/bench", "type": "bench.event", "data": item}))
+                .map(|_| {
+                    let mut ev = json!({"specversion": "1.0", "id": next_event_id(sequential), "source": "/bench", "type": "bench.event", "data": item});
+                    if let Some(key) = next_partition_key(keys) {
+                        ev["partitionkey"] = key.into();
+                    }
+                    ev
+                })
                 .collect();
             c.post(format!("{base}/v1/namespaces/{ns}/events"))
                 .header("content-type", "application/cloudevents-batch+json")
