@@ -34,6 +34,9 @@ pub struct ActiveSubscription {
     pub rate_per_minute: Option<u32>,
     /// Whether events may flow.
     pub gate: Gate,
+    /// The value of the annotation `hookline.dev/enable`: delivery disabled under another value
+    /// (or generation) is enabled again.
+    pub enable: Option<String>,
 }
 
 /// Shared registry of reconciled subscriptions.
@@ -217,6 +220,7 @@ impl ActiveSubscription {
             signing_secret: format!("{name}-signing"),
             rate_per_minute: None,
             gate,
+            enable: None,
         }
     }
 }

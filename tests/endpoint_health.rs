@@ -214,3 +214,92 @@ async fn strict_ordering_never_has_two_requests_in_flight(#[values(SQLITE, POSTG
     assert_delivered_in_order(&rx, &published, false).await;
     assert_eq!(rx.max_in_flight(), 1, "two requests in flight under Strict");
 }
+
+/// The subscription's `Ready` condition: (status, reason, message).
+async fn ready(api: &Api<WebhookSubscription>, name: &str) -> Option<(String, String, String)> {
+    let c = api.get(name).await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_for_disable_after_disables_and_the_enable_annotation_enables_again() {
+    let env = TestEnv::with_crds("disable-after").await;
+    let h = env.start_hookline(LOCAL).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::Status(503));
+    let mut sub =
+        serde_json::to_value(WebhookSubscription::test("dying", &rx.url).failing_fast()).expect("json");
+    support::merge(
+        &mut sub,
+        json!({"spec": {"retryPolicy": {"maxAttempts": 100, "initialBackoff": "200ms", "maxBackoff": "500ms", "disableAfter": "10s"}}}),
+    );
+    env.create_active(serde_json::from_value(sub).expect("subscription")).await;
+    let publish = |id: &str| json!({"specversion": "1.0", "id": id, "source": "/shop", "type": "order.created", "data": {}});
+    h.publish_json(&env.namespace, publish("e0")).await;
+
+    // Failing for 10 s disables: Ready=False/Disabled, status.disabled, a Warning Event.
+    let api: Api<WebhookSubscription> = env.api();
+    let (_, _, message) = wait_until("Ready=False/Disabled", WAIT, || async {
+        ready(&api, "dying").await.filter(|(s, r, _)| s == "False" && r == "Disabled")
+    })
+    .await;
+    assert!(message.starts_with("No delivery succeeded for 10s while attempts kept failing"), "{message}");
+    assert!(message.contains("set the annotation hookline.dev/enable to a new value"), "{message}");
+    let status = api.get("dying").await.expect("get").status.expect("status");
+    let disabled = status.disabled.expect("status.disabled");
+    assert_eq!(disabled.reason, "FailingTooLong");
+    let first = rx.received()[0].wall;
+    let since = status.delivery_stats.and_then(|s| s.failing_since).expect("failingSince");
+    assert!(since.0.as_second() <= jiff::Timestamp::try_from(first).expect("time").as_second() + 1);
+    wait_until("a Warning Event Disabled", WAIT, || async {
+        let api: Api<Event> = env.api();
+        let list = api.list(&ListParams::default()).await.ok()?.items;
+        list.into_iter()
+            .find(|e| e.reason.as_deref() == Some("Disabled") && e.type_.as_deref() == Some("Warning"))
+    })
+    .await;
+    // Nothing is sent while disabled (the retries were 500 ms apart): no request arrives more
+    // than a second after the disabling attempt, over the next two seconds at least.
+    let disabled_at = std::time::SystemTime::from(disabled.time.0);
+    let quiet_until = disabled_at + Duration::from_secs(3);
+    wait_until("three seconds past the disabling attempt", WAIT, || async {
+        (std::time::SystemTime::now() >= quiet_until).then_some(())
+    })
+    .await;
+    let late = rx.received().iter().filter(|r| r.wall > disabled_at + Duration::from_secs(1)).count();
+    assert_eq!(late, 0, "requests went out while the subscription was disabled");
+
+    // The annotation enables it again: the queued event is delivered, the record goes.
+    rx.set_default(Reply::Status(200));
+    env.kubectl(&["annotate", "webhooksubscription", "dying", "hookline.dev/enable=1"]);
+    wait_until("e0 delivered after enabling", WAIT, || async {
+        rx.received().iter().any(|r| r.status == 200 && r.header("ce-id") == "e0").then_some(())
+    })
+    .await;
+    wait_until("Ready=True and status.disabled gone", WAIT, || async {
+        let sub = api.get("dying").await.ok()?;
+        let ready = sub.status.as_ref()?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        (ready && sub.status?.disabled.is_none()).then_some(())
+    })
+    .await;
+
+    // 410 Gone disables at once, and a new annotation value enables it again too.
+    rx.set_default(Reply::Status(410));
+    h.publish_json(&env.namespace, publish("e1")).await;
+    let (_, _, message) = wait_until("Ready=False/Disabled after 410", WAIT, || async {
+        ready(&api, "dying").await.filter(|(s, r, _)| s == "False" && r == "Disabled")
+    })
+    .await;
+    assert!(message.starts_with("The endpoint answered 410 Gone"), "{message}");
+    rx.set_default(Reply::Status(200));
+    env.kubectl(&["annotate", "--overwrite", "webhooksubscription", "dying", "hookline.dev/enable=2"]);
+    wait_until("Ready=True again", WAIT, || async {
+        ready(&api, "dying").await.filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    h.publish_json(&env.namespace, publish("e2")).await;
+    wait_until("e2 delivered", WAIT, || async {
+        rx.received().iter().any(|r| r.status == 200 && r.header("ce-id") == "e2").then_some(())
+    })
+    .await;
+}

@@ -40,7 +40,8 @@ pub enum Reason {
     Suspended,
     /// `spec.expiresAt` has passed.
     Expired,
-    /// `Ready`: delivery stopped after a 410 Gone, until the spec changes.
+    /// `Ready`: delivery stopped (a 410 Gone, or failing for `retryPolicy.disableAfter`) until
+    /// the spec or the annotation `hookline.dev/enable` changes.
     Disabled,
     /// The spec breaks a rule the schema could not check.
     InvalidSpec,

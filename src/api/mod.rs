@@ -14,8 +14,8 @@ pub use failed_event::{
     MAX_ERROR_LENGTH, ReplayOutcome, ReplayStatus,
 };
 pub use subscription::{
-    DeadLetterSpec, DeadLetterStats, DeliveryMode, DeliverySpec, DeliveryStats, Endpoint, EventFilter,
-    HeadersFrom, LastDelivery, Ordering, RetryPolicy, SecretRef, SigningSpec, ValidationMethod,
+    DeadLetterSpec, DeadLetterStats, DeliveryMode, DeliverySpec, DeliveryStats, Disabled, Endpoint,
+    EventFilter, HeadersFrom, LastDelivery, Ordering, RetryPolicy, SecretRef, SigningSpec, ValidationMethod,
     ValidationSpec, WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus,
 };
 
@@ -45,6 +45,8 @@ pub mod annotations {
     pub const REVALIDATE: &str = "hookline.dev/revalidate";
     /// Set to `true` on a FailedEvent to redeliver it.
     pub const REPLAY: &str = "hookline.dev/replay";
+    /// Set to a new value to enable a disabled subscription again.
+    pub const ENABLE: &str = "hookline.dev/enable";
 }
 
 /// Hookline's CRDs, as they are installed: the derived schemas with integer formats that

@@ -311,6 +311,11 @@ pub struct SigningSpec {
         "rule": "duration(self.initialBackoff) >= duration('100ms') && duration(self.maxBackoff) <= duration('24h')",
         "message": "retryPolicy.initialBackoff must be at least 100ms and maxBackoff at most 24h",
         "fieldPath": ".initialBackoff"
+    },
+    {
+        "rule": "duration(self.disableAfter) == duration('0s') || (duration(self.disableAfter) >= duration('10s') && duration(self.disableAfter) <= duration('720h'))",
+        "message": "retryPolicy.disableAfter must be 0s (never) or between 10s and 720h",
+        "fieldPath": ".disableAfter"
     }
 ]))]
 pub struct RetryPolicy {
@@ -330,6 +335,13 @@ pub struct RetryPolicy {
     #[serde(default = "default_max_backoff")]
     #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub max_backoff: String,
+    /// Disable the subscription when no delivery succeeded for this long while attempts kept
+    /// failing (`Ready=False/Disabled`; events are kept until their TTL). Set the annotation
+    /// `hookline.dev/enable` to a new value, or change the spec, to enable it again. Go duration,
+    /// `0s` (never) or 10s to 720h.
+    #[serde(default = "default_disable_after")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub disable_after: String,
 }
 
 impl Default for RetryPolicy {
@@ -339,6 +351,7 @@ impl Default for RetryPolicy {
             event_ttl: default_event_ttl(),
             initial_backoff: default_initial_backoff(),
             max_backoff: default_max_backoff(),
+            disable_after: default_disable_after(),
         }
     }
 }
@@ -405,6 +418,28 @@ pub struct WebhookSubscriptionStatus {
     /// FailedEvents kept for this subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letters: Option<DeadLetterStats>,
+    /// Delivery stopped: the endpoint answered 410 Gone, or kept failing for
+    /// `retryPolicy.disableAfter`. It applies to one generation of the spec and one value of the
+    /// annotation `hookline.dev/enable`; a new value of either enables delivery again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+}
+
+/// Why and when delivery was disabled (see [`WebhookSubscriptionStatus::disabled`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Disabled {
+    /// `EndpointGone` or `FailingTooLong`.
+    pub reason: String,
+    /// What happened, for people.
+    pub message: String,
+    /// When.
+    pub time: Time,
+    /// The `metadata.generation` it applies to.
+    pub generation: i64,
+    /// The value of the annotation `hookline.dev/enable` then (absent: not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_annotation: Option<String>,
 }
 
 /// One delivery attempt, as shown in status. Never holds a secret.
@@ -445,6 +480,9 @@ pub struct DeliveryStats {
     pub pending: u64,
     /// Failed attempts since the last success.
     pub consecutive_failures: u64,
+    /// Since when attempts have kept failing (the first failure after the last success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<Time>,
 }
 
 /// FailedEvents of this subscription.
@@ -465,6 +503,9 @@ fn default_max_concurrency() -> u32 {
 }
 fn default_max_attempts() -> u32 {
     30
+}
+fn default_disable_after() -> String {
+    "120h".into()
 }
 fn default_event_ttl() -> String {
     "24h".into()

@@ -110,6 +110,7 @@ async fn apply(
                 .unwrap_or_default(),
             rate_per_minute: verified.rate_per_minute,
             gate,
+            enable: sub.annotations().get(annotations::ENABLE).cloned(),
         }),
         None => ctx.registry.remove(&key),
     }

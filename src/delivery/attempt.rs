@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use super::Shared;
 use super::sender::{Target, send};
 use super::status::AttemptReport;
-use crate::api::{FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
+use crate::api::{Disabled, FailureReason, FailureRecord, LastDelivery, MAX_ERROR_LENGTH};
 use crate::event::{CloudEvent, EventError};
 use crate::policy::retry::{Answer, Next, next};
 use crate::registry::ActiveSubscription;
@@ -32,9 +32,10 @@ pub enum Finished {
     Done(JobRef),
     /// Put back in the queue.
     Requeue(JobRef),
-    /// The endpoint answered 410 for this generation of the subscription: stop sending. The job
-    /// was given up.
-    Gone(i64, JobRef),
+    /// Delivery is disabled for this generation of the subscription and this value of its
+    /// enable annotation (a 410 Gone, or failing for `disableAfter`): stop sending. Sent before
+    /// the attempt's own outcome.
+    Disabled(Disabled),
     /// A request was answered (`success`: 2xx) at `at`; `error` says how it failed. Sent before
     /// [`Finished::SlotFree`], for the circuit breaker.
     Answered { success: bool, error: String, at: Instant },
@@ -167,7 +168,7 @@ pub async fn unreadable(
     let _ = done.send(Finished::SlotFree);
     let outcome = Answer::NoAnswer(format!("stored event unreadable: {error}"));
     let next = Next::Drop;
-    let _ = done.send(finish(&shared, &sub, &job, None, outcome, next, None).await);
+    let _ = done.send(finish(&shared, &sub, &job, None, (outcome, next), None, &done).await);
 }
 
 /// The concurrency slot of one attempt, released once (at the latest when dropped).
@@ -206,9 +207,9 @@ async fn run(
             sub,
             &job,
             Some(event),
-            outcome,
-            Next::GiveUp(FailureReason::TtlExpired),
+            (outcome, Next::GiveUp(FailureReason::TtlExpired)),
             None,
+            done,
         )
         .await;
     }
@@ -273,8 +274,8 @@ async fn run(
     span.end(sent.outcome.status_code(), error);
     let decision = next(&sent.outcome, attempt_no, age, schedule, rand::rng().random());
     shared.metrics.attempt_finished(ns, &sub.key.name, sent.outcome.status_code(), sent.duration);
-    finish(shared, sub, &job, Some(event), sent.outcome, decision, Some(sent.duration.as_millis() as u64))
-        .await
+    let took = Some(sent.duration.as_millis() as u64);
+    finish(shared, sub, &job, Some(event), (sent.outcome, decision), took, done).await
 }
 
 /// The claim an outcome is recorded under: this replica's, while it owns the subscription (an
@@ -290,9 +291,9 @@ async fn finish(
     sub: &ActiveSubscription,
     job: &JobState,
     event: Option<&CloudEvent>,
-    outcome: Answer,
-    decision: Next,
+    (outcome, decision): (Answer, Next),
     sent: Option<u64>,
+    done: &mpsc::UnboundedSender<Finished>,
 ) -> Finished {
     let now = now_ms();
     // `sent` is the attempt's duration when a request went out; `None` when none did.
@@ -349,8 +350,12 @@ async fn finish(
             gave_up,
             gone: matches!(decision, Next::Gone),
             generation: sub.generation,
+            enable: sub.enable.clone(),
+            disable_after: sub.schedule.disable_after,
         };
-        shared.board.attempt(&sub.uid, &ns, &sub.key.name, report);
+        if let Some(disabled) = shared.board.attempt(&sub.uid, &ns, &sub.key.name, report) {
+            let _ = done.send(Finished::Disabled(disabled));
+        }
     } else if gave_up {
         shared.board.gave_up(&sub.uid, &ns, &sub.key.name);
     }
@@ -367,7 +372,6 @@ async fn finish(
     }
     debug!(subscription = %sub.key.name, job = job.job.job_id, attempt = attempt_no, ?decision, "attempt recorded");
     match (decision, update) {
-        (Next::Gone, _) => Finished::Gone(sub.generation, job.job),
         (_, JobUpdate::Retry { due_at }) => Finished::Requeue(JobRef { due_at, ..job.job }),
         _ => Finished::Done(job.job),
     }
@@ -442,7 +446,7 @@ pub async fn expire(
         let outcome = Answer::NoAnswer("eventTTL passed while delivery was held".into());
         let event = job.event.as_deref().ok();
         let next = Next::GiveUp(FailureReason::TtlExpired);
-        let _ = done.send(finish(&shared, &sub, &state, event, outcome, next, None).await);
+        let _ = done.send(finish(&shared, &sub, &state, event, (outcome, next), None, &done).await);
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::attempt::{Finished, attempt, check_earlier, expire, read_ahead, unreadable};
-use super::queue::{CircuitChange, Queue, Start};
+use super::queue::{HealthChange, Queue, Start};
 use super::{NewJob, Shared};
 use crate::api::WebhookSubscription;
 use crate::ownership::Running;
@@ -124,12 +124,12 @@ impl Dispatcher {
         drop(self.running);
     }
 
-    /// Show a change of the circuit breaker: the `Healthy` condition, a Kubernetes Event and the
-    /// `hookline_circuit_open` gauge.
-    fn show(&self, sub: &ActiveSubscription, change: CircuitChange) {
+    /// Show a change of the endpoint's health: the circuit breaker's in the `Healthy` condition
+    /// and the `hookline_circuit_open` gauge; each as a Kubernetes Event.
+    fn show(&self, sub: &ActiveSubscription, change: HealthChange) {
         let (ns, name) = (sub.key.namespace.as_deref().unwrap_or_default(), sub.key.name.as_str());
-        let (type_, reason, note, open) = match change {
-            CircuitChange::Opened { failures, error, probe_in } => {
+        let (type_, reason, note) = match change {
+            HealthChange::Opened { failures, error, probe_in } => {
                 let probe = jiff::Timestamp::now()
                     .checked_add(jiff::SignedDuration::try_from(probe_in).unwrap_or_default())
                     .unwrap_or_else(|_| jiff::Timestamp::now());
@@ -137,18 +137,24 @@ impl Dispatcher {
                     "{failures} attempts in a row failed, the last with {error}: nothing is sent to the endpoint \
                      until a probe at {probe:.0}"
                 );
-                (EventType::Warning, "CircuitOpened", note, true)
+                self.circuit(sub, Some(&note));
+                (EventType::Warning, "CircuitOpened", note)
             }
-            CircuitChange::Closed => (
-                EventType::Normal,
-                "CircuitClosed",
-                "The endpoint answered a probe: delivery resumes".into(),
-                false,
-            ),
+            HealthChange::Closed => {
+                self.circuit(sub, None);
+                (EventType::Normal, "CircuitClosed", "The endpoint answered a probe: delivery resumes".into())
+            }
+            HealthChange::Disabled(d) => {
+                let note = format!(
+                    "{}: delivery is disabled; set the annotation {} to a new value, or change the spec, to \
+                     deliver again",
+                    d.message,
+                    crate::api::annotations::ENABLE
+                );
+                (EventType::Warning, "Disabled", note)
+            }
         };
         info!(subscription = %name, reason, "{note}");
-        self.shared.metrics.set_circuit_open(ns, name, open);
-        self.shared.board.circuit(&sub.uid, ns, name, open.then(|| note.clone()), sub.generation);
         let recorder = self.shared.recorder.clone();
         let reference = ObjectReference {
             api_version: Some(WebhookSubscription::api_version(&()).into_owned()),
@@ -170,6 +176,13 @@ impl Dispatcher {
                 warn!(error = %Chain(&e), "could not record a Kubernetes Event");
             }
         });
+    }
+
+    /// The circuit breaker opened (`Some`: why) or closed: the `Healthy` condition and the gauge.
+    fn circuit(&self, sub: &ActiveSubscription, open: Option<&str>) {
+        let (ns, name) = (sub.key.namespace.as_deref().unwrap_or_default(), sub.key.name.as_str());
+        self.shared.metrics.set_circuit_open(ns, name, open.is_some());
+        self.shared.board.circuit(&sub.uid, ns, name, open.map(str::to_string), sub.generation);
     }
 
     /// The queue of the jobs the store holds for this subscription, read until it succeeds or

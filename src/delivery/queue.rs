@@ -76,13 +76,16 @@ enum Circuit {
     },
 }
 
-/// A change of the circuit breaker, for the dispatcher to show (condition, Event, metric).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum CircuitChange {
+/// A change of the endpoint's health for the dispatcher to show (condition, Event, metric): the
+/// circuit breaker's, or delivery disabled.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum HealthChange {
     /// `failures` attempts in a row failed, the last with `error`; a probe goes in `probe_in`.
     Opened { failures: u32, error: String, probe_in: Duration },
     /// A probe succeeded (or the breaker was turned off): delivery resumes.
     Closed,
+    /// Delivery is disabled (a 410 Gone, or failing for `disableAfter`).
+    Disabled(crate::api::Disabled),
 }
 
 /// A job to start now, with its event or why its stored event could not be read.
@@ -125,14 +128,15 @@ pub(super) struct Queue {
     in_flight: usize,
     /// Attempts and expiries whose outcome is not recorded yet (shutdown waits for them).
     outstanding: usize,
-    /// The subscription generation that the endpoint answered 410 Gone to.
-    gone_generation: Option<i64>,
+    /// Delivery is disabled for this generation and enable annotation (a 410 Gone, or failing
+    /// for `disableAfter`).
+    disabled: Option<(i64, Option<String>)>,
     limiter: RateLimiter,
     /// Failed answers in a row.
     failures: u32,
     circuit: Circuit,
-    /// Circuit changes not yet taken by the dispatcher.
-    changes: Vec<CircuitChange>,
+    /// Health changes not yet taken by the dispatcher.
+    changes: Vec<HealthChange>,
 }
 
 impl Queue {
@@ -148,7 +152,7 @@ impl Queue {
             more_to_read: false,
             in_flight: 0,
             outstanding: 0,
-            gone_generation: None,
+            disabled: None,
             limiter: RateLimiter { next: now },
             failures: 0,
             circuit: Circuit::Closed,
@@ -162,15 +166,16 @@ impl Queue {
         self.is_open(sub) && self.circuit == Circuit::Closed
     }
 
-    /// The circuit changes since the last call, oldest first.
-    pub fn take_changes(&mut self) -> Vec<CircuitChange> {
+    /// The health changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<HealthChange> {
         std::mem::take(&mut self.changes)
     }
 
-    /// Whether events may be sent to `sub` now: its gate is open, and the endpoint has not
-    /// answered 410 Gone to this generation of it.
+    /// Whether events may be sent to `sub` now: its gate is open, and delivery was not disabled
+    /// for this generation of it and this value of its enable annotation.
     pub fn is_open(&self, sub: &ActiveSubscription) -> bool {
-        sub.gate == Gate::Open && self.gone_generation.is_none_or(|g| g < sub.generation)
+        sub.gate == Gate::Open
+            && self.disabled.as_ref().is_none_or(|(g, enable)| *g < sub.generation || *enable != sub.enable)
     }
 
     /// Queue a new job heard of from ingest, keeping its event in memory if it came along and
@@ -197,7 +202,7 @@ impl Queue {
         let mut plan = Plan::default();
         if sub.schedule.breaker.is_none() && self.circuit != Circuit::Closed {
             self.circuit = Circuit::Closed;
-            self.changes.push(CircuitChange::Closed);
+            self.changes.push(HealthChange::Closed);
         }
         // An open breaker lets one probe go once its cooldown is over and the requests sent
         // before it opened are answered; until then nothing goes.
@@ -294,10 +299,9 @@ impl Queue {
                 self.outstanding -= 1;
                 self.lanes.finished(job, Some(job), &mut self.jobs);
             }
-            Finished::Gone(generation, job) => {
-                self.outstanding -= 1;
-                self.gone_generation = Some(generation);
-                self.lanes.finished(job, None, &mut self.jobs);
+            Finished::Disabled(disabled) => {
+                self.disabled = Some((disabled.generation, disabled.enable_annotation.clone()));
+                self.changes.push(HealthChange::Disabled(disabled));
             }
             Finished::Checked(asked, found) => {
                 let found = found.map_err(|e| {
@@ -320,7 +324,7 @@ impl Queue {
             self.failures = 0;
             if self.circuit != Circuit::Closed {
                 self.circuit = Circuit::Closed;
-                self.changes.push(CircuitChange::Closed);
+                self.changes.push(HealthChange::Closed);
             }
             return;
         }
@@ -333,7 +337,7 @@ impl Queue {
             _ => return,
         };
         self.circuit = Circuit::Open { probe_at: at + cooldown, cooldown };
-        self.changes.push(CircuitChange::Opened { failures: self.failures, error, probe_in: cooldown });
+        self.changes.push(HealthChange::Opened { failures: self.failures, error, probe_in: cooldown });
     }
 
     /// Take the jobs whose event TTL passed by `now` out of the queue, to be given up in one

@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::json;
 
 use crate::api::{
-    DeadLetterStats, DeliveryStats, LastDelivery, Reason, WebhookSubscription, condition_type, set_condition,
+    DeadLetterStats, DeliveryStats, Disabled, LastDelivery, Reason, WebhookSubscription, condition_type,
+    set_condition,
 };
 use crate::k8s::status_envelope;
 
@@ -51,16 +52,80 @@ struct Tracker {
     circuit: Option<String>,
     /// When the writer last took this tracker.
     written_at: Option<Instant>,
+    /// The first failure since the last success, as seen here.
+    failing_since: Option<Time>,
+    /// `failing_since` is known here (a success, or delivery enabled again): the one found in
+    /// status (`base`) no longer counts.
+    failing_known: bool,
+    /// Delivery is disabled (this process decided, or status said so when it started).
+    disabled: Option<Disabled>,
     /// Counted once as deferred since it fell due.
     deferred: bool,
 }
 
 impl Tracker {
+    /// Since when attempts have kept failing: as seen here, or as status said at start.
+    fn failing_since(&self) -> Option<Time> {
+        let base = self.base.as_ref().and_then(|b| b.failing_since.clone());
+        if self.failing_known { self.failing_since.clone() } else { base.or(self.failing_since.clone()) }
+    }
+
     fn touch(&mut self) {
         if !self.dirty {
             self.dirty = true;
             self.dirty_since = Some(Instant::now());
         }
+    }
+
+    /// Follow how long attempts have kept failing, and decide whether `report` disables
+    /// delivery (returned when it does, newly).
+    fn disable(&mut self, report: &AttemptReport) -> Option<Disabled> {
+        let now = &report.last.time;
+        // Disabled under another generation or enable annotation: enabled again since, and the
+        // time failing counts from now.
+        if self
+            .disabled
+            .as_ref()
+            .is_some_and(|d| d.generation != report.generation || d.enable_annotation != report.enable)
+        {
+            self.disabled = None;
+            (self.failing_since, self.failing_known) = (None, true);
+        }
+        if report.last.success {
+            (self.failing_since, self.failing_known) = (None, true);
+            return None;
+        }
+        if self.failing_since().is_none() {
+            self.failing_since = Some(now.clone());
+        }
+        if self.disabled.is_some() {
+            return None;
+        }
+        let (reason, message) = if report.gone {
+            (GONE, "The endpoint answered 410 Gone".to_string())
+        } else {
+            let after = report.disable_after?;
+            let since = self.failing_since()?;
+            let failing = now.0.duration_since(since.0);
+            if failing < jiff::SignedDuration::try_from(after).ok()? {
+                return None;
+            }
+            let message = format!(
+                "No delivery succeeded for {} while attempts kept failing (since {:.0})",
+                humantime::format_duration(after),
+                since.0
+            );
+            (FAILING_TOO_LONG, message)
+        };
+        let disabled = Disabled {
+            reason: reason.into(),
+            message,
+            time: now.clone(),
+            generation: report.generation,
+            enable_annotation: report.enable.clone(),
+        };
+        self.disabled = Some(disabled.clone());
+        Some(disabled)
     }
 }
 
@@ -75,7 +140,16 @@ pub struct AttemptReport {
     pub gone: bool,
     /// The subscription generation the attempt was made for.
     pub generation: i64,
+    /// The subscription's annotation `hookline.dev/enable` then.
+    pub enable: Option<String>,
+    /// `retryPolicy.disableAfter` (`None`: never).
+    pub disable_after: Option<Duration>,
 }
+
+/// `status.disabled.reason` after a 410 Gone.
+pub const GONE: &str = "EndpointGone";
+/// `status.disabled.reason` after failing for `retryPolicy.disableAfter`.
+pub const FAILING_TOO_LONG: &str = "FailingTooLong";
 
 /// The in-memory delivery state of every subscription this process delivers for.
 #[derive(Clone, Default)]
@@ -98,11 +172,13 @@ impl StatusBoard {
         f(t)
     }
 
-    /// Record one finished attempt.
-    pub fn attempt(&self, uid: &str, namespace: &str, name: &str, report: AttemptReport) {
+    /// Record one finished attempt; returns why delivery is to be disabled, if this attempt
+    /// disables it (a 410 Gone, or failing for `disableAfter`).
+    pub fn attempt(&self, uid: &str, namespace: &str, name: &str, report: AttemptReport) -> Option<Disabled> {
         self.with(uid, namespace, name, |t| {
             let before = health(&t.healthy);
             let now = report.last.time.clone();
+            let disabled = t.disable(&report);
             if report.last.success {
                 t.local.delivered += 1;
                 t.local.consecutive_failures = 0;
@@ -132,7 +208,8 @@ impl StatusBoard {
                     &now,
                 );
             } else if report.gone {
-                let msg = "The endpoint answered 410 Gone: delivery is disabled until the spec changes";
+                let msg = "The endpoint answered 410 Gone: delivery is disabled until the spec or the annotation \
+                           hookline.dev/enable changes";
                 set_condition(
                     &mut t.healthy,
                     condition_type::HEALTHY,
@@ -148,10 +225,10 @@ impl StatusBoard {
                 } else {
                     "Recent deliveries succeed"
                 };
-                if t.healthy
-                    .first()
-                    .is_none_or(|c| c.reason != Reason::EndpointGone.as_str() || report.last.success)
-                {
+                // A 410 shows until delivery succeeds, while it disables delivery.
+                let gone = t.disabled.as_ref().is_some_and(|d| d.reason == GONE);
+                let gone_shown = t.healthy.first().is_some_and(|c| c.reason == Reason::EndpointGone.as_str());
+                if !(gone && gone_shown) || report.last.success {
                     set_condition(
                         &mut t.healthy,
                         condition_type::HEALTHY,
@@ -180,9 +257,10 @@ impl StatusBoard {
                 );
             }
             t.last = Some(report.last);
-            t.urgent |= health(&t.healthy) != before;
+            t.urgent |= health(&t.healthy) != before || disabled.is_some();
             t.touch();
-        });
+            disabled
+        })
     }
 
     /// The circuit breaker opened (`Some`: why, and when the next probe goes) or closed. Opening
@@ -263,12 +341,15 @@ impl StatusBoard {
             .collect()
     }
 
-    fn set_base(&self, uid: &str, base: DeliveryStats, base_dropped: u64) {
+    fn set_base(&self, uid: &str, base: DeliveryStats, base_dropped: u64, disabled: Option<Disabled>) {
         if let Some(t) = self.trackers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(uid)
             && t.base.is_none()
         {
             t.base = Some(base);
             t.base_dropped = base_dropped;
+            if !t.failing_known && t.disabled.is_none() {
+                t.disabled = disabled;
+            }
         }
     }
 
@@ -340,8 +421,13 @@ fn status_patch(t: &Tracker) -> serde_json::Value {
         dead_lettered: base.dead_lettered + t.local.dead_lettered,
         pending: t.local.pending,
         consecutive_failures: t.local.consecutive_failures,
+        failing_since: t.failing_since(),
     };
     let mut status = json!({ "deliveryStats": stats, "conditions": t.healthy });
+    // Left out once delivery is enabled again: this writer owns the field, so it goes.
+    if let Some(disabled) = &t.disabled {
+        status["disabled"] = json!(disabled);
+    }
     if t.dead_letter_count.is_some() || t.dropped > 0 {
         status["deadLetters"] = json!(DeadLetterStats {
             count: t.dead_letter_count.unwrap_or(0),
@@ -376,6 +462,8 @@ mod tests {
             gave_up: false,
             gone: code == 410,
             generation: 1,
+            enable: None,
+            disable_after: None,
         }
     }
 
@@ -409,6 +497,65 @@ mod tests {
         assert_eq!(healthy(&board).1, "EndpointGone");
     }
 
+    /// A failed attempt `secs` seconds in, under `enable`, with `disableAfter: 100s`.
+    fn failing_at(secs: i64, enable: Option<&str>) -> AttemptReport {
+        let mut r = report(false, 500);
+        r.last.time = Time(jiff::Timestamp::from_second(secs).expect("ts"));
+        r.enable = enable.map(str::to_string);
+        r.disable_after = Some(Duration::from_secs(100));
+        r
+    }
+
+    #[test]
+    fn failing_for_disable_after_disables_once_until_enabled_again() {
+        let board = StatusBoard::default();
+        assert_eq!(board.attempt("u", "ns", "s", failing_at(1_000, None)), None);
+        assert_eq!(board.attempt("u", "ns", "s", failing_at(1_099, None)), None);
+        let disabled = board.attempt("u", "ns", "s", failing_at(1_100, None)).expect("disabled at 100s");
+        assert_eq!((disabled.reason.as_str(), disabled.generation), (FAILING_TOO_LONG, 1));
+        assert!(disabled.message.starts_with("No delivery succeeded for 1m 40s"), "{}", disabled.message);
+        assert_eq!(board.attempt("u", "ns", "s", failing_at(1_200, None)), None, "disabled once");
+        let patch = status_patch(&board.trackers.lock().expect("lock")["u"]);
+        assert_eq!(patch["status"]["disabled"]["reason"], FAILING_TOO_LONG);
+        assert_eq!(patch["status"]["deliveryStats"]["failingSince"], "1970-01-01T00:16:40Z");
+
+        // Enabled again: failing counts from the next failure.
+        assert_eq!(board.attempt("u", "ns", "s", failing_at(1_300, Some("1"))), None);
+        let patch = status_patch(&board.trackers.lock().expect("lock")["u"]);
+        assert!(patch["status"].get("disabled").is_none(), "the stale record is removed");
+        assert!(board.attempt("u", "ns", "s", failing_at(1_400, Some("1"))).is_some());
+
+        // A success in between restarts the count; so does 410, which disables at once.
+        let board = StatusBoard::default();
+        board.attempt("u", "ns", "s", failing_at(1_000, None));
+        board.attempt("u", "ns", "s", report(true, 200));
+        assert_eq!(board.attempt("u", "ns", "s", failing_at(1_150, None)), None);
+        let gone = board.attempt("u", "ns", "s", report(false, 410)).expect("410 disables");
+        assert_eq!(gone.reason, GONE);
+    }
+
+    #[test]
+    fn failing_since_and_disabled_continue_from_status() {
+        let board = StatusBoard::default();
+        board.attempt("u", "ns", "s", failing_at(5_000, None));
+        let since = Time(jiff::Timestamp::from_second(4_950).expect("ts"));
+        board.set_base("u", DeliveryStats { failing_since: Some(since), ..Default::default() }, 0, None);
+        assert!(board.attempt("u", "ns", "s", failing_at(5_050, None)).is_some(), "failing since 4950");
+
+        let board = StatusBoard::default();
+        board.queue("u", "ns", "s", 3, None);
+        let disabled = Disabled {
+            reason: GONE.into(),
+            message: "The endpoint answered 410 Gone".into(),
+            time: Time(jiff::Timestamp::UNIX_EPOCH),
+            generation: 1,
+            enable_annotation: None,
+        };
+        board.set_base("u", DeliveryStats::default(), 0, Some(disabled));
+        let patch = status_patch(&board.trackers.lock().expect("lock")["u"]);
+        assert_eq!(patch["status"]["disabled"]["reason"], GONE, "a restart keeps it");
+    }
+
     #[test]
     fn many_attempts_make_one_pending_write_with_summed_counters() {
         let board = StatusBoard::default();
@@ -418,7 +565,7 @@ mod tests {
         let dirty = board.take_dirty();
         assert_eq!(dirty.len(), 1, "coalesced into one write");
         assert!(board.take_dirty().is_empty());
-        board.set_base("u", DeliveryStats { delivered: 5, ..Default::default() }, 0);
+        board.set_base("u", DeliveryStats { delivered: 5, ..Default::default() }, 0, None);
         let t = board.trackers.lock().expect("lock")["u"].clone();
         let patch = status_patch(&t);
         assert_eq!(patch["status"]["deliveryStats"]["delivered"], 105);

@@ -8,7 +8,8 @@ use kube::ResourceExt;
 
 use super::spec::{Problem, describe};
 use crate::api::{
-    Reason, SecretRef, WebhookSubscription, WebhookSubscriptionStatus, condition_type, set_condition,
+    Reason, SecretRef, WebhookSubscription, WebhookSubscriptionStatus, annotations, condition_type,
+    set_condition,
 };
 
 /// Whether a subscription's dispatcher may send events now.
@@ -89,11 +90,14 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
         EndpointState::Blocked(m) => (false, Reason::EndpointBlocked, m.clone()),
     };
     set_condition(conds, condition_type::ENDPOINT_VERIFIED, verified, v_reason, v_message, generation, &now);
-    let endpoint_gone = conds.iter().any(|c| {
-        c.type_ == condition_type::HEALTHY
-            && c.reason == Reason::EndpointGone.as_str()
-            && c.observed_generation == generation
-    });
+    // Delivery disabled (410 Gone, or failing for `disableAfter`) for this generation and this
+    // value of the enable annotation: a new value of either enables it again.
+    let enable = sub.annotations().get(annotations::ENABLE);
+    let disabled = status
+        .disabled
+        .as_ref()
+        .filter(|d| Some(d.generation) == generation && d.enable_annotation.as_ref() == enable)
+        .map(|d| d.message.clone());
 
     status.signing_secret_ref = match &facts.signing {
         Some(Signing::Present(name)) | Some(Signing::Missing(name)) => Some(SecretRef { name: name.clone() }),
@@ -112,11 +116,14 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
                 "Secret {name:?} named in spec.signing.secretRef does not exist; events are held until it does"
             ),
         )
-    } else if endpoint_gone {
+    } else if let Some(why) = disabled {
         (
             false,
             Reason::Disabled,
-            "The endpoint answered 410 Gone; change the spec to enable delivery again".to_string(),
+            format!(
+                "{why}; set the annotation {} to a new value, or change the spec, to deliver again",
+                annotations::ENABLE
+            ),
         )
     } else if sub.spec.suspend {
         (false, Reason::Suspended, "spec.suspend is true; events are kept until it is resumed".to_string())
@@ -264,24 +271,35 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_gone_disables_until_the_spec_changes() {
+    fn delivery_stays_disabled_until_the_spec_or_the_enable_annotation_changes() {
         let mut sub = subscription("minimal.yaml");
-        let mut status = WebhookSubscriptionStatus::default();
-        set_condition(
-            &mut status.conditions,
-            "Healthy",
-            false,
-            Reason::EndpointGone,
-            "410",
-            Some(1),
-            &Time(at(1)),
+        sub.status = Some(WebhookSubscriptionStatus {
+            disabled: Some(crate::api::Disabled {
+                reason: "FailingTooLong".into(),
+                message: "No delivery succeeded for 120h".into(),
+                time: Time(at(1)),
+                generation: 1,
+                enable_annotation: None,
+            }),
+            ..WebhookSubscriptionStatus::default()
+        });
+        let verified = facts(EndpointState::Verified("ok".into()));
+        let d = decide(&sub, &verified);
+        assert_eq!(ready(&d), ("False".into(), "Disabled".into()));
+        assert_eq!(d.gate, Some(Gate::Held(Reason::Disabled)));
+        let message = &d.status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready").message;
+        assert!(
+            message.starts_with("No delivery succeeded for 120h; set the annotation hookline.dev/enable")
         );
-        sub.status = Some(status);
-        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
-        assert_eq!(ready(&d).1, "Disabled");
+
+        let mut enabled = sub.clone();
+        enabled.metadata.annotations = Some([("hookline.dev/enable".to_string(), "1".to_string())].into());
+        assert_eq!(ready(&decide(&enabled, &verified)).1, "Active", "a new annotation value");
+        let disabled = enabled.status.as_mut().and_then(|s| s.disabled.as_mut()).expect("disabled");
+        disabled.enable_annotation = Some("1".into());
+        assert_eq!(ready(&decide(&enabled, &verified)).1, "Disabled", "disabled again under that value");
         sub.metadata.generation = Some(2);
-        let d = decide(&sub, &facts(EndpointState::Verified("ok".into())));
-        assert_eq!(ready(&d).1, "Active");
+        assert_eq!(ready(&decide(&sub, &verified)).1, "Active", "a spec change");
     }
 
     #[test]

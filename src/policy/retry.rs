@@ -100,6 +100,7 @@ mod tests {
             initial_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(60),
             breaker: None,
+            disable_after: None,
         }
     }
 
@@ -195,6 +196,7 @@ mod properties {
                 initial_backoff: Duration::from_secs(5),
                 max_backoff: Duration::from_secs(3600),
                 breaker: None,
+                disable_after: None,
             };
             let age = Duration::from_secs(age_s);
             match next(&Answer::Status { code, retry_after: None }, attempt, age, &s, 0.5) {

@@ -55,6 +55,8 @@ pub struct RetrySchedule {
     pub max_backoff: Duration,
     /// The circuit breaker (`None`: off).
     pub breaker: Option<Breaker>,
+    /// Disable the subscription after failing this long (`None`: never).
+    pub disable_after: Option<Duration>,
 }
 
 /// When the circuit breaker opens and how long it stays open (`spec.delivery.circuitBreaker`).
@@ -153,6 +155,7 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
     let ttl = parse("eventTTL", &rp.event_ttl);
     let initial = parse("initialBackoff", &rp.initial_backoff);
     let max = parse("maxBackoff", &rp.max_backoff);
+    let disable_after = parse("disableAfter", &rp.disable_after);
     let breaker = circuit_breaker(spec, &mut problems);
     if !(1..=100).contains(&rp.max_attempts) {
         problems.push(Problem::new("spec.retryPolicy.maxAttempts", "must be between 1 and 100"));
@@ -172,6 +175,15 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
     {
         problems.push(Problem::new("spec.retryPolicy.maxBackoff", "must be at most 24h"));
     }
+    if let Some(after) = disable_after
+        && !after.is_zero()
+        && !(Duration::from_secs(10)..=Duration::from_secs(720 * 3600)).contains(&after)
+    {
+        problems.push(Problem::new(
+            "spec.retryPolicy.disableAfter",
+            "must be 0s (never) or between 10s and 720h",
+        ));
+    }
     if let (Some(initial), Some(max)) = (initial, max)
         && max < initial
     {
@@ -180,14 +192,15 @@ pub fn retry_schedule(spec: &WebhookSubscriptionSpec) -> Result<RetrySchedule, V
             "must not be shorter than spec.retryPolicy.initialBackoff",
         ));
     }
-    match (ttl, initial, max) {
-        (Some(event_ttl), Some(initial_backoff), Some(max_backoff)) if problems.is_empty() => {
+    match (ttl, initial, max, disable_after) {
+        (Some(event_ttl), Some(initial_backoff), Some(max_backoff), Some(after)) if problems.is_empty() => {
             Ok(RetrySchedule {
                 max_attempts: rp.max_attempts,
                 event_ttl,
                 initial_backoff,
                 max_backoff,
                 breaker,
+                disable_after: (!after.is_zero()).then_some(after),
             })
         }
         _ => Err(problems),

@@ -76,6 +76,18 @@ pub fn cases() -> Vec<Case> {
             json!({"delivery": {"circuitBreaker": {"cooldown": "1m", "maxCooldown": "30s"}}}),
         ),
         sub(
+            "retryPolicy.disableAfter must be 0s (never) or between 10s and 720h",
+            "spec.retryPolicy.disableAfter",
+            json!({"retryPolicy": {"disableAfter": "0s"}}),
+            json!({"retryPolicy": {"disableAfter": "5s"}}),
+        ),
+        sub(
+            "retryPolicy.disableAfter must be 0s (never) or between 10s and 720h",
+            "spec.retryPolicy.disableAfter",
+            json!({"retryPolicy": {"disableAfter": "720h"}}),
+            json!({"retryPolicy": {"disableAfter": "721h"}}),
+        ),
+        sub(
             "endpoint.headers keys must be valid HTTP header names",
             "spec.endpoint.headers",
             json!({"endpoint": {"headers": {"X-Request-Source": "hookline"}}}),

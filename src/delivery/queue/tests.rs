@@ -94,7 +94,7 @@ fn jobs_without_events_in_memory_are_read_in_one_read_then_started() {
 }
 
 #[test]
-fn a_closed_gate_or_a_gone_endpoint_starts_nothing() {
+fn a_closed_gate_or_disabled_delivery_starts_nothing() {
     let mut q = queue(&[]);
     q.admit(fresh(due(1, 0)));
     q.admit(fresh(due(2, 0)));
@@ -104,9 +104,21 @@ fn a_closed_gate_or_a_gone_endpoint_starts_nothing() {
     let sub = subscription(1);
     assert_eq!(started(&q.plan(&sub, 100, Instant::now())), [1]);
     q.finished(&sub, Finished::SlotFree);
-    q.finished(&sub, Finished::Gone(sub.generation, due(1, 0)));
+    let disabled = crate::api::Disabled {
+        reason: "EndpointGone".into(),
+        message: "The endpoint answered 410 Gone".into(),
+        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        generation: sub.generation,
+        enable_annotation: None,
+    };
+    q.finished(&sub, Finished::Disabled(disabled.clone()));
+    q.finished(&sub, Finished::Done(due(1, 0)));
+    assert_eq!(q.take_changes(), [HealthChange::Disabled(disabled)], "shown as a Warning Event");
     assert!(!q.is_open(&sub));
-    assert!(q.plan(&sub, 100, Instant::now()).start.is_empty(), "410 for this generation");
+    assert!(q.plan(&sub, 100, Instant::now()).start.is_empty(), "disabled for this generation");
+    let mut enabled = sub.clone();
+    enabled.enable = Some("again".into());
+    assert!(q.is_open(&enabled), "a new value of the enable annotation");
     let mut next = sub.clone();
     next.generation += 1;
     assert_eq!(started(&q.plan(&next, 100, Instant::now())), [2], "a new generation tries again");
@@ -189,7 +201,7 @@ fn the_circuit_opens_after_failures_in_a_row_probes_alone_and_closes_on_success(
     assert!(q.take_changes().is_empty(), "one failure in a row is not enough");
     q.finished(&sub, answered(false, t0));
     let opened =
-        CircuitChange::Opened { failures: 2, error: "HTTP 503".into(), probe_in: Duration::from_secs(1) };
+        HealthChange::Opened { failures: 2, error: "HTTP 503".into(), probe_in: Duration::from_secs(1) };
     assert_eq!(q.take_changes(), [opened]);
     assert!(!q.is_sending(&sub));
     for _ in 0..4 {
@@ -205,14 +217,14 @@ fn the_circuit_opens_after_failures_in_a_row_probes_alone_and_closes_on_success(
     q.finished(&sub, answered(false, t1));
     q.finished(&sub, Finished::SlotFree);
     let reopened =
-        CircuitChange::Opened { failures: 3, error: "HTTP 503".into(), probe_in: Duration::from_secs(2) };
+        HealthChange::Opened { failures: 3, error: "HTTP 503".into(), probe_in: Duration::from_secs(2) };
     assert_eq!(q.take_changes(), [reopened]);
     assert!(started(&q.plan(&sub, 10, t1 + Duration::from_millis(1500))).is_empty());
     // The second probe succeeds: closed, and delivery resumes at full concurrency.
     assert_eq!(started(&q.plan(&sub, 10, t1 + Duration::from_secs(2))), [6]);
     q.finished(&sub, answered(true, t1 + Duration::from_secs(2)));
     q.finished(&sub, Finished::SlotFree);
-    assert_eq!(q.take_changes(), [CircuitChange::Closed]);
+    assert_eq!(q.take_changes(), [HealthChange::Closed]);
     assert!(q.is_sending(&sub));
     assert_eq!(started(&q.plan(&sub, 10, t1 + Duration::from_secs(2))), [7, 8]);
 }
@@ -244,7 +256,7 @@ fn a_probe_waits_for_the_requests_sent_before_the_circuit_opened_and_turning_it_
     let mut off = subscription(2);
     off.schedule.breaker = None;
     q.plan(&off, 10, t0 + Duration::from_secs(5));
-    assert_eq!(q.take_changes(), [CircuitChange::Closed]);
+    assert_eq!(q.take_changes(), [HealthChange::Closed]);
 }
 
 fn ordered(ordering: crate::api::Ordering, max_concurrency: u32) -> ActiveSubscription {

@@ -127,7 +127,8 @@ async fn write(
                 let status = sub.status.unwrap_or_default();
                 let base = status.delivery_stats.unwrap_or_default();
                 let dropped = status.dead_letters.map_or(0, |d| d.dropped);
-                board.set_base(uid, DeliveryStats { pending: 0, consecutive_failures: 0, ..base }, dropped);
+                let base = DeliveryStats { pending: 0, consecutive_failures: 0, ..base };
+                board.set_base(uid, base, dropped, status.disabled);
             }
             // The registry has it: the API server is not serving it yet (starting up).
             Ok(None) => {
@@ -219,9 +220,11 @@ mod tests {
             gave_up: false,
             gone: false,
             generation: 1,
+            enable: None,
+            disable_after: None,
         };
         board.attempt("uid-s", "ns", "s", report(true));
-        board.set_base("uid-s", DeliveryStats::default(), 0);
+        board.set_base("uid-s", DeliveryStats::default(), 0, None);
         let registry = Registry::default();
         registry.upsert(ActiveSubscription::test("ns", "s", Gate::Open));
         let (client, server) = answering(404);

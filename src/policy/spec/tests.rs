@@ -191,3 +191,16 @@ fn the_circuit_breaker_defaults_on_turns_off_at_zero_and_checks_its_bounds() {
     );
     assert!(check(&cb("{consecutiveFailures: 3, cooldown: 1s, maxCooldown: 24h}"), policy).is_empty());
 }
+
+#[test]
+fn disable_after_defaults_to_five_days_is_off_at_zero_and_checks_its_bounds() {
+    let after = |yaml: &str| spec(&format!("{MINIMAL}retryPolicy: {{disableAfter: {yaml}}}\n"));
+    let default = retry_schedule(&spec(MINIMAL)).expect("schedule").disable_after;
+    assert_eq!(default, Some(Duration::from_secs(120 * 3600)));
+    assert_eq!(retry_schedule(&after("0s")).expect("never").disable_after, None);
+    assert_eq!(retry_schedule(&after("10s")).expect("short").disable_after, Some(Duration::from_secs(10)));
+    let policy = Policy::default();
+    for bad in ["9s", "721h"] {
+        assert_eq!(fields(&after(bad), policy), ["spec.retryPolicy.disableAfter"], "{bad}");
+    }
+}
