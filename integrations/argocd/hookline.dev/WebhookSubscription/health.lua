@@ -36,5 +36,5 @@ if ready.reason == "AwaitingValidation" then
   end
   return { status = "Progressing", message = ready.message }
 end
--- InvalidSpec, Disabled (410 Gone), Expired, SigningSecretMissing.
+-- InvalidSpec, Disabled (410 Gone, or failing for disableAfter), Expired, SigningSecretMissing.
 return { status = "Degraded", message = ready.message }
