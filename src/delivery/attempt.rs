@@ -36,9 +36,10 @@ pub enum Finished {
     /// enable annotation (a 410 Gone, or failing for `disableAfter`): stop sending. Sent before
     /// the attempt's own outcome.
     Disabled(Disabled),
-    /// A request was answered (`success`: 2xx) at `at`; `error` says how it failed. Sent before
-    /// [`Finished::SlotFree`], for the circuit breaker.
-    Answered { success: bool, error: String, at: Instant },
+    /// `job`'s request was answered (`success`: 2xx) at `at`; `error` says how it failed. Sent
+    /// before [`Finished::SlotFree`], for the circuit breaker and ordered delivery (a delivered
+    /// job lets the next of its lane go before its outcome is recorded).
+    Answered { job: JobRef, success: bool, error: String, at: Instant },
     /// A check of ordered lanes ([`check_earlier`]) is back: the jobs asked about, and the
     /// jobs of their lanes with lower ids (or why the store could not be read).
     Checked(Vec<JobRef>, Result<Vec<JobRef>, StoreError>),
@@ -269,7 +270,7 @@ async fn run(
         (Some(code), _) => format!("HTTP {code}"),
         (None, e) => e.unwrap_or("no answer").to_string(),
     };
-    let _ = done.send(Finished::Answered { success, error: cause, at: Instant::now() });
+    let _ = done.send(Finished::Answered { job: job.job, success, error: cause, at: Instant::now() });
     slot.release();
     span.end(sent.outcome.status_code(), error);
     let decision = next(&sent.outcome, attempt_no, age, schedule, rand::rng().random());

@@ -309,7 +309,12 @@ impl Queue {
                 });
                 self.lanes.checked(asked, found, &mut self.jobs, Instant::now(), LOCAL_RETRY);
             }
-            Finished::Answered { success, error, at } => self.answered(sub, success, error, at),
+            Finished::Answered { job, success, error, at } => {
+                if success {
+                    self.lanes.delivered(job, &mut self.jobs);
+                }
+                self.answered(sub, success, error, at);
+            }
             Finished::Read(asked, found) => {
                 self.reading = false;
                 let attempt_now = free_slots(sub, self.in_flight);

@@ -52,9 +52,10 @@ const FOUND_KEPT: Duration = Duration::from_secs(60);
 pub(super) struct Lanes {
     ordering: Ordering,
     lanes: HashMap<LaneKey, Lane>,
-    /// Every job started (attempt or expiry) whose outcome is not back, ordered or not: lanes
-    /// are rebuilt around them when the ordering changes.
-    out: HashMap<i64, JobRef>,
+    /// Every job started (attempt or expiry) whose outcome is not back, ordered or not, and
+    /// whether it still holds its lane (a delivered one does not): lanes are rebuilt around them
+    /// when the ordering changes.
+    out: HashMap<i64, (JobRef, bool)>,
     /// Jobs of lanes that are not in the due set.
     held: usize,
     /// Jobs heard of from ingest are checked against the store before they go (several replicas).
@@ -168,7 +169,7 @@ impl Lanes {
     /// `job` starts (an attempt or an expiry): it leaves the queue, and its lane waits for it.
     pub(super) fn start(&mut self, job: JobRef, due: &mut BTreeSet<JobRef>) {
         let released = due.remove(&job);
-        self.out.insert(job.job_id, job);
+        self.out.insert(job.job_id, (job, true));
         self.unchecked.remove(&job.job_id);
         if let Some(lane) = self.lane_of(&job) {
             let l = self.lanes.entry(lane).or_default();
@@ -187,7 +188,7 @@ impl Lanes {
     /// with its new due time). Either way its lane moves on.
     pub(super) fn finished(&mut self, job: JobRef, back: Option<JobRef>, due: &mut BTreeSet<JobRef>) {
         let started = self.out.remove(&job.job_id);
-        let lane = started.as_ref().and_then(|j| self.lane_of(j));
+        let lane = started.filter(|(_, holds)| *holds).and_then(|(j, _)| self.lane_of(&j));
         if let Some(l) = lane.and_then(|lane| self.lanes.get_mut(&lane)) {
             l.out -= 1;
         }
@@ -199,6 +200,23 @@ impl Lanes {
             (None, _) => {}
         }
         if let Some(lane) = lane {
+            self.release(lane, due);
+        }
+    }
+
+    /// A started job was delivered (its endpoint answered 2xx): the next of its lane may go now,
+    /// before the outcome is recorded. Should the record fail, the job comes back and is sent
+    /// again, after (but its first delivery was before) the next one's.
+    pub(super) fn delivered(&mut self, job: JobRef, due: &mut BTreeSet<JobRef>) {
+        let lane = self.lane_of(&job);
+        let Some((_, holds)) = self.out.get_mut(&job.job_id) else { return };
+        if !std::mem::replace(holds, false) {
+            return;
+        }
+        if let Some(lane) = lane {
+            if let Some(l) = self.lanes.get_mut(&lane) {
+                l.out -= 1;
+            }
             self.release(lane, due);
         }
     }
@@ -240,7 +258,7 @@ impl Lanes {
         self.to_check.clear();
         self.held = 0;
         self.ordering = ordering;
-        for job in self.out.values() {
+        for (job, _) in self.out.values().filter(|(_, holds)| *holds) {
             if let Some(lane) = self.lane_of(job) {
                 self.lanes.entry(lane).or_default().out += 1;
             }
