@@ -148,16 +148,8 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<JobRef>, StoreError>> {
         let uid = sub_uid.to_string();
         self.read(move |c| {
-            let mut keyed = c.prepare_cached(
-                "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
-                 FROM jobs j JOIN events e ON e.seq = j.event_seq
-                 WHERE j.sub_uid = ?1 AND j.partition_hash = ?2 AND j.id < ?3 ORDER BY j.id LIMIT ?4",
-            )?;
-            let mut all = c.prepare_cached(
-                "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
-                 FROM jobs j JOIN events e ON e.seq = j.event_seq
-                 WHERE j.sub_uid = ?1 AND j.id < ?2 ORDER BY j.id LIMIT ?3",
-            )?;
+            let mut keyed = c.prepare_cached(EARLIER_OF_KEY)?;
+            let mut all = c.prepare_cached(EARLIER)?;
             let mut found = Vec::new();
             for (partition, below) in lanes {
                 let rows = match partition {
@@ -416,6 +408,16 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests;
+
+/// A lane's earlier jobs (see [`Store::earlier`]): of one `partitionkey`, on `jobs_by_partition`.
+pub(super) const EARLIER_OF_KEY: &str = "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+     FROM jobs j JOIN events e ON e.seq = j.event_seq
+     WHERE j.sub_uid = ?1 AND j.partition_hash = ?2 AND j.id < ?3 ORDER BY j.id LIMIT ?4";
+
+/// A lane's earlier jobs: all of a subscription's (`Strict`), on `jobs_by_sub`.
+pub(super) const EARLIER: &str = "SELECT j.due_at_ms, j.id, e.accepted_at_ms, j.partition_hash
+     FROM jobs j JOIN events e ON e.seq = j.event_seq
+     WHERE j.sub_uid = ?1 AND j.id < ?2 ORDER BY j.id LIMIT ?3";
 
 /// A [`JobRef`] from a row of `due_at_ms, id, accepted_at_ms, partition_hash`.
 fn job_ref(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRef> {

@@ -66,6 +66,29 @@ fn pruning_finds_old_rows_by_index_not_by_scanning() {
     }
 }
 
+#[test]
+fn the_earlier_jobs_of_a_lane_are_found_on_an_index_in_id_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut conn = open(&dir.path().join("plan.db")).expect("open");
+    migrate(&mut conn).expect("migrate");
+    let plan = |sql: &str, values: &[i64]| -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plan");
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&"uid"];
+        args.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+        stmt.query_map(args.as_slice(), |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let of_key = plan(super::EARLIER_OF_KEY, &[7, 100, 10]);
+    assert!(of_key.iter().any(|s| s.contains("INDEX jobs_by_partition")), "{of_key:?}");
+    let all = plan(super::EARLIER, &[100, 10]);
+    assert!(all.iter().any(|s| s.contains("INDEX jobs_by_sub")), "{all:?}");
+    for steps in [of_key, all] {
+        assert!(steps.iter().all(|s| !s.starts_with("SCAN") && !s.contains("TEMP B-TREE")), "{steps:?}");
+    }
+}
+
 /// A store written by schema 4 (deduplication by a unique index), with a pending job, a pending
 /// dead letter and an event kept only for deduplication, opened by this version.
 #[tokio::test]
