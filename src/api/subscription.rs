@@ -442,6 +442,14 @@ pub struct Disabled {
     pub enable_annotation: Option<String>,
 }
 
+impl Disabled {
+    /// Whether it still holds for a subscription at `generation` whose enable annotation is
+    /// `enable`: a new value of either enables delivery again.
+    pub fn applies_to(&self, generation: i64, enable: Option<&str>) -> bool {
+        self.generation == generation && self.enable_annotation.as_deref() == enable
+    }
+}
+
 /// One delivery attempt, as shown in status. Never holds a secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

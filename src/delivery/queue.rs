@@ -130,7 +130,7 @@ pub(super) struct Queue {
     outstanding: usize,
     /// Delivery is disabled for this generation and enable annotation (a 410 Gone, or failing
     /// for `disableAfter`).
-    disabled: Option<(i64, Option<String>)>,
+    disabled: Option<crate::api::Disabled>,
     limiter: RateLimiter,
     /// Failed answers in a row.
     failures: u32,
@@ -175,7 +175,7 @@ impl Queue {
     /// for this generation of it and this value of its enable annotation.
     pub fn is_open(&self, sub: &ActiveSubscription) -> bool {
         sub.gate == Gate::Open
-            && self.disabled.as_ref().is_none_or(|(g, enable)| *g < sub.generation || *enable != sub.enable)
+            && self.disabled.as_ref().is_none_or(|d| !d.applies_to(sub.generation, sub.enable.as_deref()))
     }
 
     /// Queue a new job heard of from ingest, keeping its event in memory if it came along and
@@ -300,7 +300,7 @@ impl Queue {
                 self.lanes.finished(job, Some(job), &mut self.jobs);
             }
             Finished::Disabled(disabled) => {
-                self.disabled = Some((disabled.generation, disabled.enable_annotation.clone()));
+                self.disabled = Some(disabled.clone());
                 self.changes.push(HealthChange::Disabled(disabled));
             }
             Finished::Checked(asked, found) => {

@@ -83,10 +83,7 @@ impl Tracker {
         let now = &report.last.time;
         // Disabled under another generation or enable annotation: enabled again since, and the
         // time failing counts from now.
-        if self
-            .disabled
-            .as_ref()
-            .is_some_and(|d| d.generation != report.generation || d.enable_annotation != report.enable)
+        if self.disabled.as_ref().is_some_and(|d| !d.applies_to(report.generation, report.enable.as_deref()))
         {
             self.disabled = None;
             (self.failing_since, self.failing_known) = (None, true);

@@ -96,7 +96,7 @@ pub fn decide(sub: &WebhookSubscription, facts: &Facts) -> Decision {
     let disabled = status
         .disabled
         .as_ref()
-        .filter(|d| Some(d.generation) == generation && d.enable_annotation.as_ref() == enable)
+        .filter(|d| generation.is_some_and(|g| d.applies_to(g, enable.map(String::as_str))))
         .map(|d| d.message.clone());
 
     status.signing_secret_ref = match &facts.signing {
