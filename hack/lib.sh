@@ -54,10 +54,11 @@ session() {
   # --validate=false: kubectl would check the CRDs against the 1.20 front's schema of a CRD,
   # which predates CEL rules; the CRD server behind it judges them.
   kubectl apply --server-side --validate=false -f crds/ >/dev/null
-  kubectl wait --for=condition=Established crd/webhooksubscriptions.hookline.dev crd/failedevents.hookline.dev >/dev/null
+  kubectl wait --for=condition=Established crd/webhooksubscriptions.hookline.dev crd/failedevents.hookline.dev \
+    crd/eventtypes.hookline.dev >/dev/null
   # The front routes the new group to the CRD server moments after the CRDs appear.
   local deadline=$((SECONDS + 30))
-  until kubectl get --raw /apis/hookline.dev/v1alpha1 2>/dev/null | grep -q failedevents; do
+  until kubectl get --raw /apis/hookline.dev/v1alpha1 2>/dev/null | grep -q eventtypes; do
     [ $SECONDS -lt $deadline ] || { echo "hookline.dev/v1alpha1 is not served after 30s" >&2; return 1; }
     sleep 0.2
   done

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod catalog;
 pub mod cluster;
 pub mod controller;
 pub mod deadletter;

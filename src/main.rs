@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use hookline::catalog::Catalog;
 use hookline::cluster::{self, Membership};
 use hookline::controller::{self, Policy};
 use hookline::deadletter::{self, FailedEventContext, Limits};
@@ -268,6 +269,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let readiness = Readiness::default();
     let registry = Registry::default();
+    let catalog = Catalog::default();
 
     let (ops_addr, ops_server) =
         server::bind(args.metrics_addr, metrics.clone(), readiness.clone(), shutdown.clone())
@@ -327,12 +329,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client: client.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
+        catalog: catalog.clone(),
     };
     let (ingest_addr, ingest_server) = ingest::bind(args.ingest_addr, ingest, shutdown.clone())
         .await
         .with_context(|| format!("binding the ingest server to {}", args.ingest_addr))?;
     info!(addr = %ingest_addr, "ingest server listening");
     let ingest = tokio::spawn(ingest_server);
+    // Every replica checks publishes, so every replica follows the EventTypes.
+    let catalog_follower = tokio::spawn(controller::event_types::follow(
+        client.clone(),
+        args.watch_namespace.clone(),
+        catalog.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
 
     let dispatch_stop = CancellationToken::new();
     let dispatch = tokio::spawn(dispatchers.clone().run(registry.clone(), dispatch_stop.clone()));
@@ -346,8 +357,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         WriteBudget { interval: args.status_interval, per_second: args.status_writes_per_second },
         writer_stop.clone(),
     ));
-    // The cluster-wide tasks run on one replica at a time: FailedEvents (writer and controller)
-    // and the store's upkeep.
+    // The cluster-wide tasks run on one replica at a time: FailedEvents (writer and controller),
+    // the EventTypes' status and the store's upkeep.
     let limits = Limits { cap: args.failed_event_cap, ttl: args.failed_event_ttl };
     let cluster_tasks = {
         let (client, registry, store, metrics, dispatchers) =
@@ -380,8 +391,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 recorder: Recorder::new(client.clone(), hookline::k8s::reporter()),
             };
             let prune = hookline::store::prune(store.clone(), retention, dedup, stop.clone());
+            let event_types = controller::event_types::run_status(
+                client.clone(),
+                metrics.clone(),
+                namespace.clone(),
+                stop.clone(),
+            );
             async move {
-                tokio::join!(fev_controller, writer.run(stop), prune);
+                tokio::join!(fev_controller, writer.run(stop), prune, event_types);
             }
         }))
     };
@@ -413,15 +430,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no --public-url: validation events carry no validationUrl, so endpoints must answer synchronously"
         );
     }
-    let ctx = Arc::new(controller::Context::new(
-        client,
-        policy,
-        registry,
-        metrics,
-        dispatchers,
-        verifier,
-        ownership,
-    ));
+    let ctx = Arc::new(
+        controller::Context::new(client, policy, registry, metrics, dispatchers, verifier, ownership)
+            .with_catalog(catalog),
+    );
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
     let acquired = futures::stream::poll_fn(move |cx| acquired_rx.poll_recv(cx));
@@ -438,6 +450,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // this replica's subscriptions over to the others.
     shutdown.cancel();
     ingest.await.context("ingest server task")?.context("ingest server")?;
+    catalog_follower.await.context("EventType watch task")?;
     dispatch_stop.cancel();
     dispatch.await.context("dispatchers task")?;
     cluster_tasks.await.context("cluster-wide tasks")?;

@@ -150,6 +150,7 @@ impl Registry {
 pub struct Readiness {
     watches_synced: Arc<AtomicBool>,
     subscriptions_loaded: Arc<AtomicBool>,
+    catalog_synced: Arc<AtomicBool>,
     store_unreachable: Arc<AtomicBool>,
 }
 
@@ -163,6 +164,16 @@ impl Readiness {
     /// all of them.
     pub fn set_subscriptions_loaded(&self) {
         self.subscriptions_loaded.store(true, Ordering::Release);
+    }
+
+    /// Mark the event catalog as holding every EventType, so publishes can be checked.
+    pub fn set_catalog_synced(&self) {
+        self.catalog_synced.store(true, Ordering::Release);
+    }
+
+    /// Whether the event catalog holds every EventType.
+    pub fn catalog_synced(&self) -> bool {
+        self.catalog_synced.load(Ordering::Acquire)
     }
 
     /// Whether the store (a database server) answers; an embedded store always does.
@@ -183,6 +194,8 @@ impl Readiness {
             Some("watches have not synced yet")
         } else if !self.subscriptions_loaded.load(Ordering::Acquire) {
             Some("existing subscriptions are still being loaded")
+        } else if !self.catalog_synced.load(Ordering::Acquire) {
+            Some("the event catalog has not synced yet")
         } else {
             None
         }

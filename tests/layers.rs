@@ -33,6 +33,7 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         "which subscriptions this replica owns, its lease, and rendezvous hashing; state, no IO",
     ),
     ("telemetry", &["event"], "trace context carried by events, and OTLP span export"),
+    ("catalog", &["api", "event", "policy"], "the EventTypes as last seen, schemas compiled; state, no IO"),
     // Floor 3: the engines, side by side.
     (
         "delivery",
@@ -71,8 +72,9 @@ const PARTS: &[(&str, &[&str], &str)] = &[
             "ownership",
             "delivery",
             "verify",
+            "catalog",
         ],
-        "reconciles WebhookSubscriptions",
+        "reconciles WebhookSubscriptions and EventTypes",
     ),
     (
         "deadletter",
@@ -97,6 +99,7 @@ const PARTS: &[(&str, &[&str], &str)] = &[
             "telemetry",
             "delivery",
             "server",
+            "catalog",
         ],
         "the publish and delivery-log HTTP API",
     ),

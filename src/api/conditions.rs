@@ -47,6 +47,14 @@ pub enum Reason {
     InvalidSpec,
     /// The signing Secret the spec names does not exist or holds no key.
     SigningSecretMissing,
+    /// An EventType's schema compiles and its example matches.
+    Valid,
+    /// An EventType's schema does not compile (or fetches something).
+    InvalidSchema,
+    /// An EventType's example does not match its schema.
+    InvalidExample,
+    /// An older EventType of the namespace names the same type.
+    DuplicateType,
 }
 
 impl Reason {
@@ -68,6 +76,10 @@ impl Reason {
             Reason::Disabled => "Disabled",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::SigningSecretMissing => "SigningSecretMissing",
+            Reason::Valid => "Valid",
+            Reason::InvalidSchema => "InvalidSchema",
+            Reason::InvalidExample => "InvalidExample",
+            Reason::DuplicateType => "DuplicateType",
         }
     }
 }
@@ -111,7 +123,7 @@ pub fn set_condition(
 /// Schema of a condition list: a list-map keyed by `type`, so server-side apply merges by type.
 pub fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
-        "description": "Standard conditions: EndpointVerified, Healthy and Ready.",
+        "description": "Standard conditions (metav1.Condition), one per type.",
         "type": "array",
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],

@@ -1,6 +1,7 @@
 //! The `hookline.dev/v1alpha1` API: the custom resources users apply and read.
 
 mod conditions;
+mod event_type;
 mod failed_event;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -9,6 +10,7 @@ mod subscription;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use conditions::{Reason, condition_type, conditions_schema, set_condition};
+pub use event_type::{EventType, EventTypeSpec, EventTypeStatus, MAX_DESCRIPTION_LENGTH};
 pub use failed_event::{
     CloudEventRecord, FailedEvent, FailedEventSpec, FailedEventStatus, FailureReason, FailureRecord,
     MAX_ERROR_LENGTH, ReplayOutcome, ReplayStatus,
@@ -53,7 +55,7 @@ pub mod annotations {
 /// Kubernetes knows.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    [WebhookSubscription::crd(), FailedEvent::crd()].map(with_kubernetes_formats).into()
+    [WebhookSubscription::crd(), FailedEvent::crd(), EventType::crd()].map(with_kubernetes_formats).into()
 }
 
 /// Produce the CRDs as one multi-document YAML stream, the content of `crds/`.

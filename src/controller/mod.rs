@@ -1,13 +1,14 @@
 //! The `WebhookSubscription` controller: validates specs, provisions signing Secrets, computes
 //! conditions, and keeps the [`Registry`] the delivery side reads from.
 
+pub mod event_types;
 mod reconcile;
 pub mod signing_secret;
 
 #[cfg(test)]
 mod mock_tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use kube::{Api, Client};
 use tracing::{info, warn};
 
 use crate::api::{WebhookSubscription, labels};
+use crate::catalog::Catalog;
 use crate::delivery::Dispatchers;
 use crate::k8s::FailureBackoff;
 use crate::metrics::Metrics;
@@ -105,6 +107,11 @@ pub struct Context {
     pub verifier: Verifier,
     /// What this replica owns: it acts (handshakes, status, Events) for those subscriptions.
     pub ownership: Ownership,
+    /// The event catalog, which a subscription's exact types are looked up in.
+    pub catalog: Catalog,
+    /// Per subscription uid, the generation and the types last found missing from the catalog
+    /// (a Warning Event is recorded when they change).
+    unknown_types: Mutex<HashMap<String, (i64, Vec<String>)>>,
     backoff: FailureBackoff<WebhookSubscription>,
     reconciled: Mutex<HashSet<ObjectRef<WebhookSubscription>>>,
 }
@@ -133,14 +140,37 @@ impl Context {
             dispatchers,
             verifier,
             ownership,
+            catalog: Catalog::default(),
+            unknown_types: Mutex::default(),
             backoff: FailureBackoff::default(),
             reconciled: Mutex::default(),
         }
     }
 
+    /// Look subscriptions' exact types up in `catalog` (the one ingest checks against).
+    pub fn with_catalog(mut self, catalog: Catalog) -> Self {
+        self.catalog = catalog;
+        self
+    }
+
     /// Remember that a subscription was reconciled at least once (for readiness).
     pub(crate) fn mark_reconciled(&self, key: ObjectRef<WebhookSubscription>) {
         self.reconciled.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    }
+
+    /// Whether `missing` is news for this generation of the subscription `uid` (and remember it).
+    fn unknown_types_changed(&self, uid: &str, generation: i64, missing: &[String]) -> bool {
+        let mut memo = self.unknown_types.lock().unwrap_or_else(|e| e.into_inner());
+        let now = (generation, missing.to_vec());
+        if memo.get(uid) == Some(&now) {
+            return false;
+        }
+        memo.insert(uid.to_string(), now);
+        true
+    }
+
+    fn forget_unknown_types(&self, uid: &str) {
+        self.unknown_types.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
     }
 
     fn all_reconciled(&self, keys: &[ObjectRef<WebhookSubscription>]) -> bool {

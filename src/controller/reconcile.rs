@@ -116,6 +116,7 @@ async fn apply(
     }
     if acts {
         publish_transition(sub, &decision, ctx).await;
+        warn_of_unknown_types(sub, ctx).await;
         if decision.gate.is_some() {
             send_requested_test_event(sub, ctx).await?;
         }
@@ -133,6 +134,7 @@ async fn apply(
 async fn cleanup(sub: &WebhookSubscription, ctx: &Context) -> Result<Action, Error> {
     ctx.registry.remove(&ObjectRef::from_obj(sub));
     ctx.registry.forget(&sub.uid().unwrap_or_default());
+    ctx.forget_unknown_types(&sub.uid().unwrap_or_default());
     let dropped = ctx
         .store
         .drop_subscription(&sub.uid().unwrap_or_default())
@@ -232,6 +234,30 @@ async fn publish_transition(sub: &WebhookSubscription, decision: &Decision, ctx:
     publish(ctx, sub, event).await;
 }
 
+/// Record a Warning Event when the subscription names exact types its namespace's EventType
+/// catalog lacks (only when the namespace has one): a typo there means events never match.
+async fn warn_of_unknown_types(sub: &WebhookSubscription, ctx: &Context) {
+    let ns = sub.namespace().unwrap_or_default();
+    let missing = ctx.catalog.lacks(&ns, &sub.spec.event_types);
+    let generation = sub.metadata.generation.unwrap_or_default();
+    if !ctx.unknown_types_changed(&sub.uid().unwrap_or_default(), generation, &missing) || missing.is_empty()
+    {
+        return;
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "UnknownEventType".into(),
+        note: Some(format!(
+            "spec.eventTypes names {} that no EventType of namespace {ns} describes (kubectl get eventtypes -n {ns}); \
+             events of such types are still delivered if published",
+            missing.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+        )),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    publish(ctx, sub, event).await;
+}
+
 async fn publish(ctx: &Context, sub: &WebhookSubscription, event: Event) {
     // An Event is a courtesy to humans: failing to record one must not fail the reconcile.
     if let Err(e) = ctx.recorder.publish(&event, &sub.object_ref(&())).await {
@@ -249,7 +275,7 @@ async fn send_requested_test_event(sub: &WebhookSubscription, ctx: &Context) -> 
     let ns = sub.namespace().unwrap_or_default();
     let queued = ctx
         .dispatchers
-        .send_test(&ns, &sub.name_any(), &uid, &id)
+        .send_test(&ns, &uid, &crate::delivery::ping(id.clone(), &ns, &sub.name_any()))
         .await
         .map_err(|source| Error::Store { action: "queueing the requested test event", source })?;
     if queued > 0 {

@@ -29,6 +29,13 @@ use status::StatusBoard;
 /// The `type` of test events.
 pub const TEST_EVENT_TYPE: &str = "dev.hookline.test";
 
+/// The test event (`TEST_EVENT_TYPE`, a fixed message) sent to the subscription `namespace/name`
+/// when no payload is given.
+pub fn ping(id: String, namespace: &str, name: &str) -> CloudEvent {
+    let data = serde_json::json!({"message": "A test event sent by Hookline", "subscription": name});
+    CloudEvent::from_hookline(id, TEST_EVENT_TYPE, namespace, name, &data)
+}
+
 /// What dispatchers are built from (see [`Dispatchers::new`]).
 pub struct Parts {
     /// The store jobs come from and outcomes go to.
@@ -180,20 +187,18 @@ impl Dispatchers {
         Ok(routed)
     }
 
-    /// Queue a test event for one subscription only; `id` makes it idempotent (a repeated id
-    /// within the dedup window is not queued again). Returns how many jobs were queued (0 or 1).
+    /// Queue a test event for one subscription only; the event's id makes it idempotent (a
+    /// repeated id within the dedup window is not queued again). Returns how many jobs were
+    /// queued (0 or 1).
     pub async fn send_test(
         &self,
         namespace: &str,
-        name: &str,
         uid: &str,
-        id: &str,
+        event: &CloudEvent,
     ) -> Result<usize, StoreError> {
-        let data = serde_json::json!({"message": "A test event sent by Hookline", "subscription": name});
-        let event = CloudEvent::from_hookline(id.to_string(), TEST_EVENT_TYPE, namespace, name, &data);
         let accepted_at = now_ms();
         let body = event.to_json_bytes();
-        let new = to_store(namespace, &event, body, vec![uid.to_string()], accepted_at);
+        let new = to_store(namespace, event, body, vec![uid.to_string()], accepted_at);
         let accepted = self.shared.store.accept(vec![new]).await?;
         let jobs = accepted.into_iter().flat_map(|a| a.jobs).collect::<Vec<_>>();
         for (uid, job_id) in &jobs {

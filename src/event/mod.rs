@@ -280,6 +280,15 @@ impl CloudEvent {
         Ok(event)
     }
 
+    /// Check an event built here rather than parsed (a test event with a chosen type) against
+    /// the rules every published event keeps.
+    pub fn check(&self) -> Result<(), EventError> {
+        if self.type_.is_empty() {
+            return Err(err("type", "must not be empty"));
+        }
+        checks::check_attribute_values(self, str::to_string)
+    }
+
     /// Parse a structured-mode body.
     pub fn from_structured(body: &[u8]) -> Result<CloudEvent, EventError> {
         let raw: &RawValue =

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::api::WebhookSubscription;
+use crate::catalog::{Catalog, DataRefusal};
 use crate::delivery::{Dispatchers, Incoming, Routed};
 use crate::event::{BATCH, CloudEvent, EventError, STRUCTURED};
 use crate::metrics::Metrics;
@@ -45,6 +46,10 @@ pub struct ApiError {
     pub attribute: Option<String>,
     /// Seconds after which a retry may succeed (`Retry-After`).
     pub retry_after: Option<u64>,
+    /// The position of the refused event in a batch.
+    pub index: Option<usize>,
+    /// The JSON pointer into the event's `data` of the value that broke its EventType's schema.
+    pub pointer: Option<String>,
 }
 
 /// What a publisher refused for want of space is told to wait before trying again.
@@ -52,7 +57,14 @@ const FULL_RETRY_AFTER_SECS: u64 = 10;
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), attribute: None, retry_after: None }
+        Self {
+            status,
+            message: message.into(),
+            attribute: None,
+            retry_after: None,
+            index: None,
+            pointer: None,
+        }
     }
     /// 507: the store has no room; nothing was accepted, and a retry later may succeed.
     fn insufficient_storage(m: impl Into<String>) -> Self {
@@ -73,6 +85,20 @@ impl ApiError {
     fn bad_event(e: EventError) -> Self {
         Self { attribute: Some(e.attribute.clone()), ..Self::new(StatusCode::BAD_REQUEST, e.to_string()) }
     }
+    /// 400: the event's data does not match its EventType's schema; `index` in a batch.
+    fn bad_data(refusal: DataRefusal, index: Option<usize>) -> Self {
+        let attribute = index.map_or_else(|| "data".to_string(), |i| format!("batch[{i}].data"));
+        let message = match index {
+            Some(i) => format!("batch[{i}]: {}", refusal.message),
+            None => refusal.message,
+        };
+        Self {
+            attribute: Some(attribute),
+            index,
+            pointer: Some(refusal.pointer),
+            ..Self::new(StatusCode::BAD_REQUEST, message)
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -80,6 +106,12 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "error": self.message });
         if let Some(a) = self.attribute {
             body["attribute"] = a.into();
+        }
+        if let Some(i) = self.index {
+            body["index"] = i.into();
+        }
+        if let Some(p) = self.pointer {
+            body["pointer"] = p.into();
         }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
@@ -118,6 +150,8 @@ pub struct Ingest {
     pub store: Arc<dyn Store>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The EventTypes whose schemas published data must match.
+    pub catalog: Catalog,
 }
 
 #[derive(Clone)]
@@ -294,6 +328,9 @@ async fn store(
     batch: bool,
 ) -> Result<Vec<Routed>, ApiError> {
     let max = state.config.max_event_bytes;
+    for (i, event) in events.iter().enumerate() {
+        state.catalog.check(ns, event).map_err(|r| ApiError::bad_data(r, batch.then_some(i)))?;
+    }
     let events: Vec<Incoming> = events.into_iter().map(Incoming::from).collect();
     if batch && let Some(i) = events.iter().position(|e| e.json.len() > max) {
         return Err(ApiError {
@@ -378,17 +415,65 @@ async fn deliveries(
     Ok(axum::Json(json!({ "items": entries, "nextCursor": next })).into_response())
 }
 
+/// The body of a test request: a chosen type and data, instead of the fixed ping.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestBody {
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    data: Option<serde_json::Value>,
+}
+
 async fn test_event(
     State(state): State<IngestState>,
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     state.admit(&headers, &ns, SEND_TEST).await?;
-    let uid = subscription_uid(&state, &ns, &name).await?;
+    let body = read_body(body, state.config.max_event_bytes).await?;
     let id = format!("test-{}", jiff::Timestamp::now().as_nanosecond());
+    let event = if body.iter().all(u8::is_ascii_whitespace) {
+        crate::delivery::ping(id.clone(), &ns, &name)
+    } else {
+        let ct = content_type(&headers);
+        if !ct.is_empty() && ct != "application/json" {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content type {ct:?}: a test body is application/json"),
+            ));
+        }
+        let test: TestBody = serde_json::from_slice(&body).map_err(|e| ApiError {
+            attribute: Some("body".into()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("body: expected {{\"type\": string, \"data\": any JSON}} ({e})"),
+            )
+        })?;
+        let type_ = test.type_.unwrap_or_else(|| crate::delivery::TEST_EVENT_TYPE.to_string());
+        let data = test.data.unwrap_or(serde_json::Value::Null);
+        let mut event = CloudEvent::from_hookline(id.clone(), &type_, &ns, &name, &data);
+        if data.is_null() {
+            event.data = None;
+            event.datacontenttype = None;
+        }
+        event.check().map_err(ApiError::bad_event)?;
+        state.catalog.check(&ns, &event).map_err(|r| ApiError::bad_data(r, None))?;
+        if event.to_json_bytes().len() > state.config.max_event_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the test event exceeds the per-event limit of {} bytes",
+                    state.config.max_event_bytes
+                ),
+            ));
+        }
+        event
+    };
+    let uid = subscription_uid(&state, &ns, &name).await?;
     let routed = state
         .dispatchers
-        .send_test(&ns, &name, &uid, &id)
+        .send_test(&ns, &uid, &event)
         .await
         .map_err(|e| ApiError::unavailable(format!("storing the test event: {}", Chain(&e))))?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "matched": routed }))).into_response())

@@ -439,7 +439,7 @@ impl TestEnv {
         eprintln!("===== namespace {} at failure =====", self.namespace);
         let out = self.kubectl_output(&[
             "get",
-            "webhooksubscriptions,failedevents,secrets,configmaps",
+            "webhooksubscriptions,failedevents,eventtypes,secrets,configmaps",
             "-o",
             "yaml",
         ]);
@@ -591,7 +591,12 @@ pub async fn install_crds(client: &Client) {
         .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
         .expect("watch crd");
     }
-    wait_until_served(client, "hookline.dev/v1alpha1", &["webhooksubscriptions", "failedevents"]).await;
+    wait_until_served(
+        client,
+        "hookline.dev/v1alpha1",
+        &["webhooksubscriptions", "failedevents", "eventtypes"],
+    )
+    .await;
 }
 
 /// Wait until discovery of `api_version` lists `resources`: on the local control plane the CRD
