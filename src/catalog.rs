@@ -67,7 +67,11 @@ pub fn compile(spec: &EventTypeSpec) -> Compiled {
         .build(schema);
     let validator = match built {
         Ok(v) => v,
-        Err(e) => return Compiled::InvalidSchema(format!("spec.schema does not compile: {}", e.masked())),
+        Err(e) => {
+            let at = e.instance_path().as_str();
+            let at = if at.is_empty() { String::new() } else { format!(" at {at:?}") };
+            return Compiled::InvalidSchema(format!("spec.schema does not compile{at}: {}", e.masked()));
+        }
     };
     if let Some(example) = &spec.example
         && let Err(e) = validator.validate(example)
@@ -247,7 +251,8 @@ impl Catalog {
         };
         validator.validate(&data).map_err(|e| {
             let pointer = e.instance_path().as_str().to_string();
-            refuse(&pointer, format!("at {pointer:?}: {}", e.masked()))
+            let at = if pointer.is_empty() { "data".to_string() } else { format!("at {pointer:?}") };
+            refuse(&pointer, format!("{at}: {}", e.masked()))
         })
     }
 
@@ -360,6 +365,13 @@ mod tests {
         let catalog = Catalog::default();
         catalog.upsert(&event_type("a", 1, "t", Some(json!({"type": "nonsense"})), None));
         assert_eq!(catalog.check("shop", &event("t", Some("1"), None)), Ok(()));
+    }
+
+    #[test]
+    fn the_example_event_type_is_valid() {
+        let et: EventType = serde_yaml::from_str(include_str!("../examples/eventtype.yaml"))
+            .expect("examples/eventtype.yaml");
+        assert!(matches!(compile(&et.spec), Compiled::Valid(Some(_))));
     }
 
     #[test]
