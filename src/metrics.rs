@@ -88,6 +88,7 @@ pub struct Metrics {
     queue_depth: Family<SubscriptionLabels, Gauge>,
     oldest_pending: Family<SubscriptionLabels, Gauge<f64, AtomicU64>>,
     circuit_open: Family<SubscriptionLabels, Gauge>,
+    filter_errors: Family<SubscriptionLabels, Counter>,
     ready: Family<ReadyGaugeLabels, Gauge>,
     /// The reason each exported `subscription_ready` series carries, to replace it on a change.
     ready_reasons: Mutex<HashMap<SubscriptionLabels, &'static str>>,
@@ -166,6 +167,12 @@ impl Default for Metrics {
             "circuit_open",
             "1 while a subscription's circuit breaker is open (nothing is sent until a probe), else 0",
             circuit_open.clone(),
+        );
+        let filter_errors = Family::<SubscriptionLabels, Counter>::default();
+        registry.register(
+            "filter_errors",
+            "Events a subscription's CEL filter failed on (a missing field, a type mismatch, a result that is not a bool): not delivered to it",
+            filter_errors.clone(),
         );
         let ready = Family::<ReadyGaugeLabels, Gauge>::default();
         registry.register(
@@ -262,6 +269,7 @@ impl Default for Metrics {
             queue_depth,
             oldest_pending,
             circuit_open,
+            filter_errors,
             ready,
             ready_reasons: Mutex::default(),
             dead_letters,
@@ -383,6 +391,12 @@ impl Metrics {
         self.circuit_open.remove(&labels);
     }
 
+    /// Count an event a subscription's CEL filter failed on.
+    pub fn filter_failed(&self, namespace: &str, name: &str) {
+        let labels = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
+        self.filter_errors.get_or_create(&labels).inc();
+    }
+
     /// Whether a subscription's circuit breaker is open.
     pub fn set_circuit_open(&self, namespace: &str, name: &str, open: bool) {
         let labels = SubscriptionLabels { namespace: namespace.into(), name: name.into() };
@@ -413,6 +427,7 @@ impl Metrics {
     pub fn forget_subscription(&self, namespace: &str, name: &str) {
         self.forget_ready(namespace, name);
         self.forget_queue(namespace, name);
+        self.filter_errors.remove(&SubscriptionLabels { namespace: namespace.into(), name: name.into() });
         let (namespace, name) = (namespace.to_string(), name.to_string());
         for (outcome, class) in OUTCOMES {
             let (namespace, name) = (namespace.clone(), name.clone());

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::api::{WebhookSubscription, WebhookSubscriptionSpec};
 use crate::policy::decision::Gate;
+use crate::policy::filter::CelFilter;
 use crate::policy::spec::RetrySchedule;
 
 /// What the delivery side needs to know about one subscription.
@@ -28,6 +29,8 @@ pub struct ActiveSubscription {
     pub spec: Arc<WebhookSubscriptionSpec>,
     /// The spec's retry policy, parsed when the controller checked the spec.
     pub schedule: RetrySchedule,
+    /// `spec.filter.cel`, compiled once per generation.
+    pub filter: Option<Arc<CelFilter>>,
     /// The Secret the signing keys are read from.
     pub signing_secret: String,
     /// The rate the endpoint allowed in an Options handshake, requests per minute.
@@ -229,6 +232,7 @@ impl ActiveSubscription {
             uid: format!("uid-{name}"),
             generation: 1,
             schedule: crate::policy::spec::retry_schedule(&spec).expect("the default schedule"),
+            filter: None,
             spec: Arc::new(spec),
             signing_secret: format!("{name}-signing"),
             rate_per_minute: None,

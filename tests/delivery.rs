@@ -487,3 +487,73 @@ async fn the_delivery_log_pages_newest_first(#[values(SQLITE, POSTGRES)] store: 
     assert_eq!(ids(&page3), ["l0"]);
     assert!(page3["nextCursor"].is_null());
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread")]
+async fn cel_filters_pick_events_by_content_with_the_other_filters(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("cel-filter", store).await;
+    let h = env.start_hookline(LOCAL).await;
+    let ns = env.namespace.clone();
+    let rx = Receiver::start().await;
+    let big_eu = WebhookSubscription::test("big-eu", &rx.url)
+        .for_types(&["order.*"])
+        .filtered("/shop", "eu/")
+        .cel(r#"event.data.amount > 100 && event.region == "eu" && event.data.items.exists(i, i.sku.matches("^tea-"))"#);
+    env.create_active(big_eu).await;
+    // Expressions that do not compile, or could cost too much, are named in the condition.
+    for (name, expr, says) in [
+        ("syntax", "event.data.amount >", "line 1, column"),
+        ("squared", "event.data.items.map(i, i.sku).size() > 0", "map() and filter()"),
+        ("nested", "event.data.a.all(x, event.data.b.exists(y, x == y))", "nested"),
+    ] {
+        let sub =
+            env.create(WebhookSubscription::test(name, &rx.url).cel(expr), ("False", "InvalidSpec")).await;
+        let ready =
+            sub.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+        assert!(
+            ready.message.contains("spec.filter.cel") && ready.message.contains(says),
+            "{name}: {}",
+            ready.message
+        );
+    }
+    // Longer than the schema allows: refused at apply.
+    let long = WebhookSubscription::test("long", &rx.url).cel(&format!("{}true", "true && ".repeat(130)));
+    let api: Api<WebhookSubscription> = env.api();
+    let refused = api.create(&Default::default(), &long).await.expect_err("too long");
+    assert!(refused.to_string().contains("spec.filter.cel"), "{refused}");
+
+    let order = |id: &str, source: &str, subject: &str, data: Value| {
+        json!({"specversion": "1.0", "id": id, "source": source, "type": "order.created", "subject": subject,
+               "region": "eu", "data": data})
+    };
+    let tea = json!({"amount": 150.5, "items": [{"sku": "cup-1"}, {"sku": "tea-7"}]});
+    let cases = [
+        (order("match", "/shop", "eu/1", tea.clone()), 1),
+        (order("small", "/shop", "eu/2", json!({"amount": 50, "items": [{"sku": "tea-1"}]})), 0),
+        (order("no-tea", "/shop", "eu/3", json!({"amount": 500, "items": [{"sku": "cup-1"}]})), 0),
+        (order("us", "/shop", "us/4", tea.clone()), 0),
+        (order("elsewhere", "/other", "eu/5", tea.clone()), 0),
+        // No amount (and nothing else false, which would decide `&&` alone): the filter fails on
+        // it, which is no match, counted.
+        (order("no-amount", "/shop", "eu/6", json!({"items": [{"sku": "tea-1"}]})), 0),
+    ];
+    for (event, matched) in cases {
+        let answer = h.publish_json(&ns, event.clone()).await;
+        assert_eq!(answer["events"][0]["matched"], matched, "{event}: {answer}");
+    }
+    assert_eq!(rx.wait_for(1, WAIT).await[0].header("ce-id"), "match");
+    let errors = h.metric_sum("hookline_filter_errors_total").await;
+    assert_eq!(errors, Some(1.0), "one event the filter failed on");
+
+    // A changed expression applies to what is published next.
+    let patch = json!({"spec": {"filter": {"cel": "event.data.amount < 100"}}});
+    api.patch("big-eu", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    wait_until("the new expression applies", WAIT, || async {
+        let small = order(&format!("small-{}", support::free_port()), "/shop", "eu/7", json!({"amount": 5}));
+        (h.publish_json(&ns, small).await["events"][0]["matched"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(h.publish_json(&ns, order("big", "/shop", "eu/8", tea)).await["events"][0]["matched"], 0);
+}

@@ -83,6 +83,9 @@ async fn full_example_uses_the_named_secret_and_creates_none() {
     let generated =
         env.kubectl(&["get", "secrets", "-l", "app.kubernetes.io/managed-by=hookline", "-o", "name"]);
     assert_eq!(generated.trim(), "", "no Secret is generated when spec.signing names one");
+    // The example EventType's schema compiles and its example matches it.
+    apply(&env, "eventtype.yaml");
+    env.kubectl(&["wait", "--for=condition=Ready", "eventtype/order-created", "--timeout=30s"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,8 +17,9 @@ pub use failed_event::{
 };
 pub use subscription::{
     DeadLetterSpec, DeadLetterStats, DeliveryMode, DeliverySpec, DeliveryStats, Disabled, Endpoint,
-    EventFilter, HeadersFrom, LastDelivery, Ordering, RetryPolicy, SecretRef, SigningSpec, ValidationMethod,
-    ValidationSpec, WebhookSubscription, WebhookSubscriptionSpec, WebhookSubscriptionStatus,
+    EventFilter, HeadersFrom, LastDelivery, MAX_CEL_LENGTH, Ordering, RetryPolicy, SecretRef, SigningSpec,
+    ValidationMethod, ValidationSpec, WebhookSubscription, WebhookSubscriptionSpec,
+    WebhookSubscriptionStatus,
 };
 
 /// The API group of every Hookline resource.

@@ -95,7 +95,23 @@ pub struct EventFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1000))]
     pub subject_prefix: Option<String>,
+    /// Only events for which this CEL expression returns true. It sees `event`: the attributes
+    /// (`event.id`, `event.source`, `event.type`, `event.subject`, `event.time` as a string,
+    /// `event.datacontenttype`, `event.dataschema`), every extension by name, and `event.data`
+    /// (parsed JSON, or a string for text data). An absent attribute is absent: test it with
+    /// `has(event.subject)`. Example: `event.data.amount > 100 && event.subject.startsWith("eu/")`.
+    /// At most 1024 bytes; `all`, `exists` and `exists_one` may not be nested, and `map` and
+    /// `filter` are not allowed (their cost grows with the square of the list). An expression that
+    /// does not compile makes the subscription `Ready=False/InvalidSpec`; one that fails on an
+    /// event (a missing field, a type mismatch, a result that is not a bool) does not match it,
+    /// counted in `hookline_filter_errors_total`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_CEL_LENGTH))]
+    pub cel: Option<String>,
 }
+
+/// The longest `spec.filter.cel`, in bytes.
+pub const MAX_CEL_LENGTH: usize = 1024;
 
 /// The HTTP endpoint events are POSTed to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -68,6 +68,11 @@ struct Args {
     /// subscriptions' `delivery.ordering: PartitionKey`.
     #[arg(long, default_value_t = 0)]
     partition_keys: u64,
+    /// Measure only CEL filters (no HTTP): the most expensive expressions `spec.filter.cel`
+    /// allows, each over an event of this many bytes (e.g. 262144, the default
+    /// `--max-event-bytes`), and print the time per evaluation of each.
+    #[arg(long, default_value_t = 0)]
+    cel_worst_case: usize,
     /// The phases to run (all but `failover` by default); fewer make profiling one phase quicker.
     #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency")]
     phases: Vec<Phase>,
@@ -516,6 +521,10 @@ async fn store_run(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.cel_worst_case > 0 {
+        cel_worst_case(args.cel_worst_case);
+        return Ok(());
+    }
     if args.store_events > 0 {
         println!("{}", store_only(&args).await?);
         return Ok(());
@@ -721,4 +730,81 @@ async fn main() -> anyhow::Result<()> {
     let result = Value::Object(result);
     println!("{result}");
     Ok(())
+}
+
+/// Time the costliest CEL filters the subscription schema and checks allow (1,024 bytes, one
+/// level of `all`/`exists`/`exists_one`, no `map`/`filter`) over events of `bytes` bytes, and
+/// print one JSON line per case: the median and worst of several evaluations, and whether it
+/// matched. The event's conversion to CEL values is measured on its own (it happens once per
+/// event, whatever the number of filters).
+fn cel_worst_case(bytes: usize) {
+    use hookline::api::MAX_CEL_LENGTH;
+    use hookline::event::CloudEvent;
+    use hookline::policy::filter::{CelEvent, CelFilter};
+
+    /// `head` + `step` repeated + `tail`, as long as the limit allows.
+    fn padded(head: &str, step: &str, tail: &str) -> String {
+        let n = (MAX_CEL_LENGTH - head.len() - tail.len()) / step.len();
+        format!("{head}{}{tail}", step.repeat(n))
+    }
+    /// An event whose JSON form is at most `bytes` long, with `data` filled by `fill`.
+    fn event(bytes: usize, fill: impl Fn(usize) -> Value) -> CloudEvent {
+        let envelope = json!({"specversion": "1.0", "id": "1", "source": "/bench", "type": "t", "subject": "s", "data": null});
+        let room = bytes - envelope.to_string().len();
+        let mut data = json!({"s": "x".repeat(room - 16)});
+        let mut n = room / 2;
+        while n > 0 {
+            data = fill(n);
+            let size = data.to_string().len();
+            if size <= room {
+                break;
+            }
+            n = n * room / size - 1;
+        }
+        let mut e = envelope;
+        e["data"] = data;
+        CloudEvent::from_structured(e.to_string().as_bytes()).expect("bench event")
+    }
+    let ints = event(bytes, |n| json!({"a": vec![1; n]}));
+    let objects = event(
+        bytes,
+        |n| json!({"a": (0..n / 8).map(|i| json!({"k": i % 10, "v": "ab"})).collect::<Vec<_>>()}),
+    );
+    let text = event(bytes, |n| json!({"s": "a".repeat(n.max(2) * 2 - 16)}));
+    let ors = padded("event.data.a.all(x, ", "x == 1 && ", "true)");
+    let regex = padded(r#"event.data.a.exists(x, string(x).matches("^("#, "a|", r#"b)+$"))"#);
+    let strings = padded("event.data.a.exists_one(o, ", r#"o.v + "#, r#""" == "z")"#);
+    let long_regex = padded(r#"event.data.s.matches("("#, "a|", r#"b)*c")"#);
+    let contains = padded("event.data.s.contains(", r#""aaaa" + "#, r#""b")"#);
+    let cases: [(&str, &CloudEvent, &str); 5] = [
+        ("all over ints, 1 KiB of comparisons per element", &ints, &ors),
+        ("exists over ints, a 1 KiB regex compiled per element", &ints, &regex),
+        ("exists_one over objects, string concatenation per element", &objects, &strings),
+        ("1 KiB regex over one long string", &text, &long_regex),
+        ("contains over one long string", &text, &contains),
+    ];
+    let runs = 5;
+    for (case, event, expr) in cases {
+        let filter = CelFilter::compile(expr).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let mut convert = Vec::new();
+        let mut eval = Vec::new();
+        let mut result = None;
+        for _ in 0..runs {
+            let seen = CelEvent::new(event);
+            let started = Instant::now();
+            let _ = seen.event_value();
+            convert.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = Instant::now();
+            result = Some(filter.matches(&seen));
+            eval.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        eval.sort_by(f64::total_cmp);
+        convert.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            json!({"case": case, "event_bytes": event.to_json_bytes().len(), "expression_bytes": expr.len(),
+                   "convert_ms": convert[runs / 2], "eval_median_ms": eval[runs / 2], "eval_max_ms": eval[runs - 1],
+                   "result": format!("{:?}", result.expect("ran"))})
+        );
+    }
 }

@@ -20,7 +20,7 @@ use crate::k8s::apply_status;
 use crate::policy::decision::{
     Decision, EndpointState, Facts, Signing, changed, decide, generated_secret_name, owned,
 };
-use crate::policy::spec::parse;
+use crate::policy::spec::{Parsed, parse};
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
 use crate::verify::Verdict;
@@ -54,8 +54,16 @@ async fn apply(
     ctx: &Context,
     api: &Api<WebhookSubscription>,
 ) -> Result<Action, Error> {
-    let (schedule, problems) = match parse(&sub.spec, ctx.policy) {
-        Ok(schedule) => (Some(schedule), Vec::new()),
+    // A spec is parsed (its CEL filter compiled) once per generation: a registered subscription
+    // of the same generation already holds the result.
+    let generation = sub.metadata.generation.unwrap_or_default();
+    let known = ctx
+        .registry
+        .get(&ObjectRef::from_obj(sub))
+        .filter(|a| a.generation == generation && Some(&a.uid) == sub.metadata.uid.as_ref())
+        .map(|a| Parsed { schedule: a.schedule, filter: a.filter.clone() });
+    let (parsed, problems) = match known.map_or_else(|| parse(&sub.spec, ctx.policy), Ok) {
+        Ok(parsed) => (Some(parsed), Vec::new()),
         Err(problems) => (None, problems),
     };
     let signing = if problems.is_empty() { Some(ensure_signing_secret(sub, ctx).await?) } else { None };
@@ -95,13 +103,14 @@ async fn apply(
         write_status(sub, &decision, ctx, api).await?;
     }
     let key = ObjectRef::from_obj(sub);
-    match decision.gate.zip(schedule) {
-        Some((gate, schedule)) => ctx.registry.upsert(ActiveSubscription {
+    match decision.gate.zip(parsed) {
+        Some((gate, parsed)) => ctx.registry.upsert(ActiveSubscription {
             key,
             uid: sub.uid().unwrap_or_default(),
-            generation: sub.metadata.generation.unwrap_or_default(),
+            generation,
             spec: Arc::new(sub.spec.clone()),
-            schedule,
+            schedule: parsed.schedule,
+            filter: parsed.filter,
             signing_secret: decision
                 .status
                 .signing_secret_ref

@@ -14,13 +14,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::event::CloudEvent;
 use crate::metrics::Metrics;
 use crate::outbound::clients::Clients;
 use crate::outbound::secrets::SecretCache;
 use crate::ownership::Ownership;
+use crate::policy::filter::CelEvent;
+use crate::policy::matching::wants;
 use crate::registry::{ActiveSubscription, Registry};
 use crate::store::{Accepted, JobRef, Millis, NewEvent, PartitionKey, Store, StoreError, now_ms};
 use dispatcher::Dispatcher;
@@ -159,11 +161,20 @@ impl Dispatchers {
         let mut parsed = Vec::with_capacity(events.len());
         let mut new = Vec::with_capacity(events.len());
         for Incoming { event: ev, json } in events {
+            let seen = CelEvent::new(&ev);
             let targets = subs
                 .iter()
-                .filter(|s| crate::policy::matching::wants(&s.spec, &ev))
+                .filter(|s| match wants(&s.spec, s.filter.as_deref(), &seen) {
+                    Ok(wanted) => wanted,
+                    Err(error) => {
+                        self.shared.metrics.filter_failed(&s.key.namespace.clone().unwrap_or_default(), &s.key.name);
+                        debug!(subscription = %s.key, event = %ev.id, %error, "the CEL filter failed on an event: no match");
+                        false
+                    }
+                })
                 .map(|s| s.uid.clone())
                 .collect();
+            drop(seen);
             let stored = to_store(namespace, &ev, json, targets, accepted_at);
             parsed.push((ev, stored.partition));
             new.push(stored);

@@ -1,7 +1,7 @@
 //! Which subscriptions an event goes to.
 
+use super::filter::{CelEvent, CelFilter};
 use crate::api::WebhookSubscriptionSpec;
-use crate::event::CloudEvent;
 
 /// Whether `pattern` (exact, `prefix.*`, or `*`) matches the event type.
 pub fn type_matches(pattern: &str, event_type: &str) -> bool {
@@ -13,24 +13,37 @@ pub fn type_matches(pattern: &str, event_type: &str) -> bool {
     }
 }
 
-/// Whether a subscription wants an event: a type pattern matches and every filter set holds.
-pub fn wants(spec: &WebhookSubscriptionSpec, event: &CloudEvent) -> bool {
-    if !spec.event_types.iter().any(|p| type_matches(p, &event.type_)) {
-        return false;
+/// Whether a subscription wants an event: a type pattern matches and every filter set holds
+/// (the CEL filter last, compiled as `cel`). A CEL filter that fails on the event is an error,
+/// and no match.
+pub fn wants(
+    spec: &WebhookSubscriptionSpec,
+    cel: Option<&CelFilter>,
+    event: &CelEvent<'_>,
+) -> Result<bool, String> {
+    let e = event.event();
+    if !spec.event_types.iter().any(|p| type_matches(p, &e.type_)) {
+        return Ok(false);
     }
-    let Some(filter) = &spec.filter else { return true };
-    if filter.source.as_ref().is_some_and(|s| *s != event.source) {
-        return false;
+    let Some(filter) = &spec.filter else { return Ok(true) };
+    if filter.source.as_ref().is_some_and(|s| *s != e.source) {
+        return Ok(false);
     }
-    if let Some(prefix) = &filter.subject_prefix {
-        return event.subject.as_ref().is_some_and(|s| s.starts_with(prefix.as_str()));
+    if let Some(prefix) = &filter.subject_prefix
+        && !e.subject.as_ref().is_some_and(|s| s.starts_with(prefix.as_str()))
+    {
+        return Ok(false);
     }
-    true
+    match cel {
+        Some(cel) => cel.matches(event),
+        None => Ok(true),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::CloudEvent;
 
     #[test]
     fn type_patterns() {
@@ -61,13 +74,19 @@ mod tests {
     #[test]
     fn filters_must_all_hold() {
         let spec: WebhookSubscriptionSpec = serde_yaml::from_str(
-            "eventTypes: ['order.*']\nfilter: {source: /shop, subjectPrefix: 'eu/'}\nendpoint: {url: 'https://e.com/'}\n",
+            "eventTypes: ['order.*']\nfilter: {source: /shop, subjectPrefix: 'eu/', cel: 'event.id != \"skip\"'}\nendpoint: {url: 'https://e.com/'}\n",
         )
         .expect("spec");
-        assert!(wants(&spec, &event("order.created", "/shop", Some("eu/42"))));
-        assert!(!wants(&spec, &event("order.created", "/other", Some("eu/42"))));
-        assert!(!wants(&spec, &event("order.created", "/shop", Some("us/42"))));
-        assert!(!wants(&spec, &event("order.created", "/shop", None)));
-        assert!(!wants(&spec, &event("invoice.created", "/shop", Some("eu/42"))));
+        let cel = CelFilter::compile(spec.filter.as_ref().and_then(|f| f.cel.as_deref()).expect("cel"))
+            .expect("compiles");
+        let wants = |e: CloudEvent| wants(&spec, Some(&cel), &CelEvent::new(&e)).expect("evaluates");
+        assert!(wants(event("order.created", "/shop", Some("eu/42"))));
+        assert!(!wants(event("order.created", "/other", Some("eu/42"))));
+        assert!(!wants(event("order.created", "/shop", Some("us/42"))));
+        assert!(!wants(event("order.created", "/shop", None)));
+        assert!(!wants(event("invoice.created", "/shop", Some("eu/42"))));
+        let mut skipped = event("order.created", "/shop", Some("eu/42"));
+        skipped.id = "skip".into();
+        assert!(!wants(skipped));
     }
 }

@@ -3,6 +3,7 @@
 //! decisions behind the status conditions. Nothing here does IO.
 
 pub mod decision;
+pub mod filter;
 pub mod matching;
 pub mod retry;
 pub mod spec;

@@ -2,7 +2,10 @@
 //! CEL (Kubernetes < 1.25) lets through. Pure: the spec and the operator's policy in, problems out.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::filter::CelFilter;
 
 use crate::api::{ValidationMethod, WebhookSubscriptionSpec};
 
@@ -88,7 +91,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Check a spec against the rules of the schema and the operator's policy.
 pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
+    check_and_compile(spec, policy).0
+}
+
+/// [`check`], also returning the compiled CEL filter when there is one and it compiles.
+fn check_and_compile(spec: &WebhookSubscriptionSpec, policy: Policy) -> (Vec<Problem>, Option<CelFilter>) {
     let mut problems = Vec::new();
+    let filter = match spec.filter.as_ref().and_then(|f| f.cel.as_deref()) {
+        None => None,
+        Some(source) => match CelFilter::compile(source) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                problems.push(Problem::new("spec.filter.cel", e));
+                None
+            }
+        },
+    };
     check_event_types(spec, &mut problems);
     check_endpoint(spec, policy, &mut problems);
     if let Err(p) = retry_schedule(spec) {
@@ -128,17 +146,27 @@ pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
             problems.push(Problem::new(field, format!("{name:?} is not a valid Secret name")));
         }
     }
-    problems
+    (problems, filter)
 }
 
-/// A spec parsed once for the delivery side: the retry schedule of a spec [`check`] accepts, or
-/// every problem [`check`] finds. Nothing downstream parses the spec's strings again.
-pub fn parse(spec: &WebhookSubscriptionSpec, policy: Policy) -> Result<RetrySchedule, Vec<Problem>> {
-    let problems = check(spec, policy);
+/// A spec as the delivery side uses it, parsed once per generation.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    /// The retry policy as durations.
+    pub schedule: RetrySchedule,
+    /// `spec.filter.cel`, compiled.
+    pub filter: Option<Arc<CelFilter>>,
+}
+
+/// A spec parsed once for the delivery side: the retry schedule and CEL filter of a spec
+/// [`check`] accepts, or every problem [`check`] finds. Nothing downstream parses the spec's
+/// strings again.
+pub fn parse(spec: &WebhookSubscriptionSpec, policy: Policy) -> Result<Parsed, Vec<Problem>> {
+    let (problems, filter) = check_and_compile(spec, policy);
     if !problems.is_empty() {
         return Err(problems);
     }
-    retry_schedule(spec)
+    Ok(Parsed { schedule: retry_schedule(spec)?, filter: filter.map(Arc::new) })
 }
 
 /// The retry schedule, or the problems that prevent one.

@@ -34,6 +34,8 @@ pub trait TestSubscription: Sized {
     fn suspended(self) -> Self;
     /// Delivered in this order.
     fn ordered(self, ordering: Ordering) -> Self;
+    /// Only events this CEL expression (`spec.filter.cel`) returns true for.
+    fn cel(self, expression: &str) -> Self;
 }
 
 impl TestSubscription for WebhookSubscription {
@@ -51,8 +53,11 @@ impl TestSubscription for WebhookSubscription {
     }
 
     fn filtered(mut self, source: &str, subject_prefix: &str) -> Self {
-        self.spec.filter =
-            Some(EventFilter { source: Some(source.into()), subject_prefix: Some(subject_prefix.into()) });
+        self.spec.filter = Some(EventFilter {
+            source: Some(source.into()),
+            subject_prefix: Some(subject_prefix.into()),
+            cel: None,
+        });
         self
     }
 
@@ -111,6 +116,11 @@ impl TestSubscription for WebhookSubscription {
 
     fn ordered(mut self, ordering: Ordering) -> Self {
         self.spec.delivery.ordering = ordering;
+        self
+    }
+
+    fn cel(mut self, expression: &str) -> Self {
+        self.spec.filter.get_or_insert_with(EventFilter::default).cel = Some(expression.into());
         self
     }
 }
