@@ -557,3 +557,115 @@ async fn cel_filters_pick_events_by_content_with_the_other_filters(
     .await;
     assert_eq!(h.publish_json(&ns, order("big", "/shop", "eu/8", tea)).await["events"][0]["matched"], 0);
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_namespace_s_delivery_log_is_filtered_and_names_each_subscription_and_url(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("delivery-queries", store).await;
+    let h = env.start_hookline(LOCAL).await;
+    let (ok, failing) = (Receiver::start().await, Receiver::start().await);
+    failing.set_default(Reply::Status(500));
+    env.create_active(WebhookSubscription::test("a", &ok.url)).await;
+    env.create_active(WebhookSubscription::test("b", &failing.url).for_types(&["order.*"]).failing_fast())
+        .await;
+    let ns = env.namespace.clone();
+    h.publish_json(&ns, event("x1", "order.created")).await;
+    h.publish_json(&ns, event("x2", "invoice.sent")).await;
+    let get = |query: String| {
+        let url = format!("{}/v1/namespaces/{ns}/deliveries{query}", h.ingest);
+        async move {
+            let resp = reqwest::get(url).await.expect("log request");
+            (resp.status().as_u16(), resp.json::<Value>().await.expect("json"))
+        }
+    };
+    // a delivers x1 and x2; b fails x1 twice (retry, then deadLettered).
+    let all = wait_until("four attempts in the namespace's log", WAIT, || async {
+        let (_, body) = get(String::new()).await;
+        (body["items"].as_array()?.len() == 4).then_some(body)
+    })
+    .await;
+    let rows = |body: &Value| -> Vec<(String, String, String)> {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (s("subscription"), s("eventId"), s("outcome"))
+            })
+            .collect()
+    };
+    let r = |s: &str, id: &str, o: &str| (s.to_string(), id.to_string(), o.to_string());
+    let mut every = rows(&all);
+    every.sort();
+    assert_eq!(
+        every,
+        [
+            r("a", "x1", "delivered"),
+            r("a", "x2", "delivered"),
+            r("b", "x1", "deadLettered"),
+            r("b", "x1", "retry")
+        ]
+    );
+    for item in all["items"].as_array().expect("items") {
+        let expected = if item["subscription"] == "a" { &ok.url } else { &failing.url };
+        assert_eq!(item["url"].as_str(), Some(expected.as_str()), "{item}");
+    }
+    let times: Vec<&str> =
+        all["items"].as_array().expect("items").iter().filter_map(|e| e["time"].as_str()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+
+    let only = |q: &str| {
+        let q = q.to_string();
+        async { rows(&get(q).await.1) }
+    };
+    let sorted = |mut v: Vec<(String, String, String)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(only("?outcome=delivered").await),
+        [r("a", "x1", "delivered"), r("a", "x2", "delivered")]
+    );
+    assert_eq!(sorted(only("?outcome=failed").await), [r("b", "x1", "deadLettered"), r("b", "x1", "retry")]);
+    assert_eq!(only("?outcome=deadLettered").await, [r("b", "x1", "deadLettered")]);
+    assert_eq!(only("?eventType=invoice.sent").await, [r("a", "x2", "delivered")]);
+    assert_eq!(only("?eventId=x1").await.len(), 3);
+    assert_eq!(only("?eventId=x1&subscription=a").await, [r("a", "x1", "delivered")]);
+    assert_eq!(only("?subscription=b&outcome=retry").await, [r("b", "x1", "retry")]);
+    assert_eq!(only("?since=2099-01-01T00:00:00Z").await.len(), 0);
+    assert_eq!(only("?until=2001-01-01T00:00:00Z").await.len(), 0);
+    assert_eq!(only("?since=2001-01-01T00:00:00Z&until=2099-01-01T00:00:00Z").await.len(), 4);
+    // Pages of two, with a filter kept across pages.
+    let (_, page1) = get("?limit=1&outcome=failed".into()).await;
+    let cursor = page1["nextCursor"].as_str().expect("a next page");
+    let (_, page2) = get(format!("?limit=1&outcome=failed&cursor={cursor}")).await;
+    assert_eq!(
+        sorted([rows(&page1), rows(&page2)].concat()),
+        [r("b", "x1", "deadLettered"), r("b", "x1", "retry")]
+    );
+    // The subscription's own log takes the same filters.
+    let own =
+        format!("{}/v1/namespaces/{ns}/webhooksubscriptions/b/deliveries?outcome=deadLettered", h.ingest);
+    let own: Value = reqwest::get(own).await.expect("own log").json().await.expect("json");
+    assert_eq!(rows(&own), [r("b", "x1", "deadLettered")]);
+
+    // Bad filters are refused, naming the parameter.
+    for (query, names) in [
+        ("?outcome=lost", "outcome"),
+        ("?since=yesterday", "since"),
+        ("?until=2026-13-01T00:00:00Z", "until"),
+        ("?colour=red", "colour"),
+        ("?cursor=bm90LWEtY3Vyc29y", "cursor"),
+        ("?eventType=", "eventType"),
+        ("?subscription=nope", "nope"),
+    ] {
+        let (status, body) = get(query.to_string()).await;
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!((400..=404).contains(&status) && error.contains(names), "{query}: {status} {body}");
+    }
+    let twice = format!("{}/v1/namespaces/{ns}/webhooksubscriptions/b/deliveries?subscription=a", h.ingest);
+    assert_eq!(reqwest::get(twice).await.expect("request").status().as_u16(), 400);
+}

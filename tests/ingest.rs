@@ -59,6 +59,17 @@ async fn rbac_decides_who_may_publish_where(#[values(SQLITE, POSTGRES)] store: B
     })
     .await;
 
+    // Publishing is all the Role allows: not reading the namespace's delivery log.
+    let log = reqwest::Client::new()
+        .get(format!("{}/v1/namespaces/{ns}/deliveries", h.ingest))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("log request");
+    assert_eq!(log.status().as_u16(), 403);
+    let body: serde_json::Value = log.json().await.expect("json");
+    assert!(body["error"].as_str().unwrap_or("").contains("may not list webhooksubscriptions.hookline.dev"), "{body}");
+
     // The same token is still refused in another namespace.
     let other = format!("{ns}-b");
     let namespaces: Api<Namespace> = Api::all(env.client.clone());

@@ -18,7 +18,7 @@ use crate::policy::retry::{Answer, Next, next};
 use crate::registry::ActiveSubscription;
 use crate::report::Chain;
 use crate::store::{
-    Attempt, DeadLetter, Fence, Job, JobRef, JobUpdate, Millis, PartitionKey, StoreError, now_ms,
+    Attempt, DeadLetter, Fence, Job, JobRef, JobUpdate, Millis, PartitionKey, SentTo, StoreError, now_ms,
 };
 use crate::telemetry;
 
@@ -325,6 +325,11 @@ async fn finish(
         duration_ms,
         error: error.clone(),
         update: update.clone(),
+        sent_to: SentTo {
+            namespace: sub.key.namespace.clone().unwrap_or_default(),
+            subscription: sub.key.name.clone(),
+            url: sub.spec.endpoint.url.clone(),
+        },
         payload_bytes: event.map_or(0, CloudEvent::size),
         fence: fence(shared, &sub.uid),
     };

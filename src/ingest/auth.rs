@@ -33,6 +33,8 @@ pub struct Action {
 pub const PUBLISH: Action = Action { verb: "create", resource: "events" };
 /// Read the delivery log: `get` on `webhooksubscriptions.hookline.dev`.
 pub const READ_LOG: Action = Action { verb: "get", resource: "webhooksubscriptions" };
+/// Read the delivery log of a whole namespace: `list` on `webhooksubscriptions.hookline.dev`.
+pub const LIST_LOG: Action = Action { verb: "list", resource: "webhooksubscriptions" };
 /// Send a test event: `update` on `webhooksubscriptions.hookline.dev`.
 pub const SEND_TEST: Action = Action { verb: "update", resource: "webhooksubscriptions" };
 

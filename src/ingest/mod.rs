@@ -31,9 +31,9 @@ use crate::metrics::Metrics;
 use crate::registry::Readiness;
 use crate::registry::Registry;
 use crate::report::Chain;
-use crate::store::{Store, StoreError};
+use crate::store::{LogCursor, LogQuery, LogScope, OutcomeFilter, Store, StoreError};
 use crate::telemetry;
-use auth::{Action, Auth, PUBLISH, READ_LOG, SEND_TEST};
+use auth::{Action, Auth, LIST_LOG, PUBLISH, READ_LOG, SEND_TEST};
 
 /// A refusal: HTTP status plus a JSON body naming the problem.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +183,7 @@ pub async fn bind(
     let state = IngestState { parts: Arc::new(ingest), namespaces: Arc::default() };
     let app = Router::new()
         .route("/v1/namespaces/{ns}/events", post(publish))
+        .route("/v1/namespaces/{ns}/deliveries", get(namespace_deliveries))
         .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries", get(deliveries))
         .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/test", post(test_event))
         .route("/v1/validate/{token}", get(validate))
@@ -361,10 +362,110 @@ fn store_refusal(ns: &str, e: StoreError) -> ApiError {
     }
 }
 
+/// The query of a delivery-log request: paging and filters. Anything else is refused.
 #[derive(Deserialize)]
-struct Page {
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LogParams {
     limit: Option<u32>,
     cursor: Option<String>,
+    subscription: Option<String>,
+    outcome: Option<String>,
+    event_type: Option<String>,
+    event_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn bad_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// Read a delivery-log query, naming the parameter at fault.
+fn log_params(uri: &axum::http::Uri) -> Result<LogParams, ApiError> {
+    Query::<LogParams>::try_from_uri(uri).map(|q| q.0).map_err(|e| {
+        bad_query(format!(
+            "{}; the parameters are limit, cursor, subscription, outcome, eventType, eventId, since and until",
+            e.body_text()
+        ))
+    })
+}
+
+impl LogParams {
+    /// The store query for `scope`.
+    fn query(&self, scope: LogScope) -> Result<LogQuery, ApiError> {
+        let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, ApiError> {
+            value
+                .as_deref()
+                .map(|v| {
+                    v.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).map_err(|e| {
+                        bad_query(format!(
+                            "{name}: {v:?} is not an RFC 3339 time, e.g. 2026-12-02T09:00:00Z ({e})"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let outcome = self
+            .outcome
+            .as_deref()
+            .map(|o| {
+                OutcomeFilter::parse(o).ok_or_else(|| {
+                    bad_query(format!(
+                        "outcome: {o:?} is not one of delivered, failed (any attempt that did not deliver), {}",
+                        OutcomeFilter::OUTCOMES[1..].join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
+        let after = match &self.cursor {
+            None => None,
+            Some(c) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| {
+                        let (at, seq) = s.split_once('.')?;
+                        Some(LogCursor { at: at.parse().ok()?, seq: seq.parse().ok()? })
+                    })
+                    .ok_or_else(|| bad_query("cursor: not one this server issued"))?,
+            ),
+        };
+        let nonempty = |name: &str, v: &Option<String>| match v.as_deref() {
+            Some("") => Err(bad_query(format!("{name}: must not be empty"))),
+            _ => Ok(v.clone()),
+        };
+        Ok(LogQuery {
+            scope,
+            outcome,
+            event_type: nonempty("eventType", &self.event_type)?,
+            event_id: nonempty("eventId", &self.event_id)?,
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            after,
+            limit: self.limit.unwrap_or(50).clamp(1, 500),
+        })
+    }
+}
+
+/// Run a log query and answer with its page and the cursor of the next one.
+async fn log_page(state: &IngestState, query: LogQuery, name: Option<&str>) -> Result<Response, ApiError> {
+    let limit = query.limit;
+    let mut entries = state
+        .store
+        .deliveries(query)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading the delivery log: {}", Chain(&e))))?;
+    // Attempts logged before the log named their subscription: the path names it.
+    if let Some(name) = name {
+        for e in entries.iter_mut().filter(|e| e.subscription.is_none()) {
+            e.subscription = Some(name.to_string());
+        }
+    }
+    let next = (entries.len() as u32 == limit)
+        .then(|| entries.last().map(|e| URL_SAFE_NO_PAD.encode(format!("{}.{}", e.at_ms, e.seq))))
+        .flatten();
+    Ok(axum::Json(json!({ "items": entries, "nextCursor": next })).into_response())
 }
 
 async fn subscription_uid(state: &IngestState, ns: &str, name: &str) -> Result<String, ApiError> {
@@ -385,34 +486,36 @@ async fn subscription_uid(state: &IngestState, ns: &str, name: &str) -> Result<S
 async fn deliveries(
     State(state): State<IngestState>,
     Path((ns, name)): Path<(String, String)>,
-    Query(page): Query<Page>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.admit(&headers, &ns, READ_LOG).await?;
+    let params = log_params(&uri)?;
+    if params.subscription.is_some() {
+        return Err(bad_query("subscription: the path names the subscription already"));
+    }
     let uid = subscription_uid(&state, &ns, &name).await?;
-    let limit = page.limit.unwrap_or(50).clamp(1, 500);
-    let before = match &page.cursor {
-        None => None,
-        Some(c) => Some(
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "cursor is not one this server issued")
-                })?,
-        ),
+    let query = params.query(LogScope::Subscription(uid))?;
+    log_page(&state, query, Some(&name)).await
+}
+
+/// The delivery log of every subscription of a namespace (or of one, by name).
+async fn namespace_deliveries(
+    State(state): State<IngestState>,
+    Path(ns): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.admit(&headers, &ns, LIST_LOG).await?;
+    let params = log_params(&uri)?;
+    let (scope, name) = match &params.subscription {
+        Some(name) => {
+            (LogScope::Subscription(subscription_uid(&state, &ns, name).await?), Some(name.as_str()))
+        }
+        None => (LogScope::Namespace(ns.clone()), None),
     };
-    let entries = state
-        .store
-        .deliveries(&uid, limit, before)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("reading the delivery log: {}", Chain(&e))))?;
-    let next = (entries.len() as u32 == limit)
-        .then(|| entries.last().map(|e| URL_SAFE_NO_PAD.encode(e.seq.to_string())))
-        .flatten();
-    Ok(axum::Json(json!({ "items": entries, "nextCursor": next })).into_response())
+    let query = params.query(scope)?;
+    log_page(&state, query, name).await
 }
 
 /// The body of a test request: a chosen type and data, instead of the fixed ping.

@@ -15,7 +15,7 @@ use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::extractors::This;
 use cel::objects::{Key, Map};
 use cel::{Context, FunctionContext, Program, Value};
@@ -24,18 +24,16 @@ use regex::Regex;
 use crate::api::MAX_CEL_LENGTH;
 use crate::event::{CloudEvent, ExtValue, is_json_media_type};
 
-/// The most steps (expression nodes evaluated) a filter may take on one event: about 10 ms of
-/// one core at the speed measured for the worst shapes (see BENCHMARKS.md).
-pub const MAX_COST: usize = 200_000;
+/// The most steps (expression nodes evaluated, and values scanned) a filter may take on one
+/// event: at most about 10 ms of one core at the speeds measured (see BENCHMARKS.md).
+pub const MAX_COST: usize = 1_000_000;
 
 /// A compiled `spec.filter.cel`.
 pub struct CelFilter {
     source: String,
     program: Program,
-    /// Nodes of the expression: the cost of evaluating it once without its loops.
-    nodes: usize,
-    /// Per element of the widest list or map of the event, the steps its macros take.
-    loop_cost: usize,
+    /// What the expression may cost.
+    shape: Shape,
 }
 
 impl std::fmt::Debug for CelFilter {
@@ -73,7 +71,7 @@ impl CelFilter {
             }
         })?;
         let mut shape = Shape::default();
-        shape.walk(program.expression(), false)?;
+        shape.walk(program.expression(), None)?;
         if let Expr::Literal(_) | Expr::List(_) | Expr::Map(_) = &program.expression().expr
             && !matches!(
                 &program.expression().expr,
@@ -82,12 +80,13 @@ impl CelFilter {
         {
             return Err("must return a bool, not a constant of another type".into());
         }
-        Ok(CelFilter { source: source.to_string(), program, nodes: shape.nodes, loop_cost: shape.loop_cost })
+        Ok(CelFilter { source: source.to_string(), program, shape })
     }
 
     /// The most steps this filter can take on `event`.
     pub fn cost_bound(&self, event: &CelEvent<'_>) -> usize {
-        self.nodes.saturating_add(self.loop_cost.saturating_mul(event.widest()))
+        let (widest, longest) = event.measures();
+        self.shape.bound(widest, longest)
     }
 
     /// The expression as written.
@@ -101,9 +100,10 @@ impl CelFilter {
         let cost = self.cost_bound(event);
         if cost > MAX_COST {
             return Err(format!(
-                "could take up to {cost} steps on this event (its widest list or map has {} entries), \
-                 more than the {MAX_COST} allowed",
-                event.widest()
+                "could take up to {cost} steps on this event (its widest list or map has {} entries, \
+                 its longest string {} bytes), more than the {MAX_COST} allowed",
+                event.measures().0,
+                event.measures().1
             ));
         }
         let value = event.event_value().clone();
@@ -156,29 +156,72 @@ fn matches(ftx: &FunctionContext, This(this): This<Arc<String>>, pattern: Arc<St
     })
 }
 
-/// What compiling learns about an expression's cost, and the shapes it refuses.
+/// What compiling learns about an expression's cost, and the shapes it refuses. One evaluation
+/// on an event takes at most
+/// `steps + per_element × widest + (scans + scans_per_element × widest) × size` steps, where
+/// `widest` is the number of entries of the event's widest list or map and `size` is `widest`
+/// plus a quarter of its longest string in bytes (what one call that scans a value may touch).
 #[derive(Default)]
 struct Shape {
-    nodes: usize,
-    loop_cost: usize,
+    /// Nodes evaluated once (a `matches` pattern weighs an eighth of its length more).
+    steps: usize,
+    /// Nodes evaluated once per element of the widest list or map (in macros).
+    per_element: usize,
+    /// Calls that may scan a whole value of the event (`matches`, `contains`, `size`, `string`,
+    /// `in`, `+`, comparing two values that are not literals), each made once.
+    scans: usize,
+    /// Such calls made once per element, on a value that is the same in every iteration.
+    scans_per_element: usize,
+    /// Inside a macro: calls that scan only the current element, whose total over the macro is
+    /// one scan of the list.
+    element_scans: usize,
 }
 
-fn nodes(e: &IdedExpr) -> usize {
-    let mut shape = Shape::default();
-    // Only called on parts `walk` already accepted.
-    let _ = shape.walk(e, true);
-    shape.nodes
+/// What one iteration of a macro costs beyond its body's nodes, in steps (the interpreter binds
+/// its variables anew each time; measured with `hookline-bench --cel-worst-case`).
+const ITERATION_STEPS: usize = 40;
+
+/// Functions whose cost grows with the size of a value they get.
+fn scans(c: &CallExpr) -> bool {
+    match c.func_name.as_str() {
+        "matches" | "contains" | "size" | "string" | "@in" | "_+_" => true,
+        "_==_" | "_!=_" | "_<_" | "_<=_" | "_>_" | "_>=_" => {
+            !c.args.iter().any(|a| matches!(a.expr, Expr::Literal(_)))
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` is a literal, or a path from one of a macro's own variables (its element or its
+/// accumulator): a value that changes with each iteration.
+fn per_iteration(e: &IdedExpr, vars: (&str, &str)) -> bool {
+    match &e.expr {
+        Expr::Literal(_) => true,
+        Expr::Ident(name) => name == vars.0 || name == vars.1,
+        Expr::Select(s) => per_iteration(&s.operand, vars),
+        Expr::Call(c) if c.func_name == "_[_]" => c.args.first().is_some_and(|a| per_iteration(a, vars)),
+        _ => false,
+    }
 }
 
 impl Shape {
-    /// Count `e`'s nodes and its macros' cost per element; refuse what costs more than linear
-    /// time or cannot be evaluated. `in_loop`: `e` is inside a macro.
-    fn walk(&mut self, e: &IdedExpr, in_loop: bool) -> Result<(), String> {
-        self.nodes += 1;
+    /// The most steps an evaluation can take on an event with these measures.
+    fn bound(&self, widest: usize, longest: usize) -> usize {
+        let size = widest.saturating_add(longest / 4);
+        let per_scan = self.scans.saturating_add(self.scans_per_element.saturating_mul(widest));
+        self.steps
+            .saturating_add(self.per_element.saturating_mul(widest))
+            .saturating_add(per_scan.saturating_mul(size))
+    }
+
+    /// Count `e`'s cost; refuse what costs more than linear time or cannot be evaluated.
+    /// `in_macro`: the variables of the macro `e` is in.
+    fn walk(&mut self, e: &IdedExpr, in_macro: Option<(&str, &str)>) -> Result<(), String> {
+        self.steps += 1;
         match &e.expr {
             Expr::Unspecified | Expr::Struct(_) => Err("struct literals are not supported".into()),
             Expr::Ident(_) | Expr::Literal(_) => Ok(()),
-            Expr::Select(s) => self.walk(&s.operand, in_loop),
+            Expr::Select(s) => self.walk(&s.operand, in_macro),
             Expr::Call(c) => {
                 if c.func_name == "matches" {
                     let Some(Expr::Literal(LiteralValue::String(p))) = c.args.last().map(|a| &a.expr) else {
@@ -187,22 +230,30 @@ impl Shape {
                     if let Err(e) = Regex::new(p) {
                         return Err(format!("the pattern {p:?} of matches() is not a valid regex: {e}"));
                     }
+                    self.steps += p.len() / 8;
+                }
+                if scans(c) {
+                    let mut operands = c.target.iter().map(AsRef::as_ref).chain(&c.args);
+                    match in_macro {
+                        Some(vars) if operands.all(|o| per_iteration(o, vars)) => self.element_scans += 1,
+                        _ => self.scans += 1,
+                    }
                 }
                 if let Some(t) = &c.target {
-                    self.walk(t, in_loop)?;
+                    self.walk(t, in_macro)?;
                 }
-                c.args.iter().try_for_each(|a| self.walk(a, in_loop))
+                c.args.iter().try_for_each(|a| self.walk(a, in_macro))
             }
-            Expr::List(l) => l.elements.iter().try_for_each(|a| self.walk(a, in_loop)),
+            Expr::List(l) => l.elements.iter().try_for_each(|a| self.walk(a, in_macro)),
             Expr::Map(m) => m.entries.iter().try_for_each(|entry| match &entry.expr {
                 EntryExpr::MapEntry(me) => {
-                    self.walk(&me.key, in_loop)?;
-                    self.walk(&me.value, in_loop)
+                    self.walk(&me.key, in_macro)?;
+                    self.walk(&me.value, in_macro)
                 }
                 EntryExpr::StructField(_) => Err("struct literals are not supported".into()),
             }),
             Expr::Comprehension(c) => {
-                if in_loop {
+                if in_macro.is_some() {
                     return Err("macros (all, exists, exists_one) may not be nested: the cost would grow \
                                 with the product of the lists"
                         .into());
@@ -212,14 +263,24 @@ impl Shape {
                                 the list; use all(), exists() or exists_one()"
                         .into());
                 }
-                self.walk(&c.iter_range, in_loop)?;
-                for part in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
-                    self.walk(part, true)?;
+                let mut range = Shape::default();
+                range.walk(&c.iter_range, None)?;
+                let vars = (c.iter_var.as_str(), c.accu_var.as_str());
+                let mut body = Shape::default();
+                for part in [&c.loop_cond, &c.loop_step] {
+                    body.walk(part, Some(vars))?;
                 }
-                // Each element evaluates the condition and the step; a range built of k nodes
-                // (concatenated lists) has at most k times the widest list's elements.
-                let per_element = nodes(&c.loop_cond) + nodes(&c.loop_step);
-                self.loop_cost += nodes(&c.iter_range) * per_element;
+                let mut once = Shape::default();
+                for part in [&c.accu_init, &c.result] {
+                    once.walk(part, Some(vars))?;
+                }
+                // A range of k nodes (concatenated lists) has at most k times the widest
+                // list's entries; each runs the condition and the step.
+                let k = range.steps;
+                self.steps += range.steps + once.steps;
+                self.scans += range.scans + once.scans + once.element_scans + k * body.element_scans;
+                self.per_element += range.per_element + k * (body.steps + ITERATION_STEPS);
+                self.scans_per_element += k * body.scans;
                 Ok(())
             }
         }
@@ -232,7 +293,7 @@ impl Shape {
 /// data (a string). Absent attributes are absent: `has(event.subject)` tests for one.
 pub struct CelEvent<'e> {
     event: &'e CloudEvent,
-    value: OnceCell<(Value, usize)>,
+    value: OnceCell<(Value, Measures)>,
 }
 
 impl<'e> CelEvent<'e> {
@@ -251,18 +312,27 @@ impl<'e> CelEvent<'e> {
         &self.converted().0
     }
 
-    /// Entries of the event's widest list or map: the most times a macro can loop over it.
-    pub fn widest(&self) -> usize {
-        self.converted().1
+    /// Entries of the event's widest list or map (the most times a macro can loop over it),
+    /// and the bytes of its longest string (the most one call can scan).
+    pub fn measures(&self) -> (usize, usize) {
+        let m = &self.converted().1;
+        (m.widest, m.longest)
     }
 
-    fn converted(&self) -> &(Value, usize) {
+    fn converted(&self) -> &(Value, Measures) {
         self.value.get_or_init(|| {
-            let mut widest = 0;
-            let value = event_value(self.event, &mut widest);
-            (value, widest)
+            let mut m = Measures::default();
+            let value = event_value(self.event, &mut m);
+            (value, m)
         })
     }
+}
+
+/// The sizes an evaluation's cost depends on.
+#[derive(Default)]
+struct Measures {
+    widest: usize,
+    longest: usize,
 }
 
 fn key(k: &str) -> Key {
@@ -273,7 +343,7 @@ fn string(s: &str) -> Value {
     Value::String(Arc::new(s.to_string()))
 }
 
-fn event_value(e: &CloudEvent, widest: &mut usize) -> Value {
+fn event_value(e: &CloudEvent, m: &mut Measures) -> Value {
     let mut map: HashMap<Key, Value> = HashMap::new();
     for (name, value) in &e.extensions {
         let value = match value {
@@ -300,7 +370,7 @@ fn event_value(e: &CloudEvent, widest: &mut usize) -> Value {
     if let Some(data) = &e.data {
         let ct = e.datacontenttype.as_deref();
         let value = if ct.is_none_or(is_json_media_type) {
-            serde_json::from_slice::<serde_json::Value>(data).ok().map(|v| json_value(v, widest))
+            serde_json::from_slice::<serde_json::Value>(data).ok().map(|v| json_value(v, m))
         } else if ct.is_some_and(|ct| ct.starts_with("text/")) {
             std::str::from_utf8(data).ok().map(string)
         } else {
@@ -310,13 +380,18 @@ fn event_value(e: &CloudEvent, widest: &mut usize) -> Value {
             map.insert(key("data"), v);
         }
     }
-    *widest = (*widest).max(map.len());
+    m.widest = m.widest.max(map.len());
+    for v in map.values() {
+        if let Value::String(s) = v {
+            m.longest = m.longest.max(s.len());
+        }
+    }
     Value::Map(Map { map: Arc::new(map) })
 }
 
 /// JSON as CEL values: integers that fit are `int` (so `event.data.n > 100` compares as written),
 /// other numbers `uint` or `double`.
-fn json_value(v: serde_json::Value, widest: &mut usize) -> Value {
+fn json_value(v: serde_json::Value, m: &mut Measures) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(b),
@@ -325,18 +400,24 @@ fn json_value(v: serde_json::Value, widest: &mut usize) -> Value {
             (None, Some(u)) => Value::UInt(u),
             _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        serde_json::Value::String(s) => Value::String(Arc::new(s)),
+        serde_json::Value::String(s) => {
+            m.longest = m.longest.max(s.len());
+            Value::String(Arc::new(s))
+        }
         serde_json::Value::Array(a) => {
-            *widest = (*widest).max(a.len());
-            Value::List(Arc::new(a.into_iter().map(|v| json_value(v, widest)).collect()))
+            m.widest = m.widest.max(a.len());
+            Value::List(Arc::new(a.into_iter().map(|v| json_value(v, m)).collect()))
         }
         serde_json::Value::Object(o) => {
-            *widest = (*widest).max(o.len());
-            Value::Map(Map {
-                map: Arc::new(
-                    o.into_iter().map(|(k, v)| (Key::String(Arc::new(k)), json_value(v, widest))).collect(),
-                ),
-            })
+            m.widest = m.widest.max(o.len());
+            let map = o
+                .into_iter()
+                .map(|(k, v)| {
+                    m.longest = m.longest.max(k.len());
+                    (Key::String(Arc::new(k)), json_value(v, m))
+                })
+                .collect();
+            Value::Map(Map { map: Arc::new(map) })
         }
     }
 }
@@ -394,9 +475,9 @@ mod tests {
         let f = CelFilter::compile("event.data.a.all(x, x > 0)").expect("compiles");
         let small = event(r#"{"a": [1, 2, 3]}"#);
         let seen = CelEvent::new(&small);
-        assert_eq!(seen.widest(), 8, "the event's own attributes are the widest map");
+        assert_eq!(seen.measures().0, 8, "the event's own attributes are the widest map");
         assert_eq!(f.matches(&seen), Ok(true));
-        let per_element = (f.cost_bound(&seen) - f.nodes) / seen.widest();
+        let per_element = f.shape.per_element;
         let wide = format!(r#"{{"a": [{}1]}}"#, "1, ".repeat(MAX_COST / per_element + 1));
         let big = event(&wide);
         let refused = f.matches(&CelEvent::new(&big)).expect_err("over the limit");
@@ -406,6 +487,24 @@ mod tests {
             CelFilter::compile("has(event.data.a)").expect("c").matches(&CelEvent::new(&big)),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn scanning_one_large_value_in_every_iteration_counts_in_every_iteration() {
+        let long = "x".repeat(100_000);
+        let items =
+            (0..100).map(|_| format!(r#"{{"s": "{}"}}"#, "y".repeat(900))).collect::<Vec<_>>().join(",");
+        let e = event(&format!(r#"{{"s": "{long}", "a": [{items}]}}"#));
+        let seen = CelEvent::new(&e);
+        // Each element's own string: the scans add up to one pass over the list.
+        let own = CelFilter::compile(r#"event.data.a.exists(x, x.s.contains("z"))"#).expect("c");
+        assert_eq!(own.matches(&seen), Ok(false));
+        // The same long string in each of 100 iterations: 100 passes over it.
+        let fixed = CelFilter::compile(r#"event.data.a.exists(x, event.data.s.contains("z"))"#).expect("c");
+        assert!(fixed.cost_bound(&seen) > 10 * own.cost_bound(&seen));
+        assert!(fixed.matches(&seen).expect_err("over the limit").contains("longest string"));
+        // Outside a macro, one scan of it is fine.
+        assert_eq!(CelFilter::compile(r#"event.data.s.contains("z")"#).expect("c").matches(&seen), Ok(false));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use rstest::rstest;
 
 use super::{
-    Attempt, DeadLetter, JobRef, JobUpdate, NewEvent, PartitionKey, PostgresStore, Replay, SqliteStore, Store,
+    Attempt, DeadLetter, JobRef, JobUpdate, LogCursor, LogEntry, LogQuery, LogScope, NewEvent, OutcomeFilter,
+    PartitionKey, PostgresStore, Replay, SentTo, SqliteStore, Store,
 };
 
 /// Which store a case runs against.
@@ -122,8 +123,30 @@ fn attempt(job_id: i64, n: u32, update: JobUpdate) -> Attempt {
         duration_ms: 3,
         error: None,
         update,
+        sent_to: SentTo {
+            namespace: "ns".into(),
+            subscription: "orders".into(),
+            url: "https://e.com/".into(),
+        },
         payload_bytes: 2000,
         fence: None,
+    }
+}
+
+/// A page of `scope`'s log (`Sub:` a UID, else a namespace), after `after`.
+fn log(scope: &str, limit: u32, after: Option<&LogEntry>) -> LogQuery {
+    LogQuery {
+        scope: match scope.strip_prefix("ns:") {
+            Some(ns) => LogScope::Namespace(ns.into()),
+            None => LogScope::Subscription(scope.into()),
+        },
+        outcome: None,
+        event_type: None,
+        event_id: None,
+        since: None,
+        until: None,
+        after: after.map(|e| LogCursor { at: e.at_ms, seq: e.seq }),
+        limit,
     }
 }
 
@@ -188,7 +211,7 @@ async fn a_job_carries_its_event_and_retries_update_it(#[values(SQLITE, POSTGRES
     );
     store.record(attempt(job_id, 2, JobUpdate::Delivered)).await.expect("record");
     assert!(store.job(job_id).await.expect("read").is_none());
-    let log = store.deliveries("a", 10, None).await.expect("log");
+    let log = store.deliveries(log("a", 10, None)).await.expect("log");
     let outcomes: Vec<_> = log.iter().map(|e| (e.attempt, e.outcome.as_str())).collect();
     assert_eq!(outcomes, [(2, "delivered"), (1, "retry")], "newest first");
 }
@@ -219,13 +242,66 @@ async fn the_delivery_log_pages_with_a_cursor(#[values(SQLITE, POSTGRES)] kind: 
     for n in 1..=5 {
         store.record(attempt(job_id, n, JobUpdate::Retry { due_at: 0 })).await.expect("record");
     }
-    let first = store.deliveries("a", 2, None).await.expect("page 1");
+    let first = store.deliveries(log("a", 2, None)).await.expect("page 1");
     assert_eq!(first.iter().map(|e| e.attempt).collect::<Vec<_>>(), [5, 4]);
-    let second = store.deliveries("a", 2, Some(first[1].seq)).await.expect("page 2");
+    let second = store.deliveries(log("a", 2, first.last())).await.expect("page 2");
     assert_eq!(second.iter().map(|e| e.attempt).collect::<Vec<_>>(), [3, 2]);
-    let third = store.deliveries("a", 2, Some(second[1].seq)).await.expect("page 3");
+    let third = store.deliveries(log("a", 2, second.last())).await.expect("page 3");
     assert_eq!(third.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1]);
-    assert!(store.deliveries("b", 2, None).await.expect("other").is_empty());
+    assert!(store.deliveries(log("b", 2, None)).await.expect("other").is_empty());
+    let ns = store.deliveries(log("ns:ns", 10, None)).await.expect("namespace");
+    assert_eq!(ns.len(), 5, "the namespace's log holds its subscriptions' attempts");
+    assert_eq!(
+        (ns[0].subscription.as_deref(), ns[0].url.as_deref()),
+        (Some("orders"), Some("https://e.com/"))
+    );
+    assert!(store.deliveries(log("ns:other", 10, None)).await.expect("other ns").is_empty());
+}
+
+#[rstest]
+#[tokio::test]
+async fn the_delivery_log_is_filtered_by_outcome_type_event_and_time(#[values(SQLITE, POSTGRES)] kind: Kind) {
+    let store = TestStore::open(kind).await;
+    let out = store.accept(vec![event("e1", &["a"]), event("e2", &["a"])]).await.expect("accept");
+    let (j1, j2) = (out[0].jobs[0].1, out[1].jobs[0].1);
+    // e1: retry at 2_001, delivered at 2_002; e2 (type u): dropped at 2_001.
+    store.record(attempt(j1, 1, JobUpdate::Retry { due_at: 0 })).await.expect("record");
+    store.record(attempt(j1, 2, JobUpdate::Delivered)).await.expect("record");
+    let dropped =
+        Attempt { event_id: "e2".into(), event_type: "u".into(), ..attempt(j2, 1, JobUpdate::Dropped) };
+    store.record(dropped).await.expect("record");
+    for scope in ["a", "ns:ns"] {
+        let get = |f: &dyn Fn(&mut LogQuery)| {
+            let mut q = log(scope, 10, None);
+            f(&mut q);
+            let store = &store;
+            async move {
+                store
+                    .deliveries(q)
+                    .await
+                    .expect("log")
+                    .iter()
+                    .map(|e| (e.event_id.clone(), e.attempt))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let e = |id: &str, n: u32| (id.to_string(), n);
+        assert_eq!(get(&|q| q.outcome = Some(OutcomeFilter::Delivered)).await, [e("e1", 2)]);
+        assert_eq!(get(&|q| q.outcome = Some(OutcomeFilter::Failed)).await, [e("e2", 1), e("e1", 1)]);
+        assert_eq!(get(&|q| q.outcome = Some(OutcomeFilter::Exactly("dropped"))).await, [e("e2", 1)]);
+        assert_eq!(get(&|q| q.event_type = Some("u".into())).await, [e("e2", 1)]);
+        assert_eq!(get(&|q| q.event_id = Some("e1".into())).await, [e("e1", 2), e("e1", 1)]);
+        assert_eq!(get(&|q| q.since = Some(2_002)).await, [e("e1", 2)]);
+        assert_eq!(get(&|q| q.until = Some(2_002)).await, [e("e2", 1), e("e1", 1)]);
+        assert_eq!(
+            get(&|q| {
+                q.outcome = Some(OutcomeFilter::Failed);
+                q.event_type = Some("t".into());
+            })
+            .await,
+            [e("e1", 1)]
+        );
+    }
 }
 
 #[rstest]
@@ -245,7 +321,7 @@ async fn pruning_keeps_events_with_work_and_forgets_finished_ones(#[values(SQLIT
     let out = store.accept(vec![event("done", &["a"]), event("queued", &["a"])]).await.expect("accept");
     store.record(attempt(out[0].jobs[0].1, 1, JobUpdate::Delivered)).await.expect("record");
     store.prune(i64::MAX, 5_000, 100).await.expect("prune");
-    assert!(store.deliveries("a", 10, None).await.expect("log").is_empty(), "old log entries pruned");
+    assert!(store.deliveries(log("a", 10, None)).await.expect("log").is_empty(), "old log entries pruned");
     assert!(store.job(out[1].jobs[0].1).await.expect("read").is_some(), "queued event kept");
     let again = store.accept(vec![event("done", &["a"])]).await.expect("accept");
     assert!(!again[0].duplicate, "a finished event past the dedup window is forgotten");

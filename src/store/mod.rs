@@ -2,6 +2,7 @@
 //! outbox, behind one trait: [`SqliteStore`] (embedded, the default, one replica) and
 //! [`PostgresStore`] (shared by several replicas).
 
+mod log;
 mod maintenance;
 mod postgres;
 mod records;
@@ -12,6 +13,7 @@ mod contract_tests;
 
 use futures::future::BoxFuture;
 
+pub use log::{Dialect, LOG_COLUMNS, LogCursor, LogQuery, LogScope, OutcomeFilter, SqlParam};
 pub use maintenance::prune;
 pub use postgres::{Claim, Listener, Member, Notice, PostgresStore, with_ca_file};
 pub use sqlite::SqliteStore;
@@ -346,11 +348,24 @@ pub struct Attempt {
     pub error: Option<String>,
     /// What happens to the job.
     pub update: JobUpdate,
+    /// Where the attempt went, for the delivery log.
+    pub sent_to: SentTo,
     /// Size of the event in bytes (0 when unknown): a finished job frees a large event's space.
     pub payload_bytes: usize,
     /// The claim it was made under, when replicas share the store: the outcome is recorded only
     /// while that claim is current ([`StoreError::Fenced`] otherwise).
     pub fence: Option<Fence>,
+}
+
+/// The subscription an attempt was made for, and where it was sent, as the delivery log shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SentTo {
+    /// The subscription's namespace.
+    pub namespace: String,
+    /// The subscription's name.
+    pub subscription: String,
+    /// The endpoint URL the request went to.
+    pub url: String,
 }
 
 /// An owner's claim on a subscription: the member that owns it and the epoch of its claim.
@@ -369,6 +384,9 @@ pub struct LogEntry {
     #[serde(skip)]
     /// Position in the log (for paging).
     pub seq: i64,
+    #[serde(skip)]
+    /// When the attempt ended, in ms (for paging).
+    pub at_ms: i64,
     /// When the attempt ended (RFC 3339).
     pub time: String,
     /// The event's `id`.
@@ -390,6 +408,12 @@ pub struct LogEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// When the next attempt is due, for `retry`.
     pub next_retry_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The subscription's name (absent in attempts logged by versions before delivery queries).
+    pub subscription: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Where the request was sent (absent likewise).
+    pub url: Option<String>,
 }
 
 /// A queued dead letter with its event, as the FailedEvent writer reads it.
@@ -432,13 +456,8 @@ pub trait Store: Send + Sync + 'static {
     fn record(&self, attempt: Attempt) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Drop every queued job of a deleted subscription; returns how many were dropped.
     fn drop_subscription(&self, sub_uid: &str) -> BoxFuture<'_, Result<u64, StoreError>>;
-    /// Delivery log of a subscription, newest first, before `cursor` (a `seq`).
-    fn deliveries(
-        &self,
-        sub_uid: &str,
-        limit: u32,
-        before: Option<i64>,
-    ) -> BoxFuture<'_, Result<Vec<LogEntry>, StoreError>>;
+    /// One page of a delivery log (a namespace's or a subscription's), newest first.
+    fn deliveries(&self, query: LogQuery) -> BoxFuture<'_, Result<Vec<LogEntry>, StoreError>>;
     /// Dead letters not yet turned into FailedEvents.
     fn dead_letters(&self, limit: u32) -> BoxFuture<'_, Result<Vec<QueuedDeadLetter>, StoreError>>;
     /// Forget a dead letter once its FailedEvent exists (or it was dropped).

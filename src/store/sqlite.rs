@@ -25,6 +25,7 @@ use super::{
     Accepted, Attempt, DeadLetter, EARLIER_LIMIT, Job, JobRef, LogEntry, Millis, NewEvent, PartitionKey,
     QueuedDeadLetter, Replay, ReplayResult, Store, StoreError, Verification,
 };
+use super::{Dialect, LogQuery, SqlParam};
 use group::{Request, Tx, Writes, gather_records, write_loop};
 use keys::Keys;
 use migrations::MIGRATIONS;
@@ -214,21 +215,22 @@ impl Store for SqliteStore {
         .boxed()
     }
 
-    fn deliveries(
-        &self,
-        sub_uid: &str,
-        limit: u32,
-        before: Option<i64>,
-    ) -> BoxFuture<'_, Result<Vec<LogEntry>, StoreError>> {
-        let uid = sub_uid.to_string();
+    fn deliveries(&self, query: LogQuery) -> BoxFuture<'_, Result<Vec<LogEntry>, StoreError>> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms
-                 FROM attempts WHERE sub_uid = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![uid, before.unwrap_or(i64::MAX), limit], |r| {
+            let (sql, params) = query.sql(Dialect::Sqlite);
+            let params: Vec<rusqlite::types::Value> = params
+                .into_iter()
+                .map(|p| match p {
+                    SqlParam::Text(t) => t.into(),
+                    SqlParam::Int(i) => i.into(),
+                    SqlParam::Bool(b) => i64::from(b).into(),
+                })
+                .collect();
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
                 Ok(LogEntry {
                     seq: r.get(0)?,
+                    at_ms: r.get(1)?,
                     time: rfc3339(r.get(1)?),
                     event_id: r.get(2)?,
                     event_type: r.get(3)?,
@@ -238,6 +240,8 @@ impl Store for SqliteStore {
                     error: r.get(7)?,
                     outcome: r.get(8)?,
                     next_retry_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
+                    subscription: r.get(10)?,
+                    url: r.get(11)?,
                 })
             })?;
             rows.collect()

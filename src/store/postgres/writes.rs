@@ -223,9 +223,9 @@ async fn log_attempts(tx: &Transaction<'_>, attempts: &[Attempt]) -> Result<(), 
     let insert = tx
         .prepare_cached(
             "INSERT INTO attempts (sub_uid, event_id, event_type, attempt, at_ms, status, duration_ms, error,
-               outcome, next_retry_ms)
+               outcome, next_retry_ms, namespace, subscription, url)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::int[],
-               $7::bigint[], $8::text[], $9::text[], $10::bigint[])",
+               $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[])",
         )
         .await?;
     let subs: Vec<&str> = attempts.iter().map(|a| a.sub_uid.as_str()).collect();
@@ -245,9 +245,26 @@ async fn log_attempts(tx: &Transaction<'_>, attempts: &[Attempt]) -> Result<(), 
             JobUpdate::Dropped => ("dropped", None),
         })
         .unzip();
+    let namespaces: Vec<&str> = attempts.iter().map(|a| a.sent_to.namespace.as_str()).collect();
+    let names: Vec<&str> = attempts.iter().map(|a| a.sent_to.subscription.as_str()).collect();
+    let urls: Vec<&str> = attempts.iter().map(|a| a.sent_to.url.as_str()).collect();
     tx.execute(
         &insert,
-        &[&subs, &ids, &types, &numbers, &at, &status, &durations, &errors, &outcomes, &next],
+        &[
+            &subs,
+            &ids,
+            &types,
+            &numbers,
+            &at,
+            &status,
+            &durations,
+            &errors,
+            &outcomes,
+            &next,
+            &namespaces,
+            &names,
+            &urls,
+        ],
     )
     .await?;
     Ok(())

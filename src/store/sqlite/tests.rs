@@ -89,6 +89,33 @@ fn the_earlier_jobs_of_a_lane_are_found_on_an_index_in_id_order() {
     }
 }
 
+#[test]
+fn every_delivery_log_query_runs_on_its_index_in_the_log_s_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut conn = open(&dir.path().join("plan.db")).expect("open");
+    migrate(&mut conn).expect("migrate");
+    for query in crate::store::LogQuery::combinations() {
+        let (sql, params) = query.sql(crate::store::Dialect::Sqlite);
+        let params: Vec<rusqlite::types::Value> = params
+            .into_iter()
+            .map(|p| match p {
+                crate::store::SqlParam::Text(t) => t.into(),
+                crate::store::SqlParam::Int(i) => i.into(),
+                crate::store::SqlParam::Bool(b) => i64::from(b).into(),
+            })
+            .collect();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan")
+            .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert!(plan.iter().any(|s| s.contains(&format!("INDEX {} (", query.index()))), "{sql}: {plan:?}");
+        assert!(plan.iter().all(|s| !s.starts_with("SCAN") && !s.contains("TEMP B-TREE")), "{sql}: {plan:?}");
+    }
+}
+
 /// A store written by schema 4 (deduplication by a unique index), with a pending job, a pending
 /// dead letter and an event kept only for deduplication, opened by this version.
 #[tokio::test]
@@ -136,6 +163,7 @@ async fn a_store_of_the_previous_schema_is_rebuilt_and_keeps_its_queue_and_dedup
             duration_ms: 1,
             error: None,
             update: super::super::JobUpdate::Delivered,
+            sent_to: Default::default(),
             payload_bytes: 2,
             fence: None,
         })

@@ -179,8 +179,9 @@ fn log_attempt(tx: &Connection, a: &Attempt) -> Result<(), rusqlite::Error> {
         JobUpdate::Dropped => ("dropped", None),
     };
     tx.prepare_cached(
-        "INSERT INTO attempts (sub_uid, event_id, event_type, attempt, at_ms, status, duration_ms, error, outcome, next_retry_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO attempts (sub_uid, event_id, event_type, attempt, at_ms, status, duration_ms, error, outcome,
+           next_retry_ms, namespace, subscription, url)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         a.sub_uid,
@@ -192,7 +193,10 @@ fn log_attempt(tx: &Connection, a: &Attempt) -> Result<(), rusqlite::Error> {
         a.duration_ms as i64,
         a.error,
         outcome,
-        next_retry
+        next_retry,
+        a.sent_to.namespace,
+        a.sent_to.subscription,
+        a.sent_to.url
     ])?;
     Ok(())
 }

@@ -1,0 +1,247 @@
+//! Delivery-log queries: one statement per combination of filters, shared by both stores, each
+//! on an index that serves its equality filters and its order (newest first) without sorting.
+
+use super::Millis;
+
+/// Whose attempts a query reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogScope {
+    /// Every subscription of a namespace (attempts recorded by this version or later).
+    Namespace(String),
+    /// One subscription, by UID.
+    Subscription(String),
+}
+
+/// Attempts by outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeFilter {
+    /// `delivered`.
+    Delivered,
+    /// Any attempt that did not deliver (`retry`, `deadLettered`, `dropped`).
+    Failed,
+    /// One failed outcome exactly.
+    Exactly(&'static str),
+}
+
+impl OutcomeFilter {
+    /// The outcomes an attempt is logged with.
+    pub const OUTCOMES: [&'static str; 4] = ["delivered", "retry", "deadLettered", "dropped"];
+
+    /// Parse a filter value: `delivered`, `failed`, or one outcome.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "delivered" => Some(Self::Delivered),
+            "failed" => Some(Self::Failed),
+            _ => Self::OUTCOMES.iter().find(|o| **o == value).map(|o| Self::Exactly(o)),
+        }
+    }
+}
+
+/// Where a page ends: the next page starts after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogCursor {
+    /// The last entry's time.
+    pub at: Millis,
+    /// The last entry's sequence number.
+    pub seq: i64,
+}
+
+/// One page of a delivery log, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Whose attempts.
+    pub scope: LogScope,
+    /// Only these outcomes.
+    pub outcome: Option<OutcomeFilter>,
+    /// Only attempts of events of this type.
+    pub event_type: Option<String>,
+    /// Only attempts of the event with this id.
+    pub event_id: Option<String>,
+    /// Only attempts that ended at or after this time.
+    pub since: Option<Millis>,
+    /// Only attempts that ended before this time.
+    pub until: Option<Millis>,
+    /// Only entries after this one (the previous page's last).
+    pub after: Option<LogCursor>,
+    /// At most this many entries.
+    pub limit: u32,
+}
+
+/// A query parameter, in either store's types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SqlParam {
+    /// A string.
+    Text(String),
+    /// An integer.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// The SQL dialect a statement is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `?1` placeholders; the index is named (`INDEXED BY`), so the plan does not depend on
+    /// statistics the planner may lack.
+    Sqlite,
+    /// `$1` placeholders; the planner picks among the same indexes.
+    Postgres,
+}
+
+/// The columns a log entry is read from, in this order.
+pub const LOG_COLUMNS: &str = "seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, subscription, url";
+
+impl LogQuery {
+    /// The index that serves this query: the most selective filter's, within the scope.
+    pub fn index(&self) -> &'static str {
+        let ns = matches!(self.scope, LogScope::Namespace(_));
+        match (self.event_id.is_some(), self.event_type.is_some(), self.outcome.is_some(), ns) {
+            (true, ..) => "attempts_by_event",
+            (false, true, _, true) => "attempts_by_ns_type",
+            (false, true, _, false) => "attempts_by_sub_type",
+            (false, false, true, true) => "attempts_by_ns_outcome",
+            (false, false, true, false) => "attempts_by_sub_outcome",
+            (false, false, false, true) => "attempts_by_ns",
+            (false, false, false, false) => "attempts_by_sub",
+        }
+    }
+
+    /// The statement and its parameters.
+    pub fn sql(&self, dialect: Dialect) -> (String, Vec<SqlParam>) {
+        let mut params = Vec::new();
+        let mut next = |p: SqlParam| {
+            params.push(p);
+            match dialect {
+                Dialect::Sqlite => format!("?{}", params.len()),
+                Dialect::Postgres => format!("${}", params.len()),
+            }
+        };
+        let mut filters = Vec::new();
+        match &self.scope {
+            LogScope::Namespace(ns) => {
+                filters.push(format!("namespace = {}", next(SqlParam::Text(ns.clone()))))
+            }
+            LogScope::Subscription(uid) => {
+                filters.push(format!("sub_uid = {}", next(SqlParam::Text(uid.clone()))))
+            }
+        }
+        match self.outcome {
+            None => {}
+            Some(OutcomeFilter::Delivered) => {
+                filters.push(format!("(outcome <> 'delivered') = {}", next(SqlParam::Bool(false))));
+            }
+            Some(OutcomeFilter::Failed) => {
+                filters.push(format!("(outcome <> 'delivered') = {}", next(SqlParam::Bool(true))));
+            }
+            Some(OutcomeFilter::Exactly(o)) => {
+                filters
+                    .push(format!("(outcome <> 'delivered') = {}", next(SqlParam::Bool(o != "delivered"))));
+                filters.push(format!("outcome = {}", next(SqlParam::Text(o.to_string()))));
+            }
+        }
+        if let Some(t) = &self.event_type {
+            filters.push(format!("event_type = {}", next(SqlParam::Text(t.clone()))));
+        }
+        if let Some(id) = &self.event_id {
+            filters.push(format!("event_id = {}", next(SqlParam::Text(id.clone()))));
+        }
+        if let Some(since) = self.since {
+            filters.push(format!("at_ms >= {}", next(SqlParam::Int(since))));
+        }
+        if let Some(until) = self.until {
+            filters.push(format!("at_ms < {}", next(SqlParam::Int(until))));
+        }
+        if let Some(c) = self.after {
+            let (at, seq) = (next(SqlParam::Int(c.at)), next(SqlParam::Int(c.seq)));
+            filters.push(format!("(at_ms, seq) < ({at}, {seq})"));
+        }
+        let limit = next(SqlParam::Int(i64::from(self.limit)));
+        let indexed = match dialect {
+            Dialect::Sqlite => format!(" INDEXED BY {}", self.index()),
+            Dialect::Postgres => String::new(),
+        };
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM attempts{indexed} WHERE {} ORDER BY at_ms DESC, seq DESC LIMIT {limit}",
+            filters.join(" AND ")
+        );
+        (sql, params)
+    }
+
+    /// Every combination of filters a test must see served by an index: each filter alone and
+    /// with the other scope, the time range, and a cursor.
+    pub fn combinations() -> Vec<LogQuery> {
+        let mut all = Vec::new();
+        for scope in [LogScope::Namespace("shop".into()), LogScope::Subscription("uid".into())] {
+            let base = LogQuery {
+                scope,
+                outcome: None,
+                event_type: None,
+                event_id: None,
+                since: None,
+                until: None,
+                after: None,
+                limit: 50,
+            };
+            let variants = [
+                base.clone(),
+                LogQuery { outcome: Some(OutcomeFilter::Delivered), ..base.clone() },
+                LogQuery { outcome: Some(OutcomeFilter::Failed), ..base.clone() },
+                LogQuery { outcome: Some(OutcomeFilter::Exactly("retry")), ..base.clone() },
+                LogQuery { event_type: Some("t".into()), ..base.clone() },
+                LogQuery { event_id: Some("e".into()), ..base.clone() },
+                LogQuery { since: Some(1), until: Some(2), ..base.clone() },
+                LogQuery {
+                    outcome: Some(OutcomeFilter::Failed),
+                    event_type: Some("t".into()),
+                    since: Some(1),
+                    ..base.clone()
+                },
+            ];
+            for v in variants {
+                all.push(LogQuery { after: Some(LogCursor { at: 5, seq: 9 }), ..v.clone() });
+                all.push(v);
+            }
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_parse() {
+        assert_eq!(OutcomeFilter::parse("failed"), Some(OutcomeFilter::Failed));
+        assert_eq!(OutcomeFilter::parse("deadLettered"), Some(OutcomeFilter::Exactly("deadLettered")));
+        assert_eq!(OutcomeFilter::parse("delivered"), Some(OutcomeFilter::Delivered));
+        assert_eq!(OutcomeFilter::parse("lost"), None);
+    }
+
+    #[test]
+    fn statements_number_their_parameters_in_order() {
+        let q = LogQuery {
+            scope: LogScope::Namespace("shop".into()),
+            outcome: Some(OutcomeFilter::Exactly("retry")),
+            event_type: Some("t".into()),
+            event_id: None,
+            since: Some(1),
+            until: None,
+            after: Some(LogCursor { at: 5, seq: 9 }),
+            limit: 10,
+        };
+        let (sql, params) = q.sql(Dialect::Postgres);
+        assert_eq!(
+            sql,
+            "SELECT seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, \
+             subscription, url FROM attempts WHERE namespace = $1 AND (outcome <> 'delivered') = $2 AND outcome = $3 \
+             AND event_type = $4 AND at_ms >= $5 AND (at_ms, seq) < ($6, $7) ORDER BY at_ms DESC, seq DESC LIMIT $8"
+        );
+        assert_eq!(params.len(), 8);
+        assert!(
+            q.sql(Dialect::Sqlite)
+                .0
+                .contains("FROM attempts INDEXED BY attempts_by_ns_type WHERE namespace = ?1")
+        );
+    }
+}
