@@ -10,21 +10,28 @@
 # Pinned: golang-k8s-apiextensions-apiserver-dev 0.36.4-1 with Go 1.26. When sid no longer has
 # that version and the cache is empty, the newest version sid has is built instead, and said.
 # Any failure is an error naming what is missing: there is no fall-back to a server without CEL.
+#
+# Two changes to Debian's source, as build overlays: discovery served standalone, and the
+# ResourceQuota admission plugin (hack/crd-server/quota.go). RECIPE names this recipe in the
+# cached binary's name, so a changed recipe builds anew.
 set -euo pipefail
 
 PINNED=${HOOKLINE_CRD_SERVER_VERSION:-0.36.4-1}
 PINNED_GO=${HOOKLINE_CRD_SERVER_GO:-1.26}
 CACHE_DIR=${HOOKLINE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hookline}
 PKG=golang-k8s-apiextensions-apiserver-dev
+RECIPE=quota
+BINARY=apiextensions-apiserver-$RECIPE
+HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 log() { printf '[crd-server] %s\n' "$*" >&2; }
 die() { printf '[crd-server] error: %s\n' "$*" >&2; exit 1; }
 
-# The newest complete build in the cache, if any: crd-server-<debian version>/apiextensions-apiserver.
+# The newest complete build in the cache, if any: crd-server-<debian version>/$BINARY.
 cached_binary() {
   local dir
   for dir in "$CACHE_DIR/crd-server-$PINNED" $(ls -d "$CACHE_DIR"/crd-server-* 2>/dev/null | sort -Vr); do
-    [ -x "$dir/apiextensions-apiserver" ] && { echo "$dir/apiextensions-apiserver"; return 0; }
+    [ -x "$dir/$BINARY" ] && { echo "$dir/$BINARY"; return 0; }
   done
   return 1
 }
@@ -91,10 +98,18 @@ SERVER_GO="$SRCROOT/k8s.io/apiextensions-apiserver/pkg/apiserver/apiserver.go"
 [ -x "$GOROOT/bin/go" ] || die "no Go toolchain in $go_pkg"
 [ -f "$SERVER_GO" ] || die "$PKG $version has no pkg/apiserver/apiserver.go"
 # Standalone, the server must serve /apis discovery itself (kube-apiserver's aggregator normally
-# does): the one change, applied as a build overlay so Debian's files stay untouched.
+# does): applied as a build overlay so Debian's files stay untouched.
 grep -q 'EnableDiscovery = false' "$SERVER_GO" || die "$PKG $version: EnableDiscovery switch not found"
 sed 's/EnableDiscovery = false/EnableDiscovery = true/' "$SERVER_GO" >"$WORK/apiserver.go"
-printf '{"Replace": {"%s": "%s"}}\n' "$SERVER_GO" "$WORK/apiserver.go" >"$WORK/overlay.json"
+# ResourceQuota: the plugin's registration is added to the options package, and called where the
+# options are made (before the first `return o`, in NewCustomResourceDefinitionsServerOptions).
+OPTIONS_DIR="$SRCROOT/k8s.io/apiextensions-apiserver/pkg/cmd/server/options"
+awk '!done && /^\treturn o$/ { print "\tenableResourceQuota(o)"; done = 1 } { print }' \
+  "$OPTIONS_DIR/options.go" >"$WORK/options.go"
+grep -q 'enableResourceQuota(o)' "$WORK/options.go" || die "$PKG $version: where options are made was not found"
+printf '{"Replace": {"%s": "%s", "%s": "%s", "%s": "%s"}}\n' "$SERVER_GO" "$WORK/apiserver.go" \
+  "$OPTIONS_DIR/options.go" "$WORK/options.go" "$OPTIONS_DIR/zz_hookline_quota.go" "$HACK/crd-server/quota.go" \
+  >"$WORK/overlay.json"
 
 upstream=${version%%-*}                       # 0.36.4
 k8s_minor=$(echo "$upstream" | cut -d. -f2)   # 36
@@ -109,6 +124,6 @@ V=k8s.io/component-base/version
     -ldflags "-s -w -X $V.gitVersion=$k8s_version -X $V.gitMajor=1 -X $V.gitMinor=$k8s_minor" \
     k8s.io/apiextensions-apiserver
 ) >"$WORK/build.log" 2>&1 || die "go build failed: $(tail -n 8 "$WORK/build.log" | tr '\n' ' ')"
-mv "$WORK/apiextensions-apiserver" "$OUT/apiextensions-apiserver"
-log "cached $OUT/apiextensions-apiserver ($k8s_version)"
-echo "$OUT/apiextensions-apiserver"
+mv "$WORK/apiextensions-apiserver" "$OUT/$BINARY"
+log "cached $OUT/$BINARY ($k8s_version)"
+echo "$OUT/$BINARY"

@@ -13,10 +13,10 @@
 #
 # One cluster, two API servers (see README "Tested against"): Kubernetes 1.20.2, built from
 # Debian's `kubernetes` source package, serves the core APIs, RBAC, TokenReview and
-# SubjectAccessReview, and runs garbage collection and namespace deletion; behind it, as an
-# aggregated API, k8s.io/apiextensions-apiserver 1.36 (hack/build-crd-server.sh, from Debian
-# sid's Go packages) serves `apiextensions.k8s.io` and every custom resource, and so enforces the
-# CRDs' CEL rules as a current cluster does. No container engine or binary download is needed.
+# SubjectAccessReview, and runs garbage collection, namespace deletion and ResourceQuota usage;
+# behind it, as an aggregated API, k8s.io/apiextensions-apiserver 1.36 (hack/build-crd-server.sh,
+# from Debian sid's Go packages) serves `apiextensions.k8s.io` and every custom resource, and so
+# enforces the CRDs' CEL rules, and ResourceQuota object counts, as a current cluster does. No container engine or binary download is needed.
 # The binaries are cached in $HOOKLINE_CACHE_DIR (default ~/.cache/hookline): only the first run
 # pays for the builds. HOOKLINE_CRD_SERVER_EMULATED_VERSION (e.g. 1.33) makes the CRD server
 # judge CRDs as that older release does.
@@ -214,9 +214,13 @@ up() {
   start_crd_server "$etcd_port" "$crd_port"
   wire_crd_server "$crd_port"
 
-  log "starting kube-controller-manager (garbagecollector, namespace)"
+  # resourcequota keeps ResourceQuotas' usage, which the CRD server's quota admission checks;
+  # resynced every 5 s (not 5 min), since tests install CRDs after it starts and a quota counts a
+  # newly discovered resource only from its next sync.
+  log "starting kube-controller-manager (garbagecollector, namespace, resourcequota)"
   start_bg kube-controller-manager "$BIN_DIR/kube-controller-manager" \
-    --kubeconfig "$STATE_DIR/kubeconfig" --controllers garbagecollector,namespace \
+    --kubeconfig "$STATE_DIR/kubeconfig" --controllers garbagecollector,namespace,resourcequota \
+    --resource-quota-sync-period 5s \
     --leader-elect=false --bind-address 127.0.0.1 --port 0 --secure-port 0
   # Give it a moment to fail on bad flags before declaring success.
   wait_for kube-controller-manager 30 "$STATE_DIR/kube-controller-manager.pid" \

@@ -253,3 +253,37 @@ async fn a_steady_subscription_causes_no_status_writes() {
     let writes_after = hookline.metric("hookline_status_writes_total").await.expect("metric");
     assert_eq!(writes_before, writes_after, "a reconcile that changes nothing must not write status");
 }
+
+/// The README's recipe: a ResourceQuota caps the subscriptions of a namespace; the 31st is refused
+/// at create, naming the quota.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_quota_caps_the_subscriptions_of_a_namespace() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let env = TestEnv::with_crds("quota").await;
+    env.kubectl(&["create", "quota", "webhooks", "--hard=count/webhooksubscriptions.hookline.dev=30"]);
+    // The resourcequota controller fills in what the quota counts; admission waits for that.
+    let quotas: Api<ResourceQuota> = env.api();
+    wait_until("the quota's usage is known", WAIT, || async {
+        let q = quotas.get("webhooks").await.ok()?;
+        q.status?.used?.contains_key("count/webhooksubscriptions.hookline.dev").then_some(())
+    })
+    .await;
+    let subs: Api<WebhookSubscription> = env.api();
+    let sub = |i: usize| -> WebhookSubscription {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "hookline.dev/v1alpha1", "kind": "WebhookSubscription", "metadata": {"name": format!("s{i}")},
+            "spec": {"eventTypes": ["*"], "endpoint": {"url": "https://example.com/hook"}},
+        }))
+        .expect("subscription")
+    };
+    for i in 1..=30 {
+        subs.create(&Default::default(), &sub(i)).await.unwrap_or_else(|e| panic!("subscription {i}: {e}"));
+    }
+    let refused = subs.create(&Default::default(), &sub(31)).await.expect_err("the 31st is over the quota");
+    let message = refused.to_string();
+    assert!(message.contains("exceeded quota: webhooks"), "{message}");
+    assert_eq!(subs.list(&Default::default()).await.expect("list").items.len(), 30);
+    // Deleting one makes room again once the resourcequota controller has counted the deletion.
+    subs.delete("s1", &Default::default()).await.expect("delete");
+    wait_until("room for one more", WAIT, || async { subs.create(&Default::default(), &sub(31)).await.ok() }).await;
+}
