@@ -68,7 +68,10 @@ async fn rbac_decides_who_may_publish_where(#[values(SQLITE, POSTGRES)] store: B
         .expect("log request");
     assert_eq!(log.status().as_u16(), 403);
     let body: serde_json::Value = log.json().await.expect("json");
-    assert!(body["error"].as_str().unwrap_or("").contains("may not list webhooksubscriptions.hookline.dev"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("may not list webhooksubscriptions.hookline.dev"),
+        "{body}"
+    );
 
     // The same token is still refused in another namespace.
     let other = format!("{ns}-b");

@@ -285,5 +285,6 @@ async fn a_resource_quota_caps_the_subscriptions_of_a_namespace() {
     assert_eq!(subs.list(&Default::default()).await.expect("list").items.len(), 30);
     // Deleting one makes room again once the resourcequota controller has counted the deletion.
     subs.delete("s1", &Default::default()).await.expect("delete");
-    wait_until("room for one more", WAIT, || async { subs.create(&Default::default(), &sub(31)).await.ok() }).await;
+    wait_until("room for one more", WAIT, || async { subs.create(&Default::default(), &sub(31)).await.ok() })
+        .await;
 }

@@ -1,5 +1,13 @@
 //! Delivery-log queries: one statement per combination of filters, shared by both stores, each
-//! on an index that serves its equality filters and its order (newest first) without sorting.
+//! on an index that serves its scope and its order (newest first) without sorting.
+//!
+//! Every attempt is added to each index, so they are few, and none is keyed by scattered values:
+//! the scope's log in time order (`attempts_by_sub`, `attempts_by_ns`), the failed attempts only
+//! (partial indexes: a healthy system adds almost nothing to them), and a namespace's log by type.
+//! Other filters (`eventId`, a type within one subscription, `delivered`) are checked on the
+//! entries of the scope's index within `since`/`until`, newest first, until a page is full. An
+//! index keyed by event id (random UUIDs) made each attempt insert 3.5 times as costly on SQLite
+//! (9.6 → 34 µs per row, measured), for a query that is rare and narrowed by time.
 
 use super::Millis;
 
@@ -74,8 +82,6 @@ pub enum SqlParam {
     Text(String),
     /// An integer.
     Int(i64),
-    /// A boolean.
-    Bool(bool),
 }
 
 /// The SQL dialect a statement is written for.
@@ -92,17 +98,25 @@ pub enum Dialect {
 pub const LOG_COLUMNS: &str = "seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, subscription, url";
 
 impl LogQuery {
-    /// The index that serves this query: the most selective filter's, within the scope.
+    /// Whether the query reads failed attempts only (a partial index holds just those).
+    fn failed_only(&self) -> bool {
+        match self.outcome {
+            Some(OutcomeFilter::Failed) => true,
+            Some(OutcomeFilter::Exactly(o)) => o != "delivered",
+            _ => false,
+        }
+    }
+
+    /// The index that serves this query: failed attempts first (usually the fewest), then a
+    /// namespace's type, else the scope's whole log.
     pub fn index(&self) -> &'static str {
         let ns = matches!(self.scope, LogScope::Namespace(_));
-        match (self.event_id.is_some(), self.event_type.is_some(), self.outcome.is_some(), ns) {
-            (true, ..) => "attempts_by_event",
-            (false, true, _, true) => "attempts_by_ns_type",
-            (false, true, _, false) => "attempts_by_sub_type",
-            (false, false, true, true) => "attempts_by_ns_outcome",
-            (false, false, true, false) => "attempts_by_sub_outcome",
-            (false, false, false, true) => "attempts_by_ns",
-            (false, false, false, false) => "attempts_by_sub",
+        match (self.failed_only(), self.event_type.is_some(), ns) {
+            (true, _, true) => "attempts_by_ns_failed",
+            (true, _, false) => "attempts_by_sub_failed",
+            (false, true, true) => "attempts_by_ns_type",
+            (false, _, true) => "attempts_by_ns",
+            (false, _, false) => "attempts_by_sub",
         }
     }
 
@@ -125,17 +139,14 @@ impl LogQuery {
                 filters.push(format!("sub_uid = {}", next(SqlParam::Text(uid.clone()))))
             }
         }
+        // The failed-only indexes are partial: the statement states their condition as written.
+        if self.failed_only() {
+            filters.push("outcome <> 'delivered'".to_string());
+        }
         match self.outcome {
-            None => {}
-            Some(OutcomeFilter::Delivered) => {
-                filters.push(format!("(outcome <> 'delivered') = {}", next(SqlParam::Bool(false))));
-            }
-            Some(OutcomeFilter::Failed) => {
-                filters.push(format!("(outcome <> 'delivered') = {}", next(SqlParam::Bool(true))));
-            }
+            None | Some(OutcomeFilter::Failed) => {}
+            Some(OutcomeFilter::Delivered) => filters.push("outcome = 'delivered'".to_string()),
             Some(OutcomeFilter::Exactly(o)) => {
-                filters
-                    .push(format!("(outcome <> 'delivered') = {}", next(SqlParam::Bool(o != "delivered"))));
                 filters.push(format!("outcome = {}", next(SqlParam::Text(o.to_string()))));
             }
         }
@@ -189,6 +200,11 @@ impl LogQuery {
                 LogQuery { outcome: Some(OutcomeFilter::Exactly("retry")), ..base.clone() },
                 LogQuery { event_type: Some("t".into()), ..base.clone() },
                 LogQuery { event_id: Some("e".into()), ..base.clone() },
+                LogQuery {
+                    event_type: Some("t".into()),
+                    outcome: Some(OutcomeFilter::Delivered),
+                    ..base.clone()
+                },
                 LogQuery { since: Some(1), until: Some(2), ..base.clone() },
                 LogQuery {
                     outcome: Some(OutcomeFilter::Failed),
@@ -234,14 +250,14 @@ mod tests {
         assert_eq!(
             sql,
             "SELECT seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, \
-             subscription, url FROM attempts WHERE namespace = $1 AND (outcome <> 'delivered') = $2 AND outcome = $3 \
-             AND event_type = $4 AND at_ms >= $5 AND (at_ms, seq) < ($6, $7) ORDER BY at_ms DESC, seq DESC LIMIT $8"
+             subscription, url FROM attempts WHERE namespace = $1 AND outcome <> 'delivered' AND outcome = $2 \
+             AND event_type = $3 AND at_ms >= $4 AND (at_ms, seq) < ($5, $6) ORDER BY at_ms DESC, seq DESC LIMIT $7"
         );
-        assert_eq!(params.len(), 8);
+        assert_eq!(params.len(), 7);
         assert!(
             q.sql(Dialect::Sqlite)
                 .0
-                .contains("FROM attempts INDEXED BY attempts_by_ns_type WHERE namespace = ?1")
+                .contains("FROM attempts INDEXED BY attempts_by_ns_failed WHERE namespace = ?1")
         );
     }
 }

@@ -156,7 +156,6 @@ fn pg_params(params: Vec<SqlParam>) -> Vec<PgParam> {
             match p {
                 SqlParam::Text(t) => Box::new(t),
                 SqlParam::Int(i) => Box::new(i),
-                SqlParam::Bool(b) => Box::new(b),
             }
         })
         .collect()

@@ -223,7 +223,6 @@ impl Store for SqliteStore {
                 .map(|p| match p {
                     SqlParam::Text(t) => t.into(),
                     SqlParam::Int(i) => i.into(),
-                    SqlParam::Bool(b) => i64::from(b).into(),
                 })
                 .collect();
             let mut stmt = c.prepare_cached(&sql)?;

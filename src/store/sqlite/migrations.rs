@@ -118,20 +118,19 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_partition ON jobs (sub_uid, partition_hash, id) WHERE partition_hash IS NOT NULL;
     "#,
     // 7: delivery queries across a namespace, by outcome, type, event and time: each attempt
-    // names its subscription and where it went, and each filter (alone, and within one
-    // subscription) has an index in the log's order (time, then sequence). Attempts logged
-    // before have no namespace: they show in their subscription's log only.
+    // names its subscription and where it went; the log is indexed in its order (time, then
+    // sequence: the rowid every SQLite index ends with) per subscription and per namespace,
+    // for failed attempts only (partial) and per namespace and type (see store/log.rs).
+    // Attempts logged before have no namespace: they show in their subscription's log only.
     r#"
     ALTER TABLE attempts ADD COLUMN namespace TEXT;
     ALTER TABLE attempts ADD COLUMN subscription TEXT;
     ALTER TABLE attempts ADD COLUMN url TEXT;
     DROP INDEX attempts_by_sub;
-    CREATE INDEX attempts_by_sub ON attempts (sub_uid, at_ms, seq);
-    CREATE INDEX attempts_by_ns ON attempts (namespace, at_ms, seq);
-    CREATE INDEX attempts_by_sub_outcome ON attempts (sub_uid, (outcome <> 'delivered'), at_ms, seq);
-    CREATE INDEX attempts_by_ns_outcome ON attempts (namespace, (outcome <> 'delivered'), at_ms, seq);
-    CREATE INDEX attempts_by_sub_type ON attempts (sub_uid, event_type, at_ms, seq);
-    CREATE INDEX attempts_by_ns_type ON attempts (namespace, event_type, at_ms, seq);
-    CREATE INDEX attempts_by_event ON attempts (event_id, at_ms, seq);
+    CREATE INDEX attempts_by_sub ON attempts (sub_uid, at_ms);
+    CREATE INDEX attempts_by_ns ON attempts (namespace, at_ms);
+    CREATE INDEX attempts_by_sub_failed ON attempts (sub_uid, at_ms) WHERE outcome <> 'delivered';
+    CREATE INDEX attempts_by_ns_failed ON attempts (namespace, at_ms) WHERE outcome <> 'delivered';
+    CREATE INDEX attempts_by_ns_type ON attempts (namespace, event_type, at_ms);
     "#,
 ];

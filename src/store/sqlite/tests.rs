@@ -101,7 +101,6 @@ fn every_delivery_log_query_runs_on_its_index_in_the_log_s_order() {
             .map(|p| match p {
                 crate::store::SqlParam::Text(t) => t.into(),
                 crate::store::SqlParam::Int(i) => i.into(),
-                crate::store::SqlParam::Bool(b) => i64::from(b).into(),
             })
             .collect();
         let plan: Vec<String> = conn
