@@ -135,19 +135,11 @@ fn attempt(job_id: i64, n: u32, update: JobUpdate) -> Attempt {
 
 /// A page of `scope`'s log (`Sub:` a UID, else a namespace), after `after`.
 fn log(scope: &str, limit: u32, after: Option<&LogEntry>) -> LogQuery {
-    LogQuery {
-        scope: match scope.strip_prefix("ns:") {
-            Some(ns) => LogScope::Namespace(ns.into()),
-            None => LogScope::Subscription(scope.into()),
-        },
-        outcome: None,
-        event_type: None,
-        event_id: None,
-        since: None,
-        until: None,
-        after: after.map(|e| LogCursor { at: e.at_ms, seq: e.seq }),
-        limit,
-    }
+    let scope = match scope.strip_prefix("ns:") {
+        Some(ns) => LogScope::Namespace(ns.into()),
+        None => LogScope::Subscription(scope.into()),
+    };
+    LogQuery { after: after.map(|e| LogCursor { at: e.at_ms, seq: e.seq }), ..LogQuery::page(scope, limit) }
 }
 
 #[rstest]

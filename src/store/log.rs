@@ -98,6 +98,20 @@ pub enum Dialect {
 pub const LOG_COLUMNS: &str = "seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, subscription, url";
 
 impl LogQuery {
+    /// The newest `limit` entries of `scope`'s log, unfiltered.
+    pub fn page(scope: LogScope, limit: u32) -> Self {
+        LogQuery {
+            scope,
+            outcome: None,
+            event_type: None,
+            event_id: None,
+            since: None,
+            until: None,
+            after: None,
+            limit,
+        }
+    }
+
     /// Whether the query reads failed attempts only (a partial index holds just those).
     fn failed_only(&self) -> bool {
         match self.outcome {
@@ -183,16 +197,7 @@ impl LogQuery {
     pub fn combinations() -> Vec<LogQuery> {
         let mut all = Vec::new();
         for scope in [LogScope::Namespace("shop".into()), LogScope::Subscription("uid".into())] {
-            let base = LogQuery {
-                scope,
-                outcome: None,
-                event_type: None,
-                event_id: None,
-                since: None,
-                until: None,
-                after: None,
-                limit: 50,
-            };
+            let base = LogQuery::page(scope, 50);
             let variants = [
                 base.clone(),
                 LogQuery { outcome: Some(OutcomeFilter::Delivered), ..base.clone() },

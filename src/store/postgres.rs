@@ -631,16 +631,10 @@ mod tests {
         store.record(attempt("b/1", 2)).await.expect("the new owner records");
         assert_eq!(
             store
-                .deliveries(crate::store::LogQuery {
-                    scope: crate::store::LogScope::Subscription("s".into()),
-                    outcome: None,
-                    event_type: None,
-                    event_id: None,
-                    since: None,
-                    until: None,
-                    after: None,
-                    limit: 10,
-                })
+                .deliveries(crate::store::LogQuery::page(
+                    crate::store::LogScope::Subscription("s".into()),
+                    10
+                ))
                 .await
                 .expect("log")
                 .len(),
