@@ -53,6 +53,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (the source of `crds/`).
     Crds,
+    /// Print the OpenAPI 3.1 document of the HTTP API (the source of `docs/openapi.json`).
+    Openapi,
     /// Print the version.
     Version,
 }
@@ -176,6 +178,7 @@ enum LogFormat {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds => print!("{}", hookline::api::crds_yaml().context("rendering the CRDs")?),
+        Command::Openapi => print!("{}", hookline::ingest::openapi::document()),
         Command::Version => println!("hookline {}", env!("CARGO_PKG_VERSION")),
         Command::Run(args) => run(*args).await?,
     }

@@ -2,26 +2,27 @@
 //! test events. Every answer is JSON; every refusal names the problem.
 
 pub mod auth;
+pub mod openapi;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::WebhookSubscription;
 use crate::catalog::{Catalog, DataRefusal};
@@ -31,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::registry::Readiness;
 use crate::registry::Registry;
 use crate::report::Chain;
-use crate::store::{LogCursor, LogQuery, LogScope, OutcomeFilter, Store, StoreError};
+use crate::store::{LogCursor, LogEntry, LogQuery, LogScope, OutcomeFilter, Store, StoreError};
 use crate::telemetry;
 use auth::{Action, Auth, LIST_LOG, PUBLISH, READ_LOG, SEND_TEST};
 
@@ -101,18 +102,37 @@ impl ApiError {
     }
 }
 
+/// The body of every refusal: what went wrong and, for a refused event, where.
+#[derive(Serialize, ToSchema)]
+#[cfg_attr(test, derive(Deserialize))]
+pub struct ErrorBody {
+    /// What went wrong, for the caller.
+    #[schema(example = "type: must be a non-empty string")]
+    pub error: String,
+    /// The event attribute at fault (`id`, `batch[3].source`, `data`, `body`, …), for a refused
+    /// event or test body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub attribute: Option<String>,
+    /// The position of the refused event in a batch, from 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub index: Option<usize>,
+    /// The JSON pointer into the event's `data` of the value that broke its EventType's schema
+    /// (`""` for `data` itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "/amount", nullable = false)]
+    pub pointer: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message });
-        if let Some(a) = self.attribute {
-            body["attribute"] = a.into();
-        }
-        if let Some(i) = self.index {
-            body["index"] = i.into();
-        }
-        if let Some(p) = self.pointer {
-            body["pointer"] = p.into();
-        }
+        let body = ErrorBody {
+            error: self.message,
+            attribute: self.attribute,
+            index: self.index,
+            pointer: self.pointer,
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, secs.into());
@@ -174,6 +194,18 @@ const BATCH_FACTOR: usize = 16;
 /// How long a namespace known to exist is not looked up again.
 const NAMESPACE_TTL: Duration = Duration::from_secs(30);
 
+/// The routes of the API, each with its OpenAPI description: the router and the document come
+/// from this one list.
+fn routes() -> OpenApiRouter<IngestState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(publish))
+        .routes(routes!(namespace_deliveries))
+        .routes(routes!(deliveries))
+        .routes(routes!(test_event))
+        .routes(routes!(validate))
+        .routes(routes!(openapi::serve))
+}
+
 /// Bind the ingest server; returns the bound address and the future that serves it.
 pub async fn bind(
     addr: SocketAddr,
@@ -181,13 +213,8 @@ pub async fn bind(
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let state = IngestState { parts: Arc::new(ingest), namespaces: Arc::default() };
-    let app = Router::new()
-        .route("/v1/namespaces/{ns}/events", post(publish))
-        .route("/v1/namespaces/{ns}/deliveries", get(namespace_deliveries))
-        .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries", get(deliveries))
-        .route("/v1/namespaces/{ns}/webhooksubscriptions/{name}/test", post(test_event))
-        .route("/v1/validate/{token}", get(validate))
-        .with_state(state);
+    let (router, _) = routes().split_for_parts();
+    let app = router.with_state(state);
     crate::server::serve(addr, app, shutdown).await
 }
 
@@ -282,6 +309,70 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     })
 }
 
+/// The answer to an accepted publish: one entry per event, in the order sent.
+#[derive(Serialize, ToSchema)]
+#[cfg_attr(test, derive(Deserialize))]
+pub struct Accepted {
+    /// The events, as stored and routed.
+    pub events: Vec<AcceptedEvent>,
+}
+
+/// One accepted event.
+#[derive(Serialize, ToSchema)]
+#[cfg_attr(test, derive(Deserialize))]
+pub struct AcceptedEvent {
+    /// The event's `id`.
+    pub id: String,
+    /// The event's `source`.
+    pub source: String,
+    /// How many subscriptions it was queued for (0 when none wants it: it is not kept).
+    pub matched: usize,
+    /// The same `source` and `id` were accepted before, within the deduplication window:
+    /// nothing was queued again.
+    pub duplicate: bool,
+}
+
+impl From<Routed> for AcceptedEvent {
+    fn from(r: Routed) -> Self {
+        Self { id: r.id, source: r.source, matched: r.matched, duplicate: r.duplicate }
+    }
+}
+
+/// Publish CloudEvents to the subscriptions of a namespace.
+///
+/// One event in binary mode (`ce-*` headers, the body is `data`) or structured mode
+/// (`application/cloudevents+json`), or several as a batch (`application/cloudevents-batch+json`).
+/// `202` only once every event of the request is stored: accepted events are delivered even
+/// if Hookline restarts. Any refusal refuses the whole request and stores nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/events",
+    tag = "events",
+    operation_id = "publish",
+    params(
+        ("ns" = String, Path, description = "The namespace whose subscriptions get the events."),
+        ("ce-specversion" = Option<String>, Header, description = "Binary mode: `1.0`. With this header the request is one event in binary mode and the other attributes come from `ce-*` headers (`ce-id`, `ce-source`, `ce-type` required; `ce-subject`, `ce-time`, `ce-dataschema` and extensions optional, percent-encoded); `content-type` is the event's `datacontenttype`."),
+        ("traceparent" = Option<String>, Header, description = "A W3C trace context, carried on to every delivery of the events."),
+    ),
+    request_body(
+        description = "The events, in one of the three modes.",
+        content(
+            (openapi::StructuredEvent = "application/cloudevents+json"),
+            (Vec<openapi::StructuredEvent> = "application/cloudevents-batch+json"),
+            ("*/*"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Every event is stored and queued for its subscriptions.", body = Accepted),
+        (status = 400, description = "An event breaks the CloudEvents rules (`attribute` names the attribute, `batch[i].…` in a batch), its `data` does not match its EventType's schema (`attribute` `data` or `batch[i].data`, `index`, `pointer`), or the namespace name is invalid.", body = ErrorBody),
+        (status = 413, description = "The body, or one event of a batch (`attribute` `batch[i]`), exceeds `--max-event-bytes` (a batch may be 16 times that).", body = ErrorBody),
+        (status = 415, description = "Neither structured nor batch content type, nor binary mode (no `ce-specversion` header).", body = ErrorBody),
+        (status = 507, description = "The store is short of space (below `--min-free-disk`, or its disk is full); nothing was accepted.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before publishing again."))),
+        openapi::Admission,
+    ),
+    security(("bearer" = [])),
+)]
 async fn publish(
     State(state): State<IngestState>,
     Path(ns): Path<String>,
@@ -312,12 +403,8 @@ async fn publish(
     let span = telemetry::publish(&headers, &ns, &mut events, started);
     let answer = store(&state, &ns, events, ct == BATCH).await;
     span.end(answer.as_ref().map_or_else(|e| e.status.as_u16(), |_| StatusCode::ACCEPTED.as_u16()));
-    let routed = answer?;
-    let body: Vec<_> = routed
-        .into_iter()
-        .map(|r| json!({"id": r.id, "source": r.source, "matched": r.matched, "duplicate": r.duplicate}))
-        .collect();
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "events": body }))).into_response())
+    let events = answer?.into_iter().map(AcceptedEvent::from).collect();
+    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { events })).into_response())
 }
 
 /// Route and store parsed events (each within the per-event limit once serialized; a batch names
@@ -363,17 +450,40 @@ fn store_refusal(ns: &str, e: StoreError) -> ApiError {
 }
 
 /// The query of a delivery-log request: paging and filters. Anything else is refused.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct LogParams {
+    /// Attempts per page (default 50; clamped to 1–500).
     limit: Option<u32>,
+    /// Where the page starts: `nextCursor` of the previous page.
     cursor: Option<String>,
+    /// Only the attempts of this subscription (by name; not on the subscription's own log).
     subscription: Option<String>,
+    /// `delivered`, `failed` (any attempt that did not deliver), or one exact outcome.
+    #[param(schema_with = openapi::outcome_filter_schema)]
     outcome: Option<String>,
+    /// Only attempts of events of this `type`.
     event_type: Option<String>,
+    /// Only attempts of the event with this `id` (as a publish or test answered it).
     event_id: Option<String>,
+    /// Only attempts that ended at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Only attempts that ended before this time (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
+}
+
+/// A page of the delivery log, newest attempt first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryPage {
+    /// The attempts.
+    pub items: Vec<LogEntry>,
+    /// The `cursor` of the next page; `null` on the last one.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
 }
 
 fn bad_query(message: impl Into<String>) -> ApiError {
@@ -465,7 +575,7 @@ async fn log_page(state: &IngestState, query: LogQuery, name: Option<&str>) -> R
     let next = (entries.len() as u32 == limit)
         .then(|| entries.last().map(|e| URL_SAFE_NO_PAD.encode(format!("{}.{}", e.at_ms, e.seq))))
         .flatten();
-    Ok(axum::Json(json!({ "items": entries, "nextCursor": next })).into_response())
+    Ok(axum::Json(DeliveryPage { items: entries, next_cursor: next }).into_response())
 }
 
 async fn subscription_uid(state: &IngestState, ns: &str, name: &str) -> Result<String, ApiError> {
@@ -483,6 +593,24 @@ async fn subscription_uid(state: &IngestState, ns: &str, name: &str) -> Result<S
     }
 }
 
+/// The delivery log of one subscription: every attempt to deliver an event to it.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries",
+    tag = "deliveries",
+    operation_id = "listSubscriptionDeliveries",
+    params(
+        ("ns" = String, Path, description = "The subscription's namespace."),
+        ("name" = String, Path, description = "The subscription's name."),
+        LogParams,
+    ),
+    responses(
+        (status = 200, description = "A page of the subscription's delivery log (the caller may `get` it).", body = DeliveryPage),
+        (status = 400, description = "An unknown parameter, a bad value (named), `subscription` (the path names it), or an invalid namespace name.", body = ErrorBody),
+        openapi::Admission,
+    ),
+    security(("bearer" = [])),
+)]
 async fn deliveries(
     State(state): State<IngestState>,
     Path((ns, name)): Path<(String, String)>,
@@ -500,6 +628,22 @@ async fn deliveries(
 }
 
 /// The delivery log of every subscription of a namespace (or of one, by name).
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/deliveries",
+    tag = "deliveries",
+    operation_id = "listDeliveries",
+    params(
+        ("ns" = String, Path, description = "The namespace."),
+        LogParams,
+    ),
+    responses(
+        (status = 200, description = "A page of the namespace's delivery log (the caller may `list` its subscriptions).", body = DeliveryPage),
+        (status = 400, description = "An unknown parameter, a bad value (named), or an invalid namespace name.", body = ErrorBody),
+        openapi::Admission,
+    ),
+    security(("bearer" = [])),
+)]
 async fn namespace_deliveries(
     State(state): State<IngestState>,
     Path(ns): Path<String>,
@@ -519,14 +663,49 @@ async fn namespace_deliveries(
 }
 
 /// The body of a test request: a chosen type and data, instead of the fixed ping.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TestBody {
+    /// The event's `type` (default `dev.hookline.test`).
     #[serde(rename = "type")]
+    #[schema(min_length = 1)]
     type_: Option<String>,
+    /// The event's `data`, checked against the type's EventType schema like a publish.
     data: Option<serde_json::Value>,
 }
 
+/// The answer to a test request.
+#[derive(Serialize, ToSchema)]
+pub struct TestSent {
+    /// The test event's `id`: the `eventId` filter of the delivery log finds its attempts.
+    pub id: String,
+    /// Subscriptions it was queued for: 1, the one named.
+    pub matched: usize,
+}
+
+/// Send a test event to one subscription, whatever its event types and filters.
+///
+/// Without a body it is the ping (`dev.hookline.test`); with one, an event of the chosen type
+/// and data.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/webhooksubscriptions/{name}/test",
+    tag = "webhooksubscriptions",
+    operation_id = "sendTestEvent",
+    params(
+        ("ns" = String, Path, description = "The subscription's namespace."),
+        ("name" = String, Path, description = "The subscription's name."),
+    ),
+    request_body(content = Option<TestBody>, content_type = "application/json", description = "Optional: the test event's type and data."),
+    responses(
+        (status = 202, description = "The test event is stored and queued for the subscription (the caller may `update` it).", body = TestSent),
+        (status = 400, description = "The body is not `{\"type\": string, \"data\": any}` (`attribute` `body`), the type is not a valid CloudEvents type, the data does not match its EventType's schema (`attribute` `data`, `pointer`), or the namespace name is invalid.", body = ErrorBody),
+        (status = 413, description = "The body, or the test event, exceeds `--max-event-bytes`.", body = ErrorBody),
+        (status = 415, description = "A body that is not `application/json`.", body = ErrorBody),
+        openapi::Admission,
+    ),
+    security(("bearer" = [])),
+)]
 async fn test_event(
     State(state): State<IngestState>,
     Path((ns, name)): Path<(String, String)>,
@@ -579,15 +758,34 @@ async fn test_event(
         .send_test(&ns, &uid, &event)
         .await
         .map_err(|e| ApiError::unavailable(format!("storing the test event: {}", Chain(&e))))?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id, "matched": routed }))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(TestSent { id, matched: routed })).into_response())
+}
+
+/// The answer to an opened validation URL.
+#[derive(Serialize, ToSchema)]
+pub struct Verified {
+    /// Always `true`: the endpoint is verified.
+    pub verified: bool,
 }
 
 /// The validation URL of the `Event` handshake: whoever controls the endpoint opens it (GET)
 /// within 10 minutes to prove ownership asynchronously. The token is the secret; it works once.
+#[utoipa::path(
+    get,
+    path = "/v1/validate/{token}",
+    tag = "webhooksubscriptions",
+    operation_id = "validateEndpoint",
+    params(("token" = String, Path, description = "The token of the `validationUrl` the endpoint was sent.")),
+    responses(
+        (status = 200, description = "The endpoint is verified; the subscription's `EndpointVerified` turns `True`.", body = Verified),
+        (status = 404, description = "An unknown, used or expired validation URL.", body = ErrorBody),
+        (status = 503, description = "The store cannot answer now; retry.", body = ErrorBody),
+    ),
+)]
 async fn validate(State(state): State<IngestState>, Path(token): Path<String>) -> Result<Response, ApiError> {
     let store = &state.store;
     match store.confirm_validation(&token, crate::store::now_ms()).await {
-        Ok(Some(_)) => Ok(axum::Json(json!({"verified": true})).into_response()),
+        Ok(Some(_)) => Ok(axum::Json(Verified { verified: true }).into_response()),
         Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown, used or expired validation URL")),
         Err(e) => Err(ApiError::unavailable(format!("checking the validation URL: {}", Chain(&e)))),
     }

@@ -31,6 +31,15 @@ pub enum OutcomeFilter {
     Exactly(&'static str),
 }
 
+/// The schema of a logged attempt's `outcome`: one of [`OutcomeFilter::OUTCOMES`].
+pub fn outcome_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(OutcomeFilter::OUTCOMES))
+        .description(Some("`delivered`, or a failed attempt: `retry` (tried again later), `deadLettered` (given up, kept as a FailedEvent) or `dropped` (given up and not kept: dead-lettering off or its cap reached)."))
+        .build()
+}
+
 impl OutcomeFilter {
     /// The outcomes an attempt is logged with.
     pub const OUTCOMES: [&'static str; 4] = ["delivered", "retry", "deadLettered", "dropped"];

@@ -377,9 +377,10 @@ pub struct Fence {
     pub epoch: i64,
 }
 
-/// One row of the delivery log.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// One row of the delivery log: one attempt to deliver an event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = DeliveryAttempt)]
 pub struct LogEntry {
     #[serde(skip)]
     /// Position in the log (for paging).
@@ -388,6 +389,7 @@ pub struct LogEntry {
     /// When the attempt ended, in ms (for paging).
     pub at_ms: i64,
     /// When the attempt ended (RFC 3339).
+    #[schema(format = DateTime)]
     pub time: String,
     /// The event's `id`.
     pub event_id: String,
@@ -396,22 +398,28 @@ pub struct LogEntry {
     /// Attempt number, from 1.
     pub attempt: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     /// HTTP status, when the endpoint answered.
     pub status_code: Option<u16>,
     /// How long the request took.
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     /// What went wrong, when no status tells it.
     pub error: Option<String>,
     /// `delivered`, `retry`, `deadLettered` or `dropped`.
+    #[schema(schema_with = log::outcome_schema)]
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     /// When the next attempt is due, for `retry`.
+    #[schema(format = DateTime, nullable = false)]
     pub next_retry_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     /// The subscription's name (absent in attempts logged by versions before delivery queries).
     pub subscription: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     /// Where the request was sent (absent likewise).
     pub url: Option<String>,
 }
