@@ -390,6 +390,17 @@ impl TestEnv {
 
     /// Start the real `hookline run` for this namespace on `store`, wait until it is ready.
     pub async fn start_hookline_in(&self, store: &StoreAt, extra: &[&str]) -> Hookline {
+        let hookline = self.spawn_hookline_in(store, extra);
+        let url = format!("{}/readyz", hookline.metrics);
+        wait_until("hookline /readyz answers 200", Duration::from_secs(30), || async {
+            http_get(&url).await.filter(|(status, _)| *status == 200)
+        })
+        .await;
+        hookline
+    }
+
+    /// Start the real `hookline run` for this namespace on `store`, without waiting for it.
+    pub fn spawn_hookline_in(&self, store: &StoreAt, extra: &[&str]) -> Hookline {
         let metrics_port = free_port();
         let ingest_port = free_port();
         let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -421,18 +432,12 @@ impl TestEnv {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn hookline");
-        let hookline = Hookline {
+        Hookline {
             child,
             metrics: format!("http://127.0.0.1:{metrics_port}"),
             ingest: format!("http://127.0.0.1:{ingest_port}"),
             log,
-        };
-        let url = format!("{}/readyz", hookline.metrics);
-        wait_until("hookline /readyz answers 200", Duration::from_secs(30), || async {
-            http_get(&url).await.filter(|(status, _)| *status == 200)
-        })
-        .await;
-        hookline
+        }
     }
 
     fn dump(&self) {
