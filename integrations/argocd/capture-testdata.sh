@@ -53,6 +53,18 @@ sub() { # name path [extra spec lines]
   sub nosecret /ok "  signing: {secretRef: {name: missing-secret}}"
   sub changed /ok
 } | kubectl apply -f - >/dev/null
+event_type() { # name type schema [example]
+  printf 'apiVersion: hookline.dev/v1alpha1\nkind: EventType\nmetadata: {name: %s, namespace: %s}\nspec:\n  type: %s\n  description: "Something happened to a payment."\n  schema: %s\n%s\n---\n' \
+    "$1" "$NS" "$2" "$3" "${4:+  example: $4}"
+}
+ORDER='{type: object, required: [amount], properties: {amount: {type: number, minimum: 0}}}'
+event_type payment payment.received "$ORDER" '{amount: 12.5}' | kubectl apply -f - >/dev/null
+{
+  event_type payment-again payment.received "$ORDER"
+  event_type invalid-schema payment.failed '{type: nonsense}'
+  event_type invalid-example payment.disputed "$ORDER" '{amount: "twelve"}'
+  event_type stale payment.refunded "$ORDER"
+} | kubectl apply -f - >/dev/null
 publish() {
   curl -fsS -o /dev/null -X POST "http://127.0.0.1:$INGEST/v1/namespaces/$NS/events" -H 'content-type: application/cloudevents+json' \
     -d "{\"specversion\":\"1.0\",\"id\":\"$1\",\"source\":\"/capture\",\"type\":\"order.created\",\"data\":{\"order\":1}}"
@@ -75,6 +87,11 @@ wait_for blocked EndpointVerified EndpointBlocked
 wait_for nosecret Ready SigningSecretMissing
 wait_for expiring Ready Expired
 for _ in $(seq 1 300); do kubectl -n "$NS" get failedevents -o name | grep -q . && break; sleep 0.2; done
+et_cond() { kubectl -n "$NS" get eventtype "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'; }
+for et in payment:Valid payment-again:DuplicateType invalid-schema:InvalidSchema invalid-example:InvalidExample stale:Valid; do
+  for _ in $(seq 1 300); do [ "$(et_cond "${et%%:*}")" = "${et#*:}" ] && break; sleep 0.2; done
+  [ "$(et_cond "${et%%:*}")" = "${et#*:}" ] || { log "${et%%:*}: Ready never became ${et#*:}"; exit 1; }
+done
 
 save() { # kind name file
   mkdir -p "$OUT/$1/testdata"
@@ -89,10 +106,16 @@ if not o["metadata"].get("annotations"):
 print(json.dumps(o, indent=2))' | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), indent=2))' >"$OUT/$1/testdata/$3.json"
 }
 for s in healthy failing gone pending suspended unverified blocked nosecret expiring; do save WebhookSubscription "$s" "$s"; done
+save EventType payment valid
+save EventType payment-again duplicate-type
+save EventType invalid-schema invalid-schema
+save EventType invalid-example invalid-example
 # The spec changed while Hookline is stopped: the status describes the previous generation.
 kill "$HL"; wait "$HL" 2>/dev/null || true
 kubectl -n "$NS" patch whsub changed --type merge -p '{"spec":{"eventTypes":["order.*","invoice.*"]}}' >/dev/null
 save WebhookSubscription changed generation-not-observed
+kubectl -n "$NS" patch eventtype stale --type merge -p '{"spec":{"description":"A refund was made."}}' >/dev/null
+save EventType stale generation-not-observed
 failed_event() { kubectl -n "$NS" get failedevents -l "hookline.dev/subscription=$1" -o jsonpath='{.items[0].metadata.name}'; }
 for _ in $(seq 1 300); do [ -n "$(failed_event gone)" ] && break; sleep 0.2; done
 fe=$(failed_event failing); fe_gone=$(failed_event gone)
