@@ -21,12 +21,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const STRUCTURED: (&str, &str) = ("content-type", "application/cloudevents+json");
 const BATCH: (&str, &str) = ("content-type", "application/cloudevents-batch+json");
 
-fn apply(env: &TestEnv, yaml: &str) {
-    let path = std::env::temp_dir().join(format!("{}-{}.yaml", env.namespace, support::free_port()));
-    std::fs::write(&path, yaml).expect("write manifest");
-    env.kubectl(&["apply", "-f", path.to_str().expect("path")]);
-}
-
 /// An EventType manifest; `schema` and `example` are JSON (YAML's flow style).
 fn event_type(name: &str, type_: &str, schema: Option<Value>, example: Option<Value>) -> String {
     let mut spec = json!({"type": type_, "description": format!("{type_} happened")});
@@ -77,10 +71,12 @@ async fn published_data_that_breaks_its_event_type_s_schema_is_refused_whole(
     let ns = env.namespace.clone();
     let rx = Receiver::start().await;
     env.create_active(WebhookSubscription::test("s", &rx.url).for_types(&["order.*", "x.*"])).await;
-    apply(
-        &env,
-        &event_type("order-created", "order.created", Some(order_schema()), Some(json!({"amount": 12.5}))),
-    );
+    env.apply(&event_type(
+        "order-created",
+        "order.created",
+        Some(order_schema()),
+        Some(json!({"amount": 12.5})),
+    ));
     ready(&env, "order-created", "True", "Valid").await;
     let out = env.kubectl(&["get", "eventtypes"]);
     assert!(
@@ -140,12 +136,14 @@ async fn published_data_that_breaks_its_event_type_s_schema_is_refused_whole(
     assert_eq!(got[0].header("ce-id"), "b-0");
 
     // Bad EventTypes are named in their condition and check nothing.
-    apply(&env, &event_type("broken", "x.broken", Some(json!({"type": "nonsense"})), None));
-    apply(
-        &env,
-        &event_type("remote", "x.remote", Some(json!({"$ref": "https://example.com/order.json"})), None),
-    );
-    apply(&env, &event_type("bad-example", "x.example", Some(order_schema()), Some(json!({"amount": "1"}))));
+    env.apply(&event_type("broken", "x.broken", Some(json!({"type": "nonsense"})), None));
+    env.apply(&event_type(
+        "remote",
+        "x.remote",
+        Some(json!({"$ref": "https://example.com/order.json"})),
+        None,
+    ));
+    env.apply(&event_type("bad-example", "x.example", Some(order_schema()), Some(json!({"amount": "1"}))));
     let m = ready(&env, "broken", "False", "InvalidSchema").await;
     assert!(m.contains("spec.schema does not compile"), "{m}");
     let m = ready(&env, "remote", "False", "InvalidSchema").await;
@@ -155,7 +153,7 @@ async fn published_data_that_breaks_its_event_type_s_schema_is_refused_whole(
     h.publish_json(&ns, event("x-1", "x.broken", json!("not an object"))).await;
 
     // A second EventType of a type is not used; the oldest is.
-    apply(&env, &event_type("order-created-too", "order.created", None, None));
+    env.apply(&event_type("order-created-too", "order.created", None, None));
     let m = ready(&env, "order-created-too", "False", "DuplicateType").await;
     assert!(m.contains("order-created"), "{m}");
     assert_eq!(publish(&h, &ns, STRUCTURED, bad.to_string()).await.0, 400);
@@ -204,7 +202,7 @@ async fn test_events_carry_a_chosen_payload_checked_against_the_catalog(
     // The test event goes to the named subscription whatever its type filters.
     env.create_active(WebhookSubscription::test("s", &rx.url).for_types(&["never.matches"]).structured())
         .await;
-    apply(&env, &event_type("order-created", "order.created", Some(order_schema()), None));
+    env.apply(&event_type("order-created", "order.created", Some(order_schema()), None));
     ready(&env, "order-created", "True", "Valid").await;
     let test = |body: Option<(&'static str, String)>| {
         let mut req = reqwest::Client::new()

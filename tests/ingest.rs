@@ -23,12 +23,6 @@ const STRUCTURED: (&str, &str) = ("content-type", "application/cloudevents+json"
 
 type Case = (&'static str, Vec<(&'static str, &'static str)>, String, u16, &'static str);
 
-fn apply_yaml(env: &TestEnv, yaml: &str) {
-    let path = std::env::temp_dir().join(format!("{}-{}.yaml", env.namespace, support::free_port()));
-    std::fs::write(&path, yaml).expect("write manifest");
-    env.kubectl(&["apply", "-f", path.to_str().expect("path")]);
-}
-
 #[rstest]
 #[tokio::test(flavor = "multi_thread")]
 async fn rbac_decides_who_may_publish_where(#[values(SQLITE, POSTGRES)] store: Backend) {
@@ -46,12 +40,7 @@ async fn rbac_decides_who_may_publish_where(#[values(SQLITE, POSTGRES)] store: B
     assert_eq!(status, 403, "no RBAC yet: {body}");
     assert!(body["error"].as_str().unwrap_or("").contains("may not create events.hookline.dev"), "{body}");
 
-    apply_yaml(
-        &env,
-        &format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: publish}}\nrules:\n- apiGroups: [hookline.dev]\n  resources: [events]\n  verbs: [create]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: publish}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: publish}}\nsubjects:\n- {{kind: ServiceAccount, name: producer, namespace: {ns}}}\n"
-        ),
-    );
+    env.allow_publishing("producer");
     // Decisions are cached for a few seconds: poll until the new Role counts.
     wait_until("the Role allows publishing", WAIT, || async {
         let (status, _) = h.publish(&ns, &[STRUCTURED], event("a"), Some(&token)).await;
@@ -281,9 +270,7 @@ async fn survive(kill: bool, store: Backend) {
     let h = env.start_hookline_in(&data, &flags).await;
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(503));
-    apply_yaml(
-        &env,
-        &format!(
+    env.apply(&format!(
             "apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {{name: s}}\nspec:\n  eventTypes: ['*']\n  endpoint: {{url: '{}'}}\n  validation: {{method: None}}\n  retryPolicy: {{initialBackoff: 300ms, maxBackoff: 1s}}\n",
             rx.url
         ),

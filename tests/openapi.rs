@@ -285,12 +285,7 @@ async fn every_documented_answer_is_one_hookline_gives(#[values(SQLITE, POSTGRES
     let g = guarded.ingest.as_str();
     env.kubectl(&["create", "serviceaccount", "producer"]);
     env.kubectl(&["create", "serviceaccount", "stranger"]);
-    let role = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: publish}}\nrules:\n- apiGroups: [hookline.dev]\n  resources: [events]\n  verbs: [create]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: publish}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: publish}}\nsubjects:\n- {{kind: ServiceAccount, name: producer, namespace: {ns}}}\n"
-    );
-    let manifest = env.data_dir().join("role.yaml");
-    std::fs::write(&manifest, role).expect("write the Role");
-    env.kubectl(&["apply", "-f", manifest.to_str().expect("a path")]);
+    env.allow_publishing("producer");
     let producer = env.kubectl(&["create", "token", "producer"]).trim().to_string();
     let stranger = env.kubectl(&["create", "token", "stranger"]).trim().to_string();
     for (path, request) in [

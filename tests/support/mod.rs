@@ -353,6 +353,21 @@ impl TestEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl apply` a manifest (YAML or JSON) in this test's namespace.
+    pub fn apply(&self, manifest: &str) {
+        let path = self.data_dir().join("manifest.yaml");
+        std::fs::write(&path, manifest).expect("write manifest");
+        self.kubectl(&["apply", "-f", path.to_str().expect("a path")]);
+    }
+
+    /// Let ServiceAccount `account` of this namespace publish here (a Role and its binding).
+    pub fn allow_publishing(&self, account: &str) {
+        self.apply(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: publish}}\nrules:\n- apiGroups: [hookline.dev]\n  resources: [events]\n  verbs: [create]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: publish}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: publish}}\nsubjects:\n- {{kind: ServiceAccount, name: {account}, namespace: {}}}\n",
+            self.namespace
+        ));
+    }
+
     /// Run kubectl and return its raw output, whatever the exit code.
     pub fn kubectl_output(&self, args: &[&str]) -> std::process::Output {
         blocking(|| {
