@@ -124,6 +124,9 @@ async fn record(pool: &Pool, attempts: &[Attempt]) -> Result<Vec<bool>, StoreErr
     let valid: Vec<Attempt> =
         attempts.iter().zip(&recorded).filter(|(_, ok)| **ok).map(|(a, _)| a.clone()).collect();
     if !valid.is_empty() {
+        if writes::may_commit_lazily(valid.iter().map(|a| &a.update)) {
+            writes::commit_lazily(&tx).await?;
+        }
         writes::record(&tx, &valid).await?;
     }
     tx.commit().await?;
