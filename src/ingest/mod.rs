@@ -104,7 +104,6 @@ impl ApiError {
 
 /// The body of every refusal: what went wrong and, for a refused event, where.
 #[derive(Serialize, ToSchema)]
-#[cfg_attr(test, derive(Deserialize))]
 pub struct ErrorBody {
     /// What went wrong, for the caller.
     #[schema(example = "type: must be a non-empty string")]
@@ -311,7 +310,6 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
 
 /// The answer to an accepted publish: one entry per event, in the order sent.
 #[derive(Serialize, ToSchema)]
-#[cfg_attr(test, derive(Deserialize))]
 pub struct Accepted {
     /// The events, as stored and routed.
     pub events: Vec<AcceptedEvent>,
@@ -319,7 +317,6 @@ pub struct Accepted {
 
 /// One accepted event.
 #[derive(Serialize, ToSchema)]
-#[cfg_attr(test, derive(Deserialize))]
 pub struct AcceptedEvent {
     /// The event's `id`.
     pub id: String,
