@@ -31,9 +31,10 @@ pub fn now_ms() -> Millis {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// A stored time as the delivery log shows it (RFC 3339).
+/// A stored time as the delivery log shows it: RFC 3339 in UTC with exactly three fractional
+/// digits, so that the strings sort as the times do (`…09.240Z` after `…09.241Z` would not).
 fn rfc3339(ms: Millis) -> String {
-    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+    jiff::Timestamp::from_millisecond(ms).map(|t| format!("{t:.3}")).unwrap_or_default()
 }
 
 /// Errors of the store.
@@ -506,6 +507,13 @@ pub trait Store: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_times_have_three_fractional_digits_and_sort_as_strings() {
+        assert_eq!(rfc3339(1_764_669_909_240), "2025-12-02T10:05:09.240Z");
+        assert_eq!(rfc3339(1_764_669_909_000), "2025-12-02T10:05:09.000Z");
+        assert!(rfc3339(1_764_669_909_241) > rfc3339(1_764_669_909_240));
+    }
 
     #[test]
     fn a_full_disk_is_its_own_error() {
