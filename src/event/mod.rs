@@ -30,10 +30,13 @@ pub const HOOKLINE_SOURCE: &str = "/hookline";
 /// The extension attribute of the CloudEvents Partitioning extension.
 pub const PARTITION_KEY: &str = "partitionkey";
 
-/// An extension attribute value (CloudEvents types String, Integer, Boolean).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An extension attribute value (CloudEvents types String, Integer, Boolean), written as the
+/// JSON value itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(as = ExtensionValue)]
 pub enum ExtValue {
-    /// A string.
+    /// A string (at most 2,048 bytes).
     String(String),
     /// An integer.
     Integer(i64),
@@ -56,16 +59,6 @@ impl ExtValue {
         match self {
             ExtValue::String(s) => s.len(),
             other => other.as_header().len(),
-        }
-    }
-}
-
-impl Serialize for ExtValue {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            ExtValue::String(v) => s.serialize_str(v),
-            ExtValue::Integer(v) => s.serialize_i64(*v),
-            ExtValue::Boolean(v) => s.serialize_bool(*v),
         }
     }
 }
