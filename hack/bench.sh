@@ -14,12 +14,15 @@
 #                            the longest time from the kill to a subscription's next delivery
 #
 # Env: BENCH_SECONDS (per phase, default 10), BENCH_RATE (offered load, default 1000/s),
+# BENCH_LATENCY_SECONDS (the latency phase's length, default BENCH_SECONDS),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
 # BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
 # BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them),
 # BENCH_SEQUENTIAL_IDS=1 (event ids that count up instead of UUIDs; the JSON line says which),
 # BENCH_ORDERING (the subscriptions' delivery.ordering, default Unordered) and BENCH_KEYS (events
 # carry a partitionkey, one of this many in turn; default none),
+# BENCH_LATENCY_TRACE=FILE (the latency phase second by second: events, how many took over 10 ms,
+# p50, p99, the slowest and when it was published),
 # BENCH_LEASE (--failover: the replicas' --lease-duration, default Hookline's 45s; offered load
 # default 100 events/s, each to ten subscriptions).
 set -euo pipefail
@@ -170,5 +173,6 @@ fi
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
 "$BIN/hookline-bench" --ingest "$(join "${INGESTS[@]}")" --metrics "$(join "${METRICSES[@]}")" --pid "$(join "${HLS[@]}")" \
   --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
-  --partition-keys "$KEYS" ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_SEQUENTIAL_IDS:+--sequential-ids} |
+  --partition-keys "$KEYS" ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_SEQUENTIAL_IDS:+--sequential-ids} \
+  ${BENCH_LATENCY_SECONDS:+--latency-seconds "$BENCH_LATENCY_SECONDS"} ${BENCH_LATENCY_TRACE:+--latency-trace "$BENCH_LATENCY_TRACE"} |
   sed "s/^{/{\"ordering\": \"$ORDERING\", /" | labelled

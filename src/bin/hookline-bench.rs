@@ -46,6 +46,10 @@ struct Args {
     /// Offered load for the latency phase, events per second.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Seconds of the latency phase (default: `--seconds`); a longer window takes in what a
+    /// server does now and then under steady load (autovacuum, checkpoints, pruning).
+    #[arg(long)]
+    latency_seconds: Option<u64>,
     /// Only run the receiver (answering handshakes) until interrupted; for `hack/bench.sh --scale`.
     #[arg(long)]
     receive_only: bool,
@@ -80,6 +84,11 @@ struct Args {
     /// `--ingest` ones; the ten subscriptions of `--ns10` each have an endpoint path of their own).
     #[arg(long)]
     kill: Option<u32>,
+    /// Write the latency phase to this file second by second (see `latency_trace`); shows
+    /// whether the slow events come together (a checkpoint, a vacuum, a periodic task) or
+    /// scattered (the host).
+    #[arg(long)]
+    latency_trace: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,8 +106,9 @@ enum Phase {
 #[derive(Default)]
 struct Recv {
     count: AtomicU64,
-    /// Publish→receive latencies (µs) of events that carry a publish timestamp.
-    latencies: Mutex<Vec<u64>>,
+    /// When each event that carries a publish timestamp was published (µs since the epoch) and
+    /// how long it took to arrive (µs).
+    latencies: Mutex<Vec<(u64, u64)>>,
     /// The failover phase's record of endpoint paths (`None` in the other phases).
     failover: Mutex<Option<Paths>>,
 }
@@ -169,7 +179,7 @@ async fn receive(State(r): State<Arc<Recv>>, uri: Uri, headers: HeaderMap, body:
     if let Some(sent) =
         headers.get("ce-sentus").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
     {
-        r.latencies.lock().expect("lock").push(now_us().saturating_sub(sent));
+        r.latencies.lock().expect("lock").push((sent, now_us().saturating_sub(sent)));
     }
     StatusCode::OK.into_response()
 }
@@ -339,6 +349,34 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i] as f64 / 1000.0
+}
+
+/// The latency phase second by second (`--latency-trace`): after a line with the phase's start
+/// (to match against a server's logs), per second of publishing: the events published in it,
+/// how many took over 10 ms, their p50, p99 and largest latency (ms), and when the slowest was
+/// published (ms into the phase).
+fn latency_trace(events: &[(u64, u64)]) -> String {
+    let Some(first) = events.iter().map(|&(sent, _)| sent).min() else {
+        return String::new();
+    };
+    let mut seconds: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = Default::default();
+    for &(sent, took) in events {
+        seconds.entry((sent - first) / 1_000_000).or_default().push((took, sent - first));
+    }
+    let start = first as f64 / 1e6;
+    let mut out = format!(
+        "# started at {start:.3} s after the Unix epoch\nsecond events over_10ms p50_ms p99_ms max_ms max_sent_at_ms\n"
+    );
+    for (second, mut second_events) in seconds {
+        second_events.sort_unstable();
+        let (max, max_at) =
+            second_events.last().map(|&(took, at)| (took as f64 / 1000.0, at / 1000)).unwrap_or_default();
+        let took: Vec<u64> = second_events.iter().map(|&(took, _)| took).collect();
+        let slow = took.iter().filter(|&&t| t > 10_000).count();
+        let (p50, p99) = (percentile(&took, 0.50), percentile(&took, 0.99));
+        out += &format!("{second} {} {slow} {p50:.2} {p99:.2} {max:.2} {max_at}\n", took.len());
+    }
+    out
 }
 
 fn proc_stats(pid: u32) -> (f64, f64) {
@@ -668,7 +706,7 @@ async fn main() -> anyhow::Result<()> {
         recv.latencies.lock().expect("lock").clear();
         let make = publish(args.ns1.clone());
         let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-        let total = args.rate * args.seconds;
+        let total = args.rate * args.latency_seconds.unwrap_or(args.seconds);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut sends = Vec::with_capacity(total as usize);
@@ -693,13 +731,19 @@ async fn main() -> anyhow::Result<()> {
         result.insert("publish_p99_ms".into(), percentile(&answers, 0.99).into());
         drained(&recv, ok, Duration::from_secs(120)).await?;
         delivered_total += ok;
-        let mut lat = recv.latencies.lock().expect("lock").clone();
+        let events = recv.latencies.lock().expect("lock").clone();
+        if let Some(path) = &args.latency_trace {
+            std::fs::write(path, latency_trace(&events))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let mut lat: Vec<u64> = events.iter().map(|&(_, took)| took).collect();
         lat.sort_unstable();
         result.insert("p50_ms".into(), percentile(&lat, 0.50).into());
         result.insert("p95_ms".into(), percentile(&lat, 0.95).into());
         result.insert("p99_ms".into(), percentile(&lat, 0.99).into());
         result.insert("latency_samples".into(), lat.len().into());
         result.insert("offered_eps".into(), args.rate.into());
+        result.insert("latency_seconds".into(), args.latency_seconds.unwrap_or(args.seconds).into());
     }
 
     // 6. Fail-over: how long the subscriptions of a replica killed with `kill -9` go without a
