@@ -868,3 +868,27 @@ fn cel_worst_case(bytes: usize) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::latency_trace;
+
+    #[test]
+    fn the_latency_trace_summarises_each_second_of_publishing() {
+        // (published at, took) in µs: two events in the phase's first second, one in its third.
+        let start = 1_000_000_000;
+        let events = [(start + 400_000, 12_500), (start, 2_000), (start + 2_100_000, 3_000)];
+        let trace = latency_trace(&events);
+        let lines: Vec<&str> = trace.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "# started at 1000.000 s after the Unix epoch",
+                "second events over_10ms p50_ms p99_ms max_ms max_sent_at_ms",
+                "0 2 1 12.50 12.50 12.50 400",
+                "2 1 0 3.00 3.00 3.00 2100",
+            ]
+        );
+        assert_eq!(latency_trace(&[]), "", "no events, no trace");
+    }
+}
