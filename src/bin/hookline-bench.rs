@@ -706,7 +706,8 @@ async fn main() -> anyhow::Result<()> {
         recv.latencies.lock().expect("lock").clear();
         let make = publish(args.ns1.clone());
         let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-        let total = args.rate * args.latency_seconds.unwrap_or(args.seconds);
+        let seconds = args.latency_seconds.unwrap_or(args.seconds);
+        let total = args.rate * seconds;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut sends = Vec::with_capacity(total as usize);
@@ -743,7 +744,7 @@ async fn main() -> anyhow::Result<()> {
         result.insert("p99_ms".into(), percentile(&lat, 0.99).into());
         result.insert("latency_samples".into(), lat.len().into());
         result.insert("offered_eps".into(), args.rate.into());
-        result.insert("latency_seconds".into(), args.latency_seconds.unwrap_or(args.seconds).into());
+        result.insert("latency_seconds".into(), seconds.into());
     }
 
     // 6. Fail-over: how long the subscriptions of a replica killed with `kill -9` go without a
