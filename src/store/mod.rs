@@ -32,7 +32,8 @@ pub fn now_ms() -> Millis {
 }
 
 /// A stored time as the delivery log shows it: RFC 3339 in UTC with exactly three fractional
-/// digits, so that the strings sort as the times do (`…09.240Z` after `…09.241Z` would not).
+/// digits, so that the strings sort as the times do (the shortest form, `…09.24Z`, would sort
+/// after `…09.241Z`).
 fn rfc3339(ms: Millis) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| format!("{t:.3}")).unwrap_or_default()
 }
