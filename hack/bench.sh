@@ -22,7 +22,8 @@
 # BENCH_ORDERING (the subscriptions' delivery.ordering, default Unordered) and BENCH_KEYS (events
 # carry a partitionkey, one of this many in turn; default none),
 # BENCH_LATENCY_TRACE=FILE (the latency phase second by second: events, how many took over 10 ms,
-# p50, p99, the slowest and when it was published),
+# p50, p99, the slowest and when it was published, the host's CPU busy/stolen/iowait % and disk
+# writes per second and in flight),
 # BENCH_LEASE (--failover: the replicas' --lease-duration, default Hookline's 45s; offered load
 # default 100 events/s, each to ten subscriptions).
 set -euo pipefail

@@ -354,8 +354,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 /// The latency phase second by second (`--latency-trace`): after a line with the phase's start
 /// (to match against a server's logs), per second of publishing: the events published in it,
 /// how many took over 10 ms, their p50, p99 and largest latency (ms), and when the slowest was
-/// published (ms into the phase).
-fn latency_trace(events: &[(u64, u64)]) -> String {
+/// published (ms into the phase); then what the host did in that second (see [`HostSample`]),
+/// `-` where no sample brackets it.
+fn latency_trace(events: &[(u64, u64)], host: &[HostSample]) -> String {
     let Some(first) = events.iter().map(|&(sent, _)| sent).min() else {
         return String::new();
     };
@@ -363,9 +364,16 @@ fn latency_trace(events: &[(u64, u64)]) -> String {
     for &(sent, took) in events {
         seconds.entry((sent - first) / 1_000_000).or_default().push((took, sent - first));
     }
+    // The sample nearest each whole second of the phase.
+    let at = |second: u64| {
+        let t = first + second * 1_000_000;
+        host.iter().filter(|h| h.at_us.abs_diff(t) < 500_000).min_by_key(|h| h.at_us.abs_diff(t))
+    };
     let start = first as f64 / 1e6;
     let mut out = format!(
-        "# started at {start:.3} s after the Unix epoch\nsecond events over_10ms p50_ms p99_ms max_ms max_sent_at_ms\n"
+        "# started at {start:.3} s after the Unix epoch\n\
+         second events over_10ms p50_ms p99_ms max_ms max_sent_at_ms {}\n",
+        HostSample::COLUMNS
     );
     for (second, mut second_events) in seconds {
         second_events.sort_unstable();
@@ -374,9 +382,111 @@ fn latency_trace(events: &[(u64, u64)]) -> String {
         let took: Vec<u64> = second_events.iter().map(|&(took, _)| took).collect();
         let slow = took.iter().filter(|&&t| t > 10_000).count();
         let (p50, p99) = (percentile(&took, 0.50), percentile(&took, 0.99));
-        out += &format!("{second} {} {slow} {p50:.2} {p99:.2} {max:.2} {max_at}\n", took.len());
+        let host = match (at(second), at(second + 1)) {
+            (Some(a), Some(b)) => b.since(a).to_string(),
+            _ => "- - - - -".to_string(),
+        };
+        out += &format!("{second} {} {slow} {p50:.2} {p99:.2} {max:.2} {max_at} {host}\n", took.len());
     }
     out
+}
+
+/// The host's counters at one moment (Linux `/proc`), so that a slow second can be told apart:
+/// the server's own work, or the machine (a hypervisor taking CPU time away, a disk queue).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct HostSample {
+    /// When, in µs after the Unix epoch.
+    at_us: u64,
+    /// CPU time in ticks: running (user, nice, system, irq, softirq), idle, waiting for I/O,
+    /// and stolen (a hypervisor ran someone else while this machine had work).
+    busy: u64,
+    idle: u64,
+    iowait: u64,
+    steal: u64,
+    /// Whole disks' writes completed, and milliseconds spent on writes (summed over requests,
+    /// so per second of wall time it is the average number of writes in flight, times 1,000).
+    writes: u64,
+    write_ms: u64,
+}
+
+/// What the host did between two samples.
+struct HostDelta {
+    busy_pct: f64,
+    steal_pct: f64,
+    iowait_pct: f64,
+    writes_per_s: f64,
+    writes_in_flight: f64,
+}
+
+impl std::fmt::Display for HostDelta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} {:.0} {:.0} {:.0} {:.1}",
+            self.busy_pct, self.steal_pct, self.iowait_pct, self.writes_per_s, self.writes_in_flight
+        )
+    }
+}
+
+impl HostSample {
+    const COLUMNS: &str = "cpu_busy_pct cpu_steal_pct cpu_iowait_pct disk_writes_per_s disk_writes_in_flight";
+
+    /// Now, or `None` where `/proc` does not say.
+    fn now() -> Option<HostSample> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let disks: Vec<String> = std::fs::read_dir("/sys/block")
+            .map(|dir| dir.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        let diskstats = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+        HostSample::parse(now_us(), &stat, &diskstats, &disks)
+    }
+
+    /// From `/proc/stat`'s `cpu` line and the lines of `/proc/diskstats` naming one of `disks`
+    /// (whole disks, so that a partition's writes are not counted twice; loop and RAM disks are
+    /// left out).
+    fn parse(at_us: u64, stat: &str, diskstats: &str, disks: &[String]) -> Option<HostSample> {
+        let cpu: Vec<u64> = stat
+            .lines()
+            .find(|l| l.starts_with("cpu "))?
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let field = |i: usize| cpu.get(i).copied().unwrap_or(0);
+        let mut sample = HostSample {
+            at_us,
+            busy: field(0) + field(1) + field(2) + field(5) + field(6),
+            idle: field(3),
+            iowait: field(4),
+            steal: field(7),
+            ..Default::default()
+        };
+        for line in diskstats.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let Some(name) = f.get(2) else { continue };
+            if name.starts_with("loop") || name.starts_with("ram") || !disks.iter().any(|d| d == name) {
+                continue;
+            }
+            let number = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            sample.writes += number(7);
+            sample.write_ms += number(10);
+        }
+        Some(sample)
+    }
+
+    fn since(&self, before: &HostSample) -> HostDelta {
+        let ticks = |s: &HostSample| s.busy + s.idle + s.iowait + s.steal;
+        let total = ticks(self).saturating_sub(ticks(before)).max(1) as f64;
+        let pct = |f: fn(&HostSample) -> u64| 100.0 * f(self).saturating_sub(f(before)) as f64 / total;
+        let seconds = (self.at_us.saturating_sub(before.at_us) as f64 / 1e6).max(1e-3);
+        HostDelta {
+            busy_pct: pct(|s| s.busy),
+            steal_pct: pct(|s| s.steal),
+            iowait_pct: pct(|s| s.iowait),
+            writes_per_s: self.writes.saturating_sub(before.writes) as f64 / seconds,
+            writes_in_flight: self.write_ms.saturating_sub(before.write_ms) as f64 / 1000.0 / seconds,
+        }
+    }
 }
 
 fn proc_stats(pid: u32) -> (f64, f64) {
@@ -710,6 +820,18 @@ async fn main() -> anyhow::Result<()> {
         let total = args.rate * seconds;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        // The host, once a second from the phase's start until its last event is delivered.
+        let host = Arc::new(Mutex::new(Vec::new()));
+        let sampler = tokio::spawn({
+            let host = host.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    host.lock().expect("lock").extend(HostSample::now());
+                }
+            }
+        });
         let mut sends = Vec::with_capacity(total as usize);
         for n in 0..total {
             ticker.tick().await;
@@ -732,9 +854,16 @@ async fn main() -> anyhow::Result<()> {
         result.insert("publish_p99_ms".into(), percentile(&answers, 0.99).into());
         drained(&recv, ok, Duration::from_secs(120)).await?;
         delivered_total += ok;
+        sampler.abort();
+        let host = std::mem::take(&mut *host.lock().expect("lock"));
+        if let (Some(first), Some(last)) = (host.first(), host.last()) {
+            let phase = last.since(first);
+            result.insert("host_busy_pct".into(), phase.busy_pct.round().into());
+            result.insert("host_steal_pct".into(), ((phase.steal_pct * 10.0).round() / 10.0).into());
+        }
         let events = recv.latencies.lock().expect("lock").clone();
         if let Some(path) = &args.latency_trace {
-            std::fs::write(path, latency_trace(&events))
+            std::fs::write(path, latency_trace(&events, &host))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         let mut lat: Vec<u64> = events.iter().map(|&(_, took)| took).collect();
@@ -872,24 +1001,62 @@ fn cel_worst_case(bytes: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::latency_trace;
+    use super::{HostSample, latency_trace};
 
     #[test]
     fn the_latency_trace_summarises_each_second_of_publishing() {
         // (published at, took) in µs: two events in the phase's first second, one in its third.
         let start = 1_000_000_000;
         let events = [(start + 400_000, 12_500), (start, 2_000), (start + 2_100_000, 3_000)];
-        let trace = latency_trace(&events);
+        // The host sampled at the start of the first and second seconds (not the third's end).
+        let sample = |at_us, busy, steal, writes, write_ms| HostSample {
+            at_us,
+            busy,
+            idle: 100,
+            steal,
+            writes,
+            write_ms,
+            ..Default::default()
+        };
+        let host =
+            [sample(start + 30_000, 100, 10, 1_000, 5_000), sample(start + 990_000, 250, 20, 2_600, 8_000)];
+        let trace = latency_trace(&events, &host);
         let lines: Vec<&str> = trace.lines().collect();
         assert_eq!(
             lines,
             [
                 "# started at 1000.000 s after the Unix epoch",
-                "second events over_10ms p50_ms p99_ms max_ms max_sent_at_ms",
-                "0 2 1 12.50 12.50 12.50 400",
-                "2 1 0 3.00 3.00 3.00 2100",
+                "second events over_10ms p50_ms p99_ms max_ms max_sent_at_ms \
+                 cpu_busy_pct cpu_steal_pct cpu_iowait_pct disk_writes_per_s disk_writes_in_flight",
+                // 150 busy and 10 stolen ticks of 160; 1,600 writes and 3 s of writing in 0.96 s.
+                "0 2 1 12.50 12.50 12.50 400 94 6 0 1667 3.1",
+                "2 1 0 3.00 3.00 3.00 2100 - - - - -",
             ]
         );
-        assert_eq!(latency_trace(&[]), "", "no events, no trace");
+        assert_eq!(latency_trace(&[], &host), "", "no events, no trace");
+    }
+
+    #[test]
+    fn host_samples_count_whole_disks_once() {
+        let stat = "cpu  10 1 2 30 4 5 6 7 0 0\ncpu0 5 0 1 15 2 2 3 3 0 0\n";
+        let diskstats = "\
+             254       0 vda 100 0 800 50 40 3 900 120 0 200 170 0 0 0 0\n\
+             254       1 vda1 90 0 700 45 40 3 900 120 0 190 165 0 0 0 0\n\
+               7       0 loop0 5 0 10 1 9 0 9 9 0 1 1 0 0 0 0\n";
+        let disks = ["vda".to_string(), "loop0".to_string()];
+        let sample = HostSample::parse(1, stat, diskstats, &disks).expect("parsed");
+        assert_eq!(
+            sample,
+            HostSample {
+                at_us: 1,
+                busy: 10 + 1 + 2 + 5 + 6,
+                idle: 30,
+                iowait: 4,
+                steal: 7,
+                writes: 40,
+                write_ms: 120
+            }
+        );
+        assert_eq!(HostSample::parse(1, "", diskstats, &disks), None, "no cpu line, no sample");
     }
 }
