@@ -5,7 +5,12 @@
 #                           kube-controller-manager (1.20) with the CEL-enforcing CRD server
 #                           (1.36) behind it, on free loopback ports; the last line printed is
 #                           `export KUBECONFIG=…`
-#   hack/cluster.sh down    stop exactly what `up` started and remove its state
+#   hack/cluster.sh up --node
+#                           the same plus one real node (hack/node.sh: containerd, kubelet,
+#                           kube-proxy, kube-scheduler, a default StorageClass), so pods run; the
+#                           API server then listens on the node's bridge address (10.244.0.1),
+#                           where pods reach it through the `kubernetes` Service. Needs root.
+#   hack/cluster.sh down    stop exactly what `up` started (the node too) and remove its state
 #   hack/cluster.sh status  say whether the control plane is running
 #   hack/cluster.sh env     print the `export KUBECONFIG=…` line of a running control plane
 #   hack/cluster.sh apiserver-stop | apiserver-start
@@ -23,6 +28,10 @@
 set -euo pipefail
 
 K8S_VERSION=1.20.2
+CONTROL_PLANE_BINS=(kube-apiserver kube-controller-manager)
+# The first address of --service-cluster-ip-range: the `kubernetes` Service.
+KUBERNETES_SERVICE_IP=10.0.0.1
+NODE_BINS=(kubelet kube-scheduler kube-proxy)
 # The Service (kube-system) through which the 1.20 aggregator reaches the CRD server.
 CRD_SERVICE=hookline-crd-server
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,14 +70,18 @@ enable_deb_src() {
   as_root apt-get update -qq >/dev/null
 }
 
+# build_k8s BINARY...: build the named Kubernetes commands (cmd/<name>) that are not cached yet, in
+# one `make`, so the packages they share compile once.
 build_k8s() {
-  if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kube-controller-manager" ]; then return 0; fi
+  local want=() b
+  for b in "$@"; do [ -x "$BIN_DIR/$b" ] || want+=("$b"); done
+  [ ${#want[@]} -eq 0 ] && return 0
   install_packages build
   enable_deb_src
   local work="$CACHE_DIR/build"
   local buildlog="$CACHE_DIR/k8s-build.log"
   rm -rf "$work"; mkdir -p "$work"
-  log "building kube-apiserver + kube-controller-manager $K8S_VERSION from Debian sources (≈7 min on 2 cores; log: $buildlog)"
+  log "building ${want[*]} (Kubernetes $K8S_VERSION) from Debian's source: first run only, ≈$((3 + 2 * ${#want[@]})) min on 2 cores; log: $buildlog"
   (
     set -e
     cd "$work"
@@ -82,13 +95,17 @@ build_k8s() {
     ln -sfn "$work/kubernetes-$K8S_VERSION" "$work/.go/src/k8s.io/kubernetes"
     cd "$work/.go/src/k8s.io/kubernetes"
     GOPATH="$work/.go" GOCACHE="$work/.gocache" CGO_ENABLED=0 \
-      make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" GOFLAGS=-tags=providerless
+      make WHAT="${want[*]/#/cmd/}" GOFLAGS=-tags=providerless
   ) >"$buildlog" 2>&1 || die "building Kubernetes failed; see $buildlog (last lines: $(tail -n 5 "$buildlog" | tr '\n' ' '))"
   mkdir -p "$BIN_DIR"
   local out="$work/kubernetes-$K8S_VERSION/_output/local/bin/linux/amd64"
-  cp "$out/kube-apiserver" "$out/kube-controller-manager" "$BIN_DIR/"
+  for b in "${want[@]}"; do cp "$out/$b" "$BIN_DIR/"; done
+  # The pause container's source, for the node's sandbox image (hack/node.sh).
+  if [ -f "$work/kubernetes-$K8S_VERSION/build/pause/linux/pause.c" ]; then
+    cp "$work/kubernetes-$K8S_VERSION/build/pause/linux/pause.c" "$BIN_DIR/pause.c"
+  fi
   rm -rf "$work"
-  log "cached binaries in $BIN_DIR"
+  log "cached ${want[*]} in $BIN_DIR"
 }
 
 build_crd_server() {
@@ -99,6 +116,7 @@ build_crd_server() {
 # --- processes ------------------------------------------------------------------------------
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+node_ip() { sed -n 's/^NODE_IP=//p' "$ROOT/hack/node.sh"; }
 
 start_bg() { # name, command...
   local name=$1; shift
@@ -135,18 +153,31 @@ users:
 KUBECONFIG
 }
 
-up() {
+up() { # [--node]
+  local node=false
+  [ "${1:-}" = --node ] && node=true
   if pid_alive "$STATE_DIR/kube-apiserver.pid"; then
+    if $node && [ ! -f "$STATE_DIR/node-ip" ]; then
+      die "running without a node: hack/cluster.sh down, then up --node"
+    fi
     log "already running"
     echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
     return 0
   fi
   [ -d "$STATE_DIR" ] && down_quiet
   install_packages
-  build_k8s
+  if $node; then build_k8s "${CONTROL_PLANE_BINS[@]}" "${NODE_BINS[@]}"; else build_k8s "${CONTROL_PLANE_BINS[@]}"; fi
   CRD_SERVER=$(build_crd_server)
   mkdir -p "$STATE_DIR/certs"
   chmod 700 "$STATE_DIR"
+  # With a node the API server listens on the node's bridge, which must exist first.
+  local api_host=127.0.0.1
+  if $node; then
+    "$ROOT/hack/node.sh" bridge
+    api_host=$(node_ip)
+    echo "$api_host" >"$STATE_DIR/node-ip"
+  fi
+  echo "$api_host" >"$STATE_DIR/api-host"
 
   # etcd state lives on tmpfs when there is one: a throwaway test cluster needs no disk fsync.
   local etcd_data
@@ -162,16 +193,24 @@ up() {
     crd_port=$(free_port)
   done
 
-  # Keys: a throwaway CA, a serving certificate it signs for 127.0.0.1 (rustls refuses a CA
-  # certificate used as the server's own), and a service-account signing key.
+  # Keys: a throwaway CA, a serving certificate it signs (rustls refuses a CA certificate used as
+  # the server's own) for loopback, the node's bridge address and the `kubernetes` Service (its
+  # IP and names, for pods' in-cluster config), and a service-account signing key.
   local c="$STATE_DIR/certs"
+  printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' >"$c/client.cnf"
   {
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=hookline-local-ca \
       -keyout "$c/ca.key" -out "$c/ca.crt" &&
-    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$c/apiserver.key" -out "$c/apiserver.csr" &&
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$c/ext.cnf" &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$api_host" -keyout "$c/apiserver.key" -out "$c/apiserver.csr" &&
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+      "$api_host" "$KUBERNETES_SERVICE_IP" >"$c/ext.cnf" &&
     openssl x509 -req -in "$c/apiserver.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial -days 30 \
-      -extfile "$c/ext.cnf" -out "$c/apiserver.crt"
+      -extfile "$c/ext.cnf" -out "$c/apiserver.crt" &&
+    # The API server's client certificate towards kubelets (logs, exec).
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+      -keyout "$c/kubelet-client.key" -out "$c/kubelet-client.csr" &&
+    openssl x509 -req -in "$c/kubelet-client.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial -days 30 \
+      -extfile "$c/client.cnf" -out "$c/kubelet-client.crt"
   } >/dev/null 2>&1 || die "openssl could not create the serving certificate"
   # The front proxies requests for aggregated APIs with a client certificate from a CA of its
   # own; the CRD server serves a certificate for the Service name the aggregator verifies.
@@ -180,7 +219,6 @@ up() {
       -keyout "$c/front-proxy-ca.key" -out "$c/front-proxy-ca.crt" &&
     openssl req -newkey rsa:2048 -nodes -subj /CN=front-proxy-client \
       -keyout "$c/front-proxy-client.key" -out "$c/front-proxy-client.csr" &&
-    printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' >"$c/client.cnf" &&
     openssl x509 -req -in "$c/front-proxy-client.csr" -CA "$c/front-proxy-ca.crt" -CAkey "$c/front-proxy-ca.key" \
       -CAcreateserial -days 30 -extfile "$c/client.cnf" -out "$c/front-proxy-client.crt" &&
     openssl req -newkey rsa:2048 -nodes -subj "/CN=$CRD_SERVICE.kube-system.svc" \
@@ -208,7 +246,7 @@ up() {
   echo "$crd_port" >"$STATE_DIR/crd-port"
   start_apiserver
 
-  write_kubeconfig "https://127.0.0.1:$api_port" "$token" "$STATE_DIR/kubeconfig"
+  write_kubeconfig "https://$api_host:$api_port" "$token" "$STATE_DIR/kubeconfig"
   chmod 600 "$STATE_DIR/kubeconfig"
 
   start_crd_server "$etcd_port" "$crd_port"
@@ -217,9 +255,17 @@ up() {
   # resourcequota keeps ResourceQuotas' usage, which the CRD server's quota admission checks;
   # resynced every 5 s (not 5 min), since tests install CRDs after it starts and a quota counts a
   # newly discovered resource only from its next sync.
-  log "starting kube-controller-manager (garbagecollector, namespace, resourcequota)"
+  # With a node, also the controllers that make pods run: workloads, Services' endpoints,
+  # ServiceAccounts and their tokens, node health, volumes, disruption budgets.
+  local controllers=garbagecollector,namespace,resourcequota node_flags=()
+  if $node; then
+    controllers+=,serviceaccount,serviceaccount-token,nodelifecycle,clusterrole-aggregation,deployment,replicaset
+    controllers+=,endpoint,endpointslice,disruption,persistentvolume-binder,pvc-protection,pv-protection,podgc,job
+    node_flags=(--service-account-private-key-file "$c/sa.key" --root-ca-file "$c/ca.crt")
+  fi
+  log "starting kube-controller-manager ($controllers)"
   start_bg kube-controller-manager "$BIN_DIR/kube-controller-manager" \
-    --kubeconfig "$STATE_DIR/kubeconfig" --controllers garbagecollector,namespace,resourcequota \
+    --kubeconfig "$STATE_DIR/kubeconfig" --controllers "$controllers" "${node_flags[@]}" \
     --resource-quota-sync-period 5s \
     --leader-elect=false --bind-address 127.0.0.1 --port 0 --secure-port 0
   # Give it a moment to fail on bad flags before declaring success.
@@ -228,18 +274,22 @@ up() {
     "$STATE_DIR/kube-controller-manager.log"
 
   log "control plane ready: Kubernetes $K8S_VERSION, CRDs served by $(basename "$(dirname "$CRD_SERVER")") (state: $STATE_DIR)"
+  if $node; then
+    "$ROOT/hack/node.sh" up
+  fi
   echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
 }
 
 # Start kube-apiserver on the ports `up` chose (also used to restart it after `apiserver-stop`).
 start_apiserver() {
-  local etcd_port api_port token
-  etcd_port=$(cat "$STATE_DIR/etcd-port"); api_port=$(cat "$STATE_DIR/api-port")
+  local etcd_port api_port token api_host c="$STATE_DIR/certs"
+  etcd_port=$(cat "$STATE_DIR/etcd-port"); api_port=$(cat "$STATE_DIR/api-port"); api_host=$(cat "$STATE_DIR/api-host")
   token=$(cut -d, -f1 "$STATE_DIR/tokens.csv")
-  log "starting kube-apiserver on https://127.0.0.1:$api_port"
+  log "starting kube-apiserver on https://$api_host:$api_port"
   start_bg kube-apiserver "$BIN_DIR/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+    --bind-address "$api_host" --advertise-address "$api_host" --secure-port "$api_port" --insecure-port 0 \
+    --kubelet-client-certificate "$c/kubelet-client.crt" --kubelet-client-key "$c/kubelet-client.key" \
     --tls-cert-file "$STATE_DIR/certs/apiserver.crt" --tls-private-key-file "$STATE_DIR/certs/apiserver.key" \
     --cert-dir "$STATE_DIR/certs" --token-auth-file "$STATE_DIR/tokens.csv" \
     --authorization-mode RBAC \
@@ -256,7 +306,7 @@ start_apiserver() {
     --runtime-config apiextensions.k8s.io/v1beta1=false
   wait_for kube-apiserver 90 "$STATE_DIR/kube-apiserver.pid" "$STATE_DIR/kube-apiserver.log" \
     curl -fsS --cacert "$STATE_DIR/certs/ca.crt" -H "Authorization: Bearer $token" \
-    "https://127.0.0.1:$api_port/readyz"
+    "https://$api_host:$api_port/readyz"
 }
 
 # The CRD server: k8s.io/apiextensions-apiserver 1.36 on the same etcd under a prefix of its own
@@ -383,6 +433,7 @@ stop_pid() { # name
 }
 
 down_quiet() {
+  if [ -d "$STATE_DIR/node" ] || [ -f "$STATE_DIR/node-ip" ]; then "$ROOT/hack/node.sh" down; fi
   stop_group crd-router
   stop_pid kube-controller-manager
   stop_pid crd-server
@@ -399,9 +450,9 @@ down() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) up "${2:-}" ;;
   down) down ;;
-  build) install_packages; build_k8s; build_crd_server >/dev/null ;;
+  build) install_packages; build_k8s "${CONTROL_PLANE_BINS[@]}" "${NODE_BINS[@]}"; build_crd_server >/dev/null ;;
   route-crds) route_crds ;;  # internal: the router that `up` starts
   # Stop and start only the API server (etcd and its data stay): for tests of API-server outages.
   apiserver-stop) stop_pid kube-apiserver ;;
@@ -413,5 +464,5 @@ case "${1:-}" in
   env)
     pid_alive "$STATE_DIR/kube-apiserver.pid" || die "not running (hack/cluster.sh up)"
     echo "export KUBECONFIG=$STATE_DIR/kubeconfig" ;;
-  *) echo "usage: $0 up|down|status|env|build|apiserver-stop|apiserver-start" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--node]|down|status|env|build|apiserver-stop|apiserver-start" >&2; exit 2 ;;
 esac

@@ -15,6 +15,8 @@
 # connections (it listens on 127.0.0.1 only). As root it runs as the `postgres` user (PostgreSQL
 # refuses to run as root), with its files in a private directory under /tmp that this user can
 # reach wherever the checkout is; the state directory records where.
+# HOOKLINE_POSTGRES_LISTEN=ADDR/BITS also listens on ADDR and trusts clients from that network
+# (the test node's pods: 10.244.0.1/24, a database outside the cluster as a managed one would be).
 # HOOKLINE_POSTGRES_OPTIONS adds server options, e.g. for profiling:
 #   "-c log_min_duration_statement=8 -c log_checkpoints=on -c logging_collector=on -c log_directory=/tmp/pglog"
 set -euo pipefail
@@ -75,9 +77,10 @@ make_certificates() {
 running() { [ -f "$(data)/postmaster.pid" ] && pg pg_ctl -D "$(data)" status >/dev/null 2>&1; }
 
 start_server() {
-  local port dir; port=$(cat "$STATE_DIR/port"); dir=$(pg_dir)
+  local port dir listen=127.0.0.1; port=$(cat "$STATE_DIR/port"); dir=$(pg_dir)
+  [ ! -f "$STATE_DIR/listen" ] || listen="127.0.0.1,$(cut -d/ -f1 "$STATE_DIR/listen")"
   pg pg_ctl -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=300 \
+    -o "-k $dir -p $port -c listen_addresses=$listen -c fsync=on -c synchronous_commit=on -c max_connections=300 \
        -c ssl=on -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key ${HOOKLINE_POSTGRES_OPTIONS:-}" \
     start >/dev/null || { tail -n 20 "$dir/postgres.log" >&2; die "PostgreSQL did not start"; }
 }
@@ -97,8 +100,14 @@ up() {
     pg initdb -D "$(data)" -U postgres --auth=trust --no-sync >"$STATE_DIR/initdb.log" 2>&1 \
       || { cat "$STATE_DIR/initdb.log" >&2; die "initdb failed"; }
     make_certificates
+    if [ -n "${HOOKLINE_POSTGRES_LISTEN:-}" ]; then
+      echo "$HOOKLINE_POSTGRES_LISTEN" >"$STATE_DIR/listen"
+      local network
+      network=$(python3 -c 'import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1], strict=False))' "$HOOKLINE_POSTGRES_LISTEN")
+      echo "host all all $network trust" >>"$(data)/pg_hba.conf"
+    fi
     start_server
-    log "PostgreSQL $PG_VERSION on 127.0.0.1:$(cat "$STATE_DIR/port"), data in $(data)"
+    log "PostgreSQL $PG_VERSION on 127.0.0.1:$(cat "$STATE_DIR/port")${HOOKLINE_POSTGRES_LISTEN:+ and ${HOOKLINE_POSTGRES_LISTEN%/*}}, data in $(data)"
   fi
   exports
 }
