@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod ownership;
 pub mod policy;
+pub mod publisher;
 pub mod registry;
 pub mod report;
 pub mod server;

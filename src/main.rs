@@ -57,6 +57,34 @@ enum Command {
     Openapi,
     /// Print the version.
     Version,
+    /// Publish one CloudEvent to a Hookline ingest (with the pod's ServiceAccount token) and wait
+    /// for it to be accepted: a smoke test from inside the cluster (the chart's `helm test`).
+    Publish(PublishArgs),
+}
+
+#[derive(Parser)]
+struct PublishArgs {
+    /// Base URL of the ingest Service, e.g. http://hookline-ingest.hookline.svc:8080.
+    #[arg(long, env = "HOOKLINE_INGEST_URL")]
+    url: String,
+    /// The namespace to publish in.
+    #[arg(long)]
+    namespace: String,
+    /// CloudEvents `type`.
+    #[arg(long = "type")]
+    event_type: String,
+    /// CloudEvents `source`.
+    #[arg(long, default_value = "/hookline-publish")]
+    source: String,
+    /// CloudEvents `id` (default: one made from the time and process id).
+    #[arg(long)]
+    id: Option<String>,
+    /// JSON data of the event.
+    #[arg(long)]
+    data: Option<String>,
+    /// File holding the bearer token; `none` sends none.
+    #[arg(long, default_value = hookline::publisher::SERVICE_ACCOUNT_TOKEN)]
+    token_file: String,
 }
 
 #[derive(Parser)]
@@ -181,7 +209,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Openapi => print!("{}", hookline::ingest::openapi::document()),
         Command::Version => println!("hookline {}", env!("CARGO_PKG_VERSION")),
         Command::Run(args) => run(*args).await?,
+        Command::Publish(args) => publish(args).await?,
     }
+    Ok(())
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let id = args.id.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("publish-{}-{}", nanos.as_nanos(), std::process::id())
+    });
+    let publication = hookline::publisher::Publication {
+        ingest_url: args.url,
+        namespace: args.namespace,
+        id,
+        source: args.source,
+        event_type: args.event_type,
+        data: args.data,
+        token_file: (args.token_file != "none").then_some(args.token_file),
+    };
+    let answer = hookline::publisher::publish(&publication).await.context("publishing")?;
+    println!("{answer}");
     Ok(())
 }
 

@@ -33,6 +33,7 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         "which subscriptions this replica owns, its lease, and rendezvous hashing; state, no IO",
     ),
     ("telemetry", &["event"], "trace context carried by events, and OTLP span export"),
+    ("publisher", &[], "a client that publishes one CloudEvent: `hookline publish`, the chart's helm test"),
     ("catalog", &["api", "event", "policy"], "the EventTypes as last seen, schemas compiled; state, no IO"),
     // Floor 3: the engines, side by side.
     (

@@ -53,3 +53,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "http://%s-ingest.%s.svc:%d" (include "hookline.fullname" .) .Release.Namespace (int .Values.ingest.service.port) }}
 {{- end }}
 {{- end }}
+
+{{/* The image reference: repository:tag, or @digest when one is set. */}}
+{{- define "hookline.image" -}}
+"{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{ with .Values.image.digest }}@{{ . }}{{ end }}"
+{{- end }}
