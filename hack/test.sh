@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Hookline's whole test suite, exactly what CI runs (.ci/run calls this):
 # formatting, clippy, then a throwaway PostgreSQL (the store tests run against it and SQLite),
-# the unit tests, a private local control plane and the integration tests. PostgreSQL and the
-# control plane are stopped on exit, whatever happened.
+# the unit tests, a private local cluster with one real node, Hookline's image (built from the
+# Dockerfile) and the test pods' image, and the integration tests (tests/node.rs runs the chart's
+# pods on the node). PostgreSQL, the cluster and its node are stopped on exit, whatever happened.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -58,9 +59,16 @@ step "promtool"
 command -v promtool >/dev/null || apt_install prometheus
 promtool --version | head -n 1
 
-# A control plane of its own, so a developer's `hack/cluster.sh up` is left alone.
-step "local control plane"
-hack/cluster.sh up
+# A cluster of its own, so a developer's `hack/cluster.sh up` is left alone; with a node, for
+# tests/node.rs (one node per machine: a developer's node must be down).
+step "local cluster with a node"
+hack/cluster.sh up --node
+
+step "images: Hookline's (release build, the Dockerfile's runtime stage) and the test pods'"
+HOOKLINE_TEST_IMAGE=$(hack/image.sh | tail -n 1)
+HOOKLINE_TEST_TOOLS_IMAGE=$(hack/image.sh tools | tail -n 1)
+export HOOKLINE_TEST_IMAGE HOOKLINE_TEST_TOOLS_IMAGE
+echo "$HOOKLINE_TEST_IMAGE $HOOKLINE_TEST_TOOLS_IMAGE"
 
 step "integration tests"
 cargo test --locked --test '*'

@@ -16,7 +16,8 @@ fn stages() -> BTreeMap<String, Vec<String>> {
     let joined = DOCKERFILE.replace("\\\n", " ");
     for line in joined.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         if let Some(from) = line.strip_prefix("FROM ") {
-            let name = from.split_once(" AS ").map(|(_, n)| n.trim().to_string()).expect("every stage is named");
+            let name =
+                from.split_once(" AS ").map(|(_, n)| n.trim().to_string()).expect("every stage is named");
             stages.insert(name.clone(), vec![line.to_string()]);
             current = Some(name);
         } else if let Some(name) = &current {
@@ -39,14 +40,20 @@ fn users_get_the_release_build_on_distroless_and_ci_swaps_only_base_and_binary()
     let stages = stages();
     assert_eq!(arg_default("RUNTIME_BASE"), "gcr.io/distroless/cc-debian12:nonroot");
     assert_eq!(arg_default("BINARY_FROM"), "build", "a plain `docker build` compiles from source");
-    assert_eq!(stages.keys().last().map(String::as_str), Some("runtime"), "the default target is the runtime stage");
+    assert_eq!(
+        stages.keys().last().map(String::as_str),
+        Some("runtime"),
+        "the default target is the runtime stage"
+    );
     assert_eq!(stages["runtime"][0], "FROM ${RUNTIME_BASE} AS runtime");
     assert_eq!(stages["binary"][0], "FROM ${BINARY_FROM} AS binary");
     // Both sources leave the binary where the runtime stage takes it.
     let path = "/src/target/release/hookline";
     assert!(stages["build"].iter().any(|l| l.contains("cargo build --release --locked --bin hookline")));
     assert!(stages["prebuilt"].iter().any(|l| l == &format!("COPY target/release/hookline {path}")));
-    assert!(stages["runtime"].iter().any(|l| l == &format!("COPY --from=binary {path} /usr/local/bin/hookline")));
+    assert!(
+        stages["runtime"].iter().any(|l| l == &format!("COPY --from=binary {path} /usr/local/bin/hookline"))
+    );
     // CI: that runtime stage, from this Dockerfile, with exactly those two arguments.
     for needed in [
         "--target runtime",
@@ -73,7 +80,10 @@ fn the_image_runs_as_the_user_and_on_the_ports_the_chart_expects() {
         assert!(DEPLOYMENT.contains(port), "the chart's pod has {port}");
     }
     assert!(runtime.contains(&"VOLUME [\"/var/lib/hookline\"]".to_string()));
-    assert!(DEPLOYMENT.contains("mountPath: /var/lib/hookline") && DEPLOYMENT.contains("value: /var/lib/hookline"));
+    assert!(
+        DEPLOYMENT.contains("mountPath: /var/lib/hookline")
+            && DEPLOYMENT.contains("value: /var/lib/hookline")
+    );
     assert!(runtime.contains(&"ENTRYPOINT [\"/usr/local/bin/hookline\"]".to_string()));
     assert!(DEPLOYMENT.contains("args: [\"run\"]"));
 }

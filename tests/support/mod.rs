@@ -122,10 +122,16 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start(name: &str) -> PrivatePostgres {
+        PrivatePostgres::start_with(name, &[])
+    }
+
+    /// [`PrivatePostgres::start`], with extra environment for `hack/postgres.sh up` (e.g.
+    /// `HOOKLINE_POSTGRES_LISTEN`).
+    pub fn start_with(name: &str, vars: &[(&str, &str)]) -> PrivatePostgres {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp").join(format!("{name}-postgres"));
         let mut pg = PrivatePostgres { dir, url: String::new() };
         pg.url = pg
-            .postgres(&["up"])
+            .postgres_with(&["up"], vars)
             .lines()
             .last()
             .and_then(|l| l.strip_prefix("export HOOKLINE_DATABASE_URL=")?.split_whitespace().next())
@@ -145,7 +151,13 @@ impl PrivatePostgres {
     }
 
     fn postgres(&self, args: &[&str]) -> String {
-        hack("postgres.sh", args, &[("HOOKLINE_POSTGRES_DIR", self.dir.as_os_str())])
+        self.postgres_with(args, &[])
+    }
+
+    fn postgres_with(&self, args: &[&str], vars: &[(&str, &str)]) -> String {
+        let mut env = vec![("HOOKLINE_POSTGRES_DIR", self.dir.as_os_str())];
+        env.extend(vars.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        hack("postgres.sh", args, &env)
     }
 }
 
