@@ -43,4 +43,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+# Port, and the address to listen on (127.0.0.1; 0.0.0.0 in a pod, hack/demo-helm.sh).
+address = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+http.server.HTTPServer((address, int(sys.argv[1])), Handler).serve_forever()

@@ -3,15 +3,17 @@
 # a producer's ServiceAccount publishes CloudEvents (binary, structured, batch); Hookline stores
 # them, signs them and delivers them to a local receiver that checks each signature; then the
 # subscription's status and delivery log are shown. Everything is cleaned up at the end.
+# `hack/demo.sh --helm`: the same as users run it, the chart's pods on a real node (hack/demo-helm.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+if [ "${1:-}" = --helm ]; then exec hack/demo-helm.sh; fi
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # shellcheck source=hack/lib.sh
 . hack/lib.sh
 
-say "Starting the local Kubernetes control plane and installing the CRDs"
+say "Starting the local Kubernetes control plane and installing the CRDs (the first run builds it from Debian's source, ≈10 min)"
 session demo
 
 say "Building Hookline"

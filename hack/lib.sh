@@ -44,13 +44,15 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# session NAME: sets WORK and PIDS, starts the control plane, exports KUBECONFIG, cleans up on exit.
+# session NAME [--node]: sets WORK and PIDS, starts the control plane (with a node: --node),
+# exports KUBECONFIG, cleans up on exit.
 session() {
   WORK=$(mktemp -d)
   export HOOKLINE_CLUSTER_DIR="$ROOT/target/$1-cluster"
   PIDS=()
   trap session_cleanup EXIT
-  eval "$(hack/cluster.sh up 2>/dev/null | tail -n 1)"
+  # Its progress shows (the first run builds Kubernetes); only the last line is kept.
+  eval "$(hack/cluster.sh up ${2:-} | tail -n 1)"
   # --validate=false: kubectl would check the CRDs against the 1.20 front's schema of a CRD,
   # which predates CEL rules; the CRD server behind it judges them.
   kubectl apply --server-side --validate=false -f crds/ >/dev/null
