@@ -144,6 +144,11 @@ struct RunArgs {
     /// publishing is refused with 507 so that what is queued can still be delivered and recorded.
     #[arg(long, env = "HOOKLINE_MIN_FREE_DISK", default_value_t = 128 * 1024 * 1024)]
     min_free_disk: u64,
+    /// How long ingest goes on serving after SIGTERM, with `/readyz` failing and every answer
+    /// closing its connection, before the ordered shutdown begins: the time Kubernetes needs to
+    /// take the pod out of its Services, so publishers are not refused meanwhile (the chart sets 5s).
+    #[arg(long, env = "HOOKLINE_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
     /// Least time between two delivery-status writes of one subscription.
     #[arg(long, env = "HOOKLINE_STATUS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
@@ -382,9 +387,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         catalog: catalog.clone(),
     };
-    let (ingest_addr, ingest_server) = ingest::bind(args.ingest_addr, ingest, shutdown.clone())
-        .await
-        .with_context(|| format!("binding the ingest server to {}", args.ingest_addr))?;
+    let draining = CancellationToken::new();
+    let (ingest_addr, ingest_server) =
+        ingest::bind(args.ingest_addr, ingest, draining.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("binding the ingest server to {}", args.ingest_addr))?;
     info!(addr = %ingest_addr, "ingest server listening");
     let ingest = tokio::spawn(ingest_server);
     // Every replica checks publishes, so every replica follows the EventTypes.
@@ -485,7 +492,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller::Context::new(client, policy, registry, metrics, dispatchers, verifier, ownership)
             .with_catalog(catalog),
     );
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(cancel_on_signal(
+        Stopping { readiness: readiness.clone(), draining, delay: args.shutdown_delay },
+        shutdown.clone(),
+    ));
     info!(namespace = args.watch_namespace.as_deref().unwrap_or("<all>"), "starting controller");
     let acquired = futures::stream::poll_fn(move |cx| acquired_rx.poll_recv(cx));
     controller::run(
@@ -534,7 +544,15 @@ fn positive_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// What a stop signal sets off before the ordered shutdown.
+struct Stopping {
+    readiness: Readiness,
+    draining: CancellationToken,
+    /// `--shutdown-delay`.
+    delay: Duration,
+}
+
+async fn cancel_on_signal(stopping: Stopping, shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
@@ -545,6 +563,17 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    stopping.readiness.set_stopping();
+    stopping.draining.cancel();
+    if !stopping.delay.is_zero() {
+        info!(delay = ?stopping.delay, "shutdown requested: not ready, still taking events for the shutdown delay");
+        // A second signal skips the rest of the delay.
+        tokio::select! {
+            _ = tokio::time::sleep(stopping.delay) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     }
     info!("shutdown requested");
     shutdown.cancel();

@@ -155,6 +155,7 @@ pub struct Readiness {
     subscriptions_loaded: Arc<AtomicBool>,
     catalog_synced: Arc<AtomicBool>,
     store_unreachable: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -182,6 +183,18 @@ impl Readiness {
     /// Whether the store (a database server) answers; an embedded store always does.
     pub fn set_store_reachable(&self, reachable: bool) {
         self.store_unreachable.store(!reachable, Ordering::Release);
+    }
+
+    /// Mark the process as stopping: `/readyz` fails from now on, so Kubernetes takes the pod out
+    /// of its Services, while ingest still serves until the shutdown delay has passed.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// What `/readyz` reports as missing: what ingest needs ([`Readiness::missing`]), and that
+    /// the process is not stopping.
+    pub fn probe(&self) -> Option<&'static str> {
+        if self.stopping.load(Ordering::Acquire) { Some("shutting down") } else { self.missing() }
     }
 
     /// Whether every subscription that existed at start has been looked at once.
@@ -246,6 +259,18 @@ impl ActiveSubscription {
 mod tests {
     use super::*;
     use crate::api::Reason;
+
+    #[test]
+    fn a_stopping_process_fails_its_probe_but_not_ingest() {
+        let readiness = Readiness::default();
+        readiness.set_watches_synced();
+        readiness.set_subscriptions_loaded();
+        readiness.set_catalog_synced();
+        assert_eq!((readiness.missing(), readiness.probe()), (None, None));
+        readiness.set_stopping();
+        assert_eq!(readiness.probe(), Some("shutting down"), "/readyz takes the pod out of Services");
+        assert_eq!(readiness.missing(), None, "ingest goes on taking events meanwhile");
+    }
 
     #[test]
     fn readers_are_woken_only_on_real_changes() {

@@ -205,15 +205,18 @@ fn routes() -> OpenApiRouter<IngestState> {
         .routes(routes!(openapi::serve))
 }
 
-/// Bind the ingest server; returns the bound address and the future that serves it.
+/// Bind the ingest server; returns the bound address and the future that serves it until
+/// `shutdown`. From `draining` on, every answer closes its connection (see
+/// [`crate::server::close_connections_when`]).
 pub async fn bind(
     addr: SocketAddr,
     ingest: Ingest,
+    draining: CancellationToken,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let state = IngestState { parts: Arc::new(ingest), namespaces: Arc::default() };
     let (router, _) = routes().split_for_parts();
-    let app = router.with_state(state);
+    let app = crate::server::close_connections_when(router.with_state(state), draining);
     crate::server::serve(addr, app, shutdown).await
 }
 
