@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 const PARTS: &[(&str, &[&str], &str)] = &[
     // Floor 1: values, no IO.
     ("report", &[], "an error and its sources on one line; used by every part that reports errors"),
+    ("publisher", &[], "a client that publishes one CloudEvent: `hookline publish`, the chart's helm test"),
     ("event", &[], "CloudEvents and their wire formats; knows nothing of Kubernetes"),
     ("api", &["event"], "the CRD types; a FailedEvent holds an event within the event limits"),
     ("policy", &["api", "event"], "what a spec means: limits, retry schedule, matching, conditions"),
@@ -33,7 +34,6 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         "which subscriptions this replica owns, its lease, and rendezvous hashing; state, no IO",
     ),
     ("telemetry", &["event"], "trace context carried by events, and OTLP span export"),
-    ("publisher", &[], "a client that publishes one CloudEvent: `hookline publish`, the chart's helm test"),
     ("catalog", &["api", "event", "policy"], "the EventTypes as last seen, schemas compiled; state, no IO"),
     // Floor 3: the engines, side by side.
     (
