@@ -5,6 +5,9 @@
 #   hack/node.sh bridge    create the node's bridge (the API server binds its address)
 #   hack/node.sh up        start the node against the running control plane; return once Ready
 #   hack/node.sh down      stop everything `bridge` and `up` started, restore what they changed
+#   hack/node.sh snapshot  print what a node changes on this machine (processes, links, iptables
+#                          rules, sysctls, fixed paths, cgroups, mounts): hack/test.sh compares
+#                          it before `up` and after `down`
 #
 # Network (see shared/TESTING.md): pods sit on a bridge of this script's (cni0, $NODE_CIDR) in
 # network namespaces containerd makes; they have no default route, only the pod range and the
@@ -15,8 +18,9 @@
 # Nothing is ever pulled: images are named localhost/… and imported (hack/image.sh); containerd's
 # registry traffic goes to a dead proxy on loopback.
 #
-# State: $HOOKLINE_CLUSTER_DIR/node; kubelet's fixed paths (/var/log/pods, /var/log/containers)
-# and its cgroups are removed on `down`; the sysctls kubelet and kube-proxy change are restored.
+# State: $HOOKLINE_CLUSTER_DIR/node; the fixed paths of kubelet, containerd and CNI (FIXED_PATHS)
+# and kubelet's cgroups are removed on `down`; the sysctls kubelet and kube-proxy change and the
+# iptables rules are restored.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +37,9 @@ PAUSE_IMAGE=localhost/hookline/pause:3.4
 # The sysctls kubelet (and kube-proxy: route_localnet) set at start; restored on `down`.
 SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.conf.all.route_localnet
   net.bridge.bridge-nf-call-iptables)
+# Fixed paths kubelet, containerd and the CNI plugins use whatever their flags say (pod logs,
+# device plugins, shim sockets, CNI results and locks): removed on `down` unless they existed before.
+FIXED_PATHS=(/var/log/pods /var/log/containers /var/lib/kubelet /run/containerd /var/lib/cni /etc/cni)
 # How many pre-made volumes the default StorageClass offers (each is bound once: Retain).
 VOLUMES=24
 
@@ -88,11 +95,12 @@ bridge() {
 
 # The machine as it was before the node, to put back on `down`.
 save_host_state() {
-  local s
+  local s p
   : >"$NODE_DIR/sysctls.saved"
   for s in "${SYSCTLS[@]}"; do
     [ -e "/proc/sys/${s//.//}" ] && echo "$s=$(sysctl -n "$s")" >>"$NODE_DIR/sysctls.saved"
   done
+  for p in "${FIXED_PATHS[@]}"; do [ ! -e "$p" ] || echo "$p"; done >"$NODE_DIR/paths.before"
   iptables-save >"$NODE_DIR/iptables.saved"
   ip6tables-save >"$NODE_DIR/ip6tables.saved" 2>/dev/null || true
 }
@@ -368,13 +376,28 @@ down() {
   [ -x "$BIN_DIR/kube-proxy" ] && "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   if [ -f "$NODE_DIR/bridge" ]; then ip link del "$BRIDGE" 2>/dev/null || true; fi
   restore_host_state
-  # kubelet's fixed paths: the pods' logs.
-  rm -rf /var/log/pods /var/log/containers
+  if [ -f "$NODE_DIR/paths.before" ]; then
+    local p
+    for p in "${FIXED_PATHS[@]}"; do grep -qxF "$p" "$NODE_DIR/paths.before" || rm -rf "$p"; done
+  fi
   rm -rf "$NODE_DIR" || { unmount_all; rm -rf "$NODE_DIR"; }
   log "node removed: processes, mounts, cgroups, $BRIDGE, iptables rules and sysctls restored"
 }
 
+snapshot() {
+  local p s
+  echo "processes:$(for p in containerd kubelet kube-proxy kube-scheduler containerd-shim; do
+    pgrep -x "$p" >/dev/null 2>&1 && printf ' %s' "$p"; done)"
+  echo "links: $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sort | tr '\n' ' ')"
+  echo "iptables:"; iptables-save 2>/dev/null | grep '^-A' | sort
+  for s in "${SYSCTLS[@]}"; do [ -e "/proc/sys/${s//.//}" ] && echo "$s=$(sysctl -n "$s")"; done
+  for p in "${FIXED_PATHS[@]}"; do [ -e "$p" ] && echo "exists: $p"; done
+  ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | sed 's/^/cgroup: /'
+  awk '{print $2}' /proc/self/mounts | grep -E 'kubelet|containerd|netns|/node/' | sed 's/^/mount: /' || true
+}
+
 case "${1:-}" in
+  snapshot) snapshot ;;
   bridge) bridge ;;
   up) up ;;
   down) down ;;

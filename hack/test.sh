@@ -22,9 +22,17 @@ cargo clippy --locked --all-targets -- -D warnings
 export HOOKLINE_POSTGRES_DIR="$ROOT/target/test-postgres"
 export HOOKLINE_CLUSTER_DIR="$ROOT/target/test-cluster"
 export HOOKLINE_TEST_KUBECONFIG="$HOOKLINE_CLUSTER_DIR/kubeconfig"
+# The node must leave the machine as it found it: compared after `down`.
+MACHINE_BEFORE="$ROOT/target/machine-before-node.txt"
 cleanup() {
+  local status=$?
   hack/cluster.sh down >/dev/null 2>&1 || true
   hack/postgres.sh down >/dev/null 2>&1 || true
+  if [ -f "$MACHINE_BEFORE" ] && ! hack/node.sh snapshot | diff -u "$MACHINE_BEFORE" - >&2; then
+    echo "hack/cluster.sh down left the machine changed (above: before the node, and now)" >&2
+    status=1
+  fi
+  exit "$status"
 }
 trap cleanup EXIT
 step "PostgreSQL"
@@ -62,6 +70,8 @@ promtool --version | head -n 1
 # A cluster of its own, so a developer's `hack/cluster.sh up` is left alone; with a node, for
 # tests/node.rs (one node per machine: a developer's node must be down).
 step "local cluster with a node"
+mkdir -p target
+hack/node.sh snapshot >"$MACHINE_BEFORE"
 hack/cluster.sh up --node
 
 step "images: Hookline's (release build, the Dockerfile's runtime stage) and the test pods'"
