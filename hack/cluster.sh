@@ -115,14 +115,9 @@ build_crd_server() {
 
 # --- processes ------------------------------------------------------------------------------
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 node_ip() { sed -n 's/^NODE_IP=//p' "$ROOT/hack/node.sh"; }
-
-start_bg() { # name, command...
-  local name=$1; shift
-  "$@" >"$STATE_DIR/$name.log" 2>&1 &
-  echo $! >"$STATE_DIR/$name.pid"
-}
+start_bg() { start_in "$STATE_DIR" "$@"; }
+stop_pid() { stop_pidfile "$STATE_DIR/$1.pid"; }
 
 wait_for() { # description, seconds, pidfile, logfile, command...
   local what=$1 secs=$2 pidfile=$3 logfile=$4; shift 4
@@ -416,19 +411,6 @@ route_crds() {
 stop_group() { # name
   local pidfile="$STATE_DIR/$1.pid"
   pid_alive "$pidfile" && kill -- "-$(cat "$pidfile")" 2>/dev/null
-  rm -f "$pidfile"
-}
-
-stop_pid() { # name
-  local pidfile="$STATE_DIR/$1.pid"
-  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
-  local pid; pid=$(cat "$pidfile")
-  kill "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + 20))
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ $SECONDS -ge $deadline ]; then kill -9 "$pid" 2>/dev/null || true; fi
-    sleep 0.1
-  done
   rm -f "$pidfile"
 }
 

@@ -47,9 +47,11 @@ rootfs() {
     mmdebstrap --quiet --variant=minbase --include="$2" \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' \
-      bookworm "$tar.part" /etc/apt/sources.list.d/debian.sources >"$WORK/mmdebstrap.log" 2>&1 ||
+      bookworm "$WORK/$1.tar" /etc/apt/sources.list.d/debian.sources >"$WORK/mmdebstrap.log" 2>&1 ||
       { tail -n 20 "$WORK/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
-    mv "$tar.part" "$tar"
+    # mmdebstrap picks the output's format by its name: a .tar name makes a tarball.
+    [ -f "$WORK/$1.tar" ] || die "mmdebstrap made no tarball $WORK/$1.tar"
+    mv "$WORK/$1.tar" "$tar"
   fi
   echo "$tar"
 }

@@ -1,4 +1,5 @@
-# Shared by the hack/ scripts (sourced, not run; it only defines functions): free ports, root and
+# Shared by the hack/ scripts (sourced, not run; it only defines functions): free ports, background
+# processes by pid file, root and
 # apt for what a fresh machine lacks, and for demo.sh and bench.sh a session: a private control
 # plane in target/<name>-cluster, a scratch directory, background processes, all removed on exit.
 
@@ -30,6 +31,30 @@ with open(sys.argv[1], "a+") as given:
         print(port)
         break
 PY
+}
+
+# pid_alive PIDFILE: whether the process that PIDFILE names is running.
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start_in DIR NAME COMMAND...: run COMMAND in the background, its output in DIR/NAME.log and its
+# pid in DIR/NAME.pid.
+start_in() {
+  local dir=$1 name=$2; shift 2
+  "$@" >"$dir/$name.log" 2>&1 &
+  echo $! >"$dir/$name.pid"
+}
+
+# stop_pidfile PIDFILE: stop the process it names (SIGTERM; SIGKILL after 20 s) and remove the file.
+stop_pidfile() {
+  pid_alive "$1" || { rm -f "$1"; return 0; }
+  local pid deadline=$((SECONDS + 20))
+  pid=$(cat "$1")
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ]; then kill -9 "$pid" 2>/dev/null || true; fi
+    sleep 0.1
+  done
+  rm -f "$1"
 }
 
 # as_root COMMAND...: run it as root (directly, or through sudo).

@@ -49,12 +49,8 @@ die() { printf '[node] error: %s\n' "$*" >&2; exit 1; }
 . "$ROOT/hack/lib.sh"
 
 kc() { kubectl --kubeconfig "$STATE_DIR/kubeconfig" "$@"; }
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-start_bg() { # name, command...
-  local name=$1; shift
-  "$@" >"$NODE_DIR/$name.log" 2>&1 &
-  echo $! >"$NODE_DIR/$name.pid"
-}
+start_bg() { start_in "$NODE_DIR" "$@"; }
+stop_pid() { stop_pidfile "$NODE_DIR/$1.pid"; }
 ctr_() { ctr --address "$NODE_DIR/containerd/containerd.sock" --namespace k8s.io "$@"; }
 
 install_packages() {
@@ -294,19 +290,6 @@ up() {
 
 # --- down --------------------------------------------------------------------------------------
 
-stop_pid() { # name
-  local pidfile="$NODE_DIR/$1.pid"
-  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
-  local pid; pid=$(cat "$pidfile")
-  kill "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + 20))
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ $SECONDS -ge $deadline ]; then kill -9 "$pid" 2>/dev/null || true; fi
-    sleep 0.1
-  done
-  rm -f "$pidfile"
-}
-
 # Every process whose command line or executable lies in the node's directory (containerd's
 # shims, the containers' processes): their root is a mount below it.
 kill_leftovers() {
@@ -389,11 +372,11 @@ snapshot() {
   echo "processes:$(for p in containerd kubelet kube-proxy kube-scheduler containerd-shim; do
     pgrep -x "$p" >/dev/null 2>&1 && printf ' %s' "$p"; done)"
   echo "links: $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sort | tr '\n' ' ')"
-  echo "iptables:"; iptables-save 2>/dev/null | grep '^-A' | sort
-  for s in "${SYSCTLS[@]}"; do [ -e "/proc/sys/${s//.//}" ] && echo "$s=$(sysctl -n "$s")"; done
-  for p in "${FIXED_PATHS[@]}"; do [ -e "$p" ] && echo "exists: $p"; done
-  ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | sed 's/^/cgroup: /'
-  awk '{print $2}' /proc/self/mounts | grep -E 'kubelet|containerd|netns|/node/' | sed 's/^/mount: /' || true
+  echo "iptables:"; { iptables-save 2>/dev/null || true; } | { grep '^-A' || true; } | sort
+  for s in "${SYSCTLS[@]}"; do [ ! -e "/proc/sys/${s//.//}" ] || echo "$s=$(sysctl -n "$s")"; done
+  for p in "${FIXED_PATHS[@]}"; do [ ! -e "$p" ] || echo "exists: $p"; done
+  for p in /sys/fs/cgroup/*/kubepods; do [ ! -d "$p" ] || echo "cgroup: $p"; done
+  awk '{print $2}' /proc/self/mounts | { grep -E 'kubelet|containerd|netns|/node/' || true; } | sed 's/^/mount: /'
 }
 
 case "${1:-}" in

@@ -63,6 +63,16 @@ struct NodeTest {
 
 impl Drop for NodeTest {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Beside TestEnv's dump: the pods, and what Hookline's pods logged.
+            for args in [
+                &["get", "pods,pvc,pdb,endpoints", "-o", "wide"][..],
+                &["logs", "-l", "app.kubernetes.io/name=hookline", "--prefix", "--tail=40"][..],
+            ] {
+                let out = self.env.kubectl_output(args);
+                eprintln!("--- kubectl {args:?} ---\n{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
         for release in self.releases.lock().map(|r| r.clone()).unwrap_or_default() {
             let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/helm.sh"))
                 .args(["uninstall", &release, "--namespace", self.ns(), "--wait=false"])
