@@ -75,9 +75,11 @@ spec:
   containers: [{name: producer, image: $TOOLS, imagePullPolicy: Never, command: [sleep, infinity]}]
 YAML
 kubectl -n shop wait --for=condition=Ready pod/producer --timeout=120s >/dev/null
-# No cluster DNS on the test node: the Service's environment variables name it.
-kubectl -n shop exec producer -- sh -c '
-  URL="http://$HOOKLINE_INGEST_SERVICE_HOST:$HOOKLINE_INGEST_SERVICE_PORT/v1/namespaces/shop/events"
+# No cluster DNS on the test node (elsewhere: http://hookline-ingest.hookline.svc:8080): the
+# Service's cluster IP, which kube-proxy routes to the Hookline pod.
+INGEST=$(kubectl -n hookline get service hookline-ingest -o jsonpath='{.spec.clusterIP}:{.spec.ports[0].port}')
+kubectl -n shop exec producer -- env INGEST="$INGEST" sh -ec '
+  URL="http://$INGEST/v1/namespaces/shop/events"
   TOKEN=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token)
   curl -fsS "$URL" -H "Authorization: Bearer $TOKEN" -H "ce-specversion: 1.0" -H "ce-id: ord-1" \
     -H "ce-source: /shop/checkout" -H "ce-type: order.created" -H "content-type: application/json" \
