@@ -81,7 +81,7 @@ build_k8s() {
   local work="$CACHE_DIR/build"
   local buildlog="$CACHE_DIR/k8s-build.log"
   rm -rf "$work"; mkdir -p "$work"
-  log "building ${want[*]} (Kubernetes $K8S_VERSION) from Debian's source: first run only, ≈$((3 + 2 * ${#want[@]})) min on 2 cores; log: $buildlog"
+  log "building ${want[*]} (Kubernetes $K8S_VERSION) from Debian's source: first run only, ≈$((3 + ${#want[@]} / 2)) min on 2 cores; log: $buildlog"
   (
     set -e
     cd "$work"

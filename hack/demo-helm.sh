@@ -11,7 +11,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # shellcheck source=hack/lib.sh
 . hack/lib.sh
 
-say "Starting the local cluster with one node (the first run builds Kubernetes from Debian's source, ≈15 min)"
+say "Starting the local cluster with one node (the first run builds Kubernetes from Debian's source, ≈10 min)"
 session demo-helm --node
 
 say "Building Hookline's image from the Dockerfile (release build: a few minutes the first time)"
