@@ -81,7 +81,7 @@ export HOOKLINE_TEST_IMAGE HOOKLINE_TEST_TOOLS_IMAGE
 echo "$HOOKLINE_TEST_IMAGE $HOOKLINE_TEST_TOOLS_IMAGE"
 
 step "integration tests"
-cargo test --locked --test '*'
+cargo test --locked --no-fail-fast --test '*'
 
 step "benchmark smoke run (checks hack/bench.sh still works; no timing is asserted)"
 hack/bench.sh --smoke | tail -n 1
