@@ -350,6 +350,14 @@ YAML
 
 kc() { kubectl --kubeconfig "$STATE_DIR/kubeconfig" "$@"; }
 
+# Whether APIService NAME sends its group/version to the CRD server and is available. The front's
+# own CRD registration sees the CRDs too (it reads them through the CRD server) and may register a
+# Local APIService for a new group first: the front would then serve that group itself, without
+# CEL rules, and such an APIService is Available as well.
+routed() { # APIService name
+  [ "$(kc get apiservice "$1" -o jsonpath='{.spec.service.name}/{.status.conditions[?(@.type=="Available")].status}' </dev/null 2>/dev/null)" = "$CRD_SERVICE/True" ]
+}
+
 available() { # APIService name
   [ "$(kc get apiservice "$1" -o jsonpath='{.status.conditions[?(@.type=="Available")].status}' </dev/null 2>/dev/null)" = True ]
 }
@@ -392,15 +400,17 @@ route_crds() {
     kc get crd --watch -o go-template='{{.spec.group}}{{range .spec.versions}} {{.name}}{{end}}{{"\n"}}' 2>/dev/null |
       while read -r group versions; do
         for version in $versions; do
-          available "$version.$group" && continue
+          routed "$version.$group" && continue
           for _ in $(seq 1 150); do
             curl -fs --cacert "$STATE_DIR/certs/ca.crt" -H "Authorization: Bearer $token" \
               "https://127.0.0.1:$crd_port/apis/$group/$version" </dev/null >/dev/null && break
             sleep 0.1
           done
-          # Created anew, so that the aggregator checks it at once.
+          # Created anew, so that the aggregator checks it at once; replaced (automanaged label and
+          # all) if the front registered its own in between.
           kc delete apiservice "$version.$group" --ignore-not-found </dev/null >/dev/null 2>&1
-          apiservice "$group" "$version" | kc apply -f - >/dev/null && echo "routed $group/$version"
+          { apiservice "$group" "$version" | kc create -f - >/dev/null 2>&1 ||
+            apiservice "$group" "$version" | kc replace -f - >/dev/null; } && echo "routed $group/$version"
         done
       done
     sleep 1  # the front restarted or the watch ended: watch again

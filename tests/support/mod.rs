@@ -631,13 +631,19 @@ pub async fn install_crds(client: &Client) {
     .await;
 }
 
-/// Wait until discovery of `api_version` lists `resources`: on the local control plane the CRD
-/// server behind the front serves custom resources, and the front routes a new group to it
-/// moments after its CRD appears.
+/// Wait until discovery of `api_version` lists `resources` and the front sends the group to the
+/// CRD server: on the local control plane the CRD server behind the front serves custom
+/// resources, and `hack/cluster.sh` routes a new group to it moments after its CRD appears. Until
+/// then the front may serve the group itself (its own CRD registration sees the CRDs too), without
+/// CEL rules, so discovery alone is not enough.
 pub async fn wait_until_served(client: &Client, api_version: &str, resources: &[&str]) {
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+    let (group, version) = api_version.split_once('/').expect("group/version");
+    let services: Api<APIService> = Api::all(client.clone());
     wait_until(&format!("{api_version} serves {resources:?}"), Duration::from_secs(30), || async {
+        let routed = services.get(&format!("{version}.{group}")).await.ok()?.spec?.service.is_some();
         let list = client.list_api_group_resources(api_version).await.ok()?;
-        resources.iter().all(|r| list.resources.iter().any(|have| have.name == *r)).then_some(())
+        (routed && resources.iter().all(|r| list.resources.iter().any(|have| have.name == *r))).then_some(())
     })
     .await
 }
