@@ -7,7 +7,7 @@
 # CI builds the same runtime stage with buildah (hack/image.sh), with two build arguments, since
 # no registry is reachable there: RUNTIME_BASE, a Debian base made from Debian's packages
 # (mmdebstrap) in place of distroless, and BINARY_FROM=prebuilt, a release binary built by cargo
-# beforehand (the build context then holds only target/release/hookline). tests/image.rs keeps
+# beforehand (the build context then holds only target/release/hookline). tests/integration/image.rs keeps
 # that script and this file in step.
 ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
 ARG BINARY_FROM=build

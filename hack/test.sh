@@ -2,7 +2,7 @@
 # Hookline's whole test suite, exactly what CI runs (.ci/run calls this):
 # formatting, clippy, then a throwaway PostgreSQL (the store tests run against it and SQLite),
 # the unit tests, a private local cluster with one real node, Hookline's image (built from the
-# Dockerfile) and the test pods' image, and the integration tests (tests/node.rs runs the chart's
+# Dockerfile) and the test pods' image, and the integration tests (tests/integration/node.rs runs the chart's
 # pods on the node). PostgreSQL, the cluster and its node are stopped on exit, whatever happened.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -56,19 +56,19 @@ export HOOKLINE_TEST_PYTHON="$ROOT/target/pyenv/bin/python"
 step "helm"
 hack/helm.sh version --short
 
-# Argo CD's health scripts are Lua 5.1 (tests/argocd_health.rs runs them).
+# Argo CD's health scripts are Lua 5.1 (tests/integration/argocd_health.rs runs them).
 step "lua5.1"
 command -v lua5.1 >/dev/null || apt_install lua5.1
 lua5.1 -v
 
 # promtool (Debian's prometheus package) checks and unit-tests the chart's alerts and dashboard
-# (tests/monitoring.rs); the package's server is not started.
+# (tests/integration/monitoring.rs); the package's server is not started.
 step "promtool"
 command -v promtool >/dev/null || apt_install prometheus
 promtool --version | head -n 1
 
 # A cluster of its own, so a developer's `hack/cluster.sh up` is left alone; with a node, for
-# tests/node.rs (one node per machine: a developer's node must be down).
+# tests/integration/node.rs (one node per machine: a developer's node must be down).
 step "local cluster with a node"
 mkdir -p target
 hack/node.sh snapshot >"$MACHINE_BEFORE"

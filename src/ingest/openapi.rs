@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document of the HTTP API, generated from the handlers' annotations and the
 //! types they answer with (`hookline openapi`, served at `/openapi.json`, committed as
-//! `docs/openapi.json`). `tests/openapi.rs` fails when the committed document drifts, and
+//! `docs/openapi.json`). `tests/integration/openapi.rs` fails when the committed document drifts, and
 //! provokes every response it documents from a running Hookline.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-"""A producer that runs as a pod on the test node (tests/node.rs), publishing as its own
+"""A producer that runs as a pod on the test node (tests/integration/node.rs), publishing as its own
 ServiceAccount through Hookline's ingest Service, found by the Service environment variables of
 $INGEST_SERVICE (there is no cluster DNS on the test node).
 

@@ -1,4 +1,4 @@
-"""A webhook receiver that runs as a pod on the test node (tests/node.rs).
+"""A webhook receiver that runs as a pod on the test node (tests/integration/node.rs).
 
 It answers Hookline's ownership handshake, checks every delivery's Standard Webhooks signature
 with the reference `standardwebhooks` library (secret from $WEBHOOK_SECRET), and keeps what it saw:

@@ -4,20 +4,18 @@
 //! `hookline_circuit_open`. Ordered delivery keeps the events of a partition key (or of the whole
 //! subscription) one at a time, in the order they were accepted, through failures and a kill -9.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Received, Receiver, Reply};
+use crate::support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 use hookline::api::{Ordering, WebhookSubscription};
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use rstest::rstest;
 use serde_json::json;
-use support::builder::TestSubscription;
-use support::receiver::{Received, Receiver, Reply};
-use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -46,7 +44,7 @@ async fn the_breaker_opens_probes_reopens_probes_and_closes() {
     rx.script([Reply::Status(503), Reply::Status(503), Reply::Status(503), Reply::Status(500)]);
     let mut sub =
         serde_json::to_value(WebhookSubscription::test("flaky", &rx.url).concurrency(1)).expect("json");
-    support::merge(
+    crate::support::merge(
         &mut sub,
         json!({"spec": {
             "delivery": {"circuitBreaker": {"consecutiveFailures": 3, "cooldown": "2s", "maxCooldown": "4s"}},
@@ -229,7 +227,7 @@ async fn failing_for_disable_after_disables_and_the_enable_annotation_enables_ag
     rx.set_default(Reply::Status(503));
     let mut sub =
         serde_json::to_value(WebhookSubscription::test("dying", &rx.url).failing_fast()).expect("json");
-    support::merge(
+    crate::support::merge(
         &mut sub,
         json!({"spec": {"retryPolicy": {"maxAttempts": 100, "initialBackoff": "200ms", "maxBackoff": "500ms", "disableAfter": "10s"}}}),
     );

@@ -3,20 +3,18 @@
 //! parses (`promtool check rules`) and names only metrics a running Hookline exports. `promtool`
 //! comes from Debian's prometheus package (`hack/test.sh` installs it), or `HOOKLINE_PROMTOOL`.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{LOCAL, TestEnv, http_get, wait_until};
 use hookline::api::WebhookSubscription;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{LOCAL, TestEnv, http_get, wait_until};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline");
 const ALERT_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/monitoring/alerts-test.yaml");
@@ -34,7 +32,7 @@ fn promtool(dir: &Path, args: &[&str]) -> String {
 /// The chart's PrometheusRule (release `hookline` in namespace `ops`, as the unit tests expect)
 /// and dashboard.
 fn rendered() -> (Value, Value) {
-    let yaml = support::hack(
+    let yaml = crate::support::hack(
         "helm.sh",
         &[
             "template",

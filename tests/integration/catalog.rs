@@ -3,19 +3,17 @@
 //! with the failing JSON pointer, test events carry a chosen payload checked the same way, and a
 //! subscription naming a type the catalog lacks gets a Warning Event.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::Receiver;
+use crate::support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 use hookline::api::{EventType, WebhookSubscription};
 use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use rstest::rstest;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::Receiver;
-use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 const STRUCTURED: (&str, &str) = ("content-type", "application/cloudevents+json");

@@ -1,17 +1,15 @@
 //! Dead letters: undeliverable events become FailedEvents users list, read, replay and delete.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 use hookline::api::{FailedEvent, WebhookSubscription};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use rstest::rstest;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -86,7 +84,7 @@ async fn bad_request_and_unreachable_endpoints_are_dead_lettered_with_their_reas
     let rx = Receiver::start().await;
     rx.set_default(Reply::Status(400));
     env.create_active(WebhookSubscription::test("bad-request", &rx.url).for_types(&["order.*"])).await;
-    let closed = format!("http://127.0.0.1:{}/nothing-listens", support::free_port());
+    let closed = format!("http://127.0.0.1:{}/nothing-listens", crate::support::free_port());
     env.create_active(WebhookSubscription::test("refused", &closed).for_types(&["order.*"]).failing_fast())
         .await;
     h.publish_json(&env.namespace, event("x")).await;

@@ -7,18 +7,16 @@
 //! suites' Hooklines, running beside it on the same cluster, alone; it delivers over plain HTTP to
 //! the pod network (`delivery.allowHttp`, `delivery.allowedCidrs`), as an in-cluster receiver needs.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::support::{PrivatePostgres, TestEnv, wait_until};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
-use support::{PrivatePostgres, TestEnv, wait_until};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline");
 const TOOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools");
@@ -120,7 +118,7 @@ impl NodeTest {
     }
 
     fn helm(&self, args: &[&str]) -> String {
-        support::hack("helm.sh", args, &[("KUBECONFIG", self.env.kubeconfig.as_os_str())])
+        crate::support::hack("helm.sh", args, &[("KUBECONFIG", self.env.kubeconfig.as_os_str())])
     }
 
     /// `helm upgrade --install` of the chart with the test's image and `sets`; waits until the
@@ -473,7 +471,7 @@ async fn an_ha_install_delivers_everything_through_deletes_evictions_and_an_upgr
     let t = NodeTest::start("node-ha").await;
     // The database outside the cluster, as a managed one would be, on the node's address.
     let pg = PrivatePostgres::start_with("node-ha", &[("HOOKLINE_POSTGRES_LISTEN", "10.244.0.1/24")]);
-    let url = support::fresh_database_on(&pg.url).await.replace("127.0.0.1", NODE_IP);
+    let url = crate::support::fresh_database_on(&pg.url).await.replace("127.0.0.1", NODE_IP);
     t.env.kubectl(&["create", "secret", "generic", "hookline-db", &format!("--from-literal=uri={url}")]);
     let receiver = t.receiver().await;
     let ha = t.release("ha");

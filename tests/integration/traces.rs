@@ -2,20 +2,18 @@
 //! `traceparent` of the same trace, and with `--otlp-endpoint` Hookline's spans (publish, each
 //! delivery attempt, the handshake) arrive at a local OTLP/HTTP collector, which decodes them here.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{LOCAL, TestEnv, wait_until};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use hookline::api::WebhookSubscription;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{LOCAL, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(45);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -102,7 +100,7 @@ async fn exported_spans_link_the_producer_hookline_and_every_attempt_in_one_trac
     // Verified by the event handshake, which the receiver answers.
     let mut sub =
         serde_json::to_value(WebhookSubscription::test("orders", &rx.url).failing_fast()).expect("json");
-    support::merge(&mut sub, json!({"spec": {"validation": {"method": "Event"}}}));
+    crate::support::merge(&mut sub, json!({"spec": {"validation": {"method": "Event"}}}));
     env.create_active(serde_json::from_value(sub).expect("subscription")).await;
     let traceparent = format!("00-{TRACE}-{PRODUCER_SPAN}-01");
     let (status, body) = h

@@ -1,12 +1,13 @@
 //! The main job end to end: events published to the real `hookline run` reach real receivers on
 //! loopback, signed, retried and reported in status.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 use base64::Engine;
 use hookline::api::WebhookSubscription;
 use k8s_openapi::api::core::v1::Secret;
@@ -14,9 +15,6 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use rstest::rstest;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,7 +39,7 @@ fn event(id: &str, type_: &str) -> Value {
 /// Check requests with the reference Python libraries (standardwebhooks, cloudevents).
 fn verify_with_reference_libraries(
     secrets: &[String],
-    requests: &[support::receiver::Received],
+    requests: &[crate::support::receiver::Received],
 ) -> Vec<Value> {
     let python = std::env::var("HOOKLINE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let reqs: Vec<Value> = requests
@@ -65,7 +63,7 @@ fn verify_with_reference_libraries(
         .expect("python3 with standardwebhooks and cloudevents (hack/test.sh installs them)");
     use std::io::Write;
     child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
-    let out = support::blocking(|| child.wait_with_output()).expect("verify.py");
+    let out = crate::support::blocking(|| child.wait_with_output()).expect("verify.py");
     assert!(out.status.success(), "reference verification failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -551,7 +549,8 @@ async fn cel_filters_pick_events_by_content_with_the_other_filters(
     let patch = json!({"spec": {"filter": {"cel": "event.data.amount < 100"}}});
     api.patch("big-eu", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
     wait_until("the new expression applies", WAIT, || async {
-        let small = order(&format!("small-{}", support::free_port()), "/shop", "eu/7", json!({"amount": 5}));
+        let small =
+            order(&format!("small-{}", crate::support::free_port()), "/shop", "eu/7", json!({"amount": 5}));
         (h.publish_json(&ns, small).await["events"][0]["matched"] == 1).then_some(())
     })
     .await;

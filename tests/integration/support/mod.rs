@@ -1,7 +1,6 @@
 //! Integration-test harness: one shared local control plane (started by `hack/cluster.sh up` or
 //! `.ci/run`), a fresh namespace per test (dumped on failure, deleted afterwards), the real
 //! `hookline` binary as a child process, and polling with a deadline.
-#![allow(dead_code)]
 
 pub mod builder;
 pub mod cel_cases;

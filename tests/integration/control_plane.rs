@@ -1,10 +1,9 @@
 //! The local control plane behaves like the Kubernetes API server the operator relies on.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{TestEnv, wait_until};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -14,7 +13,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, CustomResource, CustomResourceExt, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use support::{TestEnv, wait_until};
 
 /// A throwaway resource for exercising the API server.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -47,7 +45,7 @@ async fn apply_widget_crd(env: &TestEnv) {
     .await
     .expect("CRD Established within 30s")
     .expect("watch CRD");
-    support::wait_until_served(&env.client, "test.hookline.dev/v1", &["widgets"]).await;
+    crate::support::wait_until_served(&env.client, "test.hookline.dev/v1", &["widgets"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

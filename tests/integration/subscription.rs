@@ -1,15 +1,13 @@
 //! The subscription controller, driven the way users drive it: kubectl against the local control
 //! plane, with the real `hookline run` binary.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{TestEnv, wait_until};
 use hookline::api::{WebhookSubscription, WebhookSubscriptionStatus};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use support::{TestEnv, wait_until};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 const WAIT: Duration = Duration::from_secs(30);
@@ -150,7 +148,7 @@ async fn expiry_fires_at_expires_at() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manifest_breaking_the_crd_rules_is_refused_at_apply() {
     let env = TestEnv::with_crds("refused-at-apply").await;
-    // The API server enforces the CRD's CEL rules (tests/cel_server.rs covers each one); the
+    // The API server enforces the CRD's CEL rules (tests/integration/cel_server.rs covers each one); the
     // operator's own check of the same rules, for servers without CEL, is unit-tested in
     // controller::spec_check.
     let manifest = r#"{"apiVersion":"hookline.dev/v1alpha1","kind":"WebhookSubscription",

@@ -2,22 +2,20 @@
 //! and the one Hookline serves, and every response it documents is one a running Hookline
 //! gives, with a body its schema describes (and every answer the test sees is documented).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Handshake, Receiver};
+use crate::support::{
+    Backend, LOCAL, POSTGRES, PrivatePostgres, SQLITE, StoreAt, TestEnv, fresh_database_on, wait_until,
+};
 use hookline::api::{EventType, WebhookSubscription};
 use kube::Api;
 use kube::api::PostParams;
 use reqwest::RequestBuilder;
 use rstest::rstest;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::{Handshake, Receiver};
-use support::{
-    Backend, LOCAL, POSTGRES, PrivatePostgres, SQLITE, StoreAt, TestEnv, fresh_database_on, wait_until,
-};
 
 const WAIT: Duration = Duration::from_secs(30);
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
@@ -144,7 +142,7 @@ fn out_of_reach(store: Backend) -> BTreeSet<Answer> {
 /// A kubeconfig like `env`'s whose API server is a closed port: a Hookline on it never gets ready.
 fn unreachable_kubeconfig(env: &TestEnv) -> std::path::PathBuf {
     let text = std::fs::read_to_string(&env.kubeconfig).expect("kubeconfig");
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let rewritten: String = text
         .lines()
         .map(|line| match line.split_once("server:") {

@@ -1,17 +1,15 @@
 //! Endpoint verification and the SSRF guard: no event goes to an endpoint that has not proven it
 //! wants them, or that resolves to a private address.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::receiver::{Handshake, Receiver, TestCa};
+use crate::support::{TestEnv, wait_until};
 use hookline::api::WebhookSubscription;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::receiver::{Handshake, Receiver, TestCa};
-use support::{TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(40);
 const FLAGS: &[&str] = &[

@@ -2,15 +2,13 @@
 //! down, status catches up once it is back, and nothing retries in a hot loop meanwhile. The test
 //! runs its own control plane (stopping the shared one would break every other test).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::Receiver;
+use crate::support::{LOCAL, PrivateControlPlane, TestEnv, install_crds, wait_until};
 use hookline::api::WebhookSubscription;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::Receiver;
-use support::{LOCAL, PrivateControlPlane, TestEnv, install_crds, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -1,5 +1,5 @@
 //! One case per CEL rule in the generated CRDs: a spec that keeps the rule and one that breaks it.
-//! `tests/cel_rules.rs` evaluates them locally, `tests/cel_server.rs` on a CEL-enforcing API server;
+//! `tests/integration/cel_rules.rs` evaluates them locally, `tests/integration/cel_server.rs` on a CEL-enforcing API server;
 //! a rule without a case here fails `every_rule_in_the_crds_has_a_case`.
 
 use serde_json::{Value, json};

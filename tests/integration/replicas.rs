@@ -6,21 +6,19 @@
 //! PostgreSQL itself going away under load: publishes are refused with 503 meanwhile, and
 //! everything accepted is delivered once it is back.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hookline::api::{FailedEvent, WebhookSubscription};
-use kube::api::ListParams;
-use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{
     Hookline, LOCAL, POSTGRES, PrivatePostgres, StoreAt, TestEnv, fresh_database_on, http_get, publish_batch,
     wait_until,
 };
+use hookline::api::{FailedEvent, WebhookSubscription};
+use kube::api::ListParams;
 
 const REPLICAS: usize = 3;
 /// The good subscriptions' `maxConcurrency`.

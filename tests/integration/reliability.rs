@@ -1,19 +1,17 @@
 //! Reliability: receivers that misbehave get the exact outcome the design promises, and accepted
 //! events survive repeated hard kills.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, publish_batch, wait_until};
 use hookline::api::WebhookSubscription;
 use rstest::rstest;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{Backend, Hookline, LOCAL, POSTGRES, SQLITE, TestEnv, publish_batch, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PATCHES: &str = r#"hookline_api_requests_total{method="PATCH"}"#;
@@ -25,7 +23,7 @@ async fn log(h: &Hookline, ns: &str, sub: &str) -> Vec<Value> {
 }
 
 fn rss_kb(pid: u32) -> u64 {
-    support::process_memory(pid, "VmHWM") / 1024
+    crate::support::process_memory(pid, "VmHWM") / 1024
 }
 
 // Multi-threaded: receivers that stall must not stall the test itself.
@@ -42,8 +40,8 @@ async fn misbehaving_receivers_get_the_exact_outcome(#[values(SQLITE, POSTGRES)]
     huge.set_default(Reply::Huge(100 * 1024 * 1024));
     let failing = Receiver::start().await;
     failing.set_default(Reply::Status(503));
-    let closed = format!("http://127.0.0.1:{}/closed", support::free_port());
-    let reset = support::receiver::resetting_endpoint().await;
+    let closed = format!("http://127.0.0.1:{}/closed", crate::support::free_port());
+    let reset = crate::support::receiver::resetting_endpoint().await;
     let one_try = |name, url: &str| WebhookSubscription::test(name, url).max_attempts(1);
     let two_tries =
         |name, url: &str| WebhookSubscription::test(name, url).max_attempts(2).initial_backoff("100ms");

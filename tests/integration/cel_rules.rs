@@ -1,12 +1,10 @@
 //! The CRDs' CEL rules, evaluated locally in milliseconds, without an API server: the table of
-//! `support::cel_cases` (which `tests/cel_server.rs` runs on a CEL-enforcing API server) plus more
+//! `crate::support::cel_cases` (which `tests/integration/cel_server.rs` runs on a CEL-enforcing API server) plus more
 //! variants of some rules. A rule with no case in the table fails here first.
 
-mod support;
-
+use crate::support::cel_cases::{cases, manifest, rules_in_crds};
 use hookline::api::{FailedEvent, WebhookSubscription};
 use kube::core::cel::{validate_cel, validate_cel_update};
-use support::cel_cases::{cases, manifest, rules_in_crds};
 
 #[test]
 fn every_rule_in_the_crds_has_a_case() {
@@ -15,7 +13,10 @@ fn every_rule_in_the_crds_has_a_case() {
     let rules = rules_in_crds();
     assert!(!rules.is_empty(), "the CRDs carry CEL rules");
     for rule in &rules {
-        assert!(covered.contains(rule), "no case in tests/support/cel_cases.rs for the rule {rule:?}");
+        assert!(
+            covered.contains(rule),
+            "no case in tests/integration/support/cel_cases.rs for the rule {rule:?}"
+        );
     }
     for case in &covered {
         assert!(rules.contains(case), "a case for a rule the CRDs no longer have: {case:?}");

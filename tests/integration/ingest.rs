@@ -1,17 +1,15 @@
 //! Publishing: who may publish where (RBAC through TokenReview and SubjectAccessReview), bad input
 //! refused with a named problem, and accepted events surviving restarts.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{Backend, POSTGRES, SQLITE, TestEnv, wait_until};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use rstest::rstest;
 use serde_json::json;
-use support::receiver::{Receiver, Reply};
-use support::{Backend, POSTGRES, SQLITE, TestEnv, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 

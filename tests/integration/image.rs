@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-const DOCKERFILE: &str = include_str!("../Dockerfile");
-const IMAGE_SH: &str = include_str!("../hack/image.sh");
-const DEPLOYMENT: &str = include_str!("../charts/hookline/templates/deployment.yaml");
+const DOCKERFILE: &str = include_str!("../../Dockerfile");
+const IMAGE_SH: &str = include_str!("../../hack/image.sh");
+const DEPLOYMENT: &str = include_str!("../../charts/hookline/templates/deployment.yaml");
 
 /// The Dockerfile's stages by name: their instructions, continuation lines joined.
 fn stages() -> BTreeMap<String, Vec<String>> {

@@ -3,13 +3,11 @@
 //! message, and accepts one that keeps it; the CRDs install without warnings; and the same holds
 //! when the server judges as the oldest release it can emulate.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::cel_cases::{Case, cases, manifest};
-use support::{PrivateControlPlane, TestEnv, install_crds};
+use crate::support::cel_cases::{Case, cases, manifest};
+use crate::support::{PrivateControlPlane, TestEnv, install_crds};
 
 /// `kubectl apply` of one object: (succeeded, stderr).
 fn apply(env: &TestEnv, object: &serde_json::Value) -> (bool, String) {

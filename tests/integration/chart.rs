@@ -1,12 +1,12 @@
 //! The Helm chart: lint, render, dry-run against the API server, install/upgrade/uninstall, and
 //! its RBAC proven sufficient (a real Hookline runs as the chart's ServiceAccount) and not excessive.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{TestEnv, install_crds, wait_until};
 use hookline::api::{FailedEvent, WebhookSubscription};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -16,8 +16,6 @@ use kube::config::Kubeconfig;
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
-use support::receiver::{Receiver, Reply};
-use support::{TestEnv, install_crds, wait_until};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline");
 const POSTGRES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline/ci/postgres-values.yaml");
@@ -25,7 +23,7 @@ const ALL_FEATURES: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/charts/hookline/ci/all-features-values.yaml");
 
 fn helm(env: &TestEnv, args: &[&str]) -> String {
-    support::hack("helm.sh", args, &[("KUBECONFIG", env.kubeconfig.as_os_str())])
+    crate::support::hack("helm.sh", args, &[("KUBECONFIG", env.kubeconfig.as_os_str())])
 }
 
 fn kubectl_stdin(env: &TestEnv, args: &[&str], input: &str) -> std::process::Output {
@@ -40,7 +38,7 @@ fn kubectl_stdin(env: &TestEnv, args: &[&str], input: &str) -> std::process::Out
         .spawn()
         .expect("kubectl");
     child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
-    support::blocking(|| child.wait_with_output()).expect("kubectl output")
+    crate::support::blocking(|| child.wait_with_output()).expect("kubectl output")
 }
 
 /// A ServiceMonitor CRD stand-in, so the optional ServiceMonitor can be dry-run here.
@@ -71,7 +69,7 @@ async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
         "crd/prometheusrules.monitoring.coreos.com",
         "--timeout=30s",
     ]);
-    support::wait_until_served(
+    crate::support::wait_until_served(
         &env.client,
         "monitoring.coreos.com/v1",
         &["servicemonitors", "prometheusrules"],
@@ -83,7 +81,7 @@ async fn the_chart_lints_renders_and_passes_a_server_dry_run() {
     for values in [None, Some(ALL_FEATURES), Some(POSTGRES)] {
         // --validate: render against the server's API versions (the 1.20 test server has no
         // policy/v1, so the PodDisruptionBudget must come out as policy/v1beta1). --skip-tests:
-        // the helm test's Pod names a ServiceAccount that a dry run never creates (tests/node.rs
+        // the helm test's Pod names a ServiceAccount that a dry run never creates (tests/integration/node.rs
         // runs that test for real).
         let mut args =
             vec!["template", "hl", CHART, "--validate", "--skip-tests", "--namespace", &env.namespace];
@@ -121,7 +119,7 @@ async fn the_values_schema_refuses_several_replicas_on_sqlite_and_postgres_witho
         ("replicaCount=2", "replicaCount: Must be less than or equal to 1"),
         ("store.type=postgres", "store.postgres.existingSecret"),
     ] {
-        let out = support::blocking(|| {
+        let out = crate::support::blocking(|| {
             std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/helm.sh"))
                 .args(["template", "hl", CHART, "--set", set])
                 .output()

@@ -1,18 +1,16 @@
 //! A bad day: endpoints that hang while events pile up. Hookline's memory stays within its event
 //! budget plus a fixed base, and every accepted event is delivered once the endpoints answer.
 
-mod support;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::builder::TestSubscription;
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{Hookline, LOCAL, StoreAt, TestEnv, wait_until};
 use hookline::api::WebhookSubscription;
 use serde_json::{Value, json};
-use support::builder::TestSubscription;
-use support::receiver::{Receiver, Reply};
-use support::{Hookline, LOCAL, StoreAt, TestEnv, wait_until};
 
 const SUBSCRIPTIONS: usize = 10;
 const EVENTS_EACH: usize = 1000;
@@ -60,7 +58,7 @@ async fn hung_endpoints_keep_memory_within_the_budget_and_get_everything_later()
         let hung = hung.for_types(&[&format!("t{sub}")]).timeout(5).concurrency(1).backoff("1s", "2s");
         env.create_active(hung).await;
     }
-    let before = support::process_memory(pid, "VmRSS") as usize;
+    let before = crate::support::process_memory(pid, "VmRSS") as usize;
     publish_backlog(&h, &env.namespace).await;
     // Every dispatcher has its backlog queued, each with one request hanging.
     wait_until("every subscription has its backlog queued", Duration::from_secs(60), || async {
@@ -69,7 +67,7 @@ async fn hung_endpoints_keep_memory_within_the_budget_and_get_everything_later()
     })
     .await;
     let cached = h.metric("hookline_event_cache_bytes").await.expect("cache gauge");
-    let peak = support::process_memory(pid, "VmHWM") as usize;
+    let peak = crate::support::process_memory(pid, "VmHWM") as usize;
     eprintln!(
         "resident before {} MB, peak {} MB, cached events {} MB (budget {} MB)",
         before >> 20,
@@ -115,7 +113,8 @@ struct SmallDisk {
 
 impl SmallDisk {
     fn mount(name: &str, mib: u32) -> SmallDisk {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", support::free_port()));
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", crate::support::free_port()));
         std::fs::create_dir_all(&dir).expect("mount point");
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -191,7 +190,8 @@ async fn a_full_disk_refuses_new_events_with_507_and_accepts_again_once_delivere
     assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok()), "507 carries Retry-After");
     let (status, _, _) = publish_batch(&h, &env.namespace, "refused-again", 1).await;
     assert_eq!(status, 507, "still refused while nothing is delivered");
-    let (status, _) = support::http_get(&format!("{}/readyz", h.metrics)).await.expect("Hookline runs");
+    let (status, _) =
+        crate::support::http_get(&format!("{}/readyz", h.metrics)).await.expect("Hookline runs");
     assert_eq!(status, 200);
     eprintln!("accepted {accepted} events of 16 KiB before the 507");
 
