@@ -16,11 +16,11 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir -p src/bin/hookline && echo 'fn main() {}' > src/bin/hookline/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin hookline
+RUN touch src/bin/hookline/main.rs src/lib.rs && cargo build --release --locked --bin hookline
 
 # A release binary built outside (hack/image.sh), at the path the build stage leaves it.
 FROM scratch AS prebuilt

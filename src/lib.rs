@@ -4,6 +4,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cluster;
+pub mod cluster_tasks;
 pub mod controller;
 pub mod deadletter;
 pub mod delivery;

@@ -109,6 +109,21 @@ const PARTS: &[(&str, &[&str], &str)] = &[
         &["report", "api", "store", "registry", "ownership", "delivery"],
         "replicas sharing PostgreSQL: membership, claims, hand-over of work and of new jobs",
     ),
+    (
+        "cluster_tasks",
+        &[
+            "store",
+            "registry",
+            "metrics",
+            "k8s",
+            "ownership",
+            "delivery",
+            "controller",
+            "deadletter",
+            "cluster",
+        ],
+        "what one replica at a time does for all: FailedEvents, EventType status, store upkeep",
+    ),
 ];
 
 /// The parts named after `crate::` in `source`: `use crate::a::…`, `crate::{a, b::…}` and inline

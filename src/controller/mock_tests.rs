@@ -89,15 +89,16 @@ fn context(client: Client, policy: Policy) -> Fixture {
         recorder: kube::runtime::events::Recorder::new(client.clone(), crate::k8s::reporter()),
     });
     let verifier = Verifier { store: store.clone(), clients, guard, secrets, public_url: None };
-    let ctx = Context::new(
+    let ctx = Context::new(super::Parts {
         client,
         policy,
-        Registry::default(),
+        registry: Registry::default(),
         metrics,
         dispatchers,
         verifier,
-        crate::ownership::Ownership::solo(),
-    );
+        ownership: crate::ownership::Ownership::solo(),
+        catalog: crate::catalog::Catalog::default(),
+    });
     Fixture { ctx: Arc::new(ctx), _dir: dir }
 }
 

@@ -116,17 +116,30 @@ pub struct Context {
     reconciled: Mutex<HashSet<ObjectRef<WebhookSubscription>>>,
 }
 
+/// What the controller is built from: every piece is required, so none can be forgotten.
+pub struct Parts {
+    /// Kubernetes client.
+    pub client: Client,
+    /// What the operator allows.
+    pub policy: Policy,
+    /// The subscriptions the delivery side may act on.
+    pub registry: Registry,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The delivery side: sends test events.
+    pub dispatchers: Arc<Dispatchers>,
+    /// Runs endpoint handshakes; its store is the delivery store.
+    pub verifier: Verifier,
+    /// What this replica owns.
+    pub ownership: Ownership,
+    /// The event catalog ingest checks against, which a subscription's exact types are looked up in.
+    pub catalog: Catalog,
+}
+
 impl Context {
     /// Build the controller state.
-    pub fn new(
-        client: Client,
-        policy: Policy,
-        registry: Registry,
-        metrics: Arc<Metrics>,
-        dispatchers: Arc<Dispatchers>,
-        verifier: Verifier,
-        ownership: Ownership,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts { client, policy, registry, metrics, dispatchers, verifier, ownership, catalog } = parts;
         // One store holds verification records and queued jobs alike.
         let store = verifier.store.clone();
         let recorder = Recorder::new(client.clone(), crate::k8s::reporter());
@@ -140,17 +153,11 @@ impl Context {
             dispatchers,
             verifier,
             ownership,
-            catalog: Catalog::default(),
+            catalog,
             unknown_types: Mutex::default(),
             backoff: FailureBackoff::default(),
             reconciled: Mutex::default(),
         }
-    }
-
-    /// Look subscriptions' exact types up in `catalog` (the one ingest checks against).
-    pub fn with_catalog(mut self, catalog: Catalog) -> Self {
-        self.catalog = catalog;
-        self
     }
 
     /// Remember that a subscription was reconciled at least once (for readiness).
