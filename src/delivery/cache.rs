@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::attempt::Loaded;
 use super::budget::{Account, footprint};
+use super::job::Loaded;
 use crate::event::CloudEvent;
 use crate::store::JobRef;
 

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::attempt::{Finished, attempt, check_earlier, expire, read_ahead, unreadable};
+use super::attempt::{attempt, check_earlier, expire, read_ahead, unreadable};
+use super::job::Finished;
 use super::queue::{HealthChange, Queue, Start};
 use super::{NewJob, Shared};
 use crate::api::WebhookSubscription;

@@ -5,6 +5,7 @@ mod attempt;
 pub mod budget;
 mod cache;
 mod dispatcher;
+mod job;
 mod queue;
 pub mod sender;
 pub mod status;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::NewJob;
-use super::attempt::{Finished, JobState, LOCAL_RETRY, Loaded};
 use super::budget::Account;
 use super::cache::{Cache, Cached, READ_AHEAD};
+use super::job::{Finished, JobState, LOCAL_RETRY, Loaded};
 use crate::event::{CloudEvent, EventError};
 use crate::policy::decision::Gate;
 use crate::registry::ActiveSubscription;
