@@ -18,6 +18,10 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+# rustc cannot see dead code behind the library's `pub`; this shows it what the binary uses.
+step "dead code"
+hack/dead-code.sh
+
 # A PostgreSQL of its own, so a developer's `hack/postgres.sh up` is left alone.
 export HOOKLINE_POSTGRES_DIR="$ROOT/target/test-postgres"
 export HOOKLINE_CLUSTER_DIR="$ROOT/target/test-cluster"

@@ -207,6 +207,7 @@ impl Catalog {
     }
 
     /// The name of the EventType used for `type_` in `namespace`, if any.
+    #[cfg(test)]
     pub fn used_for(&self, namespace: &str, type_: &str) -> Option<String> {
         self.read().used.get(namespace).and_then(|m| m.get(type_)).map(|e| e.name.clone())
     }

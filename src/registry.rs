@@ -138,11 +138,13 @@ impl Registry {
     }
 
     /// Number of known subscriptions.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Whether no subscription is known.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

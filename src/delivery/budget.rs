@@ -50,6 +50,7 @@ impl EventBudget {
     }
 
     /// Bytes held by all dispatchers.
+    #[cfg(test)]
     pub fn used(&self) -> usize {
         self.lock().used
     }

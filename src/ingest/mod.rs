@@ -35,10 +35,6 @@ use crate::report::Chain;
 use crate::store::Store;
 use auth::{Action, Auth};
 pub use error::{ApiError, ErrorBody};
-pub use log::DeliveryPage;
-pub use publish::{Accepted, AcceptedEvent};
-pub use test_event::TestSent;
-pub use validate::Verified;
 
 /// Settings of the ingest server.
 #[derive(Clone)]

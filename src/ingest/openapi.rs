@@ -82,6 +82,7 @@ pub(super) async fn serve() -> Response {
 
 /// The refusals every authenticated operation may answer with before it looks at the request.
 #[derive(IntoResponses)]
+#[allow(dead_code, reason = "it only describes answers, which handlers give as `ApiError`s")]
 pub enum Admission {
     /// No bearer token, or one the Kubernetes API server does not accept.
     #[response(status = 401)]

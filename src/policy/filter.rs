@@ -90,6 +90,7 @@ impl CelFilter {
     }
 
     /// The expression as written.
+    #[cfg(test)]
     pub fn source(&self) -> &str {
         &self.source
     }

@@ -90,11 +90,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Check a spec against the rules of the schema and the operator's policy.
+#[cfg(test)]
 pub fn check(spec: &WebhookSubscriptionSpec, policy: Policy) -> Vec<Problem> {
     check_and_compile(spec, policy).0
 }
 
-/// [`check`], also returning the compiled CEL filter when there is one and it compiles.
+/// The spec's problems, also returning the compiled CEL filter when there is one and it compiles.
 fn check_and_compile(spec: &WebhookSubscriptionSpec, policy: Policy) -> (Vec<Problem>, Option<CelFilter>) {
     let mut problems = Vec::new();
     let filter = match spec.filter.as_ref().and_then(|f| f.cel.as_deref()) {

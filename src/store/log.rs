@@ -131,6 +131,7 @@ pub const LOG_COLUMNS: &str = "seq, at_ms, event_id, event_type, attempt, status
 
 impl LogQuery {
     /// The newest `limit` entries of `scope`'s log, unfiltered.
+    #[cfg(test)]
     pub fn page(scope: LogScope, limit: u32) -> Self {
         LogQuery {
             scope,
@@ -226,6 +227,7 @@ impl LogQuery {
 
     /// Every combination of filters a test must see served by an index: each filter alone and
     /// with the other scope, the time range, and a cursor.
+    #[cfg(test)]
     pub fn combinations() -> Vec<LogQuery> {
         let mut all = Vec::new();
         for scope in [LogScope::Namespace("shop".into()), LogScope::Subscription("uid".into())] {

@@ -459,6 +459,7 @@ pub trait Store: Send + Sync + 'static {
     /// The jobs with these ids that still exist, with their events, in one read.
     fn jobs(&self, job_ids: Vec<i64>) -> BoxFuture<'_, Result<Vec<Job>, StoreError>>;
     /// One job with its event, if it still exists.
+    #[cfg(test)]
     fn job(&self, job_id: i64) -> BoxFuture<'_, Result<Option<Job>, StoreError>> {
         Box::pin(async move { Ok(self.jobs(vec![job_id]).await?.pop()) })
     }
