@@ -16,7 +16,7 @@
 #   hack/cluster.sh apiserver-stop | apiserver-start
 #                           stop / start only kube-apiserver (same port; etcd keeps the data)
 #
-# One cluster, two API servers (see README "Tested against"): Kubernetes 1.20.2, built from
+# One cluster, two API servers (see docs/development.md, "Tested against"): Kubernetes 1.20.2, built from
 # Debian's `kubernetes` source package, serves the core APIs, RBAC, TokenReview and
 # SubjectAccessReview, and runs garbage collection, namespace deletion and ResourceQuota usage;
 # behind it, as an aggregated API, k8s.io/apiextensions-apiserver 1.36 (hack/build-crd-server.sh,

@@ -252,7 +252,7 @@ async fn a_steady_subscription_causes_no_status_writes() {
     assert_eq!(writes_before, writes_after, "a reconcile that changes nothing must not write status");
 }
 
-/// The README's recipe: a ResourceQuota caps the subscriptions of a namespace; the 31st is refused
+/// The recipe of docs/security.md: a ResourceQuota caps the subscriptions of a namespace; the 31st is refused
 /// at create, naming the quota.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resource_quota_caps_the_subscriptions_of_a_namespace() {
