@@ -107,7 +107,8 @@ fn the_checker_reads_links_and_anchors_as_github_does() {
     let text = "A [link](docs/a.md#two-words), `[code](not-a-link)`, [web](https://x.y).\n\
                 ```\n[fenced](not-either)\n```\n";
     assert_eq!(links(&prose(text)), ["docs/a.md#two-words", "https://x.y"]);
-    let headings = "# Title\n## Two Words\n### `hookline run` flags\n#### HooklineDown\n```\n# not a heading\n```\n";
+    let headings =
+        "# Title\n## Two Words\n### `hookline run` flags\n#### HooklineDown\n```\n# not a heading\n```\n";
     let found = anchors(headings);
     let expected = ["title", "two-words", "hookline-run-flags", "hooklinedown"];
     assert_eq!(found, expected.iter().map(|s| s.to_string()).collect());

@@ -1,4 +1,8 @@
 //! `WebhookSubscription`: who wants which events, where.
+//!
+//! Over 400 lines on purpose: it is one resource's spec, and each field's doc comment is its
+//! `kubectl explain` and its bounds and CEL rules its schema; split, the schema would be read in
+//! pieces.
 
 use std::collections::BTreeMap;
 

@@ -108,7 +108,10 @@ fn the_alerts_fire_where_their_unit_tests_say() {
     for alert in rule["spec"]["groups"][0]["rules"].as_array().expect("rules") {
         let name = alert["alert"].as_str().expect("an alert");
         assert!(tests.contains(&format!("alertname: {name}")), "{name} has a unit test");
-        assert!(readme.contains(&format!("#### {name}")), "{name} has a runbook section in docs/operations.md");
+        assert!(
+            readme.contains(&format!("#### {name}")),
+            "{name} has a runbook section in docs/operations.md"
+        );
         let runbook = alert["annotations"]["runbook_url"].as_str().expect("runbook_url");
         assert!(runbook.ends_with(&format!("#{}", name.to_lowercase())), "{runbook}");
         for field in ["summary", "description"] {

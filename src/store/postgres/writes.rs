@@ -1,5 +1,9 @@
 //! The statements of each write, inside one transaction. A batch is one statement over arrays
 //! (`unnest`), not a statement per row: on a server a round trip costs more than the row.
+//!
+//! Over 400 lines on purpose: one function per write of the store's contract (accept, record,
+//! replay, forget, prune) and the array-building rows they share; each is a few statements that
+//! belong together.
 
 use std::collections::{HashMap, HashSet};
 
