@@ -111,17 +111,7 @@ const PARTS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "cluster_tasks",
-        &[
-            "store",
-            "registry",
-            "metrics",
-            "k8s",
-            "ownership",
-            "delivery",
-            "controller",
-            "deadletter",
-            "cluster",
-        ],
+        &["store", "ownership", "controller", "deadletter", "cluster"],
         "what one replica at a time does for all: FailedEvents, EventType status, store upkeep",
     ),
 ];

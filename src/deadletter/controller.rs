@@ -9,53 +9,38 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::record::from_record;
-use super::{Error, Limits, ReplayKey, subscription_ref};
+use super::{Error, Parts, ReplayKey, subscription_ref};
 use crate::api::{FIELD_MANAGER, FailedEvent, Reason, ReplayOutcome, annotations};
-use crate::delivery::{Dispatchers, to_store};
+use crate::delivery::to_store;
 use crate::k8s::{FailureBackoff, apply_status};
-use crate::metrics::Metrics;
 use crate::policy::decision::Gate;
-use crate::registry::{Readiness, Registry};
 use crate::report::Chain;
-use crate::store::{Replay, Store, now_ms};
+use crate::store::{Replay, now_ms};
 
 /// How long a replay request waits before it is looked at again while subscriptions load.
 const REPLAY_WAIT: Duration = Duration::from_secs(1);
 
-/// What the FailedEvent controller works with.
-pub struct FailedEventContext {
-    /// Kubernetes client.
-    pub client: Client,
-    /// The active subscriptions, which replays go to.
-    pub registry: Registry,
-    /// Whether the registry holds every subscription yet (a replay waits until it does).
-    pub readiness: Readiness,
-    /// Where replayed events are queued.
-    pub store: Arc<dyn Store>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Hands a replay to its subscription's dispatcher.
-    pub dispatchers: Arc<Dispatchers>,
-    /// The TTL FailedEvents are deleted after.
-    pub limits: Limits,
+/// What the FailedEvent controller works with: the parts, and its backoff.
+pub(super) struct FailedEventContext {
+    pub(super) parts: Parts,
     /// Per-FailedEvent backoff after failed reconciliations.
-    pub backoff: FailureBackoff<FailedEvent>,
+    pub(super) backoff: FailureBackoff<FailedEvent>,
 }
 
 /// Build the controller; returns its watch cache (for counting) and the future that runs it.
-pub fn run(
+pub(super) fn run(
     ctx: Arc<FailedEventContext>,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (Cache<FailedEvent>, impl Future<Output = ()>) {
     let api: Api<FailedEvent> = match namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), &ns),
-        None => Api::all(ctx.client.clone()),
+        Some(ns) => Api::namespaced(ctx.parts.client.clone(), &ns),
+        None => Api::all(ctx.parts.client.clone()),
     };
     let controller =
         Controller::new(api, watcher::Config::default().any_semantic()).graceful_shutdown_on(shutdown);
@@ -76,19 +61,20 @@ pub fn run(
 
 /// Count a failed reconciliation and retry it with the FailedEvent's own backoff.
 fn error_policy(fev: Arc<FailedEvent>, error: &Error, ctx: Arc<FailedEventContext>) -> Action {
-    ctx.metrics.reconcile_failed(error.metric_label());
+    ctx.parts.metrics.reconcile_failed(error.metric_label());
     let delay = ctx.backoff.failed(ObjectRef::from_obj(fev.as_ref()));
     warn!(failed_event = %fev.name_any(), error = %Chain(error), retry_in = ?delay, "FailedEvent reconcile failed");
     Action::requeue(delay)
 }
 
 async fn reconcile(fev: Arc<FailedEvent>, ctx: Arc<FailedEventContext>) -> Result<Action, Error> {
-    let api: Api<FailedEvent> = Api::namespaced(ctx.client.clone(), &fev.namespace().unwrap_or_default());
+    let api: Api<FailedEvent> =
+        Api::namespaced(ctx.parts.client.clone(), &fev.namespace().unwrap_or_default());
     let age = fev
         .creation_timestamp()
         .map(|t| Duration::try_from(jiff::Timestamp::now().duration_since(t.0)).unwrap_or(Duration::ZERO))
         .unwrap_or(Duration::ZERO);
-    if age >= ctx.limits.ttl {
+    if age >= ctx.parts.limits.ttl {
         info!(failed_event = %fev.name_any(), "FailedEvent past its TTL: deleting");
         return match api.delete(&fev.name_any(), &Default::default()).await {
             Ok(_) => Ok(Action::await_change()),
@@ -96,11 +82,11 @@ async fn reconcile(fev: Arc<FailedEvent>, ctx: Arc<FailedEventContext>) -> Resul
             Err(source) => Err(Error::Kube { action: "deleting an expired FailedEvent", source }),
         };
     }
-    let expires_in = ctx.limits.ttl - age;
+    let expires_in = ctx.parts.limits.ttl - age;
     if fev.annotations().get(annotations::REPLAY).map(String::as_str) == Some("true") {
         // Right after a start the registry may not hold the subscription yet: answering
         // SubscriptionGone then would be wrong, and would use the request up.
-        if !ctx.readiness.loaded() {
+        if !ctx.parts.readiness.loaded() {
             return Ok(Action::requeue(REPLAY_WAIT));
         }
         replay(&fev, &ctx, &api).await?;
@@ -120,7 +106,7 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
     }
     let owner_uid =
         fev.owner_references().iter().find(|o| o.kind == "WebhookSubscription").map(|o| o.uid.clone());
-    let sub = owner_uid.and_then(|uid| ctx.registry.get_uid(&subscription_ref(fev), &uid));
+    let sub = owner_uid.and_then(|uid| ctx.parts.registry.get_uid(&subscription_ref(fev), &uid));
     let (outcome, message) = match &sub {
         None => (
             ReplayOutcome::SubscriptionGone,
@@ -140,8 +126,8 @@ async fn replay(fev: &FailedEvent, ctx: &FailedEventContext, api: &Api<FailedEve
                     now_ms(),
                 );
                 let replay = Replay { event: new, replay_of: ReplayKey::of(fev).to_string() };
-                if let Some(job) = ctx.store.replay(replay).await? {
-                    ctx.dispatchers.notify(&sub.uid, job);
+                if let Some(job) = ctx.parts.store.replay(replay).await? {
+                    ctx.parts.dispatchers.notify(&sub.uid, job);
                 }
                 queued(sub.gate)
             }

@@ -11,17 +11,69 @@ mod writer;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use kube::ResourceExt;
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-pub use controller::{FailedEventContext, run as run_controller};
+use controller::FailedEventContext;
 pub use writer::Writer;
 
 use crate::api::{FailedEvent, WebhookSubscription};
+use crate::delivery::Dispatchers;
+use crate::delivery::status::StatusBoard;
 use crate::event::EventError;
-use crate::store::StoreError;
+use crate::metrics::Metrics;
+use crate::registry::{Readiness, Registry};
+use crate::store::{Store, StoreError};
+
+/// What the FailedEvent controller and the dead-letter writer are built from.
+#[derive(Clone)]
+pub struct Parts {
+    /// Kubernetes client.
+    pub client: Client,
+    /// The active subscriptions: replays go to them, their dead-letter counts are reported.
+    pub registry: Registry,
+    /// Whether the registry holds every subscription yet (a replay waits until it does).
+    pub readiness: Readiness,
+    /// The dead-letter and replay-result outboxes; where replays are queued.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Hands a replay to its subscription's dispatcher.
+    pub dispatchers: Arc<Dispatchers>,
+    /// Where dead-letter counts and drops are reported with the delivery status.
+    pub board: StatusBoard,
+    /// Woken when a dead letter is queued.
+    pub dead_letters_waiting: Arc<Notify>,
+    /// The cap and the TTL.
+    pub limits: Limits,
+}
+
+impl Parts {
+    /// Run the FailedEvent controller (TTL, replays) and the writer (the outbox into
+    /// FailedEvents, within the cap) over `namespace` (default: all) until `stop`.
+    pub async fn run(self, namespace: Option<String>, stop: CancellationToken) {
+        let context = Arc::new(FailedEventContext { parts: self.clone(), backoff: Default::default() });
+        let (cache, controller) = controller::run(context, namespace, stop.clone().cancelled_owned());
+        let writer = Writer {
+            recorder: Recorder::new(self.client.clone(), crate::k8s::reporter()),
+            client: self.client,
+            registry: self.registry,
+            store: self.store,
+            metrics: self.metrics,
+            board: self.board,
+            dead_letters_waiting: self.dead_letters_waiting,
+            cache,
+            limits: self.limits,
+        };
+        tokio::join!(controller, writer.run(stop));
+    }
+}
 
 /// Bounds on FailedEvents.
 #[derive(Clone, Copy, Debug)]

@@ -14,7 +14,7 @@ use hookline::catalog::Catalog;
 use hookline::cluster::Membership;
 use hookline::cluster_tasks::ClusterTasks;
 use hookline::controller::{self, Policy};
-use hookline::deadletter::Limits;
+use hookline::deadletter::{self, Limits};
 use hookline::delivery::budget::EventBudget;
 use hookline::delivery::status::{StatusBoard, WriteBudget, run_writer};
 use hookline::delivery::{Dispatchers, Parts};
@@ -131,15 +131,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         writer_stop.clone(),
     ));
     let cluster_tasks = ClusterTasks {
-        client: client.clone(),
-        registry: registry.clone(),
-        readiness: readiness.clone(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        dispatchers: dispatchers.clone(),
-        board,
-        dead_letters_waiting,
-        limits: Limits { cap: args.failed_event_cap, ttl: args.failed_event_ttl },
+        dead_letters: deadletter::Parts {
+            client: client.clone(),
+            registry: registry.clone(),
+            readiness: readiness.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            dispatchers: dispatchers.clone(),
+            board,
+            dead_letters_waiting,
+            limits: Limits { cap: args.failed_event_cap, ttl: args.failed_event_ttl },
+        },
         namespace: args.watch_namespace.clone(),
         log_retention: args.delivery_log_retention,
         dedup_window: args.dedup_window,
