@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Hookline's benchmarks on loopback (release build, bounded in time). See BENCHMARKS.md.
 #
-#   hack/bench.sh            throughput and latency; the last line is one JSON object
+#   hack/bench.sh            throughput and latency; the last line is one JSON object: per
+#                            saturation phase deliveries/s, the publish's answer time and CPU s
+#                            per 1,000 deliveries (`cpu_s_per_1000_single`, …), and the same CPU
+#                            figure at 200 and at BENCH_RATE events/s (`cpu_s_per_1000_at_200`,
+#                            `cpu_s_per_1000_at_1000`), with `cpu_s_per_1000` over the whole run
 #   hack/bench.sh --smoke    the same, a few seconds long (CI checks the script still works)
 #   hack/bench.sh --scale    1,000 subscriptions: time until all are Ready, peak RSS, API requests;
 #                            then a minute of events to all of them: PATCH rate, status staleness
@@ -17,7 +21,8 @@
 # BENCH_LATENCY_SECONDS (the latency phase's length, default BENCH_SECONDS),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
 # BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
-# BENCH_PHASES (e.g. "direct,batch": only these phases, for profiling one of them),
+# BENCH_PHASES (of direct, single, batch, fanout10, latency200, latency; e.g. "direct,batch":
+# only these phases, for profiling one of them),
 # BENCH_SEQUENTIAL_IDS=1 (event ids that count up instead of UUIDs; the JSON line says which),
 # BENCH_ORDERING (the subscriptions' delivery.ordering, default Unordered) and BENCH_KEYS (events
 # carry a partitionkey, one of this many in turn; default none),

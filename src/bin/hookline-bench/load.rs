@@ -54,13 +54,22 @@ pub fn payload() -> String {
     json!({"order": 1, "filler": filler}).to_string()
 }
 
-/// POST as fast as `concurrency` clients can for `seconds`; returns requests per second.
+/// What a saturation run measured.
+pub struct Saturated {
+    /// Requests per second.
+    pub rate: f64,
+    /// Requests that were not answered with a 2xx.
+    pub failures: u64,
+    /// How long each answered request took, in µs, sorted.
+    pub answers_us: Vec<u64>,
+}
+
+/// POST as fast as `concurrency` clients can for `seconds`.
 pub async fn saturate(
-    client: &reqwest::Client,
     concurrency: usize,
     seconds: u64,
     make: impl Fn(u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<Saturated> {
     let make = Arc::new(make);
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -68,25 +77,28 @@ pub async fn saturate(
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (make, counter) = (make.clone(), counter.clone());
-        let _ = client;
         tasks.push(tokio::spawn(async move {
-            let mut failures = 0u64;
+            let (mut failures, mut answers) = (0u64, Vec::new());
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
                 match make(n).send().await {
-                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) if r.status().is_success() => answers.push(sent.elapsed().as_micros() as u64),
                     _ => failures += 1,
                 }
             }
-            failures
+            (failures, answers)
         }));
     }
-    let mut failures = 0;
+    let (mut failures, mut answers_us) = (0, Vec::new());
     for t in tasks {
-        failures += t.await?;
+        let (f, a) = t.await?;
+        failures += f;
+        answers_us.extend(a);
     }
+    answers_us.sort_unstable();
     let n = counter.load(Ordering::Relaxed);
-    Ok((n as f64 / start.elapsed().as_secs_f64(), failures))
+    Ok(Saturated { rate: n as f64 / start.elapsed().as_secs_f64(), failures, answers_us })
 }
 
 /// The physical baseline: the same body POSTed straight to the receiver, same HTTP stack, as fast
@@ -100,11 +112,11 @@ pub async fn direct(
 ) -> anyhow::Result<f64> {
     let url = format!("http://127.0.0.1:{port}/direct");
     let (c, b) = (client.clone(), body.to_string());
-    let (eps, _) = saturate(client, concurrency, seconds, move |n| {
+    let saturated = saturate(concurrency, seconds, move |n| {
         c.post(&url).header("ce-id", n.to_string()).header("content-type", "application/json").body(b.clone())
     })
     .await?;
-    Ok(eps)
+    Ok(saturated.rate)
 }
 
 /// Publish `rate` events per second (`make` makes the `n`th), each to the ten subscriptions of a

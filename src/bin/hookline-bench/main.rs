@@ -22,7 +22,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 use host::{metric, proc_stats};
-use latency::Steady;
+use latency::{Steady, percentile};
 use load::{
     Publisher, delivered_rate, direct, failover, next_event_id, next_partition_key, now_us, payload, saturate,
 };
@@ -90,7 +90,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     cel_worst_case: usize,
     /// The phases to run (all but `failover` by default); fewer make profiling one phase quicker.
-    #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency")]
+    #[arg(long, value_delimiter = ',', default_value = "direct,single,batch,fanout10,latency200,latency")]
     phases: Vec<Phase>,
     /// For the `failover` phase: the replica to `kill -9` (the others' ingest URLs are the
     /// `--ingest` ones; the ten subscriptions of `--ns10` each have an endpoint path of their own).
@@ -109,7 +109,10 @@ enum Phase {
     Single,
     Batch,
     Fanout10,
+    /// `--rate` events per second (1,000 by default): latency and CPU per delivery at that load.
     Latency,
+    /// 200 events per second: CPU per delivery at an ordinary load (keys prefixed `at_200_`).
+    Latency200,
     /// Publish steadily into `--ns10`, `kill -9` the replica `--kill`, and measure how long each
     /// subscription goes without a delivery.
     Failover,
@@ -248,19 +251,34 @@ async fn main() -> anyhow::Result<()> {
         if !run(phase) {
             continue;
         }
-        let start = Instant::now();
-        let (rate, fail) = saturate(&client, concurrency, args.seconds, publisher).await?;
-        let (eps, delivered) = delivered_rate(&recv, start, rate, fail, each, limit).await?;
+        let (start, cpu_start) = (Instant::now(), stats().1);
+        let saturated = saturate(concurrency, args.seconds, publisher).await?;
+        let fail = saturated.failures;
+        let (eps, delivered) = delivered_rate(&recv, start, saturated.rate, fail, each, limit).await?;
         result.insert(format!("{name}_eps"), eps.round().into());
+        result.insert(format!("cpu_s_per_1000_{name}"), per_1000(stats().1 - cpu_start, delivered).into());
+        // The publish's own answer time: with a fixed number of publishers it sets the rate.
+        result.insert(format!("{name}_publish_p50_ms"), percentile(&saturated.answers_us, 0.50).into());
+        result.insert(format!("{name}_publish_p99_ms"), percentile(&saturated.answers_us, 0.99).into());
         (delivered_total, failures) = (delivered_total + delivered, failures + fail);
     }
 
-    // 5. Latency at a fixed offered load, fan-out 1.
-    if run(Phase::Latency) {
-        let seconds = args.latency_seconds.unwrap_or(args.seconds);
-        let phase = Steady { rate: args.rate, seconds, trace: args.latency_trace.as_deref() };
-        let (measured, delivered) = latency::phase(&recv, publish(args.ns1.clone()), phase).await?;
-        result.extend(measured);
+    // 5. Steady offered loads, fan-out 1: an ordinary 200 events/s, then `--rate` (the latency
+    // phase proper, whose keys carry no prefix).
+    let seconds = args.latency_seconds.unwrap_or(args.seconds);
+    let steady = [
+        (Phase::Latency200, 200, "at_200_", None),
+        (Phase::Latency, args.rate, "", args.latency_trace.as_deref()),
+    ];
+    for (phase, rate, prefix, trace) in steady {
+        if !run(phase) {
+            continue;
+        }
+        let cpu_start = stats().1;
+        let (measured, delivered) =
+            latency::phase(&recv, publish(args.ns1.clone()), Steady { rate, seconds, trace }).await?;
+        result.extend(measured.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+        result.insert(format!("cpu_s_per_1000_at_{rate}"), per_1000(stats().1 - cpu_start, delivered).into());
         delivered_total += delivered;
     }
 
@@ -276,9 +294,8 @@ async fn main() -> anyhow::Result<()> {
     let (rss_mb, cpu_after) = stats();
     let minutes = run_start.elapsed().as_secs_f64() / 60.0;
     let status_writes = status_writes().await - status_before;
-    let cpu_per_1000 = (cpu_after - cpu_before) / delivered_total.max(1) as f64 * 1000.0;
     result.insert("rss_mb".into(), ((rss_mb * 10.0).round() / 10.0).into());
-    result.insert("cpu_s_per_1000".into(), ((cpu_per_1000 * 1000.0).round() / 1000.0).into());
+    result.insert("cpu_s_per_1000".into(), per_1000(cpu_after - cpu_before, delivered_total).into());
     result.insert("status_writes_per_min".into(), ((status_writes / minutes * 10.0).round() / 10.0).into());
     result.insert("delivered".into(), delivered_total.into());
     result.insert("publish_failures".into(), failures.into());
@@ -297,4 +314,9 @@ async fn main() -> anyhow::Result<()> {
     let result = Value::Object(result);
     println!("{result}");
     Ok(())
+}
+
+/// CPU seconds per 1,000 deliveries, to the millisecond.
+fn per_1000(cpu_seconds: f64, delivered: u64) -> f64 {
+    (cpu_seconds / delivered.max(1) as f64 * 1_000_000.0).round() / 1000.0
 }
