@@ -233,8 +233,19 @@ async fn a_steady_subscription_causes_no_status_writes() {
     apply(&env, "unverified.yaml");
     let subs: Api<WebhookSubscription> = env.api();
     wait_for_condition(&subs, "dev-sink", "Ready", "True", "Active").await;
-    let writes_before = wait_until("the first status write is counted", WAIT, || async {
-        hookline.metric("hookline_status_writes_total").await.filter(|n| *n >= 1.0)
+    // Both writers' first writes are done: the controller's conditions (Ready) and the delivery
+    // writer's, which reports the FailedEvent count once the dead-letter writer has counted
+    // (0). Then the count of writes, once two polls agree (the metric moves just after a write
+    // returns, so it may lag the status by a moment).
+    wait_until("the delivery writer's first status write", WAIT, || async {
+        subs.get("dev-sink").await.ok()?.status?.dead_letters.map(|_| ())
+    })
+    .await;
+    let last = std::sync::Mutex::new(None);
+    let writes_before = wait_until("the count of status writes settles", WAIT, || async {
+        let now = hookline.metric("hookline_status_writes_total").await?;
+        let before = last.lock().expect("lock").replace(now);
+        (before == Some(now)).then_some(now)
     })
     .await;
     // Reconciles counted as finished (the duration is observed when one ends, after any write it
