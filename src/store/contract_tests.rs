@@ -419,6 +419,18 @@ async fn a_validation_url_verifies_once_and_only_before_it_expires(#[values(SQLI
     assert_eq!(store.confirm_validation("tok", 5_000).await.expect("confirm"), None, "single use");
     let v = store.verification("a").await.expect("read").expect("row");
     assert_eq!((v.verified_at, v.token), (Some(5_000), None));
+    // The handshake request that carried the URL was still in flight when it was opened: the
+    // record its attempt writes afterwards does not undo the confirmation.
+    let answered =
+        crate::store::Verification { attempts: 1, message: "answered 200".into(), ..pending.clone() };
+    store.put_verification(answered).await.expect("put");
+    let v = store.verification("a").await.expect("read").expect("row");
+    assert_eq!((v.verified_at, v.attempts), (Some(5_000), 0), "the confirmation stands");
+    // A new URL (or method, or revalidation) starts over, verified or not.
+    let moved = crate::store::Verification { url: "https://moved.example.com/".into(), ..pending.clone() };
+    store.put_verification(moved).await.expect("put");
+    let v = store.verification("a").await.expect("read").expect("row");
+    assert_eq!((v.verified_at, v.url.as_str()), (None, "https://moved.example.com/"));
     store.drop_subscription("a").await.expect("drop");
     assert!(store.verification("a").await.expect("read").is_none());
 }

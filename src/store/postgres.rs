@@ -478,7 +478,10 @@ impl Store for PostgresStore {
                            verified_at_ms = excluded.verified_at_ms, token = excluded.token, code = excluded.code,
                            expires_at_ms = excluded.expires_at_ms, attempts = excluded.attempts,
                            next_attempt_ms = excluded.next_attempt_ms, message = excluded.message,
-                           rate_per_minute = excluded.rate_per_minute, revalidate = excluded.revalidate",
+                           rate_per_minute = excluded.rate_per_minute, revalidate = excluded.revalidate
+                         WHERE NOT (verifications.verified_at_ms IS NOT NULL AND excluded.verified_at_ms IS NULL
+                           AND verifications.url = excluded.url AND verifications.method = excluded.method
+                           AND verifications.revalidate IS NOT DISTINCT FROM excluded.revalidate)",
                         &[
                             &v.sub_uid,
                             &v.url,

@@ -56,6 +56,11 @@ async fn event(
         v.code = Some(random_hex(16));
         v.token = Some(random_hex(24));
         v.expires_at = Some(now + CODE_TTL.as_millis() as Millis);
+        // The validation URL works from the moment the event is sent: an endpoint may open it
+        // before it answers. (The record written after the attempt never undoes a confirmation.)
+        if let Err(e) = verifier.store.put_verification(v.clone()).await {
+            tracing::warn!(subscription = %sub.name_any(), error = %Chain(&e), "saving the validation code");
+        }
     }
     let code = v.code.clone().unwrap_or_default();
     let validation_url = verifier.public_url.as_ref().map(|base| {
