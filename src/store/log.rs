@@ -126,6 +126,16 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// The `n`th parameter of a statement (from 1).
+    pub fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+}
+
 /// The columns a log entry is read from, in this order.
 pub const LOG_COLUMNS: &str = "seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, subscription, url";
 
@@ -172,10 +182,7 @@ impl LogQuery {
         let mut params = Vec::new();
         let mut next = |p: SqlParam| {
             params.push(p);
-            match dialect {
-                Dialect::Sqlite => format!("?{}", params.len()),
-                Dialect::Postgres => format!("${}", params.len()),
-            }
+            dialect.placeholder(params.len())
         };
         let mut filters = Vec::new();
         match &self.scope {

@@ -180,6 +180,29 @@ pub struct Verification {
     pub revalidate: Option<String>,
 }
 
+/// The statement that stores a [`Verification`], in both stores. Its parameters, in order:
+/// `sub_uid, url, method, verified_at, token, code, expires_at, attempts, next_attempt_at,
+/// message, rate_per_minute, revalidate`. An unverified record never replaces a verified one for
+/// the same URL, method and revalidation: the handshake attempt whose validation URL was opened
+/// while it was in flight writes its record afterwards.
+fn put_verification_sql(dialect: Dialect) -> String {
+    let values: Vec<String> = (1..=12).map(|n| dialect.placeholder(n)).collect();
+    format!(
+        "INSERT INTO verifications (sub_uid, url, method, verified_at_ms, token, code, expires_at_ms,
+           attempts, next_attempt_ms, message, rate_per_minute, revalidate)
+         VALUES ({})
+         ON CONFLICT (sub_uid) DO UPDATE SET url = excluded.url, method = excluded.method,
+           verified_at_ms = excluded.verified_at_ms, token = excluded.token, code = excluded.code,
+           expires_at_ms = excluded.expires_at_ms, attempts = excluded.attempts,
+           next_attempt_ms = excluded.next_attempt_ms, message = excluded.message,
+           rate_per_minute = excluded.rate_per_minute, revalidate = excluded.revalidate
+         WHERE NOT (verifications.verified_at_ms IS NOT NULL AND excluded.verified_at_ms IS NULL
+           AND verifications.url = excluded.url AND verifications.method = excluded.method
+           AND verifications.revalidate IS NOT DISTINCT FROM excluded.revalidate)",
+        values.join(", ")
+    )
+}
+
 /// What happens to a job after an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobUpdate {

@@ -471,17 +471,7 @@ impl Store for PostgresStore {
             self.write(&v, |tx, v| {
                 async move {
                     tx.execute(
-                        "INSERT INTO verifications (sub_uid, url, method, verified_at_ms, token, code, expires_at_ms,
-                           attempts, next_attempt_ms, message, rate_per_minute, revalidate)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                         ON CONFLICT (sub_uid) DO UPDATE SET url = excluded.url, method = excluded.method,
-                           verified_at_ms = excluded.verified_at_ms, token = excluded.token, code = excluded.code,
-                           expires_at_ms = excluded.expires_at_ms, attempts = excluded.attempts,
-                           next_attempt_ms = excluded.next_attempt_ms, message = excluded.message,
-                           rate_per_minute = excluded.rate_per_minute, revalidate = excluded.revalidate
-                         WHERE NOT (verifications.verified_at_ms IS NOT NULL AND excluded.verified_at_ms IS NULL
-                           AND verifications.url = excluded.url AND verifications.method = excluded.method
-                           AND verifications.revalidate IS NOT DISTINCT FROM excluded.revalidate)",
+                        &super::put_verification_sql(Dialect::Postgres),
                         &[
                             &v.sub_uid,
                             &v.url,
