@@ -79,7 +79,8 @@ impl<K: Resource<DynamicType = ()>> FailureBackoff<K> {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = failures.entry(key).or_insert(0);
         *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Self::MAX)
+        // 1 s, doubling with each failure in a row, up to MAX.
+        Duration::from_secs(1u64.checked_shl(*n - 1).unwrap_or(u64::MAX)).min(Self::MAX)
     }
 
     /// `key` reconciled cleanly: its next failure waits 1 s again.
