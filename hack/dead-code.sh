@@ -12,8 +12,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COPY="$ROOT/target/dead-code/crate"
 rm -rf "$COPY" && mkdir -p "$COPY"
 cp -r "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" "$COPY/"
-# The library's files use include_str! on these.
-for dir in crds docs; do [ -d "$ROOT/$dir" ] && cp -r "$ROOT/$dir" "$COPY/"; done
 
 python3 - "$COPY" <<'PY'
 import pathlib, re, shutil, sys
