@@ -30,7 +30,9 @@
 # p50, p99, the slowest and when it was published, the host's CPU busy/stolen/iowait % and disk
 # writes per second and in flight),
 # BENCH_LEASE (--failover: the replicas' --lease-duration, default Hookline's 45s; offered load
-# default 100 events/s, each to ten subscriptions).
+# default 100 events/s, each to ten subscriptions),
+# BENCH_HOOKLINE=PATH (measure that hookline binary instead of this tree's, with this tree's load
+# generator: an A/B against an older commit's release build; its JSON line says "hookline": PATH).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -62,6 +64,7 @@ session bench
 log "building ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$([ "$PROFILE" = dev ] && echo debug || echo release)"
+HOOKLINE=${BENCH_HOOKLINE:-$BIN/hookline}
 
 STORE_ARGS=(--data-dir "$WORK/data")
 if [ "$STORE" = postgres ]; then
@@ -75,7 +78,7 @@ RECEIVER=$(free_port); INGESTS=(); METRICSES=(); HLS=()
 for r in $(seq 1 "$REPLICAS"); do
   INGEST=$(free_port); METRICS=$(free_port)
   # shellcheck disable=SC2046
-  "$BIN/hookline" run "${STORE_ARGS[@]}" $(replica "$r") \
+  "$HOOKLINE" run "${STORE_ARGS[@]}" $(replica "$r") \
     --ingest-addr "127.0.0.1:$INGEST" --metrics-addr "127.0.0.1:$METRICS" \
     --ingest-auth none --allow-http --allow-cidr 127.0.0.0/8 --public-url "http://127.0.0.1:$INGEST" \
     --status-interval 5s --allow-unverified-endpoints --log-format json >"$WORK/hookline-$r.log" 2>&1 &
@@ -87,7 +90,7 @@ done
 INGEST=${INGESTS[0]#http://127.0.0.1:}; METRICS=${METRICSES[0]#http://127.0.0.1:}; HL=${HLS[0]}
 join() { local IFS=,; echo "$*"; }
 # The result line says which store and how many replicas it measured.
-labelled() { sed "s/^{/{\"store\": \"$STORE\", \"replicas\": $REPLICAS, /"; }
+labelled() { sed "s|^{|{\"store\": \"$STORE\", \"replicas\": $REPLICAS, ${BENCH_HOOKLINE:+\"hookline\": \"$BENCH_HOOKLINE\", }|"; }
 
 subscription() { # namespace name
   printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: %s, namespace: %s}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hook/%s"}\n  delivery: {maxConcurrency: 64, ordering: %s}\n---\n' "$2" "$1" "$RECEIVER" "$2" "$ORDERING"

@@ -58,6 +58,8 @@ pub fn payload() -> String {
 pub struct Saturated {
     /// Requests per second.
     pub rate: f64,
+    /// Requests sent (answered or not).
+    pub requests: u64,
     /// Requests that were not answered with a 2xx.
     pub failures: u64,
     /// How long each answered request took, in µs, sorted.
@@ -98,7 +100,7 @@ pub async fn saturate(
     }
     answers_us.sort_unstable();
     let n = counter.load(Ordering::Relaxed);
-    Ok(Saturated { rate: n as f64 / start.elapsed().as_secs_f64(), failures, answers_us })
+    Ok(Saturated { rate: n as f64 / start.elapsed().as_secs_f64(), requests: n, failures, answers_us })
 }
 
 /// The physical baseline: the same body POSTed straight to the receiver, same HTTP stack, as fast
@@ -189,18 +191,18 @@ pub async fn failover(
 /// Makes the `n`th request of a saturation phase.
 pub type Publisher = Box<dyn Fn(u64) -> reqwest::RequestBuilder + Send + Sync>;
 
-/// After a saturation phase that began at `start` and sent `rate` requests per second, `failed` of
-/// them refused, each worth `each` deliveries: wait until all of them arrived (at most `limit`),
-/// then return deliveries per second over the whole phase and how many there were.
+/// After a saturation phase that began at `start` and sent `requests`, `failed` of them refused,
+/// each worth `each` deliveries: wait until all of them arrived (at most `limit`), then return
+/// deliveries per second over the whole phase and how many there were.
 pub async fn delivered_rate(
     recv: &Recv,
     start: Instant,
-    rate: f64,
+    requests: u64,
     failed: u64,
     each: u64,
     limit: Duration,
 ) -> anyhow::Result<(f64, u64)> {
-    let expected = ((rate * start.elapsed().as_secs_f64()).round() as u64).saturating_sub(failed) * each;
+    let expected = requests.saturating_sub(failed) * each;
     drained(recv, expected, limit).await?;
     let eps = expected as f64 / start.elapsed().as_secs_f64();
     recv.count.store(0, Ordering::Relaxed);

@@ -254,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
         let (start, cpu_start) = (Instant::now(), stats().1);
         let saturated = saturate(concurrency, args.seconds, publisher).await?;
         let fail = saturated.failures;
-        let (eps, delivered) = delivered_rate(&recv, start, saturated.rate, fail, each, limit).await?;
+        let (eps, delivered) = delivered_rate(&recv, start, saturated.requests, fail, each, limit).await?;
         result.insert(format!("{name}_eps"), eps.round().into());
         result.insert(format!("cpu_s_per_1000_{name}"), per_1000(stats().1 - cpu_start, delivered).into());
         // The publish's own answer time: with a fixed number of publishers it sets the rate.
