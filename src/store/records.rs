@@ -2,13 +2,14 @@
 //! only the bookkeeping waits), so both stores gather them for up to [`RECORD_DELAY`], or until
 //! [`MAX_RECORDS`] wait, and write each group in one transaction: one commit for hundreds of
 //! attempts instead of one each, which the commit cost (every dirty page written to the WAL, then
-//! an fsync) made the largest item in the delivery profile.
+//! an fsync) made the largest item in the delivery profile. A group of deliveries and retries
+//! does not wait for its own flush either ([`may_commit_lazily`]).
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Attempt, StoreError};
+use super::{Attempt, JobUpdate, StoreError};
 
 /// How long the first record of a group waits for others.
 const RECORD_DELAY: Duration = Duration::from_millis(5);
@@ -42,4 +43,33 @@ pub(super) async fn next_group(
         }
     }
     Some(group)
+}
+
+/// Whether a record of `update` may commit without waiting for its flush to disk (SQLite's
+/// `synchronous=NORMAL`, PostgreSQL's `synchronous_commit = off`; the next publish's flush takes
+/// it along). Losing it to a crash of the machine or the database server repeats only what
+/// at-least-once delivery allows: a delivery sent again, with the same `webhook-id`, or a retry
+/// made sooner. Dead letters and drops end their jobs for good (a FailedEvent, a count) and wait
+/// for the flush, as publishes and claims do.
+pub(super) fn may_commit_lazily(update: &JobUpdate) -> bool {
+    matches!(update, JobUpdate::Delivered | JobUpdate::Retry { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DeadLetter;
+
+    #[test]
+    fn only_deliveries_and_retries_commit_lazily() {
+        let letter = JobUpdate::DeadLetter(DeadLetter {
+            namespace: "shop".into(),
+            subscription: "orders".into(),
+            failure: "{}".into(),
+        });
+        assert!(may_commit_lazily(&JobUpdate::Delivered));
+        assert!(may_commit_lazily(&JobUpdate::Retry { due_at: 1 }));
+        assert!(!may_commit_lazily(&letter), "a dead letter waits for the flush");
+        assert!(!may_commit_lazily(&JobUpdate::Dropped), "a drop waits for the flush");
+    }
 }

@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
 use super::{members, writes};
-use crate::store::records::{RecordReply, next_group};
+use crate::store::records::{self, RecordReply, next_group};
 use crate::store::{Accepted, Attempt, Fence, NewEvent, StoreError};
 
 /// Publish transactions in flight at once: enough to keep the server's group commit fed while a
@@ -124,7 +124,7 @@ async fn record(pool: &Pool, attempts: &[Attempt]) -> Result<Vec<bool>, StoreErr
     let valid: Vec<Attempt> =
         attempts.iter().zip(&recorded).filter(|(_, ok)| **ok).map(|(a, _)| a.clone()).collect();
     if !valid.is_empty() {
-        if writes::may_commit_lazily(valid.iter().map(|a| &a.update)) {
+        if valid.iter().all(|a| records::may_commit_lazily(&a.update)) {
             writes::commit_lazily(&tx).await?;
         }
         writes::record(&tx, &valid).await?;

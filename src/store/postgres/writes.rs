@@ -158,19 +158,12 @@ pub(super) async fn plan_for_now(tx: &Transaction<'_>) -> Result<(), Error> {
 
 /// Commit this transaction without waiting for its WAL to reach the disk (PostgreSQL's
 /// `synchronous_commit = off`: flushed by the next flushed commit, such as any publish's, or
-/// within 3 × `wal_writer_delay`, 600 ms by default). For records [`may_commit_lazily`] allows:
+/// within 3 × `wal_writer_delay`, 600 ms by default). For records
+/// [`records::may_commit_lazily`](crate::store::records) allows:
 /// were the server to crash first, the transaction is lost whole. Publishes then wait on fewer
 /// and smaller flushes (BENCHMARKS.md, "PostgreSQL's latency tail at 1,000 events/s").
 pub(super) async fn commit_lazily(tx: &Transaction<'_>) -> Result<(), Error> {
     tx.batch_execute("SET LOCAL synchronous_commit = off").await
-}
-
-/// Whether a transaction recording these updates may commit lazily ([`commit_lazily`]): losing
-/// it repeats only what at-least-once delivery allows (a delivery sent again, with the same
-/// `webhook-id`; a retry made sooner). Dead letters and drops end their jobs for good (a
-/// FailedEvent, a count) and always wait for the flush, as publishes and claims do.
-pub(super) fn may_commit_lazily<'a>(updates: impl IntoIterator<Item = &'a JobUpdate>) -> bool {
-    updates.into_iter().all(|u| matches!(u, JobUpdate::Delivered | JobUpdate::Retry { .. }))
 }
 
 /// Record a batch of attempts: the delivery log, then what each attempt does to its job.
@@ -468,23 +461,4 @@ pub(super) async fn prune(
     let limit = i64::from(limit);
     Ok(tx.execute(&log, &[&log_before, &limit]).await?
         + tx.execute(&events, &[&events_before, &limit]).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::DeadLetter;
-
-    #[test]
-    fn only_deliveries_and_retries_commit_lazily() {
-        let retry = JobUpdate::Retry { due_at: 1 };
-        let letter = JobUpdate::DeadLetter(DeadLetter {
-            namespace: "shop".into(),
-            subscription: "orders".into(),
-            failure: "{}".into(),
-        });
-        assert!(may_commit_lazily([&JobUpdate::Delivered, &retry]));
-        assert!(!may_commit_lazily([&JobUpdate::Delivered, &letter]), "a dead letter waits for the flush");
-        assert!(!may_commit_lazily([&retry, &JobUpdate::Dropped]), "a drop waits for the flush");
-    }
 }

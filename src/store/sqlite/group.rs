@@ -1,6 +1,9 @@
 //! Group commit: one writer thread runs every write request. Concurrent requests share one
 //! transaction and one fsync; attempt records, which are not urgent, are gathered for a few
-//! milliseconds first. Each request answers once its group is durable.
+//! milliseconds first. Each request answers once its group is durable, except a group of lazy
+//! requests only (deliveries and retries, see `records::may_commit_lazily`): it commits with
+//! `synchronous=NORMAL`, its WAL frames written but not flushed until the next durable commit
+//! (or checkpoint) flushes the WAL file.
 
 use std::cell::{RefCell, RefMut};
 use std::ops::Deref;
@@ -11,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::keys::Keys;
 use super::writes::record;
-use crate::store::records::{RecordReply, next_group};
+use crate::store::records::{RecordReply, may_commit_lazily, next_group};
 use crate::store::{Attempt, StoreError};
 
 /// Most write requests folded into one transaction.
@@ -49,12 +52,15 @@ pub(super) trait Write: Send {
     fn fail(&mut self, e: rusqlite::Error);
     /// Answer with the last run's result, or with the error of the shared commit.
     fn answer(self: Box<Self>, commit_error: Option<&Arc<rusqlite::Error>>);
+    /// Whether the request may be answered before its commit is flushed to disk.
+    fn lazy(&self) -> bool;
 }
 
 pub(super) struct Request<T, F> {
     work: F,
     result: Option<Result<T, rusqlite::Error>>,
     reply: Reply<T>,
+    lazy: bool,
 }
 
 impl<T, F> Request<T, F>
@@ -62,8 +68,14 @@ where
     T: Send + 'static,
     F: FnMut(&Tx) -> Result<T, rusqlite::Error> + Send + 'static,
 {
+    /// A request answered once its commit is on disk.
     pub(super) fn boxed(work: F, reply: Reply<T>) -> Box<dyn Write> {
-        Box::new(Request { work, result: None, reply })
+        Box::new(Request { work, result: None, reply, lazy: false })
+    }
+
+    /// A request that may be answered once committed, before the commit is flushed.
+    pub(super) fn lazy(work: F, reply: Reply<T>) -> Box<dyn Write> {
+        Box::new(Request { work, result: None, reply, lazy: true })
     }
 }
 
@@ -94,6 +106,10 @@ where
         };
         let _ = self.reply.send(answer);
     }
+
+    fn lazy(&self) -> bool {
+        self.lazy
+    }
 }
 
 /// What the writer thread receives: one request, or a gathered group of attempt records.
@@ -105,8 +121,11 @@ pub(super) async fn gather_records(
     mut rx: mpsc::UnboundedReceiver<(Attempt, RecordReply)>,
     writer: mpsc::Sender<Writes>,
 ) {
-    let request =
-        |(attempt, reply): (Attempt, RecordReply)| Request::boxed(move |t| record(t, &attempt), reply);
+    let request = |(attempt, reply): (Attempt, RecordReply)| {
+        let lazy = may_commit_lazily(&attempt.update);
+        let work = move |t: &Tx| record(t, &attempt);
+        if lazy { Request::lazy(work, reply) } else { Request::boxed(work, reply) }
+    };
     while let Some(group) = next_group(&mut rx).await {
         // If the writer is gone, the replies are dropped and each caller sees `Closed`.
         if writer.send(group.into_iter().map(request).collect()).await.is_err() {
@@ -118,6 +137,7 @@ pub(super) async fn gather_records(
 /// Take every queued request, run them in one transaction, commit once, then answer all.
 pub(super) fn write_loop(mut conn: Connection, keys: Keys, mut rx: mpsc::Receiver<Writes>) {
     let keys = RefCell::new(keys);
+    let mut flush = Flush::Full;
     while let Some(mut group) = rx.blocking_recv() {
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -125,10 +145,36 @@ pub(super) fn write_loop(mut conn: Connection, keys: Keys, mut rx: mpsc::Receive
                 Err(_) => break,
             }
         }
-        let commit = write_group(&mut conn, &keys, &mut group).map_err(Arc::new);
+        let wanted = if group.iter().all(|r| r.lazy()) { Flush::Lazy } else { Flush::Full };
+        let commit = match flush.set(&conn, wanted) {
+            Err(e) if wanted == Flush::Full => Err(e),
+            // Still FULL when NORMAL could not be set: the group only waits longer.
+            _ => write_group(&mut conn, &keys, &mut group),
+        }
+        .map_err(Arc::new);
         for request in group {
             request.answer(commit.as_ref().err());
         }
+    }
+}
+
+/// Whether the connection's commits wait for their flush (`synchronous`; opened as FULL).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Full,
+    Lazy,
+}
+
+impl Flush {
+    /// Switch the connection to `wanted` if it is not so already. Should switching back to FULL
+    /// fail, the caller fails the group rather than commit it without its flush.
+    fn set(&mut self, conn: &Connection, wanted: Flush) -> Result<(), rusqlite::Error> {
+        if *self != wanted {
+            let mode = if wanted == Flush::Full { "FULL" } else { "NORMAL" };
+            conn.pragma_update(None, "synchronous", mode)?;
+            *self = wanted;
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 use std::cell::RefCell;
 
-use super::group::write_group;
+use super::group::{write_group, write_loop};
 use super::writes::{PRUNE_EVENTS, PRUNE_LOG};
 use super::*;
 
@@ -47,6 +47,35 @@ fn a_failing_request_undoes_only_its_own_writes_in_a_shared_transaction() {
         .expect("rows");
     assert_eq!(rows, [1, 3], "the failed request's first write is undone, the others kept");
     assert_eq!(keys.borrow().len(), 2, "and so are the dedup keys it added");
+}
+
+#[test]
+fn only_a_group_of_lazy_requests_commits_without_waiting_for_its_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = open(&dir.path().join("flush.db")).expect("open");
+    let (writer, rx) = mpsc::channel(4);
+    let thread = std::thread::spawn(move || write_loop(conn, Keys::new(), rx));
+    // Each request reports the `synchronous` its transaction commits with: 2 FULL, 1 NORMAL.
+    let synchronous = |c: &Tx| c.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0));
+    let group = |lazy: &[bool]| -> Vec<i64> {
+        let (requests, answers): (Writes, Vec<_>) = lazy
+            .iter()
+            .map(|&lazy| {
+                let (reply, answer) = oneshot::channel();
+                let request =
+                    if lazy { Request::lazy(synchronous, reply) } else { Request::boxed(synchronous, reply) };
+                (request, answer)
+            })
+            .unzip();
+        writer.blocking_send(requests).expect("the writer runs");
+        answers.into_iter().map(|a| a.blocking_recv().expect("answer").expect("committed")).collect()
+    };
+    assert_eq!(group(&[false]), [2], "a publish waits for its flush");
+    assert_eq!(group(&[true, true]), [1, 1], "records of deliveries do not");
+    assert_eq!(group(&[false]), [2], "the connection is FULL again after a lazy group");
+    assert_eq!(group(&[true, false]), [2, 2], "in a group with a publish, records wait with it");
+    drop(writer);
+    thread.join().expect("the writer stops");
 }
 
 #[test]
