@@ -160,7 +160,7 @@ pub struct Parsed {
 }
 
 /// A spec parsed once for the delivery side: the retry schedule and CEL filter of a spec
-/// [`check`] accepts, or every problem [`check`] finds. Nothing downstream parses the spec's
+/// that passes every check, or every problem the checks find. Nothing downstream parses the spec's
 /// strings again.
 pub fn parse(spec: &WebhookSubscriptionSpec, policy: Policy) -> Result<Parsed, Vec<Problem>> {
     let (problems, filter) = check_and_compile(spec, policy);

@@ -159,7 +159,7 @@ pub(super) async fn plan_for_now(tx: &Transaction<'_>) -> Result<(), Error> {
 /// Commit this transaction without waiting for its WAL to reach the disk (PostgreSQL's
 /// `synchronous_commit = off`: flushed by the next flushed commit, such as any publish's, or
 /// within 3 × `wal_writer_delay`, 600 ms by default). For records
-/// [`records::may_commit_lazily`](crate::store::records) allows:
+/// [`may_commit_lazily`](crate::store::records::may_commit_lazily) allows:
 /// were the server to crash first, the transaction is lost whole. Publishes then wait on fewer
 /// and smaller flushes (BENCHMARKS.md, "PostgreSQL's latency tail at 1,000 events/s").
 pub(super) async fn commit_lazily(tx: &Transaction<'_>) -> Result<(), Error> {

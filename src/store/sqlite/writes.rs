@@ -9,7 +9,7 @@ use crate::store::{
     Accepted, Attempt, DeadLetter, JobRef, JobUpdate, KEEP_PAYLOAD_UP_TO, Millis, NewEvent, Replay,
 };
 
-/// One bounded round of pruning (see [`Store::prune`]); every statement runs on an index. The
+/// One bounded round of pruning (see [`Store::prune`](crate::store::Store::prune)); every statement runs on an index. The
 /// events forgotten leave the dedup keys.
 pub(super) fn prune(
     t: &Tx,
