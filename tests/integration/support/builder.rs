@@ -22,6 +22,8 @@ pub trait TestSubscription: Sized {
     fn initial_backoff(self, initial: &str) -> Self;
     /// Fail fast: two attempts, 100 ms apart, and no circuit breaker.
     fn failing_fast(self) -> Self;
+    /// No circuit breaker: failing attempts go on at the retry policy's pace.
+    fn without_circuit_breaker(self) -> Self;
     /// At most `n` requests in flight.
     fn concurrency(self, n: u32) -> Self;
     /// A request times out after `seconds`.
@@ -82,11 +84,15 @@ impl TestSubscription for WebhookSubscription {
         self
     }
 
-    fn failing_fast(mut self) -> Self {
+    fn failing_fast(self) -> Self {
         // Given up on after two quick attempts, however many fail in a row: no circuit breaker
         // to hold them back.
+        self.without_circuit_breaker().max_attempts(2).backoff("100ms", "200ms")
+    }
+
+    fn without_circuit_breaker(mut self) -> Self {
         self.spec.delivery.circuit_breaker.consecutive_failures = 0;
-        self.max_attempts(2).backoff("100ms", "200ms")
+        self
     }
 
     fn concurrency(mut self, n: u32) -> Self {
