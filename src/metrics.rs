@@ -73,6 +73,26 @@ struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    server: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadTimeoutLabels {
+    server: &'static str,
+    part: &'static str,
+}
+
+/// Why a server refuses a connection (see `server::connections`).
+const REFUSALS: [&str; 2] = ["max_connections", "max_connections_per_client"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     reason: &'static str,
 }
@@ -104,6 +124,9 @@ pub struct Metrics {
     store_errors: Family<ErrorLabels, Counter>,
     status_writes_deferred: Counter,
     status_staleness: Gauge<f64, AtomicU64>,
+    connections_open: Family<ServerLabels, Gauge>,
+    connections_refused: Family<RefusedLabels, Counter>,
+    read_timeouts: Family<ReadTimeoutLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -234,6 +257,26 @@ impl Default for Metrics {
             "Age of the oldest delivery result not yet written to a subscription's status",
             status_staleness.clone(),
         );
+        let connections_open = Family::<ServerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open per HTTP server (ingest, operations)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused with a 503 because the server (--max-connections) or the client's \
+             address (--max-connections-per-client) held its maximum",
+            connections_refused.clone(),
+        );
+        let read_timeouts = Family::<ReadTimeoutLabels, Counter>::default();
+        registry.register(
+            "read_timeouts",
+            "Requests a client did not send within --read-timeout, by part: headers (the connection \
+             is closed; this includes connections idle that long between requests) or body (408)",
+            read_timeouts.clone(),
+        );
         // Counters a failure or a first event may be the first to touch start at zero, so that
         // their family is declared from the start and rate() sees the first increase.
         for error in ["kube_api", "store", "failed_event_kube_api", "failed_event_store"] {
@@ -253,6 +296,9 @@ impl Default for Metrics {
             ready_process.clone(),
         );
         Self {
+            connections_open,
+            connections_refused,
+            read_timeouts,
             ready_process,
             status_writes_deferred,
             status_staleness,
@@ -295,6 +341,44 @@ impl Metrics {
     /// Count one request to the Kubernetes API server (the kube client's request layer calls it).
     pub fn api_request(&self, method: &http::Method) {
         self.api_requests.get_or_create(&MethodLabels { method: method.as_str().to_string() }).inc();
+    }
+}
+
+/// The connection counters of one HTTP server, looked up once.
+#[derive(Clone, Debug)]
+pub struct ConnectionCounters {
+    open: Gauge,
+    refused: [(&'static str, Counter); 2],
+    header_timeouts: Counter,
+    body_timeouts: Counter,
+}
+
+impl ConnectionCounters {
+    /// A connection was admitted.
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    /// An admitted connection closed.
+    pub fn closed(&self) {
+        self.open.dec();
+    }
+
+    /// A connection was refused; `reason` is one of `REFUSALS`.
+    pub fn refused(&self, reason: &'static str) {
+        if let Some((_, counter)) = self.refused.iter().find(|(r, _)| *r == reason) {
+            counter.inc();
+        }
+    }
+
+    /// A connection was closed because its request's headers did not arrive in time.
+    pub fn header_timed_out(&self) {
+        self.header_timeouts.inc();
+    }
+
+    /// A request's body did not arrive in time.
+    pub fn body_timed_out(&self) {
+        self.body_timeouts.inc();
     }
 }
 
@@ -458,6 +542,21 @@ impl Metrics {
     /// Count a status write that failed; `writer` is `controller` or `delivery`.
     pub fn status_write_failed(&self, writer: &'static str) {
         self.status_write_failures.get_or_create(&WriterLabels { writer }).inc();
+    }
+
+    /// The connection counters of the HTTP server `server` (`ingest`, `operations`), its
+    /// series declared at zero.
+    pub fn connections(&self, server: &'static str) -> ConnectionCounters {
+        let refused = REFUSALS.map(|reason| {
+            (reason, self.connections_refused.get_or_create(&RefusedLabels { server, reason }).clone())
+        });
+        let timeout = |part| self.read_timeouts.get_or_create(&ReadTimeoutLabels { server, part }).clone();
+        ConnectionCounters {
+            open: self.connections_open.get_or_create(&ServerLabels { server }).clone(),
+            refused,
+            header_timeouts: timeout("headers"),
+            body_timeouts: timeout("body"),
+        }
     }
 
     /// The metrics in Prometheus text format.

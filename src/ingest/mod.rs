@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, to_bytes};
+use axum::body::{Body, HttpBody, to_bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
@@ -29,9 +29,10 @@ use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
 use crate::delivery::Dispatchers;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionCounters, Metrics};
 use crate::registry::{Readiness, Registry};
 use crate::report::Chain;
+use crate::server::ConnectionLimits;
 use crate::store::Store;
 use auth::{Action, Auth};
 pub use error::{ApiError, ErrorBody};
@@ -44,6 +45,8 @@ pub struct IngestConfig {
     /// Below this many bytes free for the store, publishing is refused with 507, keeping the
     /// room the store needs to record deliveries and free space (`--min-free-disk`).
     pub min_free_disk: u64,
+    /// Connections held by the server, and how long a request may take to arrive.
+    pub limits: ConnectionLimits,
 }
 
 /// What the ingest server works with.
@@ -74,6 +77,8 @@ struct IngestState {
     parts: Arc<Ingest>,
     /// Namespaces known to exist, and since when.
     namespaces: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The server's connection counters (request bodies that came too slowly).
+    connections: ConnectionCounters,
 }
 
 impl std::ops::Deref for IngestState {
@@ -108,10 +113,13 @@ pub async fn bind(
     draining: CancellationToken,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    let state = IngestState { parts: Arc::new(ingest), namespaces: Arc::default() };
+    let connections = ingest.metrics.connections("ingest");
+    let limits = ingest.config.limits;
+    let state =
+        IngestState { parts: Arc::new(ingest), namespaces: Arc::default(), connections: connections.clone() };
     let (router, _) = routes().split_for_parts();
     let app = crate::server::close_connections_when(router.with_state(state), draining);
-    crate::server::serve(addr, app, shutdown).await
+    crate::server::serve(addr, app, limits, connections, shutdown).await
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -196,13 +204,35 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body exceeds the limit of {limit} bytes"),
-        )
-    })
+impl IngestState {
+    /// A request's body, at most `limit` bytes, arriving within `--read-timeout`. A body whose
+    /// `Content-Length` announces more is refused before any of it is read. Either refusal
+    /// leaves the rest unread, which closes the connection.
+    async fn read_body(&self, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body exceeds the limit of {limit} bytes"),
+            )
+        };
+        if body.size_hint().lower() > limit as u64 {
+            return Err(too_large());
+        }
+        let timeout = self.config.limits.read_timeout;
+        match tokio::time::timeout(timeout, to_bytes(body, limit)).await {
+            Ok(read) => read.map_err(|_| too_large()),
+            Err(_) => {
+                self.connections.body_timed_out();
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} (--read-timeout); nothing was accepted",
+                        humantime::format_duration(timeout)
+                    ),
+                ))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -94,8 +94,10 @@ pub enum Admission {
     /// The namespace, or the subscription the request names, does not exist.
     #[response(status = 404)]
     NotFound(ErrorBody),
-    /// Hookline is not ready, or a service it needs (the Kubernetes API, the store) cannot answer
-    /// now; nothing was done. Retry.
+    /// Hookline is not ready, a service it needs (the Kubernetes API, the store) cannot answer
+    /// now, or the server holds its maximum of connections (`--max-connections`, or
+    /// `--max-connections-per-client` from the caller's address; that answer closes the
+    /// connection); nothing was done. Retry.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }

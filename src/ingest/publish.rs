@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::PUBLISH;
 use super::error::{ApiError, ErrorBody};
-use super::{IngestState, content_type, openapi, read_body};
+use super::{IngestState, content_type, openapi};
 use crate::delivery::{Incoming, Routed};
 use crate::event::{BATCH, CloudEvent, STRUCTURED};
 use crate::report::Chain;
@@ -75,7 +75,8 @@ impl From<Routed> for AcceptedEvent {
     responses(
         (status = 202, description = "Every event is stored and queued for its subscriptions.", body = Accepted),
         (status = 400, description = "An event breaks the CloudEvents rules (`attribute` names the attribute, `batch[i].…` in a batch), its `data` does not match its EventType's schema (`attribute` `data` or `batch[i].data`, `index`, `pointer`), or the namespace name is invalid.", body = ErrorBody),
-        (status = 413, description = "The body, or one event of a batch (`attribute` `batch[i]`), exceeds `--max-event-bytes` (a batch may be 16 times that).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `--read-timeout`; nothing was accepted and the connection is closed.", body = ErrorBody),
+        (status = 413, description = "The body, or one event of a batch (`attribute` `batch[i]`), exceeds `--max-event-bytes` (a batch may be 16 times that); a `Content-Length` over the limit is refused before the body is read.", body = ErrorBody),
         (status = 415, description = "Neither structured nor batch content type, nor binary mode (no `ce-specversion` header).", body = ErrorBody),
         (status = 507, description = "The store is short of space (below `--min-free-disk`, or its disk is full); nothing was accepted.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before publishing again."))),
@@ -94,11 +95,12 @@ pub(super) async fn publish(
     let max = state.config.max_event_bytes;
     let ct = content_type(&headers);
     let mut events: Vec<CloudEvent> = if ct == STRUCTURED {
-        vec![CloudEvent::from_structured(&read_body(body, max).await?).map_err(ApiError::bad_event)?]
+        vec![CloudEvent::from_structured(&state.read_body(body, max).await?).map_err(ApiError::bad_event)?]
     } else if ct == BATCH {
-        CloudEvent::from_batch(&read_body(body, max * BATCH_FACTOR).await?).map_err(ApiError::bad_event)?
+        CloudEvent::from_batch(&state.read_body(body, max * BATCH_FACTOR).await?)
+            .map_err(ApiError::bad_event)?
     } else if headers.contains_key("ce-specversion") {
-        CloudEvent::from_binary(&headers, read_body(body, max).await?)
+        CloudEvent::from_binary(&headers, state.read_body(body, max).await?)
             .map(|e| vec![e])
             .map_err(ApiError::bad_event)?
     } else {

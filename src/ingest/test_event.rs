@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::auth::SEND_TEST;
 use super::error::{ApiError, ErrorBody};
 use super::log::subscription_uid;
-use super::{IngestState, content_type, openapi, read_body};
+use super::{IngestState, content_type, openapi};
 use crate::event::CloudEvent;
 use crate::report::Chain;
 
@@ -53,6 +53,7 @@ pub struct TestSent {
     responses(
         (status = 202, description = "The test event is stored and queued for the subscription (the caller may `update` it).", body = TestSent),
         (status = 400, description = "The body is not `{\"type\": string, \"data\": any}` (`attribute` `body`), the type is not a valid CloudEvents type, the data does not match its EventType's schema (`attribute` `data`, `pointer`), or the namespace name is invalid.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `--read-timeout`; nothing was sent and the connection is closed.", body = ErrorBody),
         (status = 413, description = "The body, or the test event, exceeds `--max-event-bytes`.", body = ErrorBody),
         (status = 415, description = "A body that is not `application/json`.", body = ErrorBody),
         openapi::Admission,
@@ -66,7 +67,7 @@ pub(super) async fn test_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     state.admit(&headers, &ns, SEND_TEST).await?;
-    let body = read_body(body, state.config.max_event_bytes).await?;
+    let body = state.read_body(body, state.config.max_event_bytes).await?;
     let id = format!("test-{}", jiff::Timestamp::now().as_nanosecond());
     let event = if body.iter().all(u8::is_ascii_whitespace) {
         crate::delivery::ping(id.clone(), &ns, &name)

@@ -12,6 +12,7 @@ mod catalog;
 mod cel_rules;
 mod cel_server;
 mod chart;
+mod connections;
 mod control_plane;
 mod dead_letters;
 mod delivery;

@@ -10,6 +10,7 @@ use crate::support::receiver::{Handshake, Receiver};
 use crate::support::{
     Backend, LOCAL, POSTGRES, PrivatePostgres, SQLITE, StoreAt, TestEnv, fresh_database_on, wait_until,
 };
+use futures::StreamExt;
 use hookline::api::{EventType, WebhookSubscription};
 use kube::Api;
 use kube::api::PostParams;
@@ -44,7 +45,9 @@ impl Contract {
         let text = std::fs::read_to_string(COMMITTED).expect("docs/openapi.json exists");
         Contract {
             doc: serde_json::from_str(&text).expect("docs/openapi.json is JSON"),
-            http: reqwest::Client::new(),
+            // The Hookline under test closes idle connections after its short `--read-timeout`:
+            // without a pool no request meets a connection it is just closing.
+            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"),
             seen: BTreeSet::new(),
         }
     }
@@ -155,6 +158,13 @@ fn unreachable_kubeconfig(env: &TestEnv) -> std::path::PathBuf {
     path
 }
 
+/// A body that sends its first bytes and then nothing: answered 408 after `--read-timeout`.
+fn stalling() -> reqwest::Body {
+    let first =
+        futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"spec")) });
+    reqwest::Body::wrap_stream(first.chain(futures::stream::pending()))
+}
+
 /// Wait until EventType `name` is `Ready=True`: its schema applies to publishes.
 async fn schema_applies(env: &TestEnv, name: &str) {
     let api: Api<EventType> = env.api();
@@ -171,7 +181,7 @@ async fn every_documented_answer_is_one_hookline_gives(#[values(SQLITE, POSTGRES
     let env = TestEnv::with_crds_on("openapi", store).await;
     let ns = env.namespace.clone();
     let mut flags = LOCAL.to_vec();
-    flags.extend(["--max-event-bytes=2048", "--public-url=auto"]);
+    flags.extend(["--max-event-bytes=2048", "--public-url=auto", "--read-timeout=2s"]);
     let open = env.start_hookline(&flags).await;
     let rx = Receiver::start().await;
     env.create_active(WebhookSubscription::test("s", &rx.url)).await;
@@ -220,6 +230,7 @@ async fn every_documented_answer_is_one_hookline_gives(#[values(SQLITE, POSTGRES
     assert_eq!(c.call(EVENTS, elsewhere.body(event("g", "t", json!(1)).to_string())).await.0, 404);
     let too_big = event("h", "t", json!("x".repeat(3000)));
     assert_eq!(c.call(EVENTS, publish(o, STRUCTURED).body(too_big.to_string())).await.0, 413);
+    assert_eq!(c.call(EVENTS, publish(o, STRUCTURED).body(stalling())).await.0, 408);
     assert_eq!(c.call(EVENTS, publish(o, "text/plain").body("hi")).await.0, 415);
 
     // The delivery log, once the four events are delivered.
@@ -254,6 +265,7 @@ async fn every_documented_answer_is_one_hookline_gives(#[values(SQLITE, POSTGRES
     assert_eq!((status, body["pointer"].as_str()), (400, Some("")), "{body}");
     assert_eq!(c.call(TEST, json_body(&json!({"data": "x".repeat(3000)}))).await.0, 413);
     assert_eq!(c.call(TEST, test().header("content-type", "text/plain").body("ping")).await.0, 415);
+    assert_eq!(c.call(TEST, test().header("content-type", "application/json").body(stalling())).await.0, 408);
     let missing = format!("{o}/v1/namespaces/{ns}/webhooksubscriptions/nope/test");
     assert_eq!(c.call(TEST, http.post(missing)).await.0, 404);
 

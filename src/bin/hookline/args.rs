@@ -90,6 +90,20 @@ pub struct RunArgs {
     /// publishing is refused with 507 so that what is queued can still be delivered and recorded.
     #[arg(long, env = "HOOKLINE_MIN_FREE_DISK", default_value_t = 128 * 1024 * 1024)]
     pub min_free_disk: u64,
+    /// How long a client of the ingest and operations servers has to send a request's headers
+    /// (also the next request's, on a connection kept alive), and again its body; a connection
+    /// past it is closed (headers) or answered 408 (body).
+    #[arg(long, env = "HOOKLINE_READ_TIMEOUT", default_value = "30s", value_parser = read_timeout)]
+    pub read_timeout: Duration,
+    /// Open connections each server (ingest, operations) holds at most; one more is answered 503.
+    #[arg(long, env = "HOOKLINE_MAX_CONNECTIONS", default_value_t = 2048,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+    /// Open connections one client address holds at most on each server; one more is answered
+    /// 503. Raise it when a proxy or mesh sidecar in front of Hookline gives every client its address.
+    #[arg(long, env = "HOOKLINE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections_per_client: usize,
     /// How long ingest goes on serving after SIGTERM, with `/readyz` failing and every answer
     /// closing its connection, before the ordered shutdown begins: the time Kubernetes needs to
     /// take the pod out of its Services, so publishers are not refused meanwhile (the chart sets 5s).
@@ -158,6 +172,15 @@ fn lease_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(5) {
         return Err(format!("{s:?} is shorter than 5s"));
+    }
+    Ok(d)
+}
+
+/// A read timeout of 100ms to 1h.
+fn read_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("{s:?} is not between 100ms and 1h"));
     }
     Ok(d)
 }

@@ -26,7 +26,7 @@ use hookline::outbound::ssrf::Guard;
 use hookline::ownership::Ownership;
 use hookline::registry::{Readiness, Registry};
 use hookline::report::Chain;
-use hookline::server;
+use hookline::server::{self, ConnectionLimits};
 use hookline::store::{PostgresStore, SqliteStore, Store};
 use hookline::telemetry;
 use hookline::verify::Verifier;
@@ -51,8 +51,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (readiness, registry, catalog) = (Readiness::default(), Registry::default(), Catalog::default());
 
+    let limits = ConnectionLimits {
+        read_timeout: args.read_timeout,
+        max_connections: args.max_connections,
+        max_per_client: args.max_connections_per_client,
+    };
     let (ops_addr, ops_server) =
-        server::bind(args.metrics_addr, metrics.clone(), readiness.clone(), shutdown.clone())
+        server::bind(args.metrics_addr, limits, metrics.clone(), readiness.clone(), shutdown.clone())
             .await
             .with_context(|| format!("binding the operations server to {}", args.metrics_addr))?;
     info!(addr = %ops_addr, "operations server listening");
@@ -92,7 +97,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     let ingest = Ingest {
-        config: IngestConfig { max_event_bytes: args.max_event_bytes, min_free_disk: args.min_free_disk },
+        config: IngestConfig {
+            max_event_bytes: args.max_event_bytes,
+            min_free_disk: args.min_free_disk,
+            limits,
+        },
         auth: ingest_auth(&args, &client),
         registry: registry.clone(),
         dispatchers: dispatchers.clone(),
