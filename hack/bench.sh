@@ -21,8 +21,9 @@
 # BENCH_LATENCY_SECONDS (the latency phase's length, default BENCH_SECONDS),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
 # BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
-# BENCH_PHASES (of direct, single, batch, fanout10, latency200, latency; e.g. "direct,batch":
-# only these phases, for profiling one of them),
+# BENCH_PHASES (of direct, single, batch, fanout10, latency200, latency, and slow, which is not
+# run by default: the latency phase while 3,000 slow clients from 127.0.0.2-5 try to hold the
+# ingest port; e.g. "direct,batch": only these phases, for profiling one of them),
 # BENCH_SEQUENTIAL_IDS=1 (event ids that count up instead of UUIDs; the JSON line says which),
 # BENCH_ORDERING (the subscriptions' delivery.ordering, default Unordered) and BENCH_KEYS (events
 # carry a partitionkey, one of this many in turn; default none),

@@ -10,6 +10,7 @@ mod host;
 mod latency;
 mod load;
 mod receiver;
+mod slow;
 mod store;
 
 use std::sync::Arc;
@@ -101,6 +102,9 @@ struct Args {
     /// scattered (the host).
     #[arg(long)]
     latency_trace: Option<std::path::PathBuf>,
+    /// Slow clients of the `slow` phase.
+    #[arg(long, default_value_t = 3000)]
+    slow_clients: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,6 +117,9 @@ enum Phase {
     Latency,
     /// 200 events per second: CPU per delivery at an ordinary load (keys prefixed `at_200_`).
     Latency200,
+    /// `--rate` events per second while `--slow-clients` connections from other addresses try to
+    /// hold the ingest port (see `slow`); keys prefixed `slow_`.
+    Slow,
     /// Publish steadily into `--ns10`, `kill -9` the replica `--kill`, and measure how long each
     /// subscription goes without a delivery.
     Failover,
@@ -282,7 +289,28 @@ async fn main() -> anyhow::Result<()> {
         delivered_total += delivered;
     }
 
-    // 6. Fail-over: how long the subscriptions of a replica killed with `kill -9` go without a
+    // 6. The same steady load while slow clients try to hold the first replica's ingest port.
+    if run(Phase::Slow) {
+        let target: std::net::SocketAddr = args.ingest[0]
+            .trim_start_matches("http://")
+            .parse()
+            .context("the slow phase needs --ingest as http://IP:PORT")?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let slow = slow::Slow::start(target, args.slow_clients, stop.clone());
+        // Let them take what they can before measuring.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let cpu_start = stats().1;
+        let steady = Steady { rate: args.rate, seconds, trace: None };
+        let (measured, delivered) = latency::phase(&recv, publish(args.ns1.clone()), steady).await?;
+        result.extend(measured.into_iter().map(|(k, v)| (format!("slow_{k}"), v)));
+        result.insert("slow_cpu_s_per_1000".into(), per_1000(stats().1 - cpu_start, delivered).into());
+        result.insert("slow_rss_mb".into(), ((stats().0 * 10.0).round() / 10.0).into());
+        slow.report(&mut result);
+        stop.cancel();
+        delivered_total += delivered;
+    }
+
+    // 7. Fail-over: how long the subscriptions of a replica killed with `kill -9` go without a
     // delivery while events keep coming in through the others.
     if run(Phase::Failover) {
         let victim = args.kill.context("the failover phase needs --kill PID")?;
