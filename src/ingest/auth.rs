@@ -61,7 +61,8 @@ impl Auth {
         Auth::Kubernetes { client, cache: Arc::default() }
     }
 
-    /// Allow the request or say why not (401 unauthenticated, 403 forbidden).
+    /// Allow the request or say why not (401 unauthenticated, 403 forbidden); `namespace` empty
+    /// asks for `action` in all namespaces.
     pub async fn authorize(
         &self,
         headers: &HeaderMap,
@@ -137,8 +138,13 @@ async fn review(client: &Client, token: &str, namespace: &str, action: Action) -
     if reviewed.status.is_some_and(|s| s.allowed) {
         Ok(())
     } else {
+        let place = if namespace.is_empty() {
+            "in all namespaces".to_string()
+        } else {
+            format!("in namespace {namespace}")
+        };
         Err(ApiError::forbidden(format!(
-            "{} may not {} {}.{} in namespace {namespace}",
+            "{} may not {} {}.{} {place}",
             user.username.unwrap_or_default(),
             action.verb,
             action.resource,

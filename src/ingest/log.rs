@@ -24,8 +24,11 @@ struct LogParams {
     limit: Option<u32>,
     /// Where the page starts: `nextCursor` of the previous page.
     cursor: Option<String>,
-    /// Only the attempts of this subscription (by name; not on the subscription's own log).
+    /// Only the attempts of this subscription (by name; not on the subscription's own log; on
+    /// `/v1/deliveries` with `namespace`).
     subscription: Option<String>,
+    /// Only the attempts in this namespace (on `/v1/deliveries` only: the other logs' paths name it).
+    namespace: Option<String>,
     /// `delivered`, `failed` (any attempt that did not deliver), or one exact outcome.
     #[param(schema_with = openapi::outcome_filter_schema)]
     outcome: Option<String>,
@@ -60,13 +63,22 @@ fn bad_query(message: impl Into<String>) -> ApiError {
 fn log_params(uri: &axum::http::Uri) -> Result<LogParams, ApiError> {
     Query::<LogParams>::try_from_uri(uri).map(|q| q.0).map_err(|e| {
         bad_query(format!(
-            "{}; the parameters are limit, cursor, subscription, outcome, eventType, eventId, since and until",
+            "{}; the parameters are limit, cursor, subscription, namespace (cluster-wide only), outcome, \
+             eventType, eventId, since and until",
             e.body_text()
         ))
     })
 }
 
 impl LogParams {
+    /// Refuse `namespace` where the path names the namespace.
+    fn no_namespace(&self) -> Result<(), ApiError> {
+        match self.namespace {
+            Some(_) => Err(bad_query("namespace: the path names the namespace already")),
+            None => Ok(()),
+        }
+    }
+
     /// The store query for `scope`.
     fn query(&self, scope: LogScope) -> Result<LogQuery, ApiError> {
         let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, ApiError> {
@@ -179,6 +191,7 @@ pub(super) async fn deliveries(
     if params.subscription.is_some() {
         return Err(bad_query("subscription: the path names the subscription already"));
     }
+    params.no_namespace()?;
     let uid = subscription_uid(&state, &ns, &name).await?;
     let query = params.query(LogScope::Subscription(uid))?;
     log_page(&state, query, Some(&name)).await
@@ -209,11 +222,49 @@ pub(super) async fn namespace_deliveries(
 ) -> Result<Response, ApiError> {
     state.admit(&headers, &ns, LIST_LOG).await?;
     let params = log_params(&uri)?;
+    params.no_namespace()?;
     let (scope, name) = match &params.subscription {
         Some(name) => {
             (LogScope::Subscription(subscription_uid(&state, &ns, name).await?), Some(name.as_str()))
         }
         None => (LogScope::Namespace(ns.clone()), None),
+    };
+    let query = params.query(scope)?;
+    log_page(&state, query, name).await
+}
+
+/// The delivery log of every namespace, for administrators (or of one namespace, or one
+/// subscription, by `namespace` and `subscription`).
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    operation_id = "listClusterDeliveries",
+    params(LogParams),
+    responses(
+        (status = 200, description = "A page of the delivery log of every namespace (the caller may `list` webhooksubscriptions in all namespaces); each attempt names its namespace.", body = DeliveryPage),
+        (status = 400, description = "An unknown parameter, a bad value (named), an invalid `namespace`, or `subscription` without `namespace`.", body = ErrorBody),
+        openapi::Admission,
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn cluster_deliveries(
+    State(state): State<IngestState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.admit_cluster_wide(&headers, LIST_LOG).await?;
+    let params = log_params(&uri)?;
+    if let Some(ns) = &params.namespace {
+        super::valid_namespace(ns).map_err(|e| bad_query(format!("namespace: {}", e.message)))?;
+    }
+    let (scope, name) = match (&params.namespace, &params.subscription) {
+        (Some(ns), Some(name)) => {
+            (LogScope::Subscription(subscription_uid(&state, ns, name).await?), Some(name.as_str()))
+        }
+        (None, Some(_)) => return Err(bad_query("subscription: name its namespace too (namespace=…)")),
+        (Some(ns), None) => (LogScope::Namespace(ns.clone()), None),
+        (None, None) => (LogScope::All, None),
     };
     let query = params.query(scope)?;
     log_page(&state, query, name).await
@@ -270,10 +321,22 @@ mod tests {
             ("eventType=", "eventType: must not be empty"),
             ("outcome=lost", "outcome: \"lost\" is not one of delivered, failed"),
             ("cursor=MTIz", "cursor: not one this server issued"),
-            ("namespace=other", "the parameters are limit, cursor"),
+            ("colour=red", "the parameters are limit, cursor"),
         ] {
             let message = query(q).expect_err(q);
             assert!(message.contains(named), "{q}: {message}");
         }
+    }
+
+    #[test]
+    fn only_the_cluster_wide_log_takes_a_namespace() {
+        let params = |q: &str| {
+            let uri: axum::http::Uri = format!("/v1/deliveries?{q}").parse().expect("uri");
+            log_params(&uri).map_err(|e| e.message).expect("parameters")
+        };
+        assert_eq!(params("namespace=shop").namespace.as_deref(), Some("shop"));
+        let refused = params("namespace=shop").no_namespace().expect_err("the path names it");
+        assert!(refused.message.contains("namespace: the path names the namespace"), "{}", refused.message);
+        assert!(params("limit=5").no_namespace().is_ok());
     }
 }

@@ -99,6 +99,7 @@ fn routes() -> OpenApiRouter<IngestState> {
         .routes(routes!(publish::publish))
         .routes(routes!(log::namespace_deliveries))
         .routes(routes!(log::deliveries))
+        .routes(routes!(log::cluster_deliveries))
         .routes(routes!(test_event::test_event))
         .routes(routes!(validate::validate))
         .routes(routes!(openapi::serve))
@@ -120,6 +121,14 @@ pub async fn bind(
     let (router, _) = routes().split_for_parts();
     let app = crate::server::close_connections_when(router.with_state(state), draining);
     crate::server::serve(addr, app, limits, connections, shutdown).await
+}
+
+fn valid_namespace(ns: &str) -> Result<(), ApiError> {
+    if is_dns_label(ns) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{ns:?} is not a valid namespace name")))
+    }
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -157,19 +166,26 @@ impl IngestState {
     /// The checks every request passes: ready, a valid namespace, an allowed caller, and the
     /// namespace exists.
     async fn admit(&self, headers: &HeaderMap, ns: &str, action: Action) -> Result<(), ApiError> {
-        if let Some(what) = self.readiness.missing() {
-            return Err(ApiError::unavailable(format!(
-                "Hookline is not ready ({what}); nothing was accepted, retry later"
-            )));
-        }
-        if !is_dns_label(ns) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("{ns:?} is not a valid namespace name"),
-            ));
-        }
+        self.ready()?;
+        valid_namespace(ns)?;
         self.auth.authorize(headers, ns, action).await?;
         self.namespace_exists(ns).await
+    }
+
+    /// The checks a cluster-wide request passes: ready, and a caller allowed `action` in all
+    /// namespaces.
+    async fn admit_cluster_wide(&self, headers: &HeaderMap, action: Action) -> Result<(), ApiError> {
+        self.ready()?;
+        self.auth.authorize(headers, "", action).await
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        match self.readiness.missing() {
+            None => Ok(()),
+            Some(what) => Err(ApiError::unavailable(format!(
+                "Hookline is not ready ({what}); nothing was accepted, retry later"
+            ))),
+        }
     }
 
     async fn namespace_exists(&self, ns: &str) -> Result<(), ApiError> {

@@ -214,6 +214,7 @@ mod tests {
             paths,
             [
                 "/openapi.json",
+                "/v1/deliveries",
                 "/v1/namespaces/{ns}/deliveries",
                 "/v1/namespaces/{ns}/events",
                 "/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries",

@@ -133,10 +133,12 @@ fn attempt(job_id: i64, n: u32, update: JobUpdate) -> Attempt {
     }
 }
 
-/// A page of `scope`'s log (`Sub:` a UID, else a namespace), after `after`.
+/// A page of `scope`'s log (`ns:` a namespace, `*` every namespace, else a subscription's UID),
+/// after `after`.
 fn log(scope: &str, limit: u32, after: Option<&LogEntry>) -> LogQuery {
     let scope = match scope.strip_prefix("ns:") {
         Some(ns) => LogScope::Namespace(ns.into()),
+        None if scope == "*" => LogScope::All,
         None => LogScope::Subscription(scope.into()),
     };
     LogQuery { after: after.map(|e| LogCursor { at: e.at_ms, seq: e.seq }), ..LogQuery::page(scope, limit) }
@@ -248,6 +250,19 @@ async fn the_delivery_log_pages_with_a_cursor(#[values(SQLITE, POSTGRES)] kind: 
         (Some("orders"), Some("https://e.com/"))
     );
     assert!(store.deliveries(log("ns:other", 10, None)).await.expect("other ns").is_empty());
+
+    // The cluster-wide log holds every namespace's attempts, each naming its namespace.
+    let other = store.accept(vec![NewEvent { namespace: "other".into(), ..event("e2", &["b"]) }]);
+    let other_job = other.await.expect("accept")[0].jobs[0].1;
+    let elsewhere = attempt(other_job, 1, JobUpdate::Delivered);
+    let sent_to = SentTo { namespace: "other".into(), ..elsewhere.sent_to.clone() };
+    store.record(Attempt { at: 9_000, sent_to, ..elsewhere }).await.expect("record");
+    let all = store.deliveries(log("*", 4, None)).await.expect("cluster-wide");
+    let seen: Vec<_> = all.iter().map(|e| (e.namespace.as_deref(), e.attempt)).collect();
+    assert_eq!(seen, [(Some("other"), 1), (Some("ns"), 5), (Some("ns"), 4), (Some("ns"), 3)]);
+    let rest = store.deliveries(log("*", 4, all.last())).await.expect("cluster-wide, page 2");
+    assert_eq!(rest.iter().map(|e| e.attempt).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(store.deliveries(log("ns:other", 10, None)).await.expect("other ns").len(), 1);
 }
 
 #[rstest]
@@ -262,7 +277,7 @@ async fn the_delivery_log_is_filtered_by_outcome_type_event_and_time(#[values(SQ
     let dropped =
         Attempt { event_id: "e2".into(), event_type: "u".into(), ..attempt(j2, 1, JobUpdate::Dropped) };
     store.record(dropped).await.expect("record");
-    for scope in ["a", "ns:ns"] {
+    for scope in ["a", "ns:ns", "*"] {
         let get = |f: &dyn Fn(&mut LogQuery)| {
             let mut q = log(scope, 10, None);
             f(&mut q);

@@ -2,7 +2,8 @@
 //! on an index that serves its scope and its order (newest first) without sorting.
 //!
 //! Every attempt is added to each index, so they are few, and none is keyed by scattered values:
-//! the scope's log in time order (`attempts_by_sub`, `attempts_by_ns`), the failed attempts only
+//! the scope's log in time order (`attempts_by_sub`, `attempts_by_ns`, and `attempts_by_time`
+//! for the cluster-wide log, which pruning reads too), the failed attempts only
 //! (partial indexes: a healthy system adds almost nothing to them), and a namespace's log by type.
 //! Other filters (`eventId`, a type within one subscription, `delivered`) are checked on the
 //! entries of the scope's index within `since`/`until`, newest first, until a page is full. An
@@ -21,6 +22,8 @@ pub enum LogScope {
     Namespace(String),
     /// One subscription, by UID.
     Subscription(String),
+    /// Every namespace's (the cluster-wide log).
+    All,
 }
 
 /// Attempts by outcome.
@@ -137,7 +140,7 @@ impl Dialect {
 }
 
 /// The columns a log entry is read from, in this order.
-pub const LOG_COLUMNS: &str = "seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, subscription, url";
+pub const LOG_COLUMNS: &str = "seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, subscription, url, namespace";
 
 impl LogQuery {
     /// The newest `limit` entries of `scope`'s log, unfiltered.
@@ -165,9 +168,15 @@ impl LogQuery {
     }
 
     /// The index that serves this query: failed attempts first (usually the fewest), then a
-    /// namespace's type, else the scope's whole log.
+    /// namespace's type, else the scope's whole log. The cluster-wide log reads every attempt in
+    /// time order and checks its filters on each: an index per filter across all namespaces
+    /// would cost every attempt's insert for a view only administrators use.
     pub fn index(&self) -> &'static str {
-        let ns = matches!(self.scope, LogScope::Namespace(_));
+        let ns = match self.scope {
+            LogScope::All => return "attempts_by_time",
+            LogScope::Namespace(_) => true,
+            LogScope::Subscription(_) => false,
+        };
         match (self.failed_only(), self.event_type.is_some(), ns) {
             (true, _, true) => "attempts_by_ns_failed",
             (true, _, false) => "attempts_by_sub_failed",
@@ -192,6 +201,7 @@ impl LogQuery {
             LogScope::Subscription(uid) => {
                 filters.push(format!("sub_uid = {}", next(SqlParam::Text(uid.clone()))))
             }
+            LogScope::All => {}
         }
         // The failed-only indexes are partial: the statement states their condition as written.
         if self.failed_only() {
@@ -225,9 +235,10 @@ impl LogQuery {
             Dialect::Sqlite => format!(" INDEXED BY {}", self.index()),
             Dialect::Postgres => String::new(),
         };
+        let filtered =
+            if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
         let sql = format!(
-            "SELECT {LOG_COLUMNS} FROM attempts{indexed} WHERE {} ORDER BY at_ms DESC, seq DESC LIMIT {limit}",
-            filters.join(" AND ")
+            "SELECT {LOG_COLUMNS} FROM attempts{indexed}{filtered} ORDER BY at_ms DESC, seq DESC LIMIT {limit}"
         );
         (sql, params)
     }
@@ -237,7 +248,8 @@ impl LogQuery {
     #[cfg(test)]
     pub fn combinations() -> Vec<LogQuery> {
         let mut all = Vec::new();
-        for scope in [LogScope::Namespace("shop".into()), LogScope::Subscription("uid".into())] {
+        for scope in [LogScope::Namespace("shop".into()), LogScope::Subscription("uid".into()), LogScope::All]
+        {
             let base = LogQuery::page(scope, 50);
             let variants = [
                 base.clone(),
@@ -319,7 +331,7 @@ mod tests {
         assert_eq!(
             sql,
             "SELECT seq, at_ms, event_id, event_type, attempt, status, duration_ms, error, outcome, next_retry_ms, \
-             subscription, url FROM attempts WHERE namespace = $1 AND outcome <> 'delivered' AND outcome = $2 \
+             subscription, url, namespace FROM attempts WHERE namespace = $1 AND outcome <> 'delivered' AND outcome = $2 \
              AND event_type = $3 AND at_ms >= $4 AND (at_ms, seq) < ($5, $6) ORDER BY at_ms DESC, seq DESC LIMIT $7"
         );
         assert_eq!(params.len(), 7);

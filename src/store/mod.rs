@@ -321,7 +321,12 @@ pub struct LogEntry {
     pub next_retry_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    /// The subscription's name (absent in attempts logged by versions before delivery queries).
+    /// The subscription's namespace (absent in attempts logged by versions before delivery
+    /// queries).
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    /// The subscription's name (absent likewise).
     pub subscription: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]

@@ -239,6 +239,7 @@ impl Store for SqliteStore {
                     error: r.get(7)?,
                     outcome: r.get(8)?,
                     next_retry_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
+                    namespace: r.get(12)?,
                     subscription: r.get(10)?,
                     url: r.get(11)?,
                 })

@@ -645,6 +645,25 @@ async fn the_namespace_s_delivery_log_is_filtered_and_names_each_subscription_an
         sorted([rows(&page1), rows(&page2)].concat()),
         [r("b", "x1", "deadLettered"), r("b", "x1", "retry")]
     );
+    // The cluster-wide log holds the same attempts, each naming its namespace.
+    let cluster = |q: &str| {
+        let url = format!("{}/v1/deliveries{q}", h.ingest);
+        async move { reqwest::get(url).await.expect("cluster-wide log").json::<Value>().await.expect("json") }
+    };
+    let everywhere = cluster("").await;
+    assert_eq!(sorted(rows(&everywhere)), every);
+    let namespaces = everywhere["items"].as_array().expect("items").iter().map(|e| e["namespace"].clone());
+    assert!(namespaces.clone().all(|n| n == ns.as_str()), "{everywhere}");
+    assert_eq!(
+        sorted(rows(&cluster(&format!("?namespace={ns}&outcome=failed")).await)),
+        [r("b", "x1", "deadLettered"), r("b", "x1", "retry")]
+    );
+    assert_eq!(
+        rows(&cluster(&format!("?namespace={ns}&subscription=a&eventId=x2")).await),
+        [r("a", "x2", "delivered")]
+    );
+    assert_eq!(rows(&cluster(&format!("?namespace={ns}-elsewhere")).await), []);
+
     // The subscription's own log takes the same filters.
     let own =
         format!("{}/v1/namespaces/{ns}/webhooksubscriptions/b/deliveries?outcome=deadLettered", h.ingest);

@@ -309,3 +309,77 @@ async fn accepted_events_survive_kill_9(#[values(SQLITE, POSTGRES)] store: Backe
 async fn accepted_events_survive_a_graceful_restart(#[values(SQLITE, POSTGRES)] store: Backend) {
     survive(false, store).await;
 }
+
+/// A ClusterRole letting ServiceAccount `account` of the test's namespace list
+/// webhooksubscriptions in all namespaces, deleted when dropped (the namespace's deletion
+/// does not take cluster-wide objects along).
+struct ListsEverywhere {
+    name: String,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl ListsEverywhere {
+    fn grant(env: &TestEnv, account: &str) -> Self {
+        let name = format!("{}-list-everywhere", env.namespace);
+        env.apply(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {name}}}\nrules:\n- apiGroups: [hookline.dev]\n  resources: [webhooksubscriptions]\n  verbs: [list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}}}\nsubjects:\n- {{kind: ServiceAccount, name: {account}, namespace: {}}}\n",
+            env.namespace
+        ));
+        ListsEverywhere { name, kubeconfig: env.kubeconfig.clone() }
+    }
+}
+
+impl Drop for ListsEverywhere {
+    fn drop(&mut self) {
+        for kind in ["clusterrolebinding", "clusterrole"] {
+            let _ = std::process::Command::new("kubectl")
+                .env("KUBECONFIG", &self.kubeconfig)
+                .args(["delete", kind, &self.name, "--ignore-not-found"])
+                .output();
+        }
+    }
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread")]
+async fn only_who_may_list_subscriptions_everywhere_reads_the_cluster_wide_log(
+    #[values(SQLITE, POSTGRES)] store: Backend,
+) {
+    let env = TestEnv::with_crds_on("ingest-cluster-log", store).await;
+    let h = env.start_hookline(&[]).await;
+    let ns = env.namespace.clone();
+    for account in ["team", "admin"] {
+        env.kubectl(&["create", "serviceaccount", account]);
+    }
+    // The team may list the subscriptions of its own namespace only.
+    env.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: list-subscriptions}}\nrules:\n- apiGroups: [hookline.dev]\n  resources: [webhooksubscriptions]\n  verbs: [list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: list-subscriptions}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: list-subscriptions}}\nsubjects:\n- {{kind: ServiceAccount, name: team, namespace: {ns}}}\n"
+    ));
+    let _admin = ListsEverywhere::grant(&env, "admin");
+    let token = |account: &str| env.kubectl(&["create", "token", account]).trim().to_string();
+    let (team, admin) = (token("team"), token("admin"));
+    let get = |path: String, token: String| fetch(format!("{}{path}", h.ingest), token);
+    // RBAC decisions are cached for a few seconds: poll until the new bindings count.
+    wait_until("the team reads its namespace's log", WAIT, || async {
+        (get(format!("/v1/namespaces/{ns}/deliveries"), team.clone()).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, body) = get("/v1/deliveries".into(), team.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("may not list webhooksubscriptions.hookline.dev in all namespaces"), "{body}");
+    let (status, body) = get(format!("/v1/deliveries?namespace={ns}"), team.clone()).await;
+    assert_eq!(status, 403, "naming its own namespace does not make the cluster-wide log the team's: {body}");
+    wait_until("the administrator reads the cluster-wide log", WAIT, || async {
+        let (status, body) = get(format!("/v1/deliveries?namespace={ns}"), admin.clone()).await;
+        (status == 200 && body["items"].is_array()).then_some(())
+    })
+    .await;
+    let (status, _) = get("/v1/deliveries".into(), String::new()).await;
+    assert_eq!(status, 401, "no token");
+}
+
+async fn fetch(url: String, token: String) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new().get(url).bearer_auth(token).send().await.expect("log request");
+    (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap_or_default())
+}

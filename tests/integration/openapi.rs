@@ -124,6 +124,7 @@ const LOG: &str = "/v1/namespaces/{ns}/deliveries";
 const SUB_LOG: &str = "/v1/namespaces/{ns}/webhooksubscriptions/{name}/deliveries";
 const TEST: &str = "/v1/namespaces/{ns}/webhooksubscriptions/{name}/test";
 const VALIDATE: &str = "/v1/validate/{token}";
+const CLUSTER_LOG: &str = "/v1/deliveries";
 const STRUCTURED: &str = "application/cloudevents+json";
 const BATCH: &str = "application/cloudevents-batch+json";
 
@@ -251,6 +252,19 @@ async fn every_documented_answer_is_one_hookline_gives(#[values(SQLITE, POSTGRES
     assert_eq!(c.call(LOG, http.get(format!("{o}/v1/namespaces/{ns}-gone/deliveries"))).await.0, 404);
     let missing = format!("{o}/v1/namespaces/{ns}/webhooksubscriptions/nope/deliveries");
     assert_eq!(c.call(SUB_LOG, http.get(missing)).await.0, 404);
+    // The cluster-wide log, of every namespace or narrowed to one subscription.
+    let cluster = |query: &str| http.get(format!("{o}{CLUSTER_LOG}{query}"));
+    let (status, body) = c.call(CLUSTER_LOG, cluster("")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = c.call(CLUSTER_LOG, cluster(&format!("?namespace={ns}&subscription=s"))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = c.call(CLUSTER_LOG, cluster("?subscription=s")).await;
+    assert_eq!(
+        (status, body["error"].as_str().is_some_and(|e| e.contains("namespace"))),
+        (400, true),
+        "{body}"
+    );
+    assert_eq!(c.call(CLUSTER_LOG, cluster(&format!("?namespace={ns}&subscription=nope"))).await.0, 404);
 
     // Test events.
     let test = || http.post(at(o, TEST));
@@ -303,6 +317,7 @@ async fn every_documented_answer_is_one_hookline_gives(#[values(SQLITE, POSTGRES
         (LOG, http.get(at(g, LOG))),
         (SUB_LOG, http.get(at(g, SUB_LOG))),
         (TEST, http.post(at(g, TEST))),
+        (CLUSTER_LOG, http.get(format!("{g}{CLUSTER_LOG}"))),
     ] {
         let again = request.try_clone().expect("a body in memory");
         assert_eq!(c.call(path, request).await.0, 401, "{path} without a token");
@@ -339,6 +354,7 @@ async fn every_documented_answer_is_one_hookline_gives(#[values(SQLITE, POSTGRES
         (LOG, http.get(at(u, LOG))),
         (SUB_LOG, http.get(at(u, SUB_LOG))),
         (TEST, http.post(at(u, TEST))),
+        (CLUSTER_LOG, http.get(format!("{u}{CLUSTER_LOG}"))),
     ] {
         let (status, body) = c.call(path, request).await;
         assert_eq!(status, 503, "{path}: {body}");

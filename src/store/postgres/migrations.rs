@@ -121,4 +121,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX attempts_by_ns_failed ON attempts (namespace, at_ms, seq) WHERE outcome <> 'delivered';
     CREATE INDEX attempts_by_ns_type ON attempts (namespace, event_type, at_ms, seq);
     "#,
+    // 5: the cluster-wide delivery log reads every attempt in its order (time, then sequence):
+    // the time index pruning uses gains the sequence, as SQLite's has it implicitly (the rowid).
+    r#"
+    DROP INDEX attempts_by_time;
+    CREATE INDEX attempts_by_time ON attempts (at_ms, seq);
+    "#,
 ];
