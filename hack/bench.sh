@@ -21,9 +21,10 @@
 # BENCH_LATENCY_SECONDS (the latency phase's length, default BENCH_SECONDS),
 # BENCH_CONCURRENCY (publishers, default 32), BENCH_SUBS (for --scale, default 1000),
 # BENCH_DELIVERY_SECONDS / BENCH_DELIVERY_RATE (--scale's delivery phase, default 60 s at 2 events/s),
-# BENCH_PHASES (of direct, single, batch, fanout10, latency200, latency, and slow, which is not
-# run by default: the latency phase while 3,000 slow clients from 127.0.0.2-5 try to hold the
-# ingest port; e.g. "direct,batch": only these phases, for profiling one of them),
+# BENCH_PHASES (of direct, single, batch, fanout10, latency200, latency, and two not run by
+# default: slow, the latency phase while 3,000 slow clients from 127.0.0.2-5 try to hold the
+# ingest port, and neighbour, 200 events/s while another namespace floods an endpoint that never
+# answers; e.g. "direct,batch": only these phases, for profiling one of them),
 # BENCH_SEQUENTIAL_IDS=1 (event ids that count up instead of UUIDs; the JSON line says which),
 # BENCH_ORDERING (the subscriptions' delivery.ordering, default Unordered) and BENCH_KEYS (events
 # carry a partitionkey, one of this many in turn; default none),
@@ -166,12 +167,18 @@ fi
 
 kubectl create namespace bench1 >/dev/null
 kubectl create namespace bench10 >/dev/null
-{ subscription bench1 one; for i in $(seq 1 10); do subscription bench10 "ten-$i"; done; } >"$WORK/subs.yaml"
+kubectl create namespace benchflood >/dev/null
+{
+  subscription bench1 one; for i in $(seq 1 10); do subscription bench10 "ten-$i"; done
+  # The neighbour phase's flooded namespace: an endpoint that never answers, given up on after 5 s.
+  printf 'apiVersion: hookline.dev/v1alpha1\nkind: WebhookSubscription\nmetadata: {name: flood, namespace: benchflood}\nspec:\n  eventTypes: ["*"]\n  endpoint: {url: "http://127.0.0.1:%s/hang/flood", timeoutSeconds: 5}\n' "$RECEIVER"
+} >"$WORK/subs.yaml"
 "$BIN/hookline-bench" --receive-only --receiver-port "$RECEIVER" &
 RX=$!
 kubectl apply -f "$WORK/subs.yaml" >/dev/null
 kubectl -n bench1 wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
 kubectl -n bench10 wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
+kubectl -n benchflood wait --for=condition=Ready whsub --all --timeout=120s >/dev/null
 kill "$RX"; wait "$RX" 2>/dev/null || true
 if [ "$MODE" = "--failover" ]; then
   log "fail-over: ${RATE} events/s to ten subscriptions through replicas 2..$REPLICAS; replica 1 gets kill -9 (lease $LEASE)"
@@ -182,7 +189,7 @@ if [ "$MODE" = "--failover" ]; then
 fi
 log "measuring: ${SECONDS_PER}s per phase, $CONC publishers, latency at ${RATE}/s"
 "$BIN/hookline-bench" --ingest "$(join "${INGESTS[@]}")" --metrics "$(join "${METRICSES[@]}")" --pid "$(join "${HLS[@]}")" \
-  --ns1 bench1 --ns10 bench10 --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
+  --ns1 bench1 --ns10 bench10 --ns-flood benchflood --receiver-port "$RECEIVER" --seconds "$SECONDS_PER" --concurrency "$CONC" --rate "$RATE" \
   --partition-keys "$KEYS" ${BENCH_PHASES:+--phases "$BENCH_PHASES"} ${BENCH_SEQUENTIAL_IDS:+--sequential-ids} \
   ${BENCH_LATENCY_SECONDS:+--latency-seconds "$BENCH_LATENCY_SECONDS"} ${BENCH_LATENCY_TRACE:+--latency-trace "$BENCH_LATENCY_TRACE"} |
   sed "s/^{/{\"ordering\": \"$ORDERING\", /" | labelled

@@ -47,6 +47,9 @@ struct Args {
     /// Namespace with ten subscriptions (fan-out 10) pointing at the receiver.
     #[arg(long, default_value = "")]
     ns10: String,
+    /// Namespace whose subscription's endpoint never answers (`/hang/…`), for the `neighbour` phase.
+    #[arg(long, default_value = "")]
+    ns_flood: String,
     /// Port the receiver listens on (the subscriptions point there).
     #[arg(long)]
     receiver_port: u16,
@@ -120,6 +123,10 @@ enum Phase {
     /// `--rate` events per second while `--slow-clients` connections from other addresses try to
     /// hold the ingest port (see `slow`); keys prefixed `slow_`.
     Slow,
+    /// 200 events per second into `--ns1` while `--concurrency` publishers flood `--ns-flood`,
+    /// whose endpoint never answers: what a noisy neighbour costs (keys prefixed `neighbour_`;
+    /// its backlog stays, so it runs last).
+    Neighbour,
     /// Publish steadily into `--ns10`, `kill -9` the replica `--kill`, and measure how long each
     /// subscription goes without a delivery.
     Failover,
@@ -310,7 +317,21 @@ async fn main() -> anyhow::Result<()> {
         delivered_total += delivered;
     }
 
-    // 7. Fail-over: how long the subscriptions of a replica killed with `kill -9` go without a
+    // 7. A noisy neighbour: the ordinary load of one namespace while another publishes as fast
+    // as it can to an endpoint that hangs.
+    if run(Phase::Neighbour) {
+        anyhow::ensure!(!args.ns_flood.is_empty(), "the neighbour phase needs --ns-flood");
+        let flood = tokio::spawn(saturate(args.concurrency, seconds, publish(args.ns_flood.clone())));
+        let steady = Steady { rate: 200, seconds, trace: None };
+        let (measured, delivered) = latency::phase(&recv, publish(args.ns1.clone()), steady).await?;
+        let flooded = flood.await??;
+        result.extend(measured.into_iter().map(|(k, v)| (format!("neighbour_{k}"), v)));
+        result.insert("neighbour_flood_eps".into(), flooded.rate.round().into());
+        result.insert("neighbour_flood_refused".into(), flooded.failures.into());
+        delivered_total += delivered;
+    }
+
+    // 8. Fail-over: how long the subscriptions of a replica killed with `kill -9` go without a
     // delivery while events keep coming in through the others.
     if run(Phase::Failover) {
         let victim = args.kill.context("the failover phase needs --kill PID")?;
