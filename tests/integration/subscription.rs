@@ -288,6 +288,15 @@ async fn a_resource_quota_caps_the_subscriptions_of_a_namespace() {
     for i in 1..=30 {
         subs.create(&Default::default(), &sub(i)).await.unwrap_or_else(|e| panic!("subscription {i}: {e}"));
     }
+    // Admission counts each create in the quota's status, and the resourcequota controller
+    // recounts from its own cache every few seconds: until that cache has all 30, a recount can
+    // lower the usage and let one more through. Wait until it counts 30.
+    wait_until("the quota controller counts 30", WAIT, || async {
+        let q = quotas.get("webhooks").await.ok()?;
+        let used = q.status?.used?.get("count/webhooksubscriptions.hookline.dev")?.0.clone();
+        (used == "30").then_some(())
+    })
+    .await;
     let refused = subs.create(&Default::default(), &sub(31)).await.expect_err("the 31st is over the quota");
     let message = refused.to_string();
     assert!(message.contains("exceeded quota: webhooks"), "{message}");
