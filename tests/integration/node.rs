@@ -431,7 +431,13 @@ async fn a_pod_deleted_normally_finishes_its_attempts_and_exits_in_time() {
     let watched = tokio::spawn(async move {
         let mut stream = std::pin::pin!(watch);
         while let Some(event) = stream.next().await {
-            let Ok(watcher::Event::Apply(pod)) = event else { continue };
+            // After a watch restarts the pod comes again as `InitApply`; its deletion (its
+            // last status, the container's end included) as `Delete`.
+            let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) | watcher::Event::Delete(pod)) =
+                event
+            else {
+                continue;
+            };
             let terminated = pod
                 .status
                 .and_then(|s| s.container_statuses)
